@@ -1,0 +1,709 @@
+//! The validated configuration: typed values with their defaults applied,
+//! every cross-key rule checked, and every error tied to the file, line,
+//! column and key that caused it. `raw` mirrors the file; this module turns it
+//! into something the rest of corral can trust.
+
+mod error;
+mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use error::{ConfigError, Problem};
+pub use raw::{HealthKind, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
+
+use error::Problems;
+use raw::{RawConfig, RawWorkers};
+
+/// The configuration corral runs with when started without `-c`: the
+/// built-in demo backend, two workers, sticky placement.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub strategy: StrategyKind,
+    pub sticky: StickyConfig,
+    pub workers: Option<WorkersConfig>,
+    pub backends: Vec<StaticBackend>,
+    pub health: HealthConfig,
+    pub timeouts: Timeouts,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub binds: Vec<SocketAddr>,
+    pub backlog: u32,
+    pub max_connections: usize,
+    pub proxy_protocol: ProxyProtocolMode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// The bearer token POST endpoints require, read from `token_file`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyConfig {
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersConfig {
+    /// argv; `{port}` and `{id}` are expanded per worker, and a program named
+    /// `corral` means the running binary.
+    pub command: Vec<String>,
+    pub count: usize,
+    pub host: IpAddr,
+    pub port_base: u16,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub restart_delay: Duration,
+    pub restart_delay_max: Duration,
+    pub min_uptime: Duration,
+    pub send_proxy: SendProxy,
+}
+
+impl WorkersConfig {
+    /// True when processes started from `other` would run the same way
+    /// (command, environment, address, directory, PROXY header); a reload
+    /// that changes any of these is rolled out like a rolling restart.
+    pub fn same_process(&self, other: &WorkersConfig) -> bool {
+        self.command == other.command
+            && self.env == other.env
+            && self.host == other.host
+            && self.cwd == other.cwd
+            && self.port_base == other.port_base
+            && self.send_proxy == other.send_proxy
+    }
+
+    /// The port worker `slot` listens on in generation `alternate` (0 or 1):
+    /// replacements in a rolling restart use the other one.
+    pub fn port(&self, slot: usize, alternate: bool) -> u16 {
+        let offset = slot + if alternate { self.count } else { 0 };
+        // Validation guarantees port_base + 2 * count - 1 fits in a u16.
+        self.port_base + offset as u16
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticBackend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub send_proxy: SendProxy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `corral=debug`.
+    pub level: String,
+    pub connections: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Proxy threads; already resolved from 0 to the number of CPUs.
+    pub threads: usize,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Command-line values that take precedence over the file (`corral run -i N
+/// --bind ADDR -- PROGRAM ARGS...`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub count: Option<usize>,
+    pub bind: Option<SocketAddr>,
+    pub command: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
+        let mut config = Config::parse(&text, path)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, Path::new("<embedded default>"))
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Validates config text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![error::from_toml(text, &e)],
+        })?;
+        let mut problems = Problems::new(text);
+        let config = validate(raw, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems.into_error(path)),
+        }
+    }
+
+    /// Applies command-line overrides and re-checks the rules they touch.
+    pub fn apply(&mut self, overrides: Overrides) -> Result<(), String> {
+        if let Some(bind) = overrides.bind {
+            self.listener.binds = vec![bind];
+        }
+        if let Some(command) = overrides.command {
+            if command.is_empty() {
+                return Err("the worker command after `--` is empty".into());
+            }
+            match &mut self.workers {
+                Some(w) => w.command = command,
+                None => self.workers = Some(default_workers(command)),
+            }
+        }
+        if let Some(count) = overrides.count {
+            let Some(workers) = &mut self.workers else {
+                return Err("-i needs a worker command (in [workers] or after `--`)".into());
+            };
+            if count == 0 {
+                return Err("-i must be at least 1".into());
+            }
+            workers.count = count;
+            if workers.port_base as usize + 2 * count > 65536 {
+                return Err(format!(
+                    "-i {count}: ports {}..{} do not fit below 65536",
+                    workers.port_base,
+                    workers.port_base as usize + 2 * count
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The labels of every configured backend, workers first, in ring order.
+    pub fn backend_labels(&self) -> Vec<String> {
+        let workers = self.workers.as_ref().map_or(0, |w| w.count);
+        (0..workers)
+            .map(worker_label)
+            .chain(self.backends.iter().map(|b| b.name.clone()))
+            .collect()
+    }
+}
+
+/// The metric label and `/status` name of worker slot `id`.
+pub fn worker_label(id: usize) -> String {
+    format!("worker-{id}")
+}
+
+fn default_workers(command: Vec<String>) -> WorkersConfig {
+    WorkersConfig {
+        command,
+        count: 4,
+        host: IpAddr::from([127, 0, 0, 1]),
+        port_base: 9100,
+        env: BTreeMap::new(),
+        cwd: PathBuf::from("."),
+        ready_timeout: Duration::from_secs(10),
+        stop_timeout: Duration::from_secs(10),
+        restart_delay: Duration::from_millis(100),
+        restart_delay_max: Duration::from_secs(30),
+        min_uptime: Duration::from_secs(5),
+        send_proxy: SendProxy::None,
+    }
+}
+
+fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
+    let listener = ListenerConfig {
+        binds: match raw.listener.bind {
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            Some(bind) => {
+                let span = bind.span();
+                let list: Vec<String> = match bind.into_inner() {
+                    toml::Value::String(one) => vec![one],
+                    toml::Value::Array(many) if many.iter().all(|v| v.is_str()) => many
+                        .into_iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    _ => {
+                        p.at(span.clone(), "listener.bind", "must be an address or a list of addresses");
+                        Vec::new()
+                    }
+                };
+                if list.is_empty() {
+                    p.at(span.clone(), "listener.bind", "needs at least one address");
+                }
+                list.into_iter()
+                    .filter_map(|a| socket_addr(&Spanned::new(span.clone(), a), "listener.bind", p))
+                    .collect()
+            }
+        },
+        backlog: int(raw.listener.backlog, "listener.backlog", 1, 65535, 1024, p) as u32,
+        max_connections: int(
+            raw.listener.max_connections,
+            "listener.max_connections",
+            1,
+            10_000_000,
+            10_000,
+            p,
+        ) as usize,
+        proxy_protocol: raw
+            .listener
+            .proxy_protocol
+            .map(|m| {
+                if *m.get_ref() != ProxyProtocolMode::None {
+                    p.at(
+                        m.span(),
+                        "listener.proxy_protocol",
+                        "PROXY protocol is not supported by this build yet; use \"none\"",
+                    );
+                }
+                m.into_inner()
+            })
+            .unwrap_or_default(),
+    };
+
+    let admin = AdminConfig {
+        bind: raw
+            .admin
+            .bind
+            .map(|b| socket_addr(&b, "admin.bind", p))
+            .unwrap_or(Some(SocketAddr::from(([127, 0, 0, 1], 9090))))
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        token: raw
+            .admin
+            .token_file
+            .filter(|f| !f.get_ref().is_empty())
+            .and_then(|f| read_token(&f, p)),
+    };
+
+    let sticky = StickyConfig {
+        ttl: duration(raw.sticky.ttl, "sticky.ttl", Duration::from_secs(1800), p),
+        max_entries: int(
+            raw.sticky.max_entries,
+            "sticky.max_entries",
+            1,
+            i64::MAX,
+            1_000_000,
+            p,
+        ) as usize,
+        ipv4_prefix: int(raw.sticky.ipv4_prefix, "sticky.ipv4_prefix", 0, 32, 32, p) as u8,
+        ipv6_prefix: int(raw.sticky.ipv6_prefix, "sticky.ipv6_prefix", 0, 128, 64, p) as u8,
+    };
+
+    let workers = raw.workers.and_then(|w| {
+        let span = w.span();
+        workers(w.into_inner(), span, p)
+    });
+
+    let mut names = HashSet::new();
+    let backends: Vec<StaticBackend> = raw
+        .backends
+        .into_iter()
+        .filter_map(|b| {
+            let span = b.span();
+            let b = b.into_inner();
+            let name = match b.name {
+                Some(n) if n.get_ref().trim().is_empty() => {
+                    p.at(n.span(), "backends.name", "must not be empty");
+                    None
+                }
+                Some(n) if n.get_ref().starts_with("worker-") => {
+                    p.at(
+                        n.span(),
+                        "backends.name",
+                        "names starting with `worker-` are reserved for workers",
+                    );
+                    None
+                }
+                Some(n) if !names.insert(n.get_ref().clone()) => {
+                    p.at(
+                        n.span(),
+                        "backends.name",
+                        format!("`{}` is used by another backend", n.get_ref()),
+                    );
+                    None
+                }
+                Some(n) => Some(n.into_inner()),
+                None => {
+                    p.at(span.clone(), "backends.name", "every [[backends]] entry needs a name");
+                    None
+                }
+            };
+            let address = match b.address {
+                Some(a) => resolve(&a, "backends.address", p),
+                None => {
+                    p.at(span, "backends.address", "every [[backends]] entry needs an address");
+                    None
+                }
+            };
+            Some(StaticBackend {
+                name: name?,
+                address: address?,
+                send_proxy: send_proxy(b.send_proxy, "backends.send_proxy", p),
+            })
+        })
+        .collect();
+
+    if workers.is_none() && backends.is_empty() && p.is_empty() {
+        p.general(
+            None,
+            "nothing to balance: set [workers] command or add a [[backends]] entry",
+        );
+    }
+
+    let health = HealthConfig {
+        kind: raw.health.kind.unwrap_or_default(),
+        path: match raw.health.path {
+            Some(path) if !path.get_ref().starts_with('/') => {
+                p.at(path.span(), "health.path", "must start with `/`");
+                String::new()
+            }
+            Some(path) => path.into_inner(),
+            None => "/healthz".to_string(),
+        },
+        interval: duration(raw.health.interval, "health.interval", Duration::from_secs(2), p),
+        timeout: duration(raw.health.timeout, "health.timeout", Duration::from_secs(1), p),
+        rise: int(raw.health.rise, "health.rise", 1, 1000, 2, p) as u32,
+        fall: int(raw.health.fall, "health.fall", 1, 1000, 3, p) as u32,
+    };
+
+    let timeouts = Timeouts {
+        connect: duration(raw.timeouts.connect, "timeouts.connect", Duration::from_secs(2), p),
+        idle: duration(raw.timeouts.idle, "timeouts.idle", Duration::from_secs(3600), p),
+        drain: duration(raw.timeouts.drain, "timeouts.drain", Duration::from_secs(30), p),
+    };
+
+    let log = LogConfig {
+        format: raw.log.format.unwrap_or_default(),
+        level: match raw.log.level {
+            Some(level) => {
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                    p.at(
+                        level.span(),
+                        "log.level",
+                        format!("not a level or filter (trace, debug, info, warn, error): {e}"),
+                    );
+                }
+                level.into_inner()
+            }
+            None => "info".to_string(),
+        },
+        connections: raw.log.connections.unwrap_or(true),
+    };
+
+    let threads = int(raw.runtime.threads, "runtime.threads", 0, 1024, 0, p) as usize;
+    let runtime = RuntimeConfig {
+        threads: if threads == 0 { cpus() } else { threads },
+        user: privilege_name(raw.runtime.user, "runtime.user", p),
+        group: privilege_name(raw.runtime.group, "runtime.group", p),
+    };
+
+    Some(Config {
+        source: None,
+        listener,
+        admin,
+        strategy: raw.balance.strategy.unwrap_or_default(),
+        sticky,
+        workers,
+        backends,
+        health,
+        timeouts,
+        log,
+        runtime,
+    })
+}
+
+fn workers(
+    w: RawWorkers,
+    span: Range<usize>,
+    p: &mut Problems,
+) -> Option<WorkersConfig> {
+    let command = match w.command {
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
+            p.at(c.span(), "workers.command", "must name a program");
+            None
+        }
+        Some(c) => Some(c.into_inner()),
+        None => {
+            p.at(span, "workers.command", "[workers] needs a command");
+            None
+        }
+    };
+    let count = match w.count {
+        None => 4,
+        Some(c) => match c.get_ref() {
+            toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
+            toml::Value::String(w) if w == "auto" => cpus(),
+            other => {
+                p.at(
+                    c.span(),
+                    "workers.count",
+                    format!("{other}: must be a number from 1 to 1024 or \"auto\""),
+                );
+                1
+            }
+        },
+    };
+    let host = match w.host {
+        None => Some(IpAddr::from([127, 0, 0, 1])),
+        Some(h) => match h.get_ref().parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                p.at(h.span(), "workers.host", format!("`{}` is not an IP address", h.get_ref()));
+                None
+            }
+        },
+    };
+    let port_base_span = w.port_base.as_ref().map(|s| s.span());
+    let port_base = int(w.port_base, "workers.port_base", 1, 65535, 9100, p) as u16;
+    if port_base as usize + 2 * count > 65536 {
+        let message = format!(
+            "workers use ports {}..{} (two per slot for rolling restarts), past 65535",
+            port_base,
+            port_base as usize + 2 * count - 1
+        );
+        match port_base_span {
+            Some(span) => p.at(span, "workers.port_base", message),
+            None => p.general(Some("workers.port_base"), message),
+        }
+    }
+    let cwd = PathBuf::from(w.cwd.unwrap_or_else(|| ".".to_string()));
+    let mut config = default_workers(command?);
+    config.count = count;
+    config.host = host?;
+    config.port_base = port_base;
+    config.env = w.env;
+    config.cwd = cwd;
+    config.ready_timeout = duration(w.ready_timeout, "workers.ready_timeout", config.ready_timeout, p);
+    config.stop_timeout = duration(w.stop_timeout, "workers.stop_timeout", config.stop_timeout, p);
+    config.restart_delay = duration(w.restart_delay, "workers.restart_delay", config.restart_delay, p);
+    config.restart_delay_max =
+        duration(w.restart_delay_max, "workers.restart_delay_max", config.restart_delay_max, p);
+    config.min_uptime = duration(w.min_uptime, "workers.min_uptime", config.min_uptime, p);
+    config.send_proxy = send_proxy(w.send_proxy, "workers.send_proxy", p);
+    Some(config)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn int(value: Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64, p: &mut Problems) -> i64 {
+    match value {
+        None => default,
+        Some(v) if *v.get_ref() < min || *v.get_ref() > max => {
+            p.at(v.span(), key, format!("{} is out of range {min}..={max}", v.get_ref()));
+            default
+        }
+        Some(v) => v.into_inner(),
+    }
+}
+
+/// A duration written with a unit, such as "250ms", "2s" or "30m"; zero is refused.
+fn duration(value: Option<Spanned<String>>, key: &str, default: Duration, p: &mut Problems) -> Duration {
+    let Some(v) = value else { return default };
+    match humantime::parse_duration(v.get_ref().trim()) {
+        Ok(d) if d.is_zero() => {
+            p.at(v.span(), key, "must be longer than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            p.at(
+                v.span(),
+                key,
+                format!("`{}` is not a duration with a unit such as \"250ms\", \"2s\" or \"30m\": {e}", v.get_ref()),
+            );
+            default
+        }
+    }
+}
+
+fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+    match value.get_ref().trim().parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.at(
+                value.span(),
+                key,
+                format!(
+                    "`{}` is not an address with a port, such as \"127.0.0.1:8080\" or \"[::]:8080\"",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A backend address: an IP and port, or a host name resolved once at load.
+fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+    let text = value.get_ref().trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let resolved = text.to_socket_addrs().ok().and_then(|mut addrs| addrs.next());
+    if resolved.is_none() {
+        p.at(
+            value.span(),
+            key,
+            format!("`{text}` is not a host:port that resolves, such as \"127.0.0.1:3000\""),
+        );
+    }
+    resolved
+}
+
+fn send_proxy(value: Option<Spanned<SendProxy>>, key: &str, p: &mut Problems) -> SendProxy {
+    let Some(v) = value else { return SendProxy::None };
+    if *v.get_ref() != SendProxy::None {
+        p.at(
+            v.span(),
+            key,
+            "sending a PROXY header is not supported by this build yet; use \"none\"",
+        );
+    }
+    v.into_inner()
+}
+
+fn privilege_name(value: Option<Spanned<String>>, key: &str, p: &mut Problems) -> Option<String> {
+    let v = value.filter(|v| !v.get_ref().is_empty())?;
+    p.at(
+        v.span(),
+        key,
+        "dropping privileges is not supported by this build yet; leave it empty",
+    );
+    None
+}
+
+fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {
+    let path = PathBuf::from(file.get_ref());
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().is_empty() => {
+            p.at(file.span(), "admin.token_file", format!("{} is empty", path.display()));
+            None
+        }
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) => {
+            p.at(file.span(), "admin.token_file", format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.listener.binds, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.admin.bind, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.strategy, StrategyKind::Sticky);
+        assert_eq!(c.workers.as_ref().map(|w| w.count), Some(2));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("[listener]\nbind = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("test.toml:3:1"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported() {
+        let err = parse(
+            "[timeouts]\nconnect = \"2 parsecs\"\nidle = \"5\"\n[[backends]]\nname = \"a\"\naddress = \"nowhere\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert_eq!(err.problems[0].line, 2);
+        assert_eq!(err.problems[0].key.as_deref(), Some("timeouts.connect"));
+        assert_eq!(err.problems[1].key.as_deref(), Some("timeouts.idle"));
+        assert_eq!(err.problems[2].key.as_deref(), Some("backends.address"));
+    }
+
+    #[test]
+    fn nothing_to_balance_is_an_error() {
+        let err = parse("[listener]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("nothing to balance"), "{err}");
+    }
+
+    #[test]
+    fn zero_workers_is_an_error() {
+        let err = parse("[workers]\ncommand = [\"x\"]\ncount = 0\n").unwrap_err();
+        assert_eq!(err.problems[0].key.as_deref(), Some("workers.count"));
+        assert_eq!(err.problems[0].line, 3);
+    }
+
+    #[test]
+    fn bind_takes_a_list_and_ipv6() {
+        let c = parse("[listener]\nbind = [\"127.0.0.1:1\", \"[::1]:2\"]\n[[backends]]\nname = \"a\"\naddress = \"127.0.0.1:3\"\n")
+            .unwrap();
+        assert_eq!(c.listener.binds.len(), 2);
+        assert!(c.listener.binds[1].is_ipv6());
+    }
+
+    #[test]
+    fn worker_ports_alternate() {
+        let c = parse("[workers]\ncommand = [\"x\"]\ncount = 3\nport_base = 9000\n").unwrap();
+        let w = c.workers.unwrap();
+        assert_eq!(w.port(1, false), 9001);
+        assert_eq!(w.port(1, true), 9004);
+    }
+
+    #[test]
+    fn overrides_replace_command_count_and_bind() {
+        let mut c = Config::embedded();
+        c.apply(Overrides {
+            count: Some(3),
+            bind: Some("127.0.0.1:7000".parse().unwrap()),
+            command: Some(vec!["node".into(), "app.js".into()]),
+        })
+        .unwrap();
+        let w = c.workers.as_ref().unwrap();
+        assert_eq!((w.count, w.command[0].as_str()), (3, "node"));
+        assert_eq!(c.listener.binds[0].port(), 7000);
+    }
+}

@@ -1,0 +1,223 @@
+//! Choosing a backend for a client: round-robin, least-connections, or
+//! sticky by client IP. A choice skips backends that are down and those
+//! already tried for this client, so a failed connect moves on to the next
+//! candidate and every backend is tried at most once.
+
+pub mod ring;
+pub mod sticky;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::{StickyConfig, StrategyKind};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use ring::Ring;
+use sticky::{ClientKey, Outcome, StickyTable};
+
+/// Backends already tried for one client. Allocates only on a retry.
+#[derive(Debug, Default)]
+pub struct Tried(Vec<usize>);
+
+impl Tried {
+    #[inline]
+    pub fn contains(&self, index: usize) -> bool {
+        self.0.contains(&index)
+    }
+
+    pub fn push(&mut self, index: usize) {
+        self.0.push(index);
+    }
+}
+
+/// How a client was placed, when the strategy is sticky.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// By its live table entry.
+    Entry,
+    /// By the ring (a new client, or its entry's backend is down).
+    Ring,
+}
+
+/// The dispatch state that outlives reloads: counters and the sticky table.
+pub struct Dispatcher {
+    next: AtomicUsize,
+    pub sticky: StickyTable,
+}
+
+impl Dispatcher {
+    pub fn new(sticky: &StickyConfig) -> Dispatcher {
+        Dispatcher {
+            next: AtomicUsize::new(0),
+            sticky: StickyTable::new(sticky),
+        }
+    }
+
+    /// The index of the backend to try next for this client, or `None` when
+    /// no untried backend is up.
+    #[inline]
+    pub fn pick(
+        &self,
+        strategy: StrategyKind,
+        pool: &Pool,
+        client: ClientKey,
+        tried: &Tried,
+    ) -> Option<usize> {
+        match strategy {
+            StrategyKind::RoundRobin => self.round_robin(pool, tried),
+            StrategyKind::LeastConnections => self.least_connections(pool, tried),
+            StrategyKind::Sticky => self.sticky_pick(pool, client, tried).map(|(i, _)| i),
+        }
+    }
+
+    /// Tells dispatch that the client is now connected to backend `index`;
+    /// the sticky strategy records it and counts the lookup.
+    #[inline]
+    pub fn placed(
+        &self,
+        strategy: StrategyKind,
+        pool: &Pool,
+        client: ClientKey,
+        index: usize,
+        metrics: &Metrics,
+    ) {
+        if strategy != StrategyKind::Sticky {
+            return;
+        }
+        match self.sticky.record(client, pool.backends[index].key) {
+            Outcome::Hit => metrics.sticky_hit.inc(),
+            Outcome::Miss => metrics.sticky_miss.inc(),
+            Outcome::Redispatch => metrics.sticky_redispatch.inc(),
+        }
+    }
+
+    /// Where a client would go now, and why, without recording anything
+    /// (for `GET /sticky`).
+    pub fn sticky_pick(
+        &self,
+        pool: &Pool,
+        client: ClientKey,
+        tried: &Tried,
+    ) -> Option<(usize, Placement)> {
+        if let Some(index) = self.sticky.lookup(client).and_then(|k| pool.index_of(k)) {
+            if !tried.contains(index) && pool.backends[index].is_up() {
+                return Some((index, Placement::Entry));
+            }
+        }
+        pool.ring
+            .walk(Ring::point_of(client))
+            .find(|&i| !tried.contains(i) && pool.backends[i].is_up())
+            .map(|i| (i, Placement::Ring))
+    }
+
+    /// The key for a client address under the current prefixes.
+    pub fn client_key(&self, ip: IpAddr) -> ClientKey {
+        self.sticky.key_of(ip)
+    }
+
+    fn round_robin(&self, pool: &Pool, tried: &Tried) -> Option<usize> {
+        let n = pool.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|step| (start + step) % n)
+            .find(|&i| !tried.contains(i) && pool.backends[i].is_up())
+    }
+
+    /// The up backend with the fewest open connections; ties are broken
+    /// round-robin so equal backends share the load.
+    fn least_connections(&self, pool: &Pool, tried: &Tried) -> Option<usize> {
+        let n = pool.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|step| (start + step) % n)
+            .filter(|&i| !tried.contains(i) && pool.backends[i].is_up())
+            .min_by_key(|&i| pool.backends[i].active())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Backend, Kind, State};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn pool(n: usize, metrics: &Metrics) -> Pool {
+        Pool::new(
+            (0..n)
+                .map(|i| {
+                    let b = Backend::new(
+                        format!("worker-{i}"),
+                        Kind::Worker(i),
+                        "127.0.0.1:1".parse().unwrap(),
+                        metrics,
+                    );
+                    b.set_lifecycle(State::Up);
+                    b
+                })
+                .collect(),
+        )
+    }
+
+    fn dispatcher() -> Dispatcher {
+        Dispatcher::new(&StickyConfig {
+            ttl: Duration::from_secs(60),
+            max_entries: 1000,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        })
+    }
+
+    #[test]
+    fn round_robin_skips_down_and_tried() {
+        let m = Metrics::new();
+        let p = pool(3, &m);
+        let d = dispatcher();
+        p.backends[1].set_healthy(false);
+        let picks: Vec<_> = (0..4)
+            .map(|_| d.pick(StrategyKind::RoundRobin, &p, 0, &Tried::default()).unwrap())
+            .collect();
+        assert!(!picks.contains(&1));
+        let mut tried = Tried::default();
+        tried.push(0);
+        tried.push(2);
+        assert_eq!(d.pick(StrategyKind::RoundRobin, &p, 0, &tried), None);
+    }
+
+    #[test]
+    fn least_connections_avoids_the_busy_backend() {
+        let m = Metrics::new();
+        let p = pool(2, &m);
+        let d = dispatcher();
+        let busy = Arc::clone(&p.backends[0]);
+        let _guard = busy.open(busy.instance());
+        for _ in 0..4 {
+            assert_eq!(d.pick(StrategyKind::LeastConnections, &p, 0, &Tried::default()), Some(1));
+        }
+    }
+
+    #[test]
+    fn sticky_redispatches_and_follows() {
+        let m = Metrics::new();
+        let p = pool(3, &m);
+        let d = dispatcher();
+        let client = d.client_key("10.0.0.1".parse().unwrap());
+        let first = d.pick(StrategyKind::Sticky, &p, client, &Tried::default()).unwrap();
+        d.placed(StrategyKind::Sticky, &p, client, first, &m);
+        assert_eq!(m.sticky_miss.get(), 1);
+        p.backends[first].set_healthy(false);
+        let second = d.pick(StrategyKind::Sticky, &p, client, &Tried::default()).unwrap();
+        assert_ne!(first, second);
+        d.placed(StrategyKind::Sticky, &p, client, second, &m);
+        assert_eq!(m.sticky_redispatch.get(), 1);
+        // The client stays on its new backend when the old one returns.
+        p.backends[first].set_healthy(true);
+        assert_eq!(d.pick(StrategyKind::Sticky, &p, client, &Tried::default()), Some(second));
+    }
+}

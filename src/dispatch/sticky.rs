@@ -1,0 +1,264 @@
+//! The sticky table: which backend each client (IP masked to a prefix) was
+//! last sent to, and when it was last seen.
+//!
+//! Lookups and touches take one shard's lock for a moment; the table is cut
+//! into many shards so that a sweep, which locks one shard at a time, never
+//! holds up dispatch for long. Entries idle for `ttl` are treated as absent at
+//! once and removed by the periodic [`StickyTable::sweep`]; past
+//! `max_entries` the sweep removes exactly the least recently used surplus.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::clock;
+
+/// Shards of the map: with a million entries, about 4,000 per shard, so one
+/// shard's sweep takes well under a millisecond.
+const SHARDS: usize = 256;
+
+/// A client's key: its address masked to the configured prefix, IPv4 (and
+/// IPv4-mapped IPv6) in the `::ffff:0:0/96` range so the two families never
+/// collide.
+pub type ClientKey = u128;
+
+/// What a connection's lookup found, for `corral_sticky_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client had a live entry and stayed on its backend.
+    Hit,
+    /// A new client (or one whose entry expired).
+    Miss,
+    /// The client's backend was not usable; it moved and its entry followed.
+    Redispatch,
+}
+
+struct Entry {
+    backend: AtomicU64,
+    last_seen_ms: AtomicU64,
+}
+
+/// The table, with limits that a reload may change.
+pub struct StickyTable {
+    map: DashMap<ClientKey, Entry>,
+    ttl_ms: AtomicU64,
+    max_entries: AtomicUsize,
+    ipv4_prefix: AtomicUsize,
+    ipv6_prefix: AtomicUsize,
+    /// Woken when an insert takes the table past `max_entries`.
+    pub over_limit: Notify,
+}
+
+impl StickyTable {
+    pub fn new(config: &crate::config::StickyConfig) -> StickyTable {
+        let table = StickyTable {
+            map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
+            ttl_ms: AtomicU64::new(0),
+            max_entries: AtomicUsize::new(0),
+            ipv4_prefix: AtomicUsize::new(32),
+            ipv6_prefix: AtomicUsize::new(64),
+            over_limit: Notify::new(),
+        };
+        table.configure(config);
+        table
+    }
+
+    /// Applies new limits (on start and on reload).
+    pub fn configure(&self, config: &crate::config::StickyConfig) {
+        self.ttl_ms.store(config.ttl.as_millis() as u64, Ordering::Relaxed);
+        self.max_entries.store(config.max_entries, Ordering::Relaxed);
+        self.ipv4_prefix.store(config.ipv4_prefix.into(), Ordering::Relaxed);
+        self.ipv6_prefix.store(config.ipv6_prefix.into(), Ordering::Relaxed);
+    }
+
+    /// The key for a client address, masked to the configured prefix.
+    pub fn key_of(&self, ip: IpAddr) -> ClientKey {
+        client_key(
+            ip,
+            self.ipv4_prefix.load(Ordering::Relaxed) as u32,
+            self.ipv6_prefix.load(Ordering::Relaxed) as u32,
+        )
+    }
+
+    /// The backend key of the client's live entry, if it has one.
+    #[inline]
+    pub fn lookup(&self, key: ClientKey) -> Option<u64> {
+        let entry = self.map.get(&key)?;
+        let now = clock::now_ms();
+        let seen = entry.last_seen_ms.load(Ordering::Relaxed);
+        (now.saturating_sub(seen) < self.ttl_ms.load(Ordering::Relaxed))
+            .then(|| entry.backend.load(Ordering::Relaxed))
+    }
+
+    /// Records that the client was just sent to `backend`.
+    pub fn record(&self, key: ClientKey, backend: u64) -> Outcome {
+        let now = clock::now_ms();
+        let ttl = self.ttl_ms.load(Ordering::Relaxed);
+        if let Some(entry) = self.map.get(&key) {
+            let live = now.saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)) < ttl;
+            let previous = entry.backend.swap(backend, Ordering::Relaxed);
+            entry.last_seen_ms.store(now, Ordering::Relaxed);
+            return match (live, previous == backend) {
+                (true, true) => Outcome::Hit,
+                (true, false) => Outcome::Redispatch,
+                (false, _) => Outcome::Miss,
+            };
+        }
+        self.map.insert(
+            key,
+            Entry {
+                backend: AtomicU64::new(backend),
+                last_seen_ms: AtomicU64::new(now),
+            },
+        );
+        if self.map.len() > self.max_entries.load(Ordering::Relaxed) {
+            self.over_limit.notify_one();
+        }
+        Outcome::Miss
+    }
+
+    /// Forgets one client; true if it had an entry.
+    pub fn forget(&self, key: ClientKey) -> bool {
+        self.map.remove(&key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Removes expired entries, then the least recently used ones past
+    /// `max_entries`. Locks one shard at a time.
+    pub fn sweep(&self) {
+        let now = clock::now_ms();
+        let ttl = self.ttl_ms.load(Ordering::Relaxed);
+        self.map
+            .retain(|_, e| now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) < ttl);
+        let max = self.max_entries.load(Ordering::Relaxed);
+        let surplus = self.map.len().saturating_sub(max);
+        if surplus == 0 {
+            return;
+        }
+        let mut seen: Vec<u64> = self
+            .map
+            .iter()
+            .map(|e| e.last_seen_ms.load(Ordering::Relaxed))
+            .collect();
+        if surplus >= seen.len() {
+            self.map.clear();
+            return;
+        }
+        let (_, cutoff, _) = seen.select_nth_unstable(surplus - 1);
+        let cutoff = *cutoff;
+        // Everything older than the cutoff goes; of those seen exactly at the
+        // cutoff, only as many as it takes to reach the limit.
+        let older = seen.iter().filter(|&&t| t < cutoff).count();
+        let mut at_cutoff_to_remove = surplus - older;
+        drop(seen);
+        self.map.retain(|_, e| {
+            let t = e.last_seen_ms.load(Ordering::Relaxed);
+            if t < cutoff {
+                false
+            } else if t == cutoff && at_cutoff_to_remove > 0 {
+                at_cutoff_to_remove -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Masks `ip` to its family's prefix; IPv4-mapped IPv6 counts as IPv4.
+pub fn client_key(ip: IpAddr, ipv4_prefix: u32, ipv6_prefix: u32) -> ClientKey {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let masked = if ipv4_prefix == 0 {
+                0
+            } else {
+                bits & (u32::MAX << (32 - ipv4_prefix.min(32)))
+            };
+            (0xffff_u128 << 32) | u128::from(masked)
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            if ipv6_prefix == 0 {
+                0
+            } else {
+                bits & (u128::MAX << (128 - ipv6_prefix.min(128)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StickyConfig;
+    use std::time::Duration;
+
+    fn table(ttl: Duration, max: usize) -> StickyTable {
+        StickyTable::new(&StickyConfig {
+            ttl,
+            max_entries: max,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        })
+    }
+
+    #[test]
+    fn prefixes_group_clients() {
+        let a = client_key("10.1.2.3".parse().unwrap(), 24, 64);
+        let b = client_key("10.1.2.200".parse().unwrap(), 24, 64);
+        let c = client_key("10.1.3.1".parse().unwrap(), 24, 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped = client_key("::ffff:10.1.2.3".parse().unwrap(), 32, 64);
+        assert_eq!(mapped, client_key("10.1.2.3".parse().unwrap(), 32, 64));
+        let v6a = client_key("2001:db8::1".parse().unwrap(), 32, 64);
+        let v6b = client_key("2001:db8::ffff".parse().unwrap(), 32, 64);
+        assert_eq!(v6a, v6b);
+    }
+
+    #[test]
+    fn record_reports_hit_miss_and_redispatch() {
+        let t = table(Duration::from_secs(60), 10);
+        assert_eq!(t.record(1, 7), Outcome::Miss);
+        assert_eq!(t.lookup(1), Some(7));
+        assert_eq!(t.record(1, 7), Outcome::Hit);
+        assert_eq!(t.record(1, 8), Outcome::Redispatch);
+        assert_eq!(t.lookup(1), Some(8));
+        assert!(t.forget(1));
+        assert_eq!(t.lookup(1), None);
+    }
+
+    #[test]
+    fn sweep_keeps_exactly_the_most_recent_max_entries() {
+        let t = table(Duration::from_secs(60), 100);
+        for k in 0..500u128 {
+            t.record(k, 1);
+        }
+        t.sweep();
+        assert_eq!(t.len(), 100);
+    }
+
+    #[test]
+    fn expired_entries_are_absent_and_swept() {
+        let t = table(Duration::from_millis(20), 100);
+        t.record(5, 1);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(t.lookup(5), None);
+        t.sweep();
+        assert!(t.is_empty());
+    }
+}

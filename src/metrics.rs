@@ -1,0 +1,255 @@
+//! Every metric corral exports, defined and registered in one place.
+//!
+//! Label lookups (`with_label_values`) take a lock, so the hot path never does
+//! them: each backend resolves its handles once into [`BackendMetrics`] and
+//! each error reason is resolved once into [`ErrorCounters`].
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 100 µs (loopback) to 10 s (a slow WAN connect or a long request).
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Buckets for whole connection lifetimes: 1 ms to 1 hour.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The registry and the metric families; cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub accepted: IntCounter,
+    pub errors: ErrorCounters,
+    pub accept_errors: IntCounter,
+    pub sticky_entries: IntGauge,
+    pub sticky_hit: IntCounter,
+    pub sticky_miss: IntCounter,
+    pub sticky_redispatch: IntCounter,
+    pub reload_success: IntCounter,
+    pub reload_failure: IntCounter,
+    connections: IntCounterVec,
+    active: IntGaugeVec,
+    bytes_received: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    up: IntGaugeVec,
+    connect_duration: HistogramVec,
+    connection_duration: HistogramVec,
+    health_checks: IntCounterVec,
+    restarts: IntCounterVec,
+}
+
+/// `corral_connection_errors_total`, one handle per reason.
+pub struct ErrorCounters {
+    pub connect_failed: IntCounter,
+    pub no_backend: IntCounter,
+    pub timeout: IntCounter,
+    pub limit: IntCounter,
+    pub proxy_protocol: IntCounter,
+}
+
+/// One backend's metric handles, resolved once when the backend is created.
+pub struct BackendMetrics {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub up: IntGauge,
+    pub connect_duration: Histogram,
+    pub connection_duration: Histogram,
+    pub health_success: IntCounter,
+    pub health_failure: IntCounter,
+    pub restarts: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["backend"],
+    )
+    .expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            r.register(Box::new(process)).expect("process metrics registered once");
+        }
+        let errors = counter_vec(
+            &r,
+            "corral_connection_errors_total",
+            "Client connections that failed, by reason.",
+            &["reason"],
+        );
+        let sticky_lookups = counter_vec(
+            &r,
+            "corral_sticky_lookups_total",
+            "Sticky table lookups by result.",
+            &["result"],
+        );
+        let reloads = counter_vec(
+            &r,
+            "corral_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        let sticky_entries = IntGauge::new("corral_sticky_entries", "Entries in the sticky table.")
+            .expect("valid metric");
+        r.register(Box::new(sticky_entries.clone())).expect("metric registered once");
+        Metrics {
+            accepted: counter(
+                &r,
+                "corral_connections_accepted_total",
+                "Client connections accepted by the front end.",
+            ),
+            accept_errors: counter(
+                &r,
+                "corral_accept_errors_total",
+                "accept() failures on the front end (EMFILE and the like).",
+            ),
+            errors: ErrorCounters {
+                connect_failed: errors.with_label_values(&["connect_failed"]),
+                no_backend: errors.with_label_values(&["no_backend"]),
+                timeout: errors.with_label_values(&["timeout"]),
+                limit: errors.with_label_values(&["limit"]),
+                proxy_protocol: errors.with_label_values(&["proxy_protocol"]),
+            },
+            sticky_entries,
+            sticky_hit: sticky_lookups.with_label_values(&["hit"]),
+            sticky_miss: sticky_lookups.with_label_values(&["miss"]),
+            sticky_redispatch: sticky_lookups.with_label_values(&["redispatch"]),
+            reload_success: reloads.with_label_values(&["success"]),
+            reload_failure: reloads.with_label_values(&["failure"]),
+            connections: counter_vec(
+                &r,
+                "corral_connections_total",
+                "Client connections proxied to each backend.",
+                &["backend"],
+            ),
+            active: gauge_vec(
+                &r,
+                "corral_connections_active",
+                "Client connections open to each backend.",
+                &["backend"],
+            ),
+            bytes_received: counter_vec(
+                &r,
+                "corral_bytes_received_total",
+                "Bytes received from clients, by the backend they were sent to.",
+                &["backend"],
+            ),
+            bytes_sent: counter_vec(
+                &r,
+                "corral_bytes_sent_total",
+                "Bytes sent to clients, by the backend they came from.",
+                &["backend"],
+            ),
+            up: gauge_vec(
+                &r,
+                "corral_backend_up",
+                "1 while the backend is in rotation, else 0.",
+                &["backend"],
+            ),
+            connect_duration: histogram_vec(
+                &r,
+                "corral_backend_connect_duration_seconds",
+                "Time to open a TCP connection to the backend.",
+                CONNECT_BUCKETS,
+            ),
+            connection_duration: histogram_vec(
+                &r,
+                "corral_connection_duration_seconds",
+                "Lifetime of proxied client connections.",
+                DURATION_BUCKETS,
+            ),
+            health_checks: counter_vec(
+                &r,
+                "corral_health_checks_total",
+                "Active health checks by backend and result.",
+                &["backend", "result"],
+            ),
+            restarts: counter_vec(
+                &r,
+                "corral_worker_restarts_total",
+                "Worker restarts after a crash or a failed start.",
+                &["backend"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Resolves (and so creates, at zero) every per-backend series for `label`.
+    pub fn backend(&self, label: &str) -> BackendMetrics {
+        let l = &[label];
+        BackendMetrics {
+            connections: self.connections.with_label_values(l),
+            active: self.active.with_label_values(l),
+            bytes_received: self.bytes_received.with_label_values(l),
+            bytes_sent: self.bytes_sent.with_label_values(l),
+            up: self.up.with_label_values(l),
+            connect_duration: self.connect_duration.with_label_values(l),
+            connection_duration: self.connection_duration.with_label_values(l),
+            health_success: self.health_checks.with_label_values(&[label, "success"]),
+            health_failure: self.health_checks.with_label_values(&[label, "failure"]),
+            restarts: self.restarts.with_label_values(l),
+        }
+    }
+
+    /// Drops every per-backend series of a backend removed by a reload.
+    pub fn forget_backend(&self, label: &str) {
+        let l = &[label];
+        let _ = self.connections.remove_label_values(l);
+        let _ = self.active.remove_label_values(l);
+        let _ = self.bytes_received.remove_label_values(l);
+        let _ = self.bytes_sent.remove_label_values(l);
+        let _ = self.up.remove_label_values(l);
+        let _ = self.connect_duration.remove_label_values(l);
+        let _ = self.connection_duration.remove_label_values(l);
+        let _ = self.health_checks.remove_label_values(&[label, "success"]);
+        let _ = self.health_checks.remove_label_values(&[label, "failure"]);
+        let _ = self.restarts.remove_label_values(l);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,312 @@
+//! One worker slot: a stable id whose process corral keeps running.
+//!
+//! The slot task owns the process. It starts it, waits until it accepts
+//! connections, puts it in rotation, restarts it with exponential backoff
+//! when it dies, swaps it for a fresh process on a rolling restart (new one
+//! ready first, then the old one drained and stopped), and stops it on
+//! shutdown. State goes `starting` → `up` → (`draining` →) `stopped`, or
+//! `down` while it is crashed and waiting for its restart.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
+use crate::config::WorkersConfig;
+use crate::health;
+use crate::pool::{Backend, Instance, State};
+use crate::shared::Shared;
+
+/// How often readiness and drain progress are polled.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Asks a running slot to do something.
+pub enum Command {
+    /// Replace the process with one started from `workers` (rolling restart).
+    Replace {
+        workers: Arc<WorkersConfig>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Ports held by live worker processes, so that a slot never starts a
+/// process on a port another slot's process is using (the alternate ports
+/// shift when `count` changes on reload).
+#[derive(Default)]
+pub struct PortBook(Mutex<Vec<u16>>);
+
+impl PortBook {
+    /// Claims the first of `candidates` that is free.
+    fn claim(&self, candidates: [u16; 2]) -> Option<u16> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let port = candidates.into_iter().find(|p| !held.contains(p))?;
+        held.push(port);
+        Some(port)
+    }
+
+    fn release(&self, port: u16) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|&p| p != port);
+    }
+}
+
+/// What a slot task needs; moved into the task.
+pub struct Slot {
+    pub id: usize,
+    pub backend: Arc<Backend>,
+    pub spawner: Spawner,
+    pub shared: Arc<Shared>,
+    pub ports: Arc<PortBook>,
+}
+
+/// A process that is running and in rotation, with the port it holds.
+struct Live {
+    process: WorkerProcess,
+    port: u16,
+}
+
+impl Slot {
+    /// Runs the slot until `stop` is cancelled; the process is stopped
+    /// before this returns.
+    pub async fn run(
+        self,
+        mut workers: Arc<WorkersConfig>,
+        mut commands: mpsc::Receiver<Command>,
+        stop: CancellationToken,
+    ) {
+        let mut delay = workers.restart_delay;
+        while !stop.is_cancelled() {
+            self.backend.set_lifecycle(State::Starting);
+            match self.start(&workers, None, &stop).await {
+                Ok(mut live) => {
+                    self.go_live(&live, &workers);
+                    let up_since = Instant::now();
+                    loop {
+                        tokio::select! {
+                            status = live.process.wait() => {
+                                self.backend.set_lifecycle(State::Down);
+                                self.ports.release(live.port);
+                                if up_since.elapsed() >= workers.min_uptime {
+                                    delay = workers.restart_delay;
+                                }
+                                tracing::warn!(
+                                    worker = self.id,
+                                    pid = live.process.pid,
+                                    status = %describe(status),
+                                    uptime = ?up_since.elapsed(),
+                                    "worker exited unexpectedly"
+                                );
+                                break;
+                            }
+                            Some(command) = commands.recv() => match command {
+                                Command::Replace { workers: fresh, done } => {
+                                    let result = self.replace(&mut live, &fresh, &stop).await;
+                                    if result.is_ok() {
+                                        workers = fresh;
+                                    }
+                                    let _ = done.send(result);
+                                }
+                            },
+                            _ = stop.cancelled() => {
+                                self.backend.set_lifecycle(State::Stopped);
+                                live.process.stop(workers.stop_timeout).await;
+                                self.ports.release(live.port);
+                                tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    self.backend.set_lifecycle(State::Down);
+                    tracing::error!(worker = self.id, %error, "worker failed to start");
+                }
+            }
+            self.backend.count_restart();
+            tracing::info!(worker = self.id, delay = ?delay, "restarting worker after backoff");
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = stop.cancelled() => break,
+                    Some(Command::Replace { workers: fresh, done }) = commands.recv() => {
+                        // Nothing runs to replace: the next start uses it.
+                        workers = fresh;
+                        let _ = done.send(Ok(()));
+                    }
+                }
+            }
+            delay = (delay * 2).min(workers.restart_delay_max);
+        }
+        self.backend.set_lifecycle(State::Stopped);
+    }
+
+    /// Puts a ready process in rotation.
+    fn go_live(&self, live: &Live, workers: &WorkersConfig) {
+        let addr = SocketAddr::new(workers.host, live.port);
+        self.backend
+            .switch_to(Instance::new(addr, Some(live.process.pid)));
+        self.backend.set_healthy(true);
+        self.backend.set_lifecycle(State::Up);
+        tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
+    }
+
+    /// Starts a process and waits until it accepts connections. `avoid` is a
+    /// port not to use (the one the running process holds).
+    async fn start(
+        &self,
+        workers: &WorkersConfig,
+        avoid: Option<u16>,
+        stop: &CancellationToken,
+    ) -> Result<Live, String> {
+        let primary = workers.port(self.id, false);
+        let alternate = workers.port(self.id, true);
+        let candidates = if avoid == Some(primary) {
+            [alternate, primary]
+        } else {
+            [primary, alternate]
+        };
+        let port = self
+            .ports
+            .claim(candidates)
+            .ok_or_else(|| format!("ports {primary} and {alternate} are both held by other workers"))?;
+        let started = self.start_on(workers, port, stop).await;
+        if started.is_err() {
+            self.ports.release(port);
+        }
+        started.map(|process| Live { process, port })
+    }
+
+    async fn start_on(
+        &self,
+        workers: &WorkersConfig,
+        port: u16,
+        stop: &CancellationToken,
+    ) -> Result<WorkerProcess, String> {
+        let spec = spec(workers, self.id, port).map_err(|e| e.to_string())?;
+        let mut process = self.spawner.spawn(spec).await.map_err(|e| e.to_string())?;
+        tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
+        let addr = SocketAddr::new(workers.host, port);
+        let health = self.shared.config.load().health.clone();
+        let ready = async {
+            loop {
+                if health::probe(addr, &health).await {
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        tokio::select! {
+            ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
+                Ok(()) => Ok(process),
+                Err(_) => {
+                    process.kill().await;
+                    Err(format!(
+                        "not accepting connections on {addr} within ready_timeout ({:?}); killed",
+                        workers.ready_timeout
+                    ))
+                }
+            },
+            status = process.wait() => Err(format!("exited before it was ready ({})", describe(status))),
+            _ = stop.cancelled() => {
+                process.stop(workers.stop_timeout).await;
+                Err("stopped while starting".to_string())
+            }
+        }
+    }
+
+    /// A rolling restart of this slot: the new process must be ready before
+    /// the old one is drained and stopped. On failure the old one keeps
+    /// serving.
+    async fn replace(
+        &self,
+        live: &mut Live,
+        workers: &Arc<WorkersConfig>,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let fresh = self.start(workers, Some(live.port), stop).await?;
+        let old = std::mem::replace(live, fresh);
+        let old_instance = self.backend.switch_to(Instance::new(
+            SocketAddr::new(workers.host, live.port),
+            Some(live.process.pid),
+        ));
+        tracing::info!(
+            worker = self.id,
+            old_pid = old.process.pid,
+            new_pid = live.process.pid,
+            "worker replaced; draining the old process"
+        );
+        self.backend.set_healthy(true);
+        self.backend.set_lifecycle(State::Up);
+        let drain = self.shared.config.load().timeouts.drain;
+        let mut old = old;
+        drain_instance(&old_instance, drain, &mut old.process).await;
+        old.process.stop(workers.stop_timeout).await;
+        self.ports.release(old.port);
+        Ok(())
+    }
+}
+
+/// Waits until no connection is open to `instance`, for at most `limit`
+/// (or until its process is gone).
+pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
+    let drained = async {
+        while instance.active() > 0 {
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(limit, drained) => {}
+        _ = process.wait() => {}
+    }
+}
+
+/// The argv and environment of worker `id` on `port`.
+fn spec(workers: &WorkersConfig, id: usize, port: u16) -> std::io::Result<WorkerSpec> {
+    let expand = |arg: &String| {
+        arg.replace("{port}", &port.to_string())
+            .replace("{id}", &id.to_string())
+    };
+    let program = if workers.command[0] == "corral" {
+        std::env::current_exe()?.into_os_string()
+    } else {
+        expand(&workers.command[0]).into()
+    };
+    let mut env: Vec<(String, String)> = workers
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("PORT".to_string(), port.to_string()),
+        ("HOST".to_string(), workers.host.to_string()),
+        ("CORRAL_WORKER_ID".to_string(), id.to_string()),
+        ("CORRAL_WORKER_COUNT".to_string(), workers.count.to_string()),
+    ]);
+    Ok(WorkerSpec {
+        id,
+        program,
+        args: workers.command[1..].iter().map(expand).collect(),
+        env,
+        cwd: workers.cwd.clone(),
+    })
+}
+
+fn describe(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => s.to_string(),
+        },
+        None => "status unknown".to_string(),
+    }
+}

@@ -1,0 +1,227 @@
+//! Starting worker processes, from one long-lived thread.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and
+//! tokio's blocking threads come and go, so every worker is forked from the
+//! dedicated `corral-spawner` thread, which lives as long as the process.
+//! That thread runs a small runtime that also reaps each child (tokio's
+//! pidfd-based `wait`, no SIGCHLD handler of ours) and forwards the child's
+//! stdout and stderr to the log, line by line, tagged with the worker id.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Longest worker log line kept whole; the rest of a longer line is dropped
+/// and the cut is marked, so a worker printing megabytes cannot hurt corral.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Everything needed to start one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub id: usize,
+    pub program: OsString,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+/// A started worker process.
+pub struct WorkerProcess {
+    pub pid: u32,
+    /// Resolves with the exit status once the process has been reaped.
+    exited: oneshot::Receiver<ExitStatus>,
+    /// Set once `exited` has resolved (a oneshot may be awaited only once).
+    reaped: Option<Option<ExitStatus>>,
+}
+
+impl WorkerProcess {
+    /// Waits until the process has been reaped; `None` if the status was
+    /// lost. Cancel-safe, and may be called again after it returned.
+    pub async fn wait(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.reaped {
+            return status;
+        }
+        let status = (&mut self.exited).await.ok();
+        self.reaped = Some(status);
+        status
+    }
+
+    /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
+    /// Returns once the process has been reaped.
+    pub async fn stop(&mut self, grace: Duration) {
+        if self.reaped.is_some() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            tracing::warn!(pid = self.pid, grace = ?grace, "worker ignored SIGTERM; sending SIGKILL");
+            self.kill().await;
+        }
+    }
+
+    /// SIGKILL to the process group; returns once it has been reaped.
+    pub async fn kill(&mut self) {
+        if self.reaped.is_some() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+    }
+}
+
+impl Drop for WorkerProcess {
+    /// A process handle is never dropped while its process runs: whatever
+    /// path forgot it, the worker goes with it.
+    fn drop(&mut self) {
+        let running = self.reaped.is_none()
+            && matches!(self.exited.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        if running {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+struct Request {
+    spec: WorkerSpec,
+    reply: oneshot::Sender<io::Result<WorkerProcess>>,
+}
+
+/// A handle to the spawner thread; cheap to clone.
+#[derive(Clone)]
+pub struct Spawner {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread.
+    pub fn start() -> io::Result<Spawner> {
+        let (requests, mut incoming) = mpsc::unbounded_channel::<Request>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("corral-spawner".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some(request) = incoming.recv().await {
+                        let _ = request.reply.send(spawn_here(request.spec));
+                    }
+                    // The supervisor is gone: the process is exiting. Keep
+                    // reaping until it does, so no child is left a zombie.
+                    std::future::pending::<()>().await;
+                });
+            })?;
+        Ok(Spawner { requests })
+    }
+
+    /// Starts a worker process.
+    pub async fn spawn(&self, spec: WorkerSpec) -> io::Result<WorkerProcess> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || io::Error::other("the spawner thread is gone");
+        self.requests.send(Request { spec, reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Runs on the spawner thread.
+fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
+    let mut command = tokio::process::Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if !spec.cwd.as_os_str().is_empty() {
+        command.current_dir(&spec.cwd);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe calls (prctl, getppid); it touches no memory
+    // shared with other threads.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("corral exited while starting the worker"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot start {:?}: {e}", spec.program),
+        )
+    })?;
+    let pid = child.id().ok_or_else(|| io::Error::other("the worker exited at once"))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_lines(out, spec.id, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_lines(err, spec.id, "stderr"));
+    }
+    let (tell, exited) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(status) = child.wait().await {
+            let _ = tell.send(status);
+        }
+    });
+    Ok(WorkerProcess {
+        pid,
+        exited,
+        reaped: None,
+    })
+}
+
+/// Copies a worker's output to the log, one event per line.
+async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: &'static str) {
+    let mut chunk = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut dropped = 0usize;
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in &chunk[..n] {
+            if byte == b'\n' {
+                emit(worker, name, &line, dropped);
+                line.clear();
+                dropped = 0;
+            } else if line.len() < MAX_LINE {
+                line.push(byte);
+            } else {
+                dropped += 1;
+            }
+        }
+    }
+    if !line.is_empty() || dropped > 0 {
+        emit(worker, name, &line, dropped);
+    }
+}
+
+fn emit(worker: usize, stream: &'static str, line: &[u8], dropped: usize) {
+    let text: String = String::from_utf8_lossy(line)
+        .trim_end_matches('\r')
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+        .collect();
+    if dropped > 0 {
+        tracing::info!(target: "corral::worker", worker, stream, truncated_bytes = dropped, "{text}");
+    } else {
+        tracing::info!(target: "corral::worker", worker, stream, "{text}");
+    }
+}
