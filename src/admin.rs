@@ -26,6 +26,9 @@ use crate::shared::Shared;
 
 type Reply = Response<Full<Bytes>>;
 
+/// A refusal already written as a reply (boxed: replies are large).
+type Refusal = Box<Reply>;
+
 /// Serves the admin port until the process exits.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -86,7 +89,7 @@ fn route(
         (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
         (&Method::POST, "/workers/restart") => {
             if let Err(denied) = authorize(shared, &request) {
-                return denied;
+                return *denied;
             }
             match control.try_send(ControlRequest::RollingRestart) {
                 Ok(()) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"})),
@@ -96,7 +99,7 @@ fn route(
         (&Method::GET, "/sticky") => sticky_lookup(shared, &request),
         (&Method::DELETE, "/sticky") => {
             if let Err(denied) = authorize(shared, &request) {
-                return denied;
+                return *denied;
             }
             sticky_forget(shared, &request)
         }
@@ -138,7 +141,7 @@ fn status(shared: &Shared) -> serde_json::Value {
 fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
     let ip = match ip_param(request) {
         Ok(ip) => ip,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let key = shared.dispatcher.client_key(ip);
     let pool = shared.pool.load();
@@ -165,30 +168,42 @@ fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
 fn sticky_forget(shared: &Shared, request: &Request<Incoming>) -> Reply {
     let ip = match ip_param(request) {
         Ok(ip) => ip,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let key = shared.dispatcher.client_key(ip);
     if shared.dispatcher.sticky.forget(key) {
-        json_reply(StatusCode::OK, json!({"ip": ip.to_string(), "forgotten": true}))
+        json_reply(
+            StatusCode::OK,
+            json!({"ip": ip.to_string(), "forgotten": true}),
+        )
     } else {
-        json_reply(StatusCode::NOT_FOUND, json!({"ip": ip.to_string(), "forgotten": false}))
+        json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"ip": ip.to_string(), "forgotten": false}),
+        )
     }
 }
 
-fn ip_param(request: &Request<Incoming>) -> Result<IpAddr, Reply> {
+fn ip_param(request: &Request<Incoming>) -> Result<IpAddr, Refusal> {
     let query = request.uri().query().unwrap_or("");
     let value = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "ip")
         .map(|(_, v)| v.into_owned());
     match value.as_deref().map(str::parse::<IpAddr>) {
         Some(Ok(ip)) => Ok(ip),
-        Some(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "ip is not an IP address\n")),
-        None => Err(text(StatusCode::BAD_REQUEST, "missing ?ip=ADDR\n")),
+        Some(Err(_)) => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "ip is not an IP address\n",
+        ))),
+        None => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing ?ip=ADDR\n",
+        ))),
     }
 }
 
 /// The token rule for mutations.
-fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Reply> {
+fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal> {
     let config = shared.config.load();
     match &config.admin.token {
         Some(token) => {
@@ -199,18 +214,18 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Reply> 
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
                 Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-                _ => Err(with_header(
+                _ => Err(Box::new(with_header(
                     text(StatusCode::UNAUTHORIZED, "a bearer token is required\n"),
                     "www-authenticate",
                     "Bearer",
-                )),
+                ))),
             }
         }
         None if is_loopback(config.admin.bind) => Ok(()),
-        None => Err(text(
+        None => Err(Box::new(text(
             StatusCode::FORBIDDEN,
             "admin.token_file is not set and the admin port is not on loopback\n",
-        )),
+        ))),
     }
 }
 

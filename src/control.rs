@@ -62,7 +62,10 @@ fn rolling_restart(shared: &Shared, supervisor: &Arc<Supervisor>) {
     };
     let supervisor = Arc::clone(supervisor);
     tokio::spawn(async move {
-        if let Err(error) = supervisor.rolling_restart(Arc::new(workers), usize::MAX).await {
+        if let Err(error) = supervisor
+            .rolling_restart(Arc::new(workers), usize::MAX)
+            .await
+        {
             tracing::error!(%error, "rolling restart failed");
         }
     });
@@ -90,14 +93,22 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
         return;
     }
     for (what, same) in [
-        ("listener.backlog", old.listener.backlog == fresh.listener.backlog),
-        ("listener.max_connections", old.listener.max_connections == fresh.listener.max_connections),
+        (
+            "listener.backlog",
+            old.listener.backlog == fresh.listener.backlog,
+        ),
+        (
+            "listener.max_connections",
+            old.listener.max_connections == fresh.listener.max_connections,
+        ),
         ("[log] format", old.log.format == fresh.log.format),
         ("[log] level", old.log.level == fresh.log.level),
         ("[runtime]", old.runtime == fresh.runtime),
     ] {
         if !same {
-            tracing::warn!("reload: a change of {what} takes effect only after a restart of corral");
+            tracing::warn!(
+                "reload: a change of {what} takes effect only after a restart of corral"
+            );
         }
     }
 
@@ -112,11 +123,11 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
 
     // Static backends no longer configured: their series go.
     let current = shared.pool.load_full();
-    for gone in old_pool
-        .backends
-        .iter()
-        .filter(|b| current.by_label(&b.label).is_none_or(|now| !Arc::ptr_eq(now, b)))
-    {
+    for gone in old_pool.backends.iter().filter(|b| {
+        current
+            .by_label(&b.label)
+            .is_none_or(|now| !Arc::ptr_eq(now, b))
+    }) {
         if current.by_label(&gone.label).is_none() && gone.kind == crate::pool::Kind::Static {
             shared.metrics.forget_backend(&gone.label);
         }
@@ -134,7 +145,9 @@ async fn apply_workers(shared: &Shared, supervisor: &Supervisor, old: &Config, f
         shared.metrics.forget_backend(&retired.label);
         tracing::info!(backend = %retired.label, "worker slot retired");
     }
-    let Some(workers) = &fresh.workers else { return };
+    let Some(workers) = &fresh.workers else {
+        return;
+    };
     let workers = Arc::new(workers.clone());
     let pool = shared.pool.load_full();
     let worker_backends: Vec<_> = pool

@@ -80,13 +80,12 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
     let mut listeners = Vec::new();
     for &addr in &config.listener.binds {
-        let listener = listener::bind(addr, config.listener.backlog).map_err(|source| {
-            Fatal::Bind {
+        let listener =
+            listener::bind(addr, config.listener.backlog).map_err(|source| Fatal::Bind {
                 what: "front end",
                 addr,
                 source,
-            }
-        })?;
+            })?;
         listeners.push(listener);
     }
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
@@ -102,9 +101,11 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     })?;
 
     let shared = Shared::new(config.clone());
-    shared
-        .pool
-        .store(Arc::new(Pool::assemble(&config, &shared.metrics, &shared.pool.load())));
+    shared.pool.store(Arc::new(Pool::assemble(
+        &config,
+        &shared.metrics,
+        &shared.pool.load(),
+    )));
     shared.set_bound();
     tracing::info!(
         front_end = ?config.listener.binds,
@@ -115,7 +116,11 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     );
 
     let (control_tx, control_rx) = mpsc::channel(8);
-    tokio::spawn(admin::serve(Arc::clone(&shared), admin_listener, control_tx));
+    tokio::spawn(admin::serve(
+        Arc::clone(&shared),
+        admin_listener,
+        control_tx,
+    ));
     tokio::spawn(health::run(Arc::clone(&shared)));
     tokio::spawn(sweep_sticky(Arc::clone(&shared)));
 
@@ -128,7 +133,9 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             .filter(|b| matches!(b.kind, Kind::Worker(_)))
             .cloned()
             .collect();
-        supervisor.start_slots(&Arc::new(workers.clone()), &backends).await;
+        supervisor
+            .start_slots(&Arc::new(workers.clone()), &backends)
+            .await;
         // Hold the first clients in the backlog until a worker is ready,
         // rather than turning them away while the workers boot.
         let _ = tokio::time::timeout(workers.ready_timeout, async {
@@ -148,7 +155,13 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         ));
     }
 
-    let result = control::run(Arc::clone(&shared), Arc::clone(&supervisor), source, control_rx).await;
+    let result = control::run(
+        Arc::clone(&shared),
+        Arc::clone(&supervisor),
+        source,
+        control_rx,
+    )
+    .await;
     if let Err(source) = result {
         supervisor.shutdown().await;
         return Err(Fatal::Io {
@@ -175,7 +188,10 @@ async fn drain(shared: &Arc<Shared>) {
     }
     let second_signal = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -190,7 +206,10 @@ async fn drain(shared: &Arc<Shared>) {
         _ = second_signal => tracing::warn!("second stop signal: closing open connections now"),
     }
     if !shared.connections.is_empty() {
-        tracing::warn!(open = shared.connections.len(), "closing connections still open");
+        tracing::warn!(
+            open = shared.connections.len(),
+            "closing connections still open"
+        );
         shared.cut_connections.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections.wait()).await;
     }

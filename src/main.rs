@@ -11,7 +11,11 @@ use corral::config::{Config, Overrides};
 use corral::control::Source;
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "A Layer-4 TCP load balancer that supervises its workers")]
+#[command(
+    name = "corral",
+    version,
+    about = "A Layer-4 TCP load balancer that supervises its workers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -68,19 +68,25 @@ pub struct BackendMetrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
@@ -90,7 +96,9 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -
         &["backend"],
     )
     .expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -100,7 +108,8 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
-            r.register(Box::new(process)).expect("process metrics registered once");
+            r.register(Box::new(process))
+                .expect("process metrics registered once");
         }
         let errors = counter_vec(
             &r,
@@ -122,7 +131,8 @@ impl Metrics {
         );
         let sticky_entries = IntGauge::new("corral_sticky_entries", "Entries in the sticky table.")
             .expect("valid metric");
-        r.register(Box::new(sticky_entries.clone())).expect("metric registered once");
+        r.register(Box::new(sticky_entries.clone()))
+            .expect("metric registered once");
         Metrics {
             accepted: counter(
                 &r,

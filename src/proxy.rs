@@ -1,13 +1,17 @@
 //! One client connection, from accept to close: choose a backend, connect
 //! (moving on to the next backend if that fails), pump bytes, account for
-//! them, and log how it ended.
+//! them, and log how it ended. A backend that hangs up before answering a
+//! single byte (a worker killed mid-request) costs the client nothing: what
+//! the client sent is replayed on the next backend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::config::Config;
 use crate::dispatch::Tried;
 use crate::health;
 use crate::pool::{ActiveGuard, Pool};
@@ -15,62 +19,113 @@ use crate::pump::{self, End};
 use crate::shared::Shared;
 
 /// Serves one accepted client until it closes or corral cuts it.
-pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
+pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
     let config = shared.config.load_full();
     let pool = shared.pool.load_full();
     let client_key = shared.dispatcher.client_key(peer.ip());
+    let mut tried = Tried::default();
+    let mut replayed = 0u64;
+    let mut replay: Option<(Vec<u8>, bool)> = None;
 
-    let (mut upstream, guard) = match connect(&shared, &pool, client_key, &config).await {
-        Ok(connected) => connected,
-        Err(end) => {
-            if end == Unserved::NoBackend {
-                shared.metrics.errors.no_backend.inc();
+    loop {
+        let (mut upstream, guard, index) =
+            match connect(&shared, &pool, client_key, &config, &mut tried).await {
+                Ok(connected) => connected,
+                Err(end) => {
+                    if end == Unserved::NoBackend {
+                        shared.metrics.errors.no_backend.inc();
+                    }
+                    log_closed(&config, peer, "", replayed, 0, started, end.as_str());
+                    return;
+                }
+            };
+        let backend = Arc::clone(&guard.backend);
+        if let Some((bytes, client_done)) = replay.take() {
+            if !resend(&mut upstream, &bytes, client_done).await {
+                tried.push(index);
+                replay = Some((bytes, client_done));
+                continue;
             }
-            if config.log.connections {
-            tracing::info!(
-                target: "corral::connection",
-                client = %peer,
-                backend = "",
-                bytes_in = 0u64,
-                bytes_out = 0u64,
-                duration_ms = started.elapsed().as_millis() as u64,
-                    end = end.as_str(),
-                    "connection closed"
-                );
-            }
-            return;
         }
-    };
-    let backend = &guard.backend;
-
-    let outcome = tokio::select! {
-        outcome = pump::pump(&mut client, &mut upstream, config.timeouts.idle) => outcome,
-        _ = shared.cut_connections.cancelled() => pump::Outcome {
-            from_client: 0,
-            from_backend: 0,
-            end: End::Reset,
-        },
-    };
-    backend.metrics.bytes_received.inc_by(outcome.from_client);
-    backend.metrics.bytes_sent.inc_by(outcome.from_backend);
-    backend
-        .metrics
-        .connection_duration
-        .observe(started.elapsed().as_secs_f64());
-    if outcome.end == End::IdleTimeout {
-        shared.metrics.errors.timeout.inc();
+        let outcome = tokio::select! {
+            outcome = pump::pump(&client, &upstream, config.timeouts.idle, true) => outcome,
+            _ = shared.cut_connections.cancelled() => pump::Outcome {
+                from_client: 0,
+                from_backend: 0,
+                end: End::Reset,
+            },
+        };
+        drop(guard);
+        if let End::BackendGaveUp {
+            replay: bytes,
+            client_done,
+        } = outcome.end
+        {
+            tracing::warn!(
+                backend = %backend.label,
+                client = %peer,
+                bytes = bytes.len(),
+                "backend closed before answering; replaying the request on another backend"
+            );
+            replayed = bytes.len() as u64;
+            tried.push(index);
+            replay = Some((bytes, client_done));
+            continue;
+        }
+        let from_client = replayed + outcome.from_client;
+        backend.metrics.bytes_received.inc_by(from_client);
+        backend.metrics.bytes_sent.inc_by(outcome.from_backend);
+        backend
+            .metrics
+            .connection_duration
+            .observe(started.elapsed().as_secs_f64());
+        if outcome.end == End::IdleTimeout {
+            shared.metrics.errors.timeout.inc();
+        }
+        log_closed(
+            &config,
+            peer,
+            &backend.label,
+            from_client,
+            outcome.from_backend,
+            started,
+            outcome.end.as_str(),
+        );
+        return;
     }
+}
+
+/// Sends a replayed request to a fresh backend; false if that failed.
+async fn resend(upstream: &mut TcpStream, bytes: &[u8], client_done: bool) -> bool {
+    if upstream.write_all(bytes).await.is_err() {
+        return false;
+    }
+    if client_done {
+        let _ = socket2::SockRef::from(&*upstream).shutdown(std::net::Shutdown::Write);
+    }
+    true
+}
+
+fn log_closed(
+    config: &Config,
+    client: SocketAddr,
+    backend: &str,
+    bytes_in: u64,
+    bytes_out: u64,
+    started: Instant,
+    end: &str,
+) {
     if config.log.connections {
         tracing::info!(
             target: "corral::connection",
-            client = %peer,
-            backend = %backend.label,
-            bytes_in = outcome.from_client,
-            bytes_out = outcome.from_backend,
+            %client,
+            backend,
+            bytes_in,
+            bytes_out,
             duration_ms = started.elapsed().as_millis() as u64,
-            end = outcome.end.as_str(),
+            end,
             "connection closed"
         );
     }
@@ -81,7 +136,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
 enum Unserved {
     /// No backend was up to begin with.
     NoBackend,
-    /// Every backend that was up refused or timed out.
+    /// Every backend that was up refused, timed out or hung up.
     ConnectFailed,
 }
 
@@ -94,27 +149,27 @@ impl Unserved {
     }
 }
 
-/// Connects to the chosen backend, trying each up backend at most once.
+/// Connects to the chosen backend, trying each up backend at most once
+/// (those in `tried` are skipped and failures are added to it).
 async fn connect(
     shared: &Shared,
     pool: &Arc<Pool>,
     client_key: u128,
-    config: &crate::config::Config,
-) -> Result<(TcpStream, ActiveGuard), Unserved> {
-    let mut tried = Tried::default();
-    let mut attempts = 0;
+    config: &Config,
+    tried: &mut Tried,
+) -> Result<(TcpStream, ActiveGuard, usize), Unserved> {
+    let first_try = tried.is_empty();
     loop {
         let Some(index) = shared
             .dispatcher
-            .pick(config.strategy, pool, client_key, &tried)
+            .pick(config.strategy, pool, client_key, tried)
         else {
-            return Err(if attempts == 0 {
+            return Err(if first_try && tried.is_empty() {
                 Unserved::NoBackend
             } else {
                 Unserved::ConnectFailed
             });
         };
-        attempts += 1;
         let backend = &pool.backends[index];
         let instance = backend.instance();
         let attempt = Instant::now();
@@ -129,7 +184,7 @@ async fn connect(
                 shared
                     .dispatcher
                     .placed(config.strategy, pool, client_key, index, &shared.metrics);
-                return Ok((stream, backend.open(instance)));
+                return Ok((stream, backend.open(instance), index));
             }
             Ok(Err(error)) => {
                 shared.metrics.errors.connect_failed.inc();

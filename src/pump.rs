@@ -1,24 +1,57 @@
-//! Moving bytes between a client and a backend until both sides are done:
-//! half-close is passed on (a client that shuts its write side still gets
-//! the whole response), and the connection is closed after `idle` with no
-//! bytes in either direction.
+//! Moving bytes between a client and a backend until both sides are done.
+//!
+//! - Half-close is passed on: a client that shuts its write side still gets
+//!   the whole response, and the reverse.
+//! - `idle` with no bytes in either direction closes both sides.
+//! - Buffers are taken from a per-thread pool only while data is moving, so
+//!   an idle connection holds no user-space buffer.
+//! - Until the backend sends its first byte, what the client sent is kept
+//!   (up to [`REPLAY_LIMIT`]); if the backend closes or resets before
+//!   answering at all (a worker killed mid-request), the pump returns it so
+//!   the proxy can replay it on another backend and the client never notices.
 
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-use crate::clock;
+use tokio::time::{Instant, Sleep};
 
 /// Per-direction buffer size.
-const BUFFER: usize = 32 * 1024;
+pub const BUFFER: usize = 32 * 1024;
+
+/// Most client bytes kept for a replay; past it the connection is committed
+/// to its backend.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Idle buffers kept per thread for reuse.
+const POOLED_PER_THREAD: usize = 256;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    BUFFERS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUFFER].into_boxed_slice())
+}
+
+fn give_back(buffer: Box<[u8]>) {
+    BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOLED_PER_THREAD {
+            pool.push(buffer);
+        }
+    });
+}
 
 /// How a pumped connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Both sides closed cleanly.
     Eof,
@@ -26,20 +59,24 @@ pub enum End {
     IdleTimeout,
     /// A side reset the connection or another socket error happened.
     Reset,
+    /// The backend closed or reset before sending a single byte; here is
+    /// everything the client had sent, and whether it had half-closed.
+    BackendGaveUp { replay: Vec<u8>, client_done: bool },
 }
 
 impl End {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             End::Eof => "eof",
             End::IdleTimeout => "idle_timeout",
             End::Reset => "reset",
+            End::BackendGaveUp { .. } => "backend_closed",
         }
     }
 }
 
 /// What a pump moved and how it ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Outcome {
     /// Bytes read from the client (and sent to the backend).
     pub from_client: u64,
@@ -48,90 +85,233 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// Pumps until both directions finish, an error, or `idle` of silence.
-pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, idle: Duration) -> Outcome {
-    let last_activity = AtomicU64::new(clock::now_ms());
-    let mut client = Tracked::new(client, &last_activity);
-    let mut backend = Tracked::new(backend, &last_activity);
-    let idle_ms = idle.as_millis() as u64;
-    let end = {
-        let copy =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, BUFFER, BUFFER);
-        tokio::pin!(copy);
+/// One direction of the copy.
+#[derive(Default)]
+struct Half {
+    buffer: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    /// The reader reached EOF.
+    read_done: bool,
+    /// EOF was passed on as a shutdown of the writer.
+    finished: bool,
+    total: u64,
+}
+
+impl Half {
+    fn release(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            give_back(buffer);
+        }
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Copies from `reader` to `writer` until EOF (then shuts `writer`'s
+    /// write side) or an error. `seen` receives every chunk read.
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &TcpStream,
+        writer: &TcpStream,
+        progress: &mut bool,
+        mut seen: impl FnMut(&[u8]),
+    ) -> Poll<io::Result<()>> {
         loop {
-            let since = clock::now_ms().saturating_sub(last_activity.load(Ordering::Relaxed));
-            if since >= idle_ms {
-                break End::IdleTimeout;
+            if self.start < self.end {
+                let buffer = self.buffer.as_deref().unwrap_or_default();
+                match writer.try_write(&buffer[self.start..self.end]) {
+                    Ok(n) => {
+                        self.start += n;
+                        *progress = true;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(writer.poll_write_ready(cx))?;
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
-            tokio::select! {
-                result = &mut copy => break match result {
-                    Ok(_) => End::Eof,
-                    Err(_) => End::Reset,
-                },
-                _ = tokio::time::sleep(Duration::from_millis(idle_ms - since)) => {}
+            if self.read_done {
+                if !self.finished {
+                    self.finished = true;
+                    // The peer may be gone already; the other direction
+                    // will tell.
+                    let _ = socket2::SockRef::from(writer).shutdown(Shutdown::Write);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let buffer = self.buffer.get_or_insert_with(take_buffer);
+            match reader.try_read(buffer) {
+                Ok(0) => {
+                    self.read_done = true;
+                    self.release();
+                }
+                Ok(n) => {
+                    seen(&buffer[..n]);
+                    self.start = 0;
+                    self.end = n;
+                    self.total += n as u64;
+                    *progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing to move: hold no buffer while waiting.
+                    self.release();
+                    ready!(reader.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-    };
+    }
+}
+
+/// Pumps until both directions finish, an error, or `idle` of silence.
+/// `replayable` says whether the client's first bytes may be kept for a
+/// replay on another backend.
+pub async fn pump(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    replayable: bool,
+) -> Outcome {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
+    let mut last_activity = Instant::now();
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
+    let end = poll_fn(|cx| {
+        let mut progress = false;
+        let up_result = if up.finished {
+            Poll::Ready(Ok(()))
+        } else {
+            up.poll_copy(cx, client, backend, &mut progress, |chunk| {
+                if let Some(kept) = &mut replay {
+                    if kept.len() + chunk.len() <= REPLAY_LIMIT {
+                        kept.extend_from_slice(chunk);
+                    } else {
+                        replay = None;
+                    }
+                }
+            })
+        };
+        let down_result = if down.finished {
+            Poll::Ready(Ok(()))
+        } else {
+            down.poll_copy(cx, backend, client, &mut progress, |_| {})
+        };
+        if down.total > 0 {
+            replay = None;
+        }
+        // A backend that hung up before answering at all, on a client that
+        // had something to say. (A clean close after the client's own
+        // half-close is an answer, not a failure.)
+        let reset = matches!(down_result, Poll::Ready(Err(_)));
+        let hung_up = reset || (down.read_done && !up.read_done);
+        if down.total == 0 && hung_up && replay.as_ref().is_some_and(|r| !r.is_empty()) {
+            if let Some(kept) = replay.take() {
+                return Poll::Ready(End::BackendGaveUp {
+                    replay: kept,
+                    client_done: up.read_done,
+                });
+            }
+        }
+        match (&up_result, &down_result) {
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Reset),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Eof),
+            _ => {}
+        }
+        if progress {
+            last_activity = Instant::now();
+        }
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = last_activity + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(End::IdleTimeout);
+            }
+            timer.as_mut().reset(deadline);
+        }
+    })
+    .await;
+    up.release();
+    down.release();
     Outcome {
-        from_client: client.read,
-        from_backend: backend.read,
+        from_client: up.total,
+        from_backend: down.total,
         end,
     }
 }
 
-/// A stream that counts what is read from it and stamps the shared
-/// last-activity time on every transfer.
-struct Tracked<'a> {
-    inner: &'a mut TcpStream,
-    last_activity: &'a AtomicU64,
-    read: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
-impl<'a> Tracked<'a> {
-    fn new(inner: &'a mut TcpStream, last_activity: &'a AtomicU64) -> Self {
-        Tracked {
-            inner,
-            last_activity,
-            read: 0,
-        }
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
     }
 
-    fn touch(&self) {
-        self.last_activity.store(clock::now_ms(), Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Tracked<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read += n as u64;
-            self.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    #[tokio::test]
+    async fn half_close_is_passed_on_and_bytes_counted() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let pumping = tokio::spawn(async move {
+            pump(&client_side, &backend_side, Duration::from_secs(5), true).await
+        });
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        backend.write_all(b"world!").await.unwrap();
+        drop(backend);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"world!");
+        let outcome = pumping.await.unwrap();
+        assert_eq!((outcome.from_client, outcome.from_backend), (5, 6));
+        assert_eq!(outcome.end, End::Eof);
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
+    #[tokio::test]
+    async fn backend_that_hangs_up_unanswered_returns_the_replay() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let pumping = tokio::spawn(async move {
+            pump(&client_side, &backend_side, Duration::from_secs(5), true).await
+        });
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 18];
+        backend.read_exact(&mut first).await.unwrap();
+        drop(backend);
+        let outcome = pumping.await.unwrap();
+        assert_eq!(
+            outcome.end,
+            End::BackendGaveUp {
+                replay: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                client_done: false
+            }
+        );
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    #[tokio::test]
+    async fn silence_ends_in_idle_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, _backend) = pair().await;
+        let outcome = pump(
+            &client_side,
+            &backend_side,
+            Duration::from_millis(100),
+            true,
+        )
+        .await;
+        assert_eq!(outcome.end, End::IdleTimeout);
     }
 }

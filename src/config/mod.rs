@@ -261,7 +261,11 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
                         .filter_map(|v| v.as_str().map(str::to_string))
                         .collect(),
                     _ => {
-                        p.at(span.clone(), "listener.bind", "must be an address or a list of addresses");
+                        p.at(
+                            span.clone(),
+                            "listener.bind",
+                            "must be an address or a list of addresses",
+                        );
                         Vec::new()
                     }
                 };
@@ -361,14 +365,22 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
                 }
                 Some(n) => Some(n.into_inner()),
                 None => {
-                    p.at(span.clone(), "backends.name", "every [[backends]] entry needs a name");
+                    p.at(
+                        span.clone(),
+                        "backends.name",
+                        "every [[backends]] entry needs a name",
+                    );
                     None
                 }
             };
             let address = match b.address {
                 Some(a) => resolve(&a, "backends.address", p),
                 None => {
-                    p.at(span, "backends.address", "every [[backends]] entry needs an address");
+                    p.at(
+                        span,
+                        "backends.address",
+                        "every [[backends]] entry needs an address",
+                    );
                     None
                 }
             };
@@ -397,16 +409,41 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             Some(path) => path.into_inner(),
             None => "/healthz".to_string(),
         },
-        interval: duration(raw.health.interval, "health.interval", Duration::from_secs(2), p),
-        timeout: duration(raw.health.timeout, "health.timeout", Duration::from_secs(1), p),
+        interval: duration(
+            raw.health.interval,
+            "health.interval",
+            Duration::from_secs(2),
+            p,
+        ),
+        timeout: duration(
+            raw.health.timeout,
+            "health.timeout",
+            Duration::from_secs(1),
+            p,
+        ),
         rise: int(raw.health.rise, "health.rise", 1, 1000, 2, p) as u32,
         fall: int(raw.health.fall, "health.fall", 1, 1000, 3, p) as u32,
     };
 
     let timeouts = Timeouts {
-        connect: duration(raw.timeouts.connect, "timeouts.connect", Duration::from_secs(2), p),
-        idle: duration(raw.timeouts.idle, "timeouts.idle", Duration::from_secs(3600), p),
-        drain: duration(raw.timeouts.drain, "timeouts.drain", Duration::from_secs(30), p),
+        connect: duration(
+            raw.timeouts.connect,
+            "timeouts.connect",
+            Duration::from_secs(2),
+            p,
+        ),
+        idle: duration(
+            raw.timeouts.idle,
+            "timeouts.idle",
+            Duration::from_secs(3600),
+            p,
+        ),
+        drain: duration(
+            raw.timeouts.drain,
+            "timeouts.drain",
+            Duration::from_secs(30),
+            p,
+        ),
     };
 
     let log = LogConfig {
@@ -449,11 +486,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     })
 }
 
-fn workers(
-    w: RawWorkers,
-    span: Range<usize>,
-    p: &mut Problems,
-) -> Option<WorkersConfig> {
+fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<WorkersConfig> {
     let command = match w.command {
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
             p.at(c.span(), "workers.command", "must name a program");
@@ -485,7 +518,11 @@ fn workers(
         Some(h) => match h.get_ref().parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                p.at(h.span(), "workers.host", format!("`{}` is not an IP address", h.get_ref()));
+                p.at(
+                    h.span(),
+                    "workers.host",
+                    format!("`{}` is not an IP address", h.get_ref()),
+                );
                 None
             }
         },
@@ -510,11 +547,30 @@ fn workers(
     config.port_base = port_base;
     config.env = w.env;
     config.cwd = cwd;
-    config.ready_timeout = duration(w.ready_timeout, "workers.ready_timeout", config.ready_timeout, p);
-    config.stop_timeout = duration(w.stop_timeout, "workers.stop_timeout", config.stop_timeout, p);
-    config.restart_delay = duration(w.restart_delay, "workers.restart_delay", config.restart_delay, p);
-    config.restart_delay_max =
-        duration(w.restart_delay_max, "workers.restart_delay_max", config.restart_delay_max, p);
+    config.ready_timeout = duration(
+        w.ready_timeout,
+        "workers.ready_timeout",
+        config.ready_timeout,
+        p,
+    );
+    config.stop_timeout = duration(
+        w.stop_timeout,
+        "workers.stop_timeout",
+        config.stop_timeout,
+        p,
+    );
+    config.restart_delay = duration(
+        w.restart_delay,
+        "workers.restart_delay",
+        config.restart_delay,
+        p,
+    );
+    config.restart_delay_max = duration(
+        w.restart_delay_max,
+        "workers.restart_delay_max",
+        config.restart_delay_max,
+        p,
+    );
     config.min_uptime = duration(w.min_uptime, "workers.min_uptime", config.min_uptime, p);
     config.send_proxy = send_proxy(w.send_proxy, "workers.send_proxy", p);
     Some(config)
@@ -524,11 +580,22 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn int(value: Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64, p: &mut Problems) -> i64 {
+fn int(
+    value: Option<Spanned<i64>>,
+    key: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+    p: &mut Problems,
+) -> i64 {
     match value {
         None => default,
         Some(v) if *v.get_ref() < min || *v.get_ref() > max => {
-            p.at(v.span(), key, format!("{} is out of range {min}..={max}", v.get_ref()));
+            p.at(
+                v.span(),
+                key,
+                format!("{} is out of range {min}..={max}", v.get_ref()),
+            );
             default
         }
         Some(v) => v.into_inner(),
@@ -536,7 +603,12 @@ fn int(value: Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64,
 }
 
 /// A duration written with a unit, such as "250ms", "2s" or "30m"; zero is refused.
-fn duration(value: Option<Spanned<String>>, key: &str, default: Duration, p: &mut Problems) -> Duration {
+fn duration(
+    value: Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
     let Some(v) = value else { return default };
     match humantime::parse_duration(v.get_ref().trim()) {
         Ok(d) if d.is_zero() => {
@@ -548,7 +620,10 @@ fn duration(value: Option<Spanned<String>>, key: &str, default: Duration, p: &mu
             p.at(
                 v.span(),
                 key,
-                format!("`{}` is not a duration with a unit such as \"250ms\", \"2s\" or \"30m\": {e}", v.get_ref()),
+                format!(
+                    "`{}` is not a duration with a unit such as \"250ms\", \"2s\" or \"30m\": {e}",
+                    v.get_ref()
+                ),
             );
             default
         }
@@ -578,7 +653,10 @@ fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<Socke
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(addr);
     }
-    let resolved = text.to_socket_addrs().ok().and_then(|mut addrs| addrs.next());
+    let resolved = text
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next());
     if resolved.is_none() {
         p.at(
             value.span(),
@@ -590,7 +668,9 @@ fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<Socke
 }
 
 fn send_proxy(value: Option<Spanned<SendProxy>>, key: &str, p: &mut Problems) -> SendProxy {
-    let Some(v) = value else { return SendProxy::None };
+    let Some(v) = value else {
+        return SendProxy::None;
+    };
     if *v.get_ref() != SendProxy::None {
         p.at(
             v.span(),
@@ -615,12 +695,20 @@ fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {
     let path = PathBuf::from(file.get_ref());
     match std::fs::read_to_string(&path) {
         Ok(text) if text.trim().is_empty() => {
-            p.at(file.span(), "admin.token_file", format!("{} is empty", path.display()));
+            p.at(
+                file.span(),
+                "admin.token_file",
+                format!("{} is empty", path.display()),
+            );
             None
         }
         Ok(text) => Some(text.trim().to_string()),
         Err(e) => {
-            p.at(file.span(), "admin.token_file", format!("cannot read {}: {e}", path.display()));
+            p.at(
+                file.span(),
+                "admin.token_file",
+                format!("cannot read {}: {e}", path.display()),
+            );
             None
         }
     }
@@ -658,10 +746,15 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
-        assert_eq!(err.problems[0].line, 2);
-        assert_eq!(err.problems[0].key.as_deref(), Some("timeouts.connect"));
-        assert_eq!(err.problems[1].key.as_deref(), Some("timeouts.idle"));
-        assert_eq!(err.problems[2].key.as_deref(), Some("backends.address"));
+        let line_of = |key: &str| {
+            err.problems
+                .iter()
+                .find(|p| p.key.as_deref() == Some(key))
+                .map(|p| p.line)
+        };
+        assert_eq!(line_of("timeouts.connect"), Some(2));
+        assert_eq!(line_of("timeouts.idle"), Some(3));
+        assert_eq!(line_of("backends.address"), Some(6));
     }
 
     #[test]

@@ -25,6 +25,10 @@ impl Tried {
         self.0.contains(&index)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn push(&mut self, index: usize) {
         self.0.push(index);
     }
@@ -181,7 +185,10 @@ mod tests {
         let d = dispatcher();
         p.backends[1].set_healthy(false);
         let picks: Vec<_> = (0..4)
-            .map(|_| d.pick(StrategyKind::RoundRobin, &p, 0, &Tried::default()).unwrap())
+            .map(|_| {
+                d.pick(StrategyKind::RoundRobin, &p, 0, &Tried::default())
+                    .unwrap()
+            })
             .collect();
         assert!(!picks.contains(&1));
         let mut tried = Tried::default();
@@ -198,7 +205,10 @@ mod tests {
         let busy = Arc::clone(&p.backends[0]);
         let _guard = busy.open(busy.instance());
         for _ in 0..4 {
-            assert_eq!(d.pick(StrategyKind::LeastConnections, &p, 0, &Tried::default()), Some(1));
+            assert_eq!(
+                d.pick(StrategyKind::LeastConnections, &p, 0, &Tried::default()),
+                Some(1)
+            );
         }
     }
 
@@ -208,16 +218,23 @@ mod tests {
         let p = pool(3, &m);
         let d = dispatcher();
         let client = d.client_key("10.0.0.1".parse().unwrap());
-        let first = d.pick(StrategyKind::Sticky, &p, client, &Tried::default()).unwrap();
+        let first = d
+            .pick(StrategyKind::Sticky, &p, client, &Tried::default())
+            .unwrap();
         d.placed(StrategyKind::Sticky, &p, client, first, &m);
         assert_eq!(m.sticky_miss.get(), 1);
         p.backends[first].set_healthy(false);
-        let second = d.pick(StrategyKind::Sticky, &p, client, &Tried::default()).unwrap();
+        let second = d
+            .pick(StrategyKind::Sticky, &p, client, &Tried::default())
+            .unwrap();
         assert_ne!(first, second);
         d.placed(StrategyKind::Sticky, &p, client, second, &m);
         assert_eq!(m.sticky_redispatch.get(), 1);
         // The client stays on its new backend when the old one returns.
         p.backends[first].set_healthy(true);
-        assert_eq!(d.pick(StrategyKind::Sticky, &p, client, &Tried::default()), Some(second));
+        assert_eq!(
+            d.pick(StrategyKind::Sticky, &p, client, &Tried::default()),
+            Some(second)
+        );
     }
 }

@@ -67,10 +67,14 @@ impl StickyTable {
 
     /// Applies new limits (on start and on reload).
     pub fn configure(&self, config: &crate::config::StickyConfig) {
-        self.ttl_ms.store(config.ttl.as_millis() as u64, Ordering::Relaxed);
-        self.max_entries.store(config.max_entries, Ordering::Relaxed);
-        self.ipv4_prefix.store(config.ipv4_prefix.into(), Ordering::Relaxed);
-        self.ipv6_prefix.store(config.ipv6_prefix.into(), Ordering::Relaxed);
+        self.ttl_ms
+            .store(config.ttl.as_millis() as u64, Ordering::Relaxed);
+        self.max_entries
+            .store(config.max_entries, Ordering::Relaxed);
+        self.ipv4_prefix
+            .store(config.ipv4_prefix.into(), Ordering::Relaxed);
+        self.ipv6_prefix
+            .store(config.ipv6_prefix.into(), Ordering::Relaxed);
     }
 
     /// The key for a client address, masked to the configured prefix.

@@ -173,10 +173,9 @@ impl Slot {
         } else {
             [primary, alternate]
         };
-        let port = self
-            .ports
-            .claim(candidates)
-            .ok_or_else(|| format!("ports {primary} and {alternate} are both held by other workers"))?;
+        let port = self.ports.claim(candidates).ok_or_else(|| {
+            format!("ports {primary} and {alternate} are both held by other workers")
+        })?;
         let started = self.start_on(workers, port, stop).await;
         if started.is_err() {
             self.ports.release(port);

@@ -81,7 +81,10 @@ impl Drop for WorkerProcess {
     /// path forgot it, the worker goes with it.
     fn drop(&mut self) {
         let running = self.reaped.is_none()
-            && matches!(self.exited.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            && matches!(
+                self.exited.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            );
         if running {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
@@ -125,7 +128,9 @@ impl Spawner {
     pub async fn spawn(&self, spec: WorkerSpec) -> io::Result<WorkerProcess> {
         let (reply, answer) = oneshot::channel();
         let gone = || io::Error::other("the spawner thread is gone");
-        self.requests.send(Request { spec, reply }).map_err(|_| gone())?;
+        self.requests
+            .send(Request { spec, reply })
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -160,13 +165,12 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot start {:?}: {e}", spec.program),
-        )
-    })?;
-    let pid = child.id().ok_or_else(|| io::Error::other("the worker exited at once"))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {:?}: {e}", spec.program)))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the worker exited at once"))?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_lines(out, spec.id, "stdout"));
     }
@@ -217,7 +221,13 @@ fn emit(worker: usize, stream: &'static str, line: &[u8], dropped: usize) {
     let text: String = String::from_utf8_lossy(line)
         .trim_end_matches('\r')
         .chars()
-        .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .collect();
     if dropped > 0 {
         tracing::info!(target: "corral::worker", worker, stream, truncated_bytes = dropped, "{text}");

@@ -1,0 +1,375 @@
+//! End-to-end tests of the foundation: the real binary, real workers, real
+//! sockets on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn demo_workers(count: usize, strategy: &str) -> String {
+    let base = free_port_range(2 * count as u16);
+    format!(
+        "[balance]\nstrategy = \"{strategy}\"\n\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = {count}\nport_base = {base}\n"
+    )
+}
+
+#[test]
+fn round_robin_spreads_new_connections_evenly() {
+    let corral = Corral::start(&demo_workers(3, "round-robin"));
+    corral.wait_up(3);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let body = get_from(corral.front, None).expect("request through corral");
+        *seen.entry(worker_of(&body)).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (worker, n) in &seen {
+        assert_eq!(*n, 20, "{worker} got {n} of 60: {seen:?}");
+    }
+    assert_eq!(corral.metric("corral_connections_accepted_total"), 60.0);
+    let per_backend: f64 = (0..3)
+        .map(|i| {
+            corral.metric(&format!(
+                "corral_connections_total{{backend=\"worker-{i}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(per_backend, 60.0);
+}
+
+#[test]
+fn sixty_four_mib_echo_is_byte_identical_with_half_close() {
+    let base = free_port_range(2);
+    let corral = Corral::start(&format!(
+        "[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
+        support("echo.py")
+    ));
+    corral.wait_up(1);
+    let mut payload = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for chunk in payload.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let mut stream = TcpStream::connect(corral.front).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        // Half-close: the echo worker sees EOF only if corral passes it on.
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut received = Vec::with_capacity(payload.len());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.read_to_end(&mut received).unwrap();
+    sender.join().unwrap();
+    assert_eq!(received.len(), payload.len());
+    assert!(received == payload, "echoed bytes differ");
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_bytes_received_total{backend=\"worker-0\"}") == (64 << 20) as f64
+    }));
+    assert_eq!(
+        corral.metric("corral_bytes_sent_total{backend=\"worker-0\"}"),
+        (64 << 20) as f64
+    );
+}
+
+/// A static backend that answers every connection with `name`.
+fn answering_backend(name: &'static str) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.write_all(name.as_bytes());
+        }
+    });
+    (addr, handle)
+}
+
+fn read_all(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn refused_static_backend_costs_the_client_nothing() {
+    let (alive, _server) = answering_backend("alive");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let corral = Corral::start(&format!(
+        "[balance]\nstrategy = \"round-robin\"\n\n[[backends]]\nname = \"dead\"\naddress = \"{dead}\"\n\n[[backends]]\nname = \"alive\"\naddress = \"{alive}\"\n"
+    ));
+    for _ in 0..10 {
+        assert_eq!(read_all(corral.front), "alive");
+    }
+    assert!(corral.metric("corral_connection_errors_total{reason=\"connect_failed\"}") >= 1.0);
+    assert_eq!(corral.metric("corral_backend_up{backend=\"dead\"}"), 0.0);
+    assert_eq!(
+        corral.metric("corral_connections_total{backend=\"alive\"}"),
+        10.0
+    );
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_connection() {
+    let base = free_port_range(2);
+    let corral = Corral::start(&format!(
+        "[timeouts]\nidle = \"300ms\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
+        support("echo.py")
+    ));
+    corral.wait_up(1);
+    let mut stream = TcpStream::connect(corral.front).unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    // Now silence: corral must close the connection (EOF), not the read timeout.
+    let n = stream
+        .read(&mut buf)
+        .expect("closed by corral, not timed out");
+    assert_eq!(n, 0);
+    assert!(corral.metric("corral_connection_errors_total{reason=\"timeout\"}") >= 1.0);
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_connections_active{backend=\"worker-0\"}") == 0.0
+    }));
+}
+
+#[test]
+fn max_connections_holds_and_queued_clients_are_served_later() {
+    // The listener section is written by the harness, so build the file here.
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = free_port_range(2);
+    let text = format!(
+        "[listener]\nbind = \"{front}\"\nmax_connections = 2\n[admin]\nbind = \"{admin}\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
+        support("echo.py")
+    );
+    let corral = Corral::start_with(&text, front, admin, &[]);
+    corral.wait_up(1);
+    let echo = |stream: &mut TcpStream, text: &[u8]| -> bool {
+        stream.write_all(text).unwrap();
+        let mut buf = vec![0u8; text.len()];
+        stream.read_exact(&mut buf).is_ok() && buf == text
+    };
+    let mut a = TcpStream::connect(front).unwrap();
+    let mut b = TcpStream::connect(front).unwrap();
+    for s in [&mut a, &mut b] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    assert!(echo(&mut a, b"a"));
+    assert!(echo(&mut b, b"b"));
+    // The third client is held in the backlog: connected, but not served.
+    let mut c = TcpStream::connect(front).unwrap();
+    c.write_all(b"c").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        c.read_exact(&mut buf).is_err(),
+        "third client was served past the limit"
+    );
+    assert_eq!(
+        corral.metric("corral_connections_active{backend=\"worker-0\"}"),
+        2.0
+    );
+    // One leaves; the queued client is served.
+    drop(a);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.read_exact(&mut buf)
+        .expect("queued client served after a slot freed");
+    assert_eq!(&buf, b"c");
+    assert!(corral.metric("corral_connection_errors_total{reason=\"limit\"}") >= 1.0);
+}
+
+#[test]
+fn garbage_and_resetting_clients_leave_corral_healthy() {
+    let corral = Corral::start(&demo_workers(2, "round-robin"));
+    corral.wait_up(2);
+    let front = corral.front;
+    let threads: Vec<_> = (0..10)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let Ok(stream) = TcpStream::connect(front) else {
+                        continue;
+                    };
+                    let mut stream = stream;
+                    let junk: Vec<u8> = (0..(i * 37 + t) % 3000)
+                        .map(|b| (b * 31 + i) as u8)
+                        .collect();
+                    let _ = stream.write_all(&junk);
+                    if i % 2 == 0 {
+                        // Reset: linger 0 makes close send RST.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    }
+                    drop(stream);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let s = corral.status();
+            s["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["active_connections"] == 0)
+        }),
+        "leaked active connections: {}",
+        corral.status()
+    );
+    assert_eq!(corral.metric("corral_connections_accepted_total"), 500.0);
+    assert!(get_from(corral.front, None).unwrap().starts_with("worker="));
+    assert_eq!(http(corral.admin, "GET", "/readyz").0, 200);
+}
+
+fn check_config(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = corral_cmd(&["check", "-c", path.to_str().unwrap()]);
+    let (run_code, run_out) = corral_cmd(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, run_code, "check and run disagree: {out} / {run_out}");
+    (code, out)
+}
+
+#[test]
+fn bad_configs_exit_2_and_name_the_key_and_line() {
+    let cases = [
+        (
+            "[listener]\nbind = \"127.0.0.1:1\"\nbogus = 3\n",
+            "bad.toml:3:",
+            "bogus",
+        ),
+        (
+            "[workers]\ncommand = [\"x\"]\n[timeouts]\nidle = \"5 fortnights\"\n",
+            "bad.toml:4:",
+            "timeouts.idle",
+        ),
+        (
+            "[workers]\ncommand = [\"x\"]\n[timeouts]\nconnect = \"5\"\n",
+            "bad.toml:4:",
+            "timeouts.connect",
+        ),
+        (
+            "[listener]\nbind = \"localhost\"\n[workers]\ncommand = [\"x\"]\n",
+            "bad.toml:2:",
+            "listener.bind",
+        ),
+        (
+            "[listener]\nbind = \"127.0.0.1:80\"\n",
+            "bad.toml",
+            "nothing to balance",
+        ),
+        (
+            "[workers]\ncommand = [\"x\"]\ncount = 0\n",
+            "bad.toml:3:",
+            "workers.count",
+        ),
+        (
+            "[balance]\nstrategy = \"random\"\n[workers]\ncommand = [\"x\"]\n",
+            "bad.toml:2:",
+            "strategy",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\n",
+            "bad.toml:1:",
+            "backends.address",
+        ),
+        ("not toml at all [\n", "bad.toml:1:", ""),
+    ];
+    for (text, place, key) in cases {
+        let (code, out) = check_config(text);
+        assert_eq!(code, Some(2), "{text:?} -> {out}");
+        assert!(out.contains(place), "{text:?}: no {place:?} in {out}");
+        assert!(out.contains(key), "{text:?}: no {key:?} in {out}");
+    }
+}
+
+#[test]
+fn check_prints_every_error() {
+    let (code, out) = check_config(
+        "[timeouts]\nconnect = \"x\"\nidle = \"y\"\n[workers]\ncommand = [\"x\"]\ncount = -1\n",
+    );
+    assert_eq!(code, Some(2));
+    for key in ["timeouts.connect", "timeouts.idle", "workers.count"] {
+        assert!(out.contains(key), "{key} missing from {out}");
+    }
+}
+
+#[test]
+fn front_end_address_in_use_exits_1_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listener]\nbind = \"{addr}\"\n[admin]\nbind = \"127.0.0.1:{}\"\n[[backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, out) = corral_cmd(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&addr.to_string()), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(corral_cmd(&["run", "--bogus"]).0, Some(2));
+    assert_eq!(corral_cmd(&["run", "-i", "zero"]).0, Some(2));
+    let (code, out) = corral_cmd(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn one_liner_runs_the_given_command() {
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = free_port_range(6);
+    let text = format!(
+        "[admin]\nbind = \"{admin}\"\n[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"false\"]\nport_base = {base}\n"
+    );
+    let corral = Corral::start_with(
+        &text,
+        front,
+        admin,
+        &[
+            "-i",
+            "3",
+            "--bind",
+            &front.to_string(),
+            "--",
+            "corral",
+            "demo-worker",
+        ],
+    );
+    corral.wait_up(3);
+    assert_eq!(corral.worker_pids().len(), 3);
+    let body = get_from(front, None).unwrap();
+    assert!(body.starts_with("worker="), "{body}");
+}
