@@ -193,6 +193,11 @@ impl Slot {
         let mut process = self.spawner.spawn(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
         let addr = SocketAddr::new(workers.host, port);
+        if self.backend.lifecycle() != State::Up {
+            // Nothing is serving from this slot: show the starting process
+            // in /status (it gets no traffic until it is up).
+            self.backend.switch_to(Instance::new(addr, Some(process.pid)));
+        }
         let health = self.shared.config.load().health.clone();
         let ready = async {
             loop {

@@ -1,0 +1,326 @@
+//! Worker supervision end to end: crash restarts with backoff, readiness,
+//! rolling restarts under load, graceful stop, reload, and no orphans.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn workers(command: &str, count: usize, extra: &str) -> String {
+    let base = free_port_range(2 * count as u16 + 2);
+    format!(
+        "[balance]\nstrategy = \"round-robin\"\n\n[workers]\ncommand = {command}\ncount = {count}\nport_base = {base}\n{extra}\n"
+    )
+}
+
+const DEMO: &str = r#"["corral", "demo-worker"]"#;
+
+/// Clients making new connections in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(front: std::net::SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get_from(front, None) {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                errors.push(e.to_string());
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (served, failed, error texts).
+    fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn kill9(pid: u32) {
+    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+#[test]
+fn kill_9_of_a_worker_under_load_fails_no_request() {
+    let corral = Corral::start(&workers(DEMO, 2, ""));
+    corral.wait_up(2);
+    let victim = corral.worker_pids()[0];
+    let load = Load::start(corral.front, 4);
+    assert!(eventually(Duration::from_secs(5), || load.ok.load(Ordering::Relaxed) > 200));
+    kill9(victim);
+    let back = eventually(Duration::from_secs(15), || {
+        let s = corral.status();
+        let slot = &s["backends"][0];
+        slot["state"] == "up" && slot["pid"].as_u64() != Some(victim as u64)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (served, failed, errors) = load.finish();
+    assert!(back, "slot 0 never came back: {}", corral.status());
+    assert_eq!(failed, 0, "{failed} of {served} requests failed: {errors:?}");
+    assert_eq!(corral.status()["backends"][0]["restarts"], 1);
+    assert_eq!(corral.metric("corral_worker_restarts_total{backend=\"worker-0\"}"), 1.0);
+    assert!(!alive(victim));
+}
+
+#[test]
+fn crash_loop_backs_off_and_corral_stays_up() {
+    let corral = Corral::start(&workers(r#"["sh", "-c", "exit 3"]"#, 1, ""));
+    std::thread::sleep(Duration::from_secs(6));
+    let restarts = corral.status()["backends"][0]["restarts"].as_u64().unwrap();
+    // 100ms doubling: about 6 in 6 s; hundreds would mean no backoff.
+    assert!((3..=12).contains(&restarts), "restarts in 6 s: {restarts}");
+    assert_eq!(http(corral.admin, "GET", "/readyz").0, 503);
+    assert_eq!(http(corral.admin, "GET", "/healthz").0, 200);
+    assert!(corral.log().contains("exit code 3"), "{}", corral.log());
+}
+
+#[test]
+fn a_worker_that_never_listens_is_killed_after_ready_timeout_and_retried() {
+    let corral = Corral::start(&workers(r#"["sleep", "300"]"#, 1, "ready_timeout = \"400ms\"\n"));
+    let first = eventually(Duration::from_secs(5), || !corral.worker_pids().is_empty());
+    assert!(first);
+    let pid = corral.worker_pids()[0];
+    assert!(eventually(Duration::from_secs(10), || {
+        corral.status()["backends"][0]["restarts"].as_u64().unwrap_or(0) >= 2
+    }));
+    assert!(!alive(pid), "the unready worker {pid} was not killed");
+    assert_ne!(corral.status()["backends"][0]["state"], "up");
+    assert!(corral.log().contains("ready_timeout"), "{}", corral.log());
+}
+
+#[test]
+fn sigusr2_replaces_every_worker_under_load_without_errors() {
+    let corral = Corral::start(&workers(DEMO, 3, ""));
+    corral.wait_up(3);
+    let before = corral.worker_pids();
+    let load = Load::start(corral.front, 4);
+    assert!(eventually(Duration::from_secs(5), || load.ok.load(Ordering::Relaxed) > 100));
+    corral.signal("USR2");
+    let replaced = eventually(Duration::from_secs(30), || {
+        let now = corral.worker_pids();
+        now.len() == 3 && now.iter().all(|p| !before.contains(p)) && corral.backends_in("up") == 3
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (served, failed, errors) = load.finish();
+    assert!(replaced, "not every worker was replaced: {before:?} -> {}", corral.status());
+    assert_eq!(failed, 0, "{failed} of {served} failed during the rollout: {errors:?}");
+    for pid in before {
+        assert!(eventually(Duration::from_secs(10), || !alive(pid)), "old worker {pid} still runs");
+    }
+    assert_eq!(corral.status()["backends"][0]["restarts"], 0);
+}
+
+#[test]
+fn admin_post_starts_a_rolling_restart() {
+    let corral = Corral::start(&workers(DEMO, 2, ""));
+    corral.wait_up(2);
+    let before = corral.worker_pids();
+    assert_eq!(http(corral.admin, "POST", "/workers/restart").0, 202);
+    assert!(eventually(Duration::from_secs(20), || {
+        let now = corral.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && corral.backends_in("up") == 2
+    }));
+    assert_eq!(http(corral.admin, "GET", "/workers/restart").0, 405);
+}
+
+#[test]
+fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
+    let base = free_port_range(4);
+    let mut corral = Corral::start(&format!(
+        "[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n[timeouts]\ndrain = \"20s\"\n",
+        support("echo.py")
+    ));
+    corral.wait_up(1);
+    let pids = corral.worker_pids();
+    let mut stream = TcpStream::connect(corral.front).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 5];
+    stream.write_all(b"hello").unwrap();
+    stream.read_exact(&mut buf).unwrap();
+    corral.signal("TERM");
+    assert!(eventually(Duration::from_secs(5), || {
+        try_http(corral.admin, "GET", "/readyz").map(|r| r.0).ok() == Some(503)
+    }));
+    // The open connection still works while corral drains.
+    stream.write_all(b"again").unwrap();
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+    assert_eq!(corral.wait_exit(Duration::from_millis(500)), None, "exited before the client left");
+    drop(stream);
+    assert_eq!(corral.wait_exit(Duration::from_secs(15)), Some(0), "{}", corral.log());
+    for pid in pids {
+        assert!(eventually(Duration::from_secs(5), || !alive(pid)), "worker {pid} outlived corral");
+    }
+}
+
+#[test]
+fn sigkill_to_the_master_takes_every_worker_with_it() {
+    let mut corral = Corral::start(&workers(DEMO, 3, ""));
+    corral.wait_up(3);
+    let pids = corral.worker_pids();
+    corral.signal("KILL");
+    corral.wait_exit(Duration::from_secs(5));
+    for pid in pids {
+        assert!(eventually(Duration::from_secs(5), || !alive(pid)), "orphan worker {pid}");
+    }
+}
+
+#[test]
+fn sighup_scales_up_and_refuses_a_broken_file() {
+    let base = free_port_range(10);
+    let body = |count: usize| {
+        format!("[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = {count}\nport_base = {base}\n")
+    };
+    let corral = Corral::start(&body(2));
+    corral.wait_up(2);
+    let before = corral.worker_pids();
+    corral.rewrite(&body(3));
+    corral.signal("HUP");
+    corral.wait_up(3);
+    let after = corral.worker_pids();
+    assert_eq!(after.len(), 3);
+    assert!(before.iter().all(|p| after.contains(p)), "scaling up restarted workers");
+    assert_eq!(corral.metric("corral_config_reloads_total{result=\"success\"}"), 1.0);
+
+    corral.rewrite("[workers]\ncommand = [\"corral\"]\ncount = \"many\"\n");
+    corral.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_config_reloads_total{result=\"failure\"}") == 1.0
+    }));
+    assert_eq!(corral.backends_in("up"), 3);
+    assert!(get_from(corral.front, None).is_ok());
+    assert!(corral.log().contains("workers.count"), "{}", corral.log());
+
+    // Scaling down retires the last slot.
+    corral.rewrite(&body(1));
+    corral.signal("HUP");
+    assert!(eventually(Duration::from_secs(15), || corral.status()["backends"]
+        .as_array()
+        .unwrap()
+        .len()
+        == 1));
+    for pid in &after[1..] {
+        assert!(eventually(Duration::from_secs(10), || !alive(*pid)), "retired worker {pid} runs");
+    }
+}
+
+#[test]
+fn sighup_that_changes_the_command_rolls_it_out() {
+    let base = free_port_range(6);
+    let body = |env: &str| {
+        format!("[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 2\nport_base = {base}\nenv = {{ FLAVOUR = \"{env}\" }}\n")
+    };
+    let corral = Corral::start(&body("a"));
+    corral.wait_up(2);
+    let before = corral.worker_pids();
+    corral.rewrite(&body("b"));
+    corral.signal("HUP");
+    assert!(eventually(Duration::from_secs(20), || {
+        let now = corral.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && corral.backends_in("up") == 2
+    }), "{}", corral.status());
+}
+
+#[test]
+fn a_listener_change_on_reload_is_refused() {
+    let corral = Corral::start(&workers(DEMO, 1, ""));
+    corral.wait_up(1);
+    let text = std::fs::read_to_string(&corral.config_path)
+        .unwrap()
+        .replace(&corral.front.to_string(), &format!("127.0.0.1:{}", free_port()));
+    std::fs::write(&corral.config_path, text).unwrap();
+    corral.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || corral.log().contains("listener.bind changed")));
+    assert!(get_from(corral.front, None).is_ok());
+}
+
+#[test]
+fn worker_output_reaches_the_log_tagged_even_when_it_is_huge() {
+    let script = "import os,sys,socket\n\
+sys.stdout.write('x' * 3000000 + '\\n')\n\
+sys.stdout.write('\\x1b[31mbinary\\x00junk\\n')\n\
+print('after the flood', flush=True)\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
+while True: s.accept()[0].close()\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loud.py");
+    std::fs::write(&path, script).unwrap();
+    let corral = Corral::start(&workers(&format!("[\"python3\", \"{}\"]", path.display()), 1, ""));
+    corral.wait_up(1);
+    assert!(eventually(Duration::from_secs(10), || corral.log().contains("after the flood")));
+    let log = corral.log();
+    let line = log.lines().find(|l| l.contains("after the flood")).unwrap();
+    assert!(line.contains("worker=0"), "{line}");
+    assert!(log.contains("truncated_bytes"), "the megabyte line was not cut");
+    assert!(log.len() < 1_000_000, "corral copied the whole flood: {} bytes", log.len());
+    assert_eq!(http(corral.admin, "GET", "/healthz").0, 200);
+}
+
+#[test]
+fn workers_get_their_environment_and_expanded_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    // A worker that writes its environment and arguments, then serves.
+    let py = "import os,sys,socket\n\
+open(sys.argv[1], 'w').write('\\n'.join([sys.argv[2], os.environ['PORT'], os.environ['HOST'], os.environ['CORRAL_WORKER_ID'], os.environ['CORRAL_WORKER_COUNT'], os.environ['GREETING']]))\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
+while True: s.accept()[0].close()\n";
+    let script_path = dir.path().join("env.py");
+    std::fs::write(&script_path, py).unwrap();
+    let base = free_port_range(4);
+    let corral = Corral::start(&format!(
+        "[workers]\ncommand = [\"python3\", \"{}\", \"{}/out-{{id}}.txt\", \"port={{port}}\"]\ncount = 2\nport_base = {base}\nenv = {{ GREETING = \"hi\" }}\n",
+        script_path.display(),
+        dir.path().display()
+    ));
+    corral.wait_up(2);
+    let text = std::fs::read_to_string(dir.path().join("out-1.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("port={}", base + 1).as_str(),
+            &(base + 1).to_string(),
+            "127.0.0.1",
+            "1",
+            "2",
+            "hi"
+        ]
+    );
+}
