@@ -80,8 +80,9 @@ class Problems:
         if self.items:
             for item in self.items:
                 print(f"  FAIL {item}")
-            sys.exit(f"{self.what}: {len(self.items)} problem(s)")
-        print(f"  ok   {ok_msg}")
+            print(f"{self.what}: {len(self.items)} problem(s)", flush=True)
+            sys.exit(1)
+        print(f"  ok   {ok_msg}", flush=True)
 
 
 # ------------------------------------------------------- extract-configs
@@ -305,7 +306,8 @@ def check_k8s_file(path, probs):
             probs.add(f"{path}: deployment/{dep_name}: expected one container named corral")
             continue
         c = corral[0]
-        cfg_path = c.get("command", [])[-1] if c.get("command") else None
+        # -c FILE from the command, else the image CMD's /etc/corral/corral.toml.
+        cfg_path = c["command"][-1] if c.get("command") else "/etc/corral/corral.toml"
         mounted = {}
         for vm in c.get("volumeMounts", []):
             vol = next(v for v in spec.get("volumes", []) if v["name"] == vm["name"])

@@ -95,6 +95,8 @@ struct Half {
     read_done: bool,
     /// EOF was passed on as a shutdown of the writer.
     finished: bool,
+    /// The error that ended this direction came from the writer.
+    write_failed: bool,
     total: u64,
 }
 
@@ -107,8 +109,9 @@ impl Half {
         self.end = 0;
     }
 
-    /// Copies from `reader` to `writer` until EOF (then shuts `writer`'s
-    /// write side) or an error. `seen` receives every chunk read.
+    /// Copies from `reader` to `writer` until EOF and everything read has
+    /// been written, or an error. `seen` receives every chunk read. The EOF
+    /// is passed on separately, by [`Half::finish`].
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
@@ -130,16 +133,13 @@ impl Half {
                         ready!(writer.poll_write_ready(cx))?;
                         continue;
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => {
+                        self.write_failed = true;
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
             if self.read_done {
-                if !self.finished {
-                    self.finished = true;
-                    // The peer may be gone already; the other direction
-                    // will tell.
-                    let _ = socket2::SockRef::from(writer).shutdown(Shutdown::Write);
-                }
                 return Poll::Ready(Ok(()));
             }
             let buffer = self.buffer.get_or_insert_with(take_buffer);
@@ -166,6 +166,17 @@ impl Half {
     }
 }
 
+impl Half {
+    /// Passes the reader's EOF on as a shutdown of the writer's write side.
+    fn finish(&mut self, writer: &TcpStream) {
+        if !self.finished {
+            self.finished = true;
+            // The peer may be gone already; the other direction will tell.
+            let _ = socket2::SockRef::from(writer).shutdown(Shutdown::Write);
+        }
+    }
+}
+
 /// Pumps until both directions finish, an error, or `idle` of silence.
 /// `replayable` says whether the client's first bytes may be kept for a
 /// replay on another backend.
@@ -182,39 +193,41 @@ pub async fn pump(
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
     let end = poll_fn(|cx| {
         let mut progress = false;
-        let up_result = if up.finished {
-            Poll::Ready(Ok(()))
-        } else {
-            up.poll_copy(cx, client, backend, &mut progress, |chunk| {
-                if let Some(kept) = &mut replay {
-                    if kept.len() + chunk.len() <= REPLAY_LIMIT {
-                        kept.extend_from_slice(chunk);
-                    } else {
-                        replay = None;
-                    }
+        let up_result = up.poll_copy(cx, client, backend, &mut progress, |chunk| {
+            if let Some(kept) = &mut replay {
+                if kept.len() + chunk.len() <= REPLAY_LIMIT {
+                    kept.extend_from_slice(chunk);
+                } else {
+                    replay = None;
                 }
-            })
-        };
-        let down_result = if down.finished {
-            Poll::Ready(Ok(()))
-        } else {
-            down.poll_copy(cx, backend, client, &mut progress, |_| {})
-        };
+            }
+        });
+        let down_result = down.poll_copy(cx, backend, client, &mut progress, |_| {});
         if down.total > 0 {
             replay = None;
         }
-        // A backend that hung up before answering at all, on a client that
-        // had something to say. (A clean close after the client's own
-        // half-close is an answer, not a failure.)
-        let reset = matches!(down_result, Poll::Ready(Err(_)));
-        let hung_up = reset || (down.read_done && !up.read_done);
-        if down.total == 0 && hung_up && replay.as_ref().is_some_and(|r| !r.is_empty()) {
+        // A backend that hung up before answering at all, while the client
+        // still had its say (a clean close after the client's own half-close
+        // is an answer, not a failure). Even with nothing to replay yet, the
+        // client is better off on another backend than closed.
+        let hung_up = matches!(down_result, Poll::Ready(Err(_)))
+            || up.write_failed
+            || (down.read_done && !up.read_done);
+        if down.total == 0 && hung_up && replay.is_some() {
             if let Some(kept) = replay.take() {
                 return Poll::Ready(End::BackendGaveUp {
                     replay: kept,
                     client_done: up.read_done,
                 });
             }
+        }
+        // EOFs are passed on only now that a replay is ruled out: a client
+        // must not see its write side closed by a backend we are replacing.
+        if up_result.is_ready() && up.read_done {
+            up.finish(backend);
+        }
+        if down_result.is_ready() && down.read_done {
+            down.finish(client);
         }
         match (&up_result, &down_result) {
             (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Reset),

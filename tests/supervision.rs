@@ -62,7 +62,11 @@ impl Load {
     /// Stops the clients; returns (served, failed, error texts).
     fn finish(self) -> (usize, usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let errors = self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let errors = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         (
             self.ok.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
@@ -72,7 +76,9 @@ impl Load {
 }
 
 fn kill9(pid: u32) {
-    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
 }
 
 #[test]
@@ -81,7 +87,10 @@ fn kill_9_of_a_worker_under_load_fails_no_request() {
     corral.wait_up(2);
     let victim = corral.worker_pids()[0];
     let load = Load::start(corral.front, 4);
-    assert!(eventually(Duration::from_secs(5), || load.ok.load(Ordering::Relaxed) > 200));
+    assert!(eventually(Duration::from_secs(5), || load
+        .ok
+        .load(Ordering::Relaxed)
+        > 200));
     kill9(victim);
     let back = eventually(Duration::from_secs(15), || {
         let s = corral.status();
@@ -91,9 +100,15 @@ fn kill_9_of_a_worker_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     let (served, failed, errors) = load.finish();
     assert!(back, "slot 0 never came back: {}", corral.status());
-    assert_eq!(failed, 0, "{failed} of {served} requests failed: {errors:?}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {served} requests failed: {errors:?}"
+    );
     assert_eq!(corral.status()["backends"][0]["restarts"], 1);
-    assert_eq!(corral.metric("corral_worker_restarts_total{backend=\"worker-0\"}"), 1.0);
+    assert_eq!(
+        corral.metric("corral_worker_restarts_total{backend=\"worker-0\"}"),
+        1.0
+    );
     assert!(!alive(victim));
 }
 
@@ -111,12 +126,19 @@ fn crash_loop_backs_off_and_corral_stays_up() {
 
 #[test]
 fn a_worker_that_never_listens_is_killed_after_ready_timeout_and_retried() {
-    let corral = Corral::start(&workers(r#"["sleep", "300"]"#, 1, "ready_timeout = \"400ms\"\n"));
+    let corral = Corral::start(&workers(
+        r#"["sleep", "300"]"#,
+        1,
+        "ready_timeout = \"400ms\"\n",
+    ));
     let first = eventually(Duration::from_secs(5), || !corral.worker_pids().is_empty());
     assert!(first);
     let pid = corral.worker_pids()[0];
     assert!(eventually(Duration::from_secs(10), || {
-        corral.status()["backends"][0]["restarts"].as_u64().unwrap_or(0) >= 2
+        corral.status()["backends"][0]["restarts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
     }));
     assert!(!alive(pid), "the unready worker {pid} was not killed");
     assert_ne!(corral.status()["backends"][0]["state"], "up");
@@ -129,7 +151,10 @@ fn sigusr2_replaces_every_worker_under_load_without_errors() {
     corral.wait_up(3);
     let before = corral.worker_pids();
     let load = Load::start(corral.front, 4);
-    assert!(eventually(Duration::from_secs(5), || load.ok.load(Ordering::Relaxed) > 100));
+    assert!(eventually(Duration::from_secs(5), || load
+        .ok
+        .load(Ordering::Relaxed)
+        > 100));
     corral.signal("USR2");
     let replaced = eventually(Duration::from_secs(30), || {
         let now = corral.worker_pids();
@@ -137,10 +162,20 @@ fn sigusr2_replaces_every_worker_under_load_without_errors() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let (served, failed, errors) = load.finish();
-    assert!(replaced, "not every worker was replaced: {before:?} -> {}", corral.status());
-    assert_eq!(failed, 0, "{failed} of {served} failed during the rollout: {errors:?}");
+    assert!(
+        replaced,
+        "not every worker was replaced: {before:?} -> {}",
+        corral.status()
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} of {served} failed during the rollout: {errors:?}"
+    );
     for pid in before {
-        assert!(eventually(Duration::from_secs(10), || !alive(pid)), "old worker {pid} still runs");
+        assert!(
+            eventually(Duration::from_secs(10), || !alive(pid)),
+            "old worker {pid} still runs"
+        );
     }
     assert_eq!(corral.status()["backends"][0]["restarts"], 0);
 }
@@ -168,7 +203,9 @@ fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
     corral.wait_up(1);
     let pids = corral.worker_pids();
     let mut stream = TcpStream::connect(corral.front).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = [0u8; 5];
     stream.write_all(b"hello").unwrap();
     stream.read_exact(&mut buf).unwrap();
@@ -180,11 +217,23 @@ fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
     stream.write_all(b"again").unwrap();
     stream.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"again");
-    assert_eq!(corral.wait_exit(Duration::from_millis(500)), None, "exited before the client left");
+    assert_eq!(
+        corral.wait_exit(Duration::from_millis(500)),
+        None,
+        "exited before the client left"
+    );
     drop(stream);
-    assert_eq!(corral.wait_exit(Duration::from_secs(15)), Some(0), "{}", corral.log());
+    assert_eq!(
+        corral.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        corral.log()
+    );
     for pid in pids {
-        assert!(eventually(Duration::from_secs(5), || !alive(pid)), "worker {pid} outlived corral");
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(pid)),
+            "worker {pid} outlived corral"
+        );
     }
 }
 
@@ -196,7 +245,10 @@ fn sigkill_to_the_master_takes_every_worker_with_it() {
     corral.signal("KILL");
     corral.wait_exit(Duration::from_secs(5));
     for pid in pids {
-        assert!(eventually(Duration::from_secs(5), || !alive(pid)), "orphan worker {pid}");
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(pid)),
+            "orphan worker {pid}"
+        );
     }
 }
 
@@ -214,8 +266,14 @@ fn sighup_scales_up_and_refuses_a_broken_file() {
     corral.wait_up(3);
     let after = corral.worker_pids();
     assert_eq!(after.len(), 3);
-    assert!(before.iter().all(|p| after.contains(p)), "scaling up restarted workers");
-    assert_eq!(corral.metric("corral_config_reloads_total{result=\"success\"}"), 1.0);
+    assert!(
+        before.iter().all(|p| after.contains(p)),
+        "scaling up restarted workers"
+    );
+    assert_eq!(
+        corral.metric("corral_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
 
     corral.rewrite("[workers]\ncommand = [\"corral\"]\ncount = \"many\"\n");
     corral.signal("HUP");
@@ -229,13 +287,17 @@ fn sighup_scales_up_and_refuses_a_broken_file() {
     // Scaling down retires the last slot.
     corral.rewrite(&body(1));
     corral.signal("HUP");
-    assert!(eventually(Duration::from_secs(15), || corral.status()["backends"]
+    assert!(eventually(Duration::from_secs(15), || corral.status()
+        ["backends"]
         .as_array()
         .unwrap()
         .len()
         == 1));
     for pid in &after[1..] {
-        assert!(eventually(Duration::from_secs(10), || !alive(*pid)), "retired worker {pid} runs");
+        assert!(
+            eventually(Duration::from_secs(10), || !alive(*pid)),
+            "retired worker {pid} runs"
+        );
     }
 }
 
@@ -250,10 +312,16 @@ fn sighup_that_changes_the_command_rolls_it_out() {
     let before = corral.worker_pids();
     corral.rewrite(&body("b"));
     corral.signal("HUP");
-    assert!(eventually(Duration::from_secs(20), || {
-        let now = corral.worker_pids();
-        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && corral.backends_in("up") == 2
-    }), "{}", corral.status());
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let now = corral.worker_pids();
+            now.len() == 2
+                && now.iter().all(|p| !before.contains(p))
+                && corral.backends_in("up") == 2
+        }),
+        "{}",
+        corral.status()
+    );
 }
 
 #[test]
@@ -262,10 +330,15 @@ fn a_listener_change_on_reload_is_refused() {
     corral.wait_up(1);
     let text = std::fs::read_to_string(&corral.config_path)
         .unwrap()
-        .replace(&corral.front.to_string(), &format!("127.0.0.1:{}", free_port()));
+        .replace(
+            &corral.front.to_string(),
+            &format!("127.0.0.1:{}", free_port()),
+        );
     std::fs::write(&corral.config_path, text).unwrap();
     corral.signal("HUP");
-    assert!(eventually(Duration::from_secs(5), || corral.log().contains("listener.bind changed")));
+    assert!(eventually(Duration::from_secs(5), || corral
+        .log()
+        .contains("listener.bind changed")));
     assert!(get_from(corral.front, None).is_ok());
 }
 
@@ -281,14 +354,27 @@ while True: s.accept()[0].close()\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("loud.py");
     std::fs::write(&path, script).unwrap();
-    let corral = Corral::start(&workers(&format!("[\"python3\", \"{}\"]", path.display()), 1, ""));
+    let corral = Corral::start(&workers(
+        &format!("[\"python3\", \"{}\"]", path.display()),
+        1,
+        "",
+    ));
     corral.wait_up(1);
-    assert!(eventually(Duration::from_secs(10), || corral.log().contains("after the flood")));
+    assert!(eventually(Duration::from_secs(10), || corral
+        .log()
+        .contains("after the flood")));
     let log = corral.log();
     let line = log.lines().find(|l| l.contains("after the flood")).unwrap();
     assert!(line.contains("worker=0"), "{line}");
-    assert!(log.contains("truncated_bytes"), "the megabyte line was not cut");
-    assert!(log.len() < 1_000_000, "corral copied the whole flood: {} bytes", log.len());
+    assert!(
+        log.contains("truncated_bytes"),
+        "the megabyte line was not cut"
+    );
+    assert!(
+        log.len() < 1_000_000,
+        "corral copied the whole flood: {} bytes",
+        log.len()
+    );
     assert_eq!(http(corral.admin, "GET", "/healthz").0, 200);
 }
 

@@ -196,7 +196,8 @@ impl Slot {
         if self.backend.lifecycle() != State::Up {
             // Nothing is serving from this slot: show the starting process
             // in /status (it gets no traffic until it is up).
-            self.backend.switch_to(Instance::new(addr, Some(process.pid)));
+            self.backend
+                .switch_to(Instance::new(addr, Some(process.pid)));
         }
         let health = self.shared.config.load().health.clone();
         let ready = async {
