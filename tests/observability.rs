@@ -1,0 +1,369 @@
+//! Health checks, the metric table, connection logs, and a real Prometheus
+//! (`promtool` and the server, from Debian's `prometheus` package) scraping
+//! corral on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Every metric name in SPEC.md's table.
+const SPEC_METRICS: &[&str] = &[
+    "corral_connections_accepted_total",
+    "corral_connections_total",
+    "corral_connections_active",
+    "corral_connection_errors_total",
+    "corral_bytes_received_total",
+    "corral_bytes_sent_total",
+    "corral_backend_up",
+    "corral_backend_connect_duration_seconds",
+    "corral_health_checks_total",
+    "corral_worker_restarts_total",
+    "corral_sticky_entries",
+    "corral_sticky_lookups_total",
+];
+
+fn require(tool: &str) -> String {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: apt-get update && apt-get install -y prometheus"
+    );
+    tool.to_string()
+}
+
+/// An HTTP server that answers every request with `status`.
+fn http_backend(status: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if line == "\r\n" {
+                        let _ = stream.write_all(
+                            format!("HTTP/1.1 {status}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")
+                                .as_bytes(),
+                        );
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn demo_plus(extra: &str) -> String {
+    let base = free_port_range(4);
+    format!(
+        "[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 1\nport_base = {base}\n{extra}\n"
+    )
+}
+
+#[test]
+fn a_refusing_static_backend_is_down_and_counted() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let corral = Corral::start(&demo_plus(&format!(
+        "[health]\ninterval = \"200ms\"\nfall = 2\n[[backends]]\nname = \"gone\"\naddress = \"{dead}\"\n"
+    )));
+    corral.wait_up(1);
+    assert!(eventually(Duration::from_secs(10), || {
+        corral.metric("corral_health_checks_total{backend=\"gone\",result=\"failure\"}") >= 2.0
+    }));
+    let status = corral.status();
+    let gone = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "gone")
+        .unwrap();
+    assert_eq!(gone["state"], "down", "{status}");
+    assert_eq!(corral.metric("corral_backend_up{backend=\"gone\"}"), 0.0);
+    assert_eq!(
+        corral.metric("corral_backend_up{backend=\"worker-0\"}"),
+        1.0
+    );
+    for _ in 0..5 {
+        assert!(get_from(corral.front, None)
+            .unwrap()
+            .starts_with("worker=0"));
+    }
+    assert!(
+        corral.metric("corral_health_checks_total{backend=\"worker-0\",result=\"success\"}") >= 1.0
+    );
+}
+
+#[test]
+fn http_checks_take_a_500_backend_down_and_pass_the_demo_worker() {
+    let failing = http_backend("500 Internal Server Error");
+    let corral = Corral::start(&demo_plus(&format!(
+        "[health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\nfall = 2\nrise = 2\n[[backends]]\nname = \"broken\"\naddress = \"{failing}\"\n"
+    )));
+    corral.wait_up(1);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            corral.metric("corral_backend_up{backend=\"broken\"}") == 0.0
+                && corral
+                    .metric("corral_health_checks_total{backend=\"worker-0\",result=\"success\"}")
+                    >= 2.0
+        }),
+        "{}",
+        corral.status()
+    );
+    assert_eq!(
+        corral.metric("corral_backend_up{backend=\"worker-0\"}"),
+        1.0
+    );
+    // Only the healthy worker is used.
+    for _ in 0..6 {
+        assert!(get_from(corral.front, None)
+            .unwrap()
+            .starts_with("worker=0"));
+    }
+}
+
+#[test]
+fn a_backend_that_recovers_comes_back_after_rise_checks() {
+    let port = free_port();
+    let corral = Corral::start(&format!(
+        "[health]\ninterval = \"150ms\"\nfall = 1\nrise = 2\n[[backends]]\nname = \"flaky\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    assert!(eventually(Duration::from_secs(10), || corral
+        .metric("corral_backend_up{backend=\"flaky\"}")
+        == 0.0));
+    assert_eq!(http(corral.admin, "GET", "/readyz").0, 503);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"back");
+        }
+    });
+    assert!(eventually(Duration::from_secs(10), || corral
+        .metric("corral_backend_up{backend=\"flaky\"}")
+        == 1.0));
+    assert_eq!(http(corral.admin, "GET", "/readyz").0, 200);
+}
+
+#[test]
+fn with_no_backend_up_clients_are_closed_at_once_and_readyz_is_503() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let corral = Corral::start(&format!(
+        "[health]\ninterval = \"100ms\"\nfall = 1\n[[backends]]\nname = \"gone\"\naddress = \"{dead}\"\n"
+    ));
+    assert!(eventually(Duration::from_secs(10), || corral
+        .backends_in("down")
+        == 1));
+    let mut client = TcpStream::connect(corral.front).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(client.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "client not closed");
+    assert!(corral.metric("corral_connection_errors_total{reason=\"no_backend\"}") >= 1.0);
+    assert_eq!(http(corral.admin, "GET", "/readyz").0, 503);
+    assert_eq!(http(corral.admin, "GET", "/healthz").0, 200);
+    assert_eq!(http(corral.admin, "GET", "/nope").0, 404);
+}
+
+#[test]
+fn metrics_pass_promtool_and_carry_every_spec_name() {
+    let promtool = require("promtool");
+    let corral = Corral::start(&demo_plus(""));
+    corral.wait_up(1);
+    get_from(corral.front, None).unwrap();
+    let text = corral.metrics();
+    for name in SPEC_METRICS {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert!(text.contains("# TYPE corral_backend_connect_duration_seconds histogram"));
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_corral() {
+    let prometheus = require("prometheus");
+    let corral = Corral::start(&demo_plus(""));
+    corral.wait_up(1);
+    for _ in 0..7 {
+        get_from(corral.front, None).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: corral\n    static_configs:\n      - targets: ['{}']\n",
+            corral.admin
+        ),
+    )
+    .unwrap();
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _server = Killed(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| -> Option<f64> {
+        let (code, body) = try_http(web, "GET", &format!("/api/v1/query?query={q}")).ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || query(
+            "up%7Bjob%3D%22corral%22%7D"
+        ) == Some(1.0)),
+        "Prometheus never saw corral up"
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        query("corral_connections_accepted_total%7Bjob%3D%22corral%22%7D") == Some(7.0)
+    }));
+}
+
+#[test]
+fn json_connection_logs_parse_and_carry_the_fields() {
+    let corral = Corral::start(&demo_plus("[log]\nformat = \"json\"\n"));
+    corral.wait_up(1);
+    get_from(corral.front, None).unwrap();
+    assert!(eventually(Duration::from_secs(5), || corral
+        .log()
+        .contains("connection closed")));
+    let log = corral.log();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let entry: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "connection closed")
+        .unwrap();
+    for field in [
+        "client",
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "duration_ms",
+        "end",
+    ] {
+        assert!(!entry[field].is_null(), "{field} missing from {entry}");
+    }
+    assert_eq!(entry["backend"], "worker-0");
+    assert_eq!(entry["end"], "eof");
+    assert!(entry["bytes_in"].as_u64().unwrap() > 0);
+    // Worker output is JSON too, tagged with the worker id.
+    let worker_line = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["stream"] == "stdout")
+        .expect("a worker stdout line");
+    assert_eq!(worker_line["worker"], 0);
+}
+
+#[test]
+fn connection_logs_can_be_turned_off() {
+    let corral = Corral::start(&demo_plus("[log]\nconnections = false\n"));
+    corral.wait_up(1);
+    get_from(corral.front, None).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!corral.log().contains("connection closed"));
+}
+
+#[test]
+fn mutations_need_the_token_and_gets_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[listener]\nbind = \"{front}\"\n[admin]\nbind = \"{admin}\"\ntoken_file = \"{}\"\n{}",
+        token.display(),
+        demo_plus("")
+    );
+    let corral = Corral::start_with(&text, front, admin, &[]);
+    corral.wait_up(1);
+    assert_eq!(http(admin, "POST", "/workers/restart").0, 401);
+    let mut s = TcpStream::connect(admin).unwrap();
+    let (code, _) = request_on(
+        &mut s,
+        admin,
+        "POST",
+        "/workers/restart",
+        &[("Authorization", "Bearer wrong")],
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    let mut s = TcpStream::connect(admin).unwrap();
+    let (code, _) = request_on(
+        &mut s,
+        admin,
+        "POST",
+        "/workers/restart",
+        &[("Authorization", "Bearer s3cret")],
+    )
+    .unwrap();
+    assert_eq!(code, 202);
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+        assert_eq!(http(admin, "GET", path).0, 200, "{path}");
+    }
+}
