@@ -36,7 +36,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use config::Config;
 use control::Source;
@@ -64,9 +65,9 @@ pub enum Fatal {
 /// Runs corral until a graceful stop completes.
 pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
     logging::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.runtime.threads)
-        .thread_name("corral-proxy")
+    // The control plane (admin, health checks, supervisor, signals) runs on
+    // this thread; the proxy threads have runtimes of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| Fatal::Io {
@@ -78,16 +79,16 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
 
 async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
-    let mut listeners = Vec::new();
-    for &addr in &config.listener.binds {
-        let listener =
-            listener::bind(addr, config.listener.backlog).map_err(|source| Fatal::Bind {
-                what: "front end",
-                addr,
-                source,
-            })?;
-        listeners.push(listener);
-    }
+    let front = listener::bind_all(
+        &config.listener.binds,
+        config.listener.backlog,
+        config.runtime.threads,
+    )
+    .map_err(|(addr, source)| Fatal::Bind {
+        what: "front end",
+        addr,
+        source,
+    })?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
         .await
         .map_err(|source| Fatal::Bind {
@@ -146,14 +147,13 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         .await;
     }
 
-    let limit = Arc::new(Semaphore::new(config.listener.max_connections));
-    for listener in listeners {
-        tokio::spawn(listener::accept_loop(
-            Arc::clone(&shared),
-            listener,
-            Arc::clone(&limit),
-        ));
-    }
+    let proxies_stop = CancellationToken::new();
+    let proxies = listener::start_threads(&shared, front, proxies_stop.clone()).map_err(
+        |source| Fatal::Io {
+            context: "cannot start the proxy threads",
+            source,
+        },
+    )?;
 
     let result = control::run(
         Arc::clone(&shared),
@@ -163,6 +163,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     )
     .await;
     if let Err(source) = result {
+        proxies_stop.cancel();
         supervisor.shutdown().await;
         return Err(Fatal::Io {
             context: "cannot install signal handlers",
@@ -170,7 +171,14 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         });
     }
     drain(&shared).await;
+    proxies_stop.cancel();
     supervisor.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for proxy in proxies {
+            let _ = proxy.join();
+        }
+    })
+    .await;
     tracing::info!("corral stopped");
     Ok(())
 }
