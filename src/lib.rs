@@ -148,12 +148,13 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     }
 
     let proxies_stop = CancellationToken::new();
-    let proxies = listener::start_threads(&shared, front, proxies_stop.clone()).map_err(
-        |source| Fatal::Io {
-            context: "cannot start the proxy threads",
-            source,
-        },
-    )?;
+    let proxies =
+        listener::start_threads(&shared, front, proxies_stop.clone()).map_err(|source| {
+            Fatal::Io {
+                context: "cannot start the proxy threads",
+                source,
+            }
+        })?;
 
     let result = control::run(
         Arc::clone(&shared),

@@ -41,8 +41,7 @@ pub fn bind_all(
     backlog: u32,
     threads: usize,
 ) -> Result<FrontEnd, (SocketAddr, io::Error)> {
-    let mut per_thread: Vec<Vec<Socket>> =
-        (0..threads.max(1)).map(|_| Vec::new()).collect();
+    let mut per_thread: Vec<Vec<Socket>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
     for &wanted in binds {
         // SO_REUSEPORT would let us join another process's group on the same
         // port silently: make sure nobody holds it first.
@@ -96,7 +95,9 @@ pub fn start_threads(
     front: FrontEnd,
     stop: CancellationToken,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let limit = Arc::new(Semaphore::new(shared.config.load().listener.max_connections));
+    let limit = Arc::new(Semaphore::new(
+        shared.config.load().listener.max_connections,
+    ));
     let mut handles = Vec::new();
     for (index, sockets) in front.per_thread.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -165,7 +166,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                 }
             }
         };
-        let accepted = match ready.try_io(|socket| socket.get_ref().accept()) {
+        let accepted = match ready.try_io(|socket| {
+            socket
+                .get_ref()
+                .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        }) {
             Ok(accepted) => accepted,
             Err(_would_block) => continue, // spurious wake-up; the permit goes back
         };
@@ -197,7 +202,7 @@ fn into_tokio((socket, addr): (Socket, socket2::SockAddr)) -> io::Result<(TcpStr
     let peer = addr
         .as_socket()
         .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
-    socket.set_nonblocking(true)?;
+    // accept4 made it non-blocking already.
     Ok((TcpStream::from_std(socket.into())?, peer))
 }
 

@@ -19,9 +19,9 @@ use crate::pump::{self, End};
 use crate::shared::Shared;
 
 /// Serves one accepted client until it closes or corral cuts it.
-pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket.
     let config = shared.config.load_full();
     let pool = shared.pool.load_full();
     let client_key = shared.dispatcher.client_key(peer.ip());
@@ -50,7 +50,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             }
         }
         let outcome = tokio::select! {
-            outcome = pump::pump(&client, &upstream, config.timeouts.idle, true) => outcome,
+            outcome = pump::pump(&mut client, &mut upstream, config.timeouts.idle, true) => outcome,
             _ = shared.cut_connections.cancelled() => pump::Outcome {
                 from_client: 0,
                 from_backend: 0,

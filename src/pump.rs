@@ -15,9 +15,11 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -112,55 +114,68 @@ impl Half {
     /// Copies from `reader` to `writer` until EOF and everything read has
     /// been written, or an error. `seen` receives every chunk read. The EOF
     /// is passed on separately, by [`Half::finish`].
+    ///
+    /// tokio's `poll_read` clears the socket's readiness after a short read,
+    /// which saves the `read()` that would only return EAGAIN.
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
-        reader: &TcpStream,
-        writer: &TcpStream,
+        reader: &mut ReadHalf<'_>,
+        writer: &mut WriteHalf<'_>,
         progress: &mut bool,
         mut seen: impl FnMut(&[u8]),
     ) -> Poll<io::Result<()>> {
         loop {
             if self.start < self.end {
                 let buffer = self.buffer.as_deref().unwrap_or_default();
-                match writer.try_write(&buffer[self.start..self.end]) {
-                    Ok(n) => {
+                match Pin::new(&mut *writer).poll_write(cx, &buffer[self.start..self.end]) {
+                    Poll::Ready(Ok(0)) => {
+                        self.write_failed = true;
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
                         self.start += n;
                         *progress = true;
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ready!(writer.poll_write_ready(cx))?;
-                        continue;
-                    }
-                    Err(e) => {
+                    Poll::Ready(Err(e)) => {
                         self.write_failed = true;
                         return Poll::Ready(Err(e));
                     }
+                    Poll::Pending => return Poll::Pending,
                 }
             }
             if self.read_done {
                 return Poll::Ready(Ok(()));
             }
-            let buffer = self.buffer.get_or_insert_with(take_buffer);
-            match reader.try_read(buffer) {
-                Ok(0) => {
-                    self.read_done = true;
-                    self.release();
+            let mut buffer = self.buffer.take().unwrap_or_else(take_buffer);
+            let mut space = ReadBuf::new(&mut buffer);
+            match Pin::new(&mut *reader).poll_read(cx, &mut space) {
+                Poll::Ready(Ok(())) => {
+                    let n = space.filled().len();
+                    if n == 0 {
+                        give_back(buffer);
+                        self.read_done = true;
+                        self.start = 0;
+                        self.end = 0;
+                    } else {
+                        seen(&buffer[..n]);
+                        self.buffer = Some(buffer);
+                        self.start = 0;
+                        self.end = n;
+                        self.total += n as u64;
+                        *progress = true;
+                    }
                 }
-                Ok(n) => {
-                    seen(&buffer[..n]);
-                    self.start = 0;
-                    self.end = n;
-                    self.total += n as u64;
-                    *progress = true;
+                Poll::Ready(Err(e)) => {
+                    give_back(buffer);
+                    return Poll::Ready(Err(e));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Poll::Pending => {
                     // Nothing to move: hold no buffer while waiting.
-                    self.release();
-                    ready!(reader.poll_read_ready(cx))?;
+                    give_back(buffer);
+                    return Poll::Pending;
                 }
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -168,11 +183,12 @@ impl Half {
 
 impl Half {
     /// Passes the reader's EOF on as a shutdown of the writer's write side.
-    fn finish(&mut self, writer: &TcpStream) {
+    fn finish(&mut self, writer: &WriteHalf<'_>) {
         if !self.finished {
             self.finished = true;
             // The peer may be gone already; the other direction will tell.
-            let _ = socket2::SockRef::from(writer).shutdown(Shutdown::Write);
+            let stream: &TcpStream = writer.as_ref();
+            let _ = socket2::SockRef::from(stream).shutdown(Shutdown::Write);
         }
     }
 }
@@ -181,11 +197,13 @@ impl Half {
 /// `replayable` says whether the client's first bytes may be kept for a
 /// replay on another backend.
 pub async fn pump(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     idle: Duration,
     replayable: bool,
 ) -> Outcome {
+    let (mut client_in, mut client_out) = client.split();
+    let (mut backend_in, mut backend_out) = backend.split();
     let mut up = Half::default();
     let mut down = Half::default();
     let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
@@ -193,16 +211,23 @@ pub async fn pump(
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
     let end = poll_fn(|cx| {
         let mut progress = false;
-        let up_result = up.poll_copy(cx, client, backend, &mut progress, |chunk| {
-            if let Some(kept) = &mut replay {
-                if kept.len() + chunk.len() <= REPLAY_LIMIT {
-                    kept.extend_from_slice(chunk);
-                } else {
-                    replay = None;
+        let up_result = up.poll_copy(
+            cx,
+            &mut client_in,
+            &mut backend_out,
+            &mut progress,
+            |chunk| {
+                if let Some(kept) = &mut replay {
+                    if kept.len() + chunk.len() <= REPLAY_LIMIT {
+                        kept.extend_from_slice(chunk);
+                    } else {
+                        replay = None;
+                    }
                 }
-            }
-        });
-        let down_result = down.poll_copy(cx, backend, client, &mut progress, |_| {});
+            },
+        );
+        let down_result =
+            down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |_| {});
         if down.total > 0 {
             replay = None;
         }
@@ -221,18 +246,23 @@ pub async fn pump(
                 });
             }
         }
+        if let (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) = (&up_result, &down_result) {
+            return Poll::Ready(End::Reset);
+        }
+        let up_done = up_result.is_ready() && up.read_done;
+        let down_done = down_result.is_ready() && down.read_done;
+        if up_done && down_done {
+            // Both sides said all they had: closing the sockets sends the
+            // last FIN, no shutdown call needed.
+            return Poll::Ready(End::Eof);
+        }
         // EOFs are passed on only now that a replay is ruled out: a client
         // must not see its write side closed by a backend we are replacing.
-        if up_result.is_ready() && up.read_done {
-            up.finish(backend);
+        if up_done {
+            up.finish(&backend_out);
         }
-        if down_result.is_ready() && down.read_done {
-            down.finish(client);
-        }
-        match (&up_result, &down_result) {
-            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Reset),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Eof),
-            _ => {}
+        if down_done {
+            down.finish(&client_out);
         }
         if progress {
             last_activity = Instant::now();
@@ -273,10 +303,16 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_is_passed_on_and_bytes_counted() {
-        let (mut client, client_side) = pair().await;
-        let (backend_side, mut backend) = pair().await;
+        let (mut client, mut client_side) = pair().await;
+        let (mut backend_side, mut backend) = pair().await;
         let pumping = tokio::spawn(async move {
-            pump(&client_side, &backend_side, Duration::from_secs(5), true).await
+            pump(
+                &mut client_side,
+                &mut backend_side,
+                Duration::from_secs(5),
+                true,
+            )
+            .await
         });
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
@@ -295,10 +331,16 @@ mod tests {
 
     #[tokio::test]
     async fn backend_that_hangs_up_unanswered_returns_the_replay() {
-        let (mut client, client_side) = pair().await;
-        let (backend_side, mut backend) = pair().await;
+        let (mut client, mut client_side) = pair().await;
+        let (mut backend_side, mut backend) = pair().await;
         let pumping = tokio::spawn(async move {
-            pump(&client_side, &backend_side, Duration::from_secs(5), true).await
+            pump(
+                &mut client_side,
+                &mut backend_side,
+                Duration::from_secs(5),
+                true,
+            )
+            .await
         });
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut first = [0u8; 18];
@@ -316,11 +358,11 @@ mod tests {
 
     #[tokio::test]
     async fn silence_ends_in_idle_timeout() {
-        let (_client, client_side) = pair().await;
-        let (backend_side, _backend) = pair().await;
+        let (_client, mut client_side) = pair().await;
+        let (mut backend_side, _backend) = pair().await;
         let outcome = pump(
-            &client_side,
-            &backend_side,
+            &mut client_side,
+            &mut backend_side,
             Duration::from_millis(100),
             true,
         )

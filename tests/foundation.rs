@@ -227,9 +227,13 @@ fn garbage_and_resetting_clients_leave_corral_healthy() {
         t.join().unwrap();
     }
     // Every client was accepted (some may still have been in the backlog).
-    assert!(eventually(Duration::from_secs(10), || {
-        corral.metric("corral_connections_accepted_total") == 500.0
-    }), "accepted {}", corral.metric("corral_connections_accepted_total"));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            corral.metric("corral_connections_accepted_total") == 500.0
+        }),
+        "accepted {}",
+        corral.metric("corral_connections_accepted_total")
+    );
     assert!(
         eventually(Duration::from_secs(15), || {
             let s = corral.status();

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 /// A port nobody listens on right now. Ports are handed out from a per-process
-/// range and checked, so parallel tests do not collide.
+/// range and checked, so parallel tests do not collide, and stay below the
+/// kernel's ephemeral range (32768+), so a client's outgoing connection never
+/// takes a port a worker is about to bind.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
-        let base = 20000 + (std::process::id() % 400) as u16 * 100;
+        let base = 10000 + (std::process::id() % 180) as u16 * 100;
         let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
     loop {
