@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML file, raw then validated, errors with line and key.
 //! - [`listener`]: front-end sockets and the accept loop with its limit.
 //! - [`proxy`]: one client connection: pick, connect with retry, pump, account.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, read and written.
 //! - [`pump`]: moving bytes both ways with half-close and an idle timeout.
 //! - [`dispatch`]: round-robin, least-connections, sticky table and ring.
 //! - [`pool`]: every backend's state and counters, swapped on reload.
@@ -28,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod pump;
 pub mod shared;
 pub mod supervisor;

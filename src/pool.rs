@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::config::SendProxy;
 use crate::dispatch::ring::Ring;
 use crate::metrics::{BackendMetrics, Metrics};
 
@@ -103,6 +104,8 @@ pub struct Backend {
     active: AtomicUsize,
     /// Consecutive health-check results in the current direction.
     pub streak: AtomicU32,
+    /// Which PROXY header this backend is sent (a `SendProxy` as u8).
+    send_proxy: AtomicU8,
     pub metrics: BackendMetrics,
 }
 
@@ -123,6 +126,7 @@ impl Backend {
             restarts: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             streak: AtomicU32::new(0),
+            send_proxy: AtomicU8::new(SendProxy::None as u8),
         };
         backend.publish_up();
         Arc::new(backend)
@@ -137,6 +141,19 @@ impl Backend {
         } else {
             lifecycle
         }
+    }
+
+    /// The PROXY header this backend wants in front of each connection.
+    pub fn send_proxy(&self) -> SendProxy {
+        match self.send_proxy.load(Ordering::Relaxed) {
+            1 => SendProxy::V1,
+            2 => SendProxy::V2,
+            _ => SendProxy::None,
+        }
+    }
+
+    pub fn set_send_proxy(&self, version: SendProxy) {
+        self.send_proxy.store(version as u8, Ordering::Relaxed);
     }
 
     /// The lifecycle alone, ignoring health checks.
@@ -281,12 +298,14 @@ impl Pool {
                     let addr = SocketAddr::new(workers.host, workers.port(id, false));
                     Backend::new(label, Kind::Worker(id), addr, metrics)
                 });
+                backend.set_send_proxy(workers.send_proxy);
                 backends.push(backend);
             }
         }
         for b in &config.backends {
             let backend = keep(&b.name, Some(b.address))
                 .unwrap_or_else(|| Backend::new(b.name.clone(), Kind::Static, b.address, metrics));
+            backend.set_send_proxy(b.send_proxy);
             backends.push(backend);
         }
         Pool::new(backends)

@@ -2,7 +2,9 @@
 //! (moving on to the next backend if that fails), pump bytes, account for
 //! them, and log how it ended. A backend that hangs up before answering a
 //! single byte (a worker killed mid-request) costs the client nothing: what
-//! the client sent is replayed on the next backend.
+//! the client sent is replayed on the next backend. With
+//! `listener.proxy_protocol`, the client's PROXY header is read first and the
+//! address it carries stands for the client everywhere.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +13,11 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::config::Config;
+use crate::config::{Config, ProxyProtocolMode, SendProxy};
 use crate::dispatch::Tried;
 use crate::health;
 use crate::pool::{ActiveGuard, Pool};
+use crate::proxy_protocol;
 use crate::pump::{self, End};
 use crate::shared::Shared;
 
@@ -23,11 +26,34 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
     let started = Instant::now();
     // TCP_NODELAY is inherited from the listening socket.
     let config = shared.config.load_full();
+
+    // Behind another balancer, the client is whoever its PROXY header says.
+    // Application bytes that arrived with the header go to the backend first.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut client_addr = peer;
+    let mut local_addr = None;
+    if config.listener.proxy_protocol != ProxyProtocolMode::None {
+        match proxy_protocol::read_header(&mut client, config.listener.proxy_protocol).await {
+            Ok((addresses, early)) => {
+                if let Some((source, destination)) = addresses {
+                    client_addr = source;
+                    local_addr = Some(destination);
+                }
+                pending = early;
+            }
+            Err(why) => {
+                shared.metrics.errors.proxy_protocol.inc();
+                tracing::warn!(%peer, error = %why, "closing a client without a valid PROXY header");
+                log_closed(&config, peer, "", 0, 0, started, "proxy_protocol");
+                return;
+            }
+        }
+    }
+
     let pool = shared.pool.load_full();
-    let client_key = shared.dispatcher.client_key(peer.ip());
+    let client_key = shared.dispatcher.client_key(client_addr.ip());
     let mut tried = Tried::default();
-    let mut replayed = 0u64;
-    let mut replay: Option<(Vec<u8>, bool)> = None;
+    let mut client_done = false;
 
     loop {
         let (mut upstream, guard, index) =
@@ -37,17 +63,23 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
                     if end == Unserved::NoBackend {
                         shared.metrics.errors.no_backend.inc();
                     }
-                    log_closed(&config, peer, "", replayed, 0, started, end.as_str());
+                    let sent = pending.len() as u64;
+                    log_closed(&config, client_addr, "", sent, 0, started, end.as_str());
                     return;
                 }
             };
         let backend = Arc::clone(&guard.backend);
-        if let Some((bytes, client_done)) = replay.take() {
-            if !resend(&mut upstream, &bytes, client_done).await {
-                tried.push(index);
-                replay = Some((bytes, client_done));
-                continue;
+        let header = match backend.send_proxy() {
+            SendProxy::None => Vec::new(),
+            version => {
+                let destination =
+                    *local_addr.get_or_insert_with(|| client.local_addr().unwrap_or(peer));
+                proxy_protocol::encode(version, client_addr, destination)
             }
+        };
+        if !introduce(&mut upstream, &header, &pending, client_done).await {
+            tried.push(index);
+            continue;
         }
         let outcome = tokio::select! {
             outcome = pump::pump(&mut client, &mut upstream, config.timeouts.idle, true) => outcome,
@@ -59,22 +91,22 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
         };
         drop(guard);
         if let End::BackendGaveUp {
-            replay: bytes,
-            client_done,
+            replay,
+            client_done: done,
         } = outcome.end
         {
             tracing::warn!(
                 backend = %backend.label,
-                client = %peer,
-                bytes = bytes.len(),
+                client = %client_addr,
+                bytes = pending.len() + replay.len(),
                 "backend closed before answering; replaying the request on another backend"
             );
-            replayed = bytes.len() as u64;
+            pending.extend_from_slice(&replay);
+            client_done = done;
             tried.push(index);
-            replay = Some((bytes, client_done));
             continue;
         }
-        let from_client = replayed + outcome.from_client;
+        let from_client = pending.len() as u64 + outcome.from_client;
         backend.metrics.bytes_received.inc_by(from_client);
         backend.metrics.bytes_sent.inc_by(outcome.from_backend);
         backend
@@ -86,7 +118,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
         }
         log_closed(
             &config,
-            peer,
+            client_addr,
             &backend.label,
             from_client,
             outcome.from_backend,
@@ -97,10 +129,20 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
     }
 }
 
-/// Sends a replayed request to a fresh backend; false if that failed.
-async fn resend(upstream: &mut TcpStream, bytes: &[u8], client_done: bool) -> bool {
-    if upstream.write_all(bytes).await.is_err() {
-        return false;
+/// Sends a fresh backend what must precede the pump: its PROXY header, and
+/// the client's bytes it has not seen (those that came with the client's
+/// PROXY header, or a request replayed from a backend that hung up). False
+/// if that failed.
+async fn introduce(
+    upstream: &mut TcpStream,
+    header: &[u8],
+    pending: &[u8],
+    client_done: bool,
+) -> bool {
+    for bytes in [header, pending] {
+        if !bytes.is_empty() && upstream.write_all(bytes).await.is_err() {
+            return false;
+        }
     }
     if client_done {
         let _ = socket2::SockRef::from(&*upstream).shutdown(std::net::Shutdown::Write);

@@ -289,16 +289,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         proxy_protocol: raw
             .listener
             .proxy_protocol
-            .map(|m| {
-                if *m.get_ref() != ProxyProtocolMode::None {
-                    p.at(
-                        m.span(),
-                        "listener.proxy_protocol",
-                        "PROXY protocol is not supported by this build yet; use \"none\"",
-                    );
-                }
-                m.into_inner()
-            })
+            .map(Spanned::into_inner)
             .unwrap_or_default(),
     };
 
@@ -387,7 +378,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             Some(StaticBackend {
                 name: name?,
                 address: address?,
-                send_proxy: send_proxy(b.send_proxy, "backends.send_proxy", p),
+                send_proxy: send_proxy(b.send_proxy),
             })
         })
         .collect();
@@ -572,7 +563,7 @@ fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<Worker
         p,
     );
     config.min_uptime = duration(w.min_uptime, "workers.min_uptime", config.min_uptime, p);
-    config.send_proxy = send_proxy(w.send_proxy, "workers.send_proxy", p);
+    config.send_proxy = send_proxy(w.send_proxy);
     Some(config)
 }
 
@@ -667,18 +658,8 @@ fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<Socke
     resolved
 }
 
-fn send_proxy(value: Option<Spanned<SendProxy>>, key: &str, p: &mut Problems) -> SendProxy {
-    let Some(v) = value else {
-        return SendProxy::None;
-    };
-    if *v.get_ref() != SendProxy::None {
-        p.at(
-            v.span(),
-            key,
-            "sending a PROXY header is not supported by this build yet; use \"none\"",
-        );
-    }
-    v.into_inner()
+fn send_proxy(value: Option<Spanned<SendProxy>>) -> SendProxy {
+    value.map(Spanned::into_inner).unwrap_or_default()
 }
 
 fn privilege_name(value: Option<Spanned<String>>, key: &str, p: &mut Problems) -> Option<String> {

@@ -56,11 +56,12 @@ pub enum ProxyProtocolMode {
 /// Which PROXY protocol header corral sends to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum SendProxy {
     #[default]
-    None,
-    V1,
-    V2,
+    None = 0,
+    V1 = 1,
+    V2 = 2,
 }
 
 #[derive(Debug, Default, Deserialize)]
