@@ -41,7 +41,11 @@ pub async fn run(
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); return Ok(()); }
-            _ = hup.recv() => reload(&shared, &supervisor, &source).await,
+            _ = hup.recv() => {
+                crate::notify::reloading();
+                reload(&shared, &supervisor, &source).await;
+                crate::notify::ready();
+            }
             _ = usr2.recv() => {
                 tracing::info!("SIGUSR2: rolling restart");
                 rolling_restart(&shared, &supervisor);

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the TOML file, raw then validated, errors with line and key.
 //! - [`listener`]: front-end sockets and the accept loop with its limit.
+//! - [`privileges`]: dropping root after binding.
 //! - [`proxy`]: one client connection: pick, connect with retry, pump, account.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, read and written.
 //! - [`pump`]: moving bytes both ways with half-close and an idle timeout.
@@ -14,6 +15,7 @@
 //! - [`health`]: active checks with rise/fall, and the passive check.
 //! - [`admin`]: the admin HTTP server.
 //! - [`metrics`]: every metric, defined and registered in one place.
+//! - [`notify`]: systemd readiness notifications.
 //! - [`control`]: signals and reload.
 //! - [`demo_worker`]: the built-in demo backend.
 
@@ -27,7 +29,9 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
+pub mod privileges;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod pump;
@@ -98,6 +102,13 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
+    if let Some(who) = &config.runtime.drop_to {
+        privileges::drop_to(who).map_err(|source| Fatal::Io {
+            context: "cannot drop privileges",
+            source,
+        })?;
+        tracing::info!(uid = ?who.uid, gid = who.gid, "dropped privileges");
+    }
     let spawner = Spawner::start().map_err(|source| Fatal::Io {
         context: "cannot start the worker spawner thread",
         source,
@@ -158,6 +169,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             }
         })?;
 
+    notify::ready();
     let result = control::run(
         Arc::clone(&shared),
         Arc::clone(&supervisor),
@@ -189,6 +201,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
 /// The graceful stop: no new clients, `/readyz` 503, open connections get
 /// up to `timeouts.drain` (a second SIGTERM or SIGINT cuts them at once).
 async fn drain(shared: &Arc<Shared>) {
+    notify::stopping();
     shared.set_draining();
     shared.stop_accepting.cancel();
     shared.connections.close();

@@ -140,8 +140,18 @@ pub struct LogConfig {
 pub struct RuntimeConfig {
     /// Proxy threads; already resolved from 0 to the number of CPUs.
     pub threads: usize,
+    /// Whom to become after binding (`runtime.user` / `runtime.group`),
+    /// resolved to ids at load.
+    pub drop_to: Option<Privileges>,
+}
+
+/// A user and group to run as after the sockets are bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privileges {
+    /// The user's name (for `initgroups`), when `runtime.user` is set.
     pub user: Option<String>,
-    pub group: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: u32,
 }
 
 /// Command-line values that take precedence over the file (`corral run -i N
@@ -458,8 +468,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let threads = int(raw.runtime.threads, "runtime.threads", 0, 1024, 0, p) as usize;
     let runtime = RuntimeConfig {
         threads: if threads == 0 { cpus() } else { threads },
-        user: privilege_name(raw.runtime.user, "runtime.user", p),
-        group: privilege_name(raw.runtime.group, "runtime.group", p),
+        drop_to: privileges(raw.runtime.user, raw.runtime.group, p),
     };
 
     Some(Config {
@@ -662,14 +671,65 @@ fn send_proxy(value: Option<Spanned<SendProxy>>) -> SendProxy {
     value.map(Spanned::into_inner).unwrap_or_default()
 }
 
-fn privilege_name(value: Option<Spanned<String>>, key: &str, p: &mut Problems) -> Option<String> {
-    let v = value.filter(|v| !v.get_ref().is_empty())?;
-    p.at(
-        v.span(),
-        key,
-        "dropping privileges is not supported by this build yet; leave it empty",
-    );
-    None
+/// Resolves `runtime.user` and `runtime.group`; both need corral to start
+/// as root, since only root can become someone else.
+fn privileges(
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    p: &mut Problems,
+) -> Option<Privileges> {
+    use nix::unistd::{Group, User};
+    let user = user.filter(|u| !u.get_ref().is_empty());
+    let group = group.filter(|g| !g.get_ref().is_empty());
+    if user.is_none() && group.is_none() {
+        return None;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let (span, key) = match (&user, &group) {
+            (Some(u), _) => (u.span(), "runtime.user"),
+            (None, Some(g)) => (g.span(), "runtime.group"),
+            (None, None) => return None,
+        };
+        p.at(
+            span,
+            key,
+            "dropping privileges needs corral to be started as root",
+        );
+        return None;
+    }
+    let found_user = match &user {
+        Some(u) => match User::from_name(u.get_ref()) {
+            Ok(Some(found)) => Some(found),
+            _ => {
+                p.at(
+                    u.span(),
+                    "runtime.user",
+                    format!("no user `{}` on this system", u.get_ref()),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let gid = match &group {
+        Some(g) => match Group::from_name(g.get_ref()) {
+            Ok(Some(found)) => found.gid.as_raw(),
+            _ => {
+                p.at(
+                    g.span(),
+                    "runtime.group",
+                    format!("no group `{}` on this system", g.get_ref()),
+                );
+                return None;
+            }
+        },
+        None => found_user.as_ref()?.gid.as_raw(),
+    };
+    Some(Privileges {
+        user: found_user.as_ref().map(|u| u.name.clone()),
+        uid: found_user.map(|u| u.uid.as_raw()),
+        gid,
+    })
 }
 
 fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {

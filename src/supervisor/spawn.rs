@@ -140,6 +140,8 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
+        // systemd's socket is corral's to use, not the workers'.
+        .env_remove("NOTIFY_SOCKET")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

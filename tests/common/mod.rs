@@ -71,6 +71,17 @@ impl Corral {
 
     /// Starts corral on a complete config text.
     pub fn start_with(text: &str, front: SocketAddr, admin: SocketAddr, args: &[&str]) -> Corral {
+        Corral::start_env(text, front, admin, args, &[])
+    }
+
+    /// Starts corral on a complete config text with extra environment.
+    pub fn start_env(
+        text: &str,
+        front: SocketAddr,
+        admin: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, text).unwrap();
@@ -81,6 +92,7 @@ impl Corral {
             .arg("-c")
             .arg(&config_path)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
