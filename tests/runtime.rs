@@ -42,7 +42,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         &[],
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).to_string()
