@@ -19,6 +19,11 @@
 //!   included at its amortised rate. Target: under 1 µs.
 //! - `client_key/*`: [`client_key`] for IPv4, IPv4-mapped IPv6 and IPv6, and
 //!   [`Dispatcher::client_key`] (which also loads the configured prefixes).
+//! - `anatomy/*`: the parts the sticky path is made of, to see what dominates:
+//!   `clock_now_ms` (read by every lookup and record), `hash_u128_randomstate`
+//!   (the table's SipHash of a client key), `ring_point_of` (the ring's),
+//!   and `dashmap_len_256_shards` (`DashMap::len` on a map cut into 256
+//!   shards like the sticky table, which `record` calls after every insert).
 //!
 //! Run it (release profile; about two minutes on two cores):
 //!
@@ -27,6 +32,7 @@
 //! cargo bench --bench dispatch -- sticky_hit     # one group only
 //! ```
 
+use std::hash::BuildHasher;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -261,12 +267,34 @@ fn client_keys(c: &mut Criterion) {
     group.finish();
 }
 
+fn anatomy(c: &mut Criterion) {
+    let mut group = c.benchmark_group("anatomy");
+    group.bench_function("clock_now_ms", |b| b.iter(corral::clock::now_ms));
+    let hasher = std::collections::hash_map::RandomState::new();
+    let key = v4_key(PREFILLED_BASE + 7);
+    group.bench_function("hash_u128_randomstate", |b| {
+        b.iter(|| hasher.hash_one(black_box(key)))
+    });
+    group.bench_function("ring_point_of", |b| {
+        b.iter(|| corral::dispatch::ring::Ring::point_of(black_box(key)))
+    });
+    let map: dashmap::DashMap<u128, (u64, u64)> =
+        dashmap::DashMap::with_capacity_and_shard_amount(0, 256);
+    for i in 0..(PREFILLED + PREFILLED / 2) {
+        map.insert(v4_key(PREFILLED_BASE + i), (0, 0));
+    }
+    group.bench_function("dashmap_len_256_shards", |b| {
+        b.iter(|| black_box(&map).len())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = round_robin_and_least_connections, sticky_hit, sticky_new, client_keys
+    targets = round_robin_and_least_connections, sticky_hit, sticky_new, client_keys, anatomy
 }
 criterion_main!(benches);

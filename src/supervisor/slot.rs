@@ -201,11 +201,15 @@ impl Slot {
         }
         let health = self.shared.config.load().health.clone();
         let ready = async {
+            // Poll fast at first (most workers bind within milliseconds),
+            // then back off to POLL.
+            let mut pause = Duration::from_millis(2);
             loop {
                 if health::probe(addr, &health).await {
                     return;
                 }
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL);
             }
         };
         tokio::select! {
