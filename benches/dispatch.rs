@@ -6,8 +6,10 @@
 //! - `sticky_hit/*`: a sticky table pre-filled with 100,000 clients (each
 //!   placed by the ring, as the proxy would), then for clients that have an
 //!   entry: `pick/{4,16}` (`Dispatcher::pick` with `StrategyKind::Sticky`),
-//!   `lookup` ([`StickyTable::lookup`] alone), `record` ([`StickyTable::record`]
-//!   on a hit, same backend), all cycling through the 100,000 clients in a
+//!   `pick_and_placed/{4,16}` (the pick and then [`Dispatcher::placed`], which
+//!   records the hit and counts it: what a connection costs), `lookup`
+//!   ([`StickyTable::lookup`] alone), `record` ([`StickyTable::record`] on a
+//!   hit, same backend), all cycling through the 100,000 clients in a
 //!   scattered order, plus `lookup_same_client` (one cache-hot entry) for
 //!   reference. Target: a hit under 100 ns median.
 //! - `sticky_new/*`: placing a client with no entry (the table still holds
@@ -147,6 +149,16 @@ fn sticky_hit(c: &mut Criterion) {
                 i = (i + 1) % clients.len();
                 let (key, _) = clients[i];
                 d.pick(StrategyKind::Sticky, &pool, black_box(key), &tried)
+            })
+        });
+        group.bench_function(BenchmarkId::new("pick_and_placed", n), |b| {
+            b.iter(|| {
+                i = (i + 1) % clients.len();
+                let (key, _) = clients[i];
+                let index = d
+                    .pick(StrategyKind::Sticky, &pool, black_box(key), &tried)
+                    .expect("a backend is up");
+                d.placed(StrategyKind::Sticky, &pool, key, index, &metrics);
             })
         });
         table_of_16 = Some((d, clients));

@@ -47,6 +47,9 @@ pub struct StickyTable {
     max_entries: AtomicUsize,
     ipv4_prefix: AtomicUsize,
     ipv6_prefix: AtomicUsize,
+    /// Entries, kept by inserts and forgets and made exact by every sweep:
+    /// `DashMap::len` locks all 256 shards, too slow for every new client.
+    approximate_len: AtomicUsize,
     /// Woken when an insert takes the table past `max_entries`.
     pub over_limit: Notify,
 }
@@ -59,6 +62,7 @@ impl StickyTable {
             max_entries: AtomicUsize::new(0),
             ipv4_prefix: AtomicUsize::new(32),
             ipv6_prefix: AtomicUsize::new(64),
+            approximate_len: AtomicUsize::new(0),
             over_limit: Notify::new(),
         };
         table.configure(config);
@@ -110,22 +114,26 @@ impl StickyTable {
                 (false, _) => Outcome::Miss,
             };
         }
-        self.map.insert(
-            key,
-            Entry {
-                backend: AtomicU64::new(backend),
-                last_seen_ms: AtomicU64::new(now),
-            },
-        );
-        if self.map.len() > self.max_entries.load(Ordering::Relaxed) {
-            self.over_limit.notify_one();
+        let entry = Entry {
+            backend: AtomicU64::new(backend),
+            last_seen_ms: AtomicU64::new(now),
+        };
+        if self.map.insert(key, entry).is_none() {
+            let len = self.approximate_len.fetch_add(1, Ordering::Relaxed) + 1;
+            if len > self.max_entries.load(Ordering::Relaxed) {
+                self.over_limit.notify_one();
+            }
         }
         Outcome::Miss
     }
 
     /// Forgets one client; true if it had an entry.
     pub fn forget(&self, key: ClientKey) -> bool {
-        self.map.remove(&key).is_some()
+        let removed = self.map.remove(&key).is_some();
+        if removed {
+            self.approximate_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     pub fn len(&self) -> usize {
@@ -139,6 +147,12 @@ impl StickyTable {
     /// Removes expired entries, then the least recently used ones past
     /// `max_entries`. Locks one shard at a time.
     pub fn sweep(&self) {
+        self.evict();
+        self.approximate_len
+            .store(self.map.len(), Ordering::Relaxed);
+    }
+
+    fn evict(&self) {
         let now = clock::now_ms();
         let ttl = self.ttl_ms.load(Ordering::Relaxed);
         self.map
