@@ -13,19 +13,28 @@ use std::time::{Duration, Instant};
 
 pub const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
-/// A port nobody listens on right now. Ports are handed out from a per-process
-/// range and checked, so parallel tests do not collide, and stay below the
-/// kernel's ephemeral range (32768+), so a client's outgoing connection never
-/// takes a port a worker is about to bind.
-pub fn free_port() -> u16 {
+/// The next port to hand out: a per-process block below the kernel's
+/// ephemeral range (32768+), so a client's outgoing connection never takes a
+/// port a worker is about to bind.
+fn next_ports(count: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
         let base = 10000 + (std::process::id() % 180) as u16 * 100;
         let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
+    // One atomic step per request: parallel tests never get overlapping ports.
+    NEXT.fetch_add(count, Ordering::Relaxed)
+}
+
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
     loop {
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = next_ports(1);
+        if bindable(port) {
             return port;
         }
     }
@@ -33,18 +42,11 @@ pub fn free_port() -> u16 {
 
 /// `count` free ports in a row (worker slots need port_base..port_base+2*count).
 pub fn free_port_range(count: u16) -> u16 {
-    'search: loop {
-        let base = free_port();
-        for p in base..base + count {
-            if TcpListener::bind(("127.0.0.1", p)).is_err() {
-                continue 'search;
-            }
+    loop {
+        let base = next_ports(count);
+        if (base..base + count).all(bindable) {
+            return base;
         }
-        // Reserve them from later free_port() calls.
-        for _ in 1..count {
-            free_port();
-        }
-        return base;
     }
 }
 
