@@ -9,6 +9,7 @@
 //! - [`proxy`]: one client connection: pick, connect with retry, pump, account.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, read and written.
 //! - [`pump`]: moving bytes both ways with half-close and an idle timeout.
+//! - [`splice`]: splice(2) through a pipe for bulk transfers.
 //! - [`dispatch`]: round-robin, least-connections, sticky table and ring.
 //! - [`pool`]: every backend's state and counters, swapped on reload.
 //! - [`supervisor`]: worker slots: spawn, readiness, backoff, rolling restart.
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod pump;
 pub mod shared;
+pub mod splice;
 pub mod supervisor;
 
 use std::net::SocketAddr;

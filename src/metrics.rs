@@ -26,6 +26,7 @@ pub struct Metrics {
     pub accepted: IntCounter,
     pub errors: ErrorCounters,
     pub accept_errors: IntCounter,
+    pub spliced: IntCounter,
     pub sticky_entries: IntGauge,
     pub sticky_hit: IntCounter,
     pub sticky_miss: IntCounter,
@@ -143,6 +144,11 @@ impl Metrics {
                 &r,
                 "corral_accept_errors_total",
                 "accept() failures on the front end (EMFILE and the like).",
+            ),
+            spliced: counter(
+                &r,
+                "corral_spliced_connections_total",
+                "Connections that moved bulk data with splice(2).",
             ),
             errors: ErrorCounters {
                 connect_failed: errors.with_label_values(&["connect_failed"]),

@@ -82,10 +82,17 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
             continue;
         }
         let outcome = tokio::select! {
-            outcome = pump::pump(&mut client, &mut upstream, config.timeouts.idle, true) => outcome,
+            outcome = pump::pump(
+                &mut client,
+                &mut upstream,
+                config.timeouts.idle,
+                true,
+                config.runtime.splice,
+            ) => outcome,
             _ = shared.cut_connections.cancelled() => pump::Outcome {
                 from_client: 0,
                 from_backend: 0,
+                spliced: false,
                 end: End::Reset,
             },
         };
@@ -115,6 +122,9 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
             .observe(started.elapsed().as_secs_f64());
         if outcome.end == End::IdleTimeout {
             shared.metrics.errors.timeout.inc();
+        }
+        if outcome.spliced {
+            shared.metrics.spliced.inc();
         }
         log_closed(
             &config,

@@ -5,6 +5,9 @@
 //! - `idle` with no bytes in either direction closes both sides.
 //! - Buffers are taken from a per-thread pool only while data is moving, so
 //!   an idle connection holds no user-space buffer.
+//! - A direction that has carried [`SPLICE_AFTER`] bytes switches to
+//!   splice(2) through a pipe (`runtime.splice`), so bulk transfers are not
+//!   copied through user space at all.
 //! - Until the backend sends its first byte, what the client sent is kept
 //!   (up to [`REPLAY_LIMIT`]); if the backend closes or resets before
 //!   answering at all (a worker killed mid-request), the pump returns it so
@@ -23,12 +26,19 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::splice::Pipe;
+
 /// Per-direction buffer size.
 pub const BUFFER: usize = 32 * 1024;
 
 /// Most client bytes kept for a replay; past it the connection is committed
 /// to its backend.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// A direction that has carried this many bytes switches from the buffer to
+/// splice(2), when splicing is on: below it, a pipe pair costs more than the
+/// copies it saves.
+pub const SPLICE_AFTER: u64 = 256 * 1024;
 
 /// Idle buffers kept per thread for reuse.
 const POOLED_PER_THREAD: usize = 256;
@@ -84,6 +94,8 @@ pub struct Outcome {
     pub from_client: u64,
     /// Bytes read from the backend (and sent to the client).
     pub from_backend: u64,
+    /// A direction switched to splice(2).
+    pub spliced: bool,
     pub end: End,
 }
 
@@ -100,15 +112,84 @@ struct Half {
     /// The error that ended this direction came from the writer.
     write_failed: bool,
     total: u64,
+    /// Whether this direction may switch to splice(2).
+    splice: bool,
+    /// The pipe, once this direction has switched to splice(2).
+    pipe: Option<Pipe>,
 }
 
 impl Half {
+    fn new(splice: bool) -> Half {
+        Half {
+            splice,
+            ..Half::default()
+        }
+    }
+
     fn release(&mut self) {
         if let Some(buffer) = self.buffer.take() {
             give_back(buffer);
         }
         self.start = 0;
         self.end = 0;
+        if let Some(pipe) = self.pipe.take() {
+            pipe.give_back();
+        }
+    }
+
+    /// The splice(2) version of [`Half::poll_copy`].
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &TcpStream,
+        writer: &TcpStream,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if pipe.pending > 0 {
+                match pipe.drain(writer) {
+                    Ok(_) => {
+                        *progress = true;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match writer.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(e)) => {
+                                self.write_failed = true;
+                                return Poll::Ready(Err(e));
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    Err(e) => {
+                        self.write_failed = true;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            if self.read_done {
+                return Poll::Ready(Ok(()));
+            }
+            match pipe.fill(reader) {
+                Ok(0) => self.read_done = true,
+                Ok(n) => {
+                    self.total += n as u64;
+                    *progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match reader.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     /// Copies from `reader` to `writer` until EOF and everything read has
@@ -126,6 +207,9 @@ impl Half {
         mut seen: impl FnMut(&[u8]),
     ) -> Poll<io::Result<()>> {
         loop {
+            if self.pipe.is_some() {
+                return self.poll_splice(cx, reader.as_ref(), writer.as_ref(), progress);
+            }
             if self.start < self.end {
                 let buffer = self.buffer.as_deref().unwrap_or_default();
                 match Pin::new(&mut *writer).poll_write(cx, &buffer[self.start..self.end]) {
@@ -136,6 +220,9 @@ impl Half {
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
                         *progress = true;
+                        if self.start == self.end && self.splice && self.total >= SPLICE_AFTER {
+                            self.switch_to_splice();
+                        }
                         continue;
                     }
                     Poll::Ready(Err(e)) => {
@@ -182,6 +269,23 @@ impl Half {
 }
 
 impl Half {
+    /// From now on this direction moves bytes with splice(2); if no pipe can
+    /// be had it stays buffered.
+    fn switch_to_splice(&mut self) {
+        self.splice = false;
+        match Pipe::take() {
+            Ok(pipe) => {
+                if let Some(buffer) = self.buffer.take() {
+                    give_back(buffer);
+                }
+                self.start = 0;
+                self.end = 0;
+                self.pipe = Some(pipe);
+            }
+            Err(error) => tracing::debug!(%error, "no pipe for splice; staying buffered"),
+        }
+    }
+
     /// Passes the reader's EOF on as a shutdown of the writer's write side.
     fn finish(&mut self, writer: &WriteHalf<'_>) {
         if !self.finished {
@@ -201,11 +305,12 @@ pub async fn pump(
     backend: &mut TcpStream,
     idle: Duration,
     replayable: bool,
+    splice: bool,
 ) -> Outcome {
     let (mut client_in, mut client_out) = client.split();
     let (mut backend_in, mut backend_out) = backend.split();
-    let mut up = Half::default();
-    let mut down = Half::default();
+    let mut up = Half::new(splice);
+    let mut down = Half::new(splice);
     let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
     let mut last_activity = Instant::now();
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
@@ -279,11 +384,13 @@ pub async fn pump(
         }
     })
     .await;
+    let spliced = up.pipe.is_some() || down.pipe.is_some();
     up.release();
     down.release();
     Outcome {
         from_client: up.total,
         from_backend: down.total,
+        spliced,
         end,
     }
 }
@@ -310,6 +417,7 @@ mod tests {
                 &mut client_side,
                 &mut backend_side,
                 Duration::from_secs(5),
+                true,
                 true,
             )
             .await
@@ -339,6 +447,7 @@ mod tests {
                 &mut backend_side,
                 Duration::from_secs(5),
                 true,
+                true,
             )
             .await
         });
@@ -357,6 +466,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bulk_switches_to_splice_and_stays_byte_identical() {
+        for splice in [true, false] {
+            let (mut client, mut client_side) = pair().await;
+            let (mut backend_side, mut backend) = pair().await;
+            let pumping = tokio::spawn(async move {
+                pump(
+                    &mut client_side,
+                    &mut backend_side,
+                    Duration::from_secs(5),
+                    false,
+                    splice,
+                )
+                .await
+            });
+            let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+            let sent = payload.clone();
+            let writer = tokio::spawn(async move {
+                backend.write_all(&sent).await.unwrap();
+                backend.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                backend.read_to_end(&mut rest).await.unwrap();
+                rest
+            });
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert!(got == payload, "splice={splice}: bytes differ");
+            client.write_all(b"bye").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(writer.await.unwrap(), b"bye");
+            let outcome = pumping.await.unwrap();
+            assert_eq!(outcome.from_backend, payload.len() as u64);
+            assert_eq!(outcome.spliced, splice);
+            assert_eq!(outcome.end, End::Eof);
+        }
+    }
+
+    #[tokio::test]
     async fn silence_ends_in_idle_timeout() {
         let (_client, mut client_side) = pair().await;
         let (mut backend_side, _backend) = pair().await;
@@ -364,6 +510,7 @@ mod tests {
             &mut client_side,
             &mut backend_side,
             Duration::from_millis(100),
+            true,
             true,
         )
         .await;

@@ -24,8 +24,9 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// corral with one static backend served by `handler` on a test thread.
-fn corral_for(handler: fn(TcpStream)) -> Corral {
+/// corral with one static backend served by `handler` on a test thread,
+/// with bulk transfers spliced or copied through corral's buffers.
+fn corral_for(handler: fn(TcpStream), splice: bool) -> Corral {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -34,8 +35,18 @@ fn corral_for(handler: fn(TcpStream)) -> Corral {
         }
     });
     Corral::start(&format!(
-        "[[backends]]\nname = \"b\"\naddress = \"{addr}\"\n"
+        "[runtime]\nsplice = {splice}\n[[backends]]\nname = \"b\"\naddress = \"{addr}\"\n"
     ))
+}
+
+/// Once the connection is over, it was spliced exactly when splice was on.
+fn assert_spliced(corral: &Corral, splice: bool) {
+    assert!(eventually(Duration::from_secs(10), || {
+        corral.metric("corral_connections_active{backend=\"b\"}") == 0.0
+            && corral.metric("corral_connections_total{backend=\"b\"}") == 1.0
+    }));
+    let spliced = corral.metric("corral_spliced_connections_total");
+    assert_eq!(spliced, if splice { 1.0 } else { 0.0 }, "splice = {splice}");
 }
 
 fn connect(front: SocketAddr) -> TcpStream {
@@ -46,14 +57,23 @@ fn connect(front: SocketAddr) -> TcpStream {
 
 #[test]
 fn sixty_four_mib_download_then_the_backend_half_closes_and_still_listens() {
-    let corral = corral_for(|mut backend| {
-        backend.write_all(&pattern(64 * MIB, 7)).unwrap();
-        // Backend is done talking but still listens: the client's reply must arrive.
-        backend.shutdown(Shutdown::Write).unwrap();
-        let mut reply = Vec::new();
-        backend.read_to_end(&mut reply).unwrap();
-        assert_eq!(reply, b"thanks");
-    });
+    for splice in [true, false] {
+        download(splice);
+    }
+}
+
+fn download(splice: bool) {
+    let corral = corral_for(
+        |mut backend| {
+            backend.write_all(&pattern(64 * MIB, 7)).unwrap();
+            // Backend is done talking but still listens: the client's reply must arrive.
+            backend.shutdown(Shutdown::Write).unwrap();
+            let mut reply = Vec::new();
+            backend.read_to_end(&mut reply).unwrap();
+            assert_eq!(reply, b"thanks");
+        },
+        splice,
+    );
     let mut client = connect(corral.front);
     let mut got = Vec::with_capacity(64 * MIB);
     client.read_to_end(&mut got).unwrap();
@@ -71,22 +91,32 @@ fn sixty_four_mib_download_then_the_backend_half_closes_and_still_listens() {
 
 #[test]
 fn sixty_four_mib_upload_with_the_client_half_closing() {
-    let corral = corral_for(|mut backend| {
-        let mut got = Vec::with_capacity(64 * MIB);
-        backend.read_to_end(&mut got).unwrap();
-        let verdict: &[u8] = if got == pattern(64 * MIB, 9) {
-            b"identical"
-        } else {
-            b"different"
-        };
-        backend.write_all(verdict).unwrap();
-    });
+    for splice in [true, false] {
+        upload(splice);
+    }
+}
+
+fn upload(splice: bool) {
+    let corral = corral_for(
+        |mut backend| {
+            let mut got = Vec::with_capacity(64 * MIB);
+            backend.read_to_end(&mut got).unwrap();
+            let verdict: &[u8] = if got == pattern(64 * MIB, 9) {
+                b"identical"
+            } else {
+                b"different"
+            };
+            backend.write_all(verdict).unwrap();
+        },
+        splice,
+    );
     let mut client = connect(corral.front);
     client.write_all(&pattern(64 * MIB, 9)).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut verdict = String::new();
     client.read_to_string(&mut verdict).unwrap();
     assert_eq!(verdict, "identical");
+    assert_spliced(&corral, splice);
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -101,15 +131,18 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_client_that_stops_reading_does_not_grow_corral() {
-    let corral = corral_for(|mut backend| {
-        // Flood until the connection goes away.
-        let chunk = vec![b'x'; MIB];
-        for _ in 0..1024 {
-            if backend.write_all(&chunk).is_err() {
-                return;
+    let corral = corral_for(
+        |mut backend| {
+            // Flood until the connection goes away.
+            let chunk = vec![b'x'; MIB];
+            for _ in 0..1024 {
+                if backend.write_all(&chunk).is_err() {
+                    return;
+                }
             }
-        }
-    });
+        },
+        true,
+    );
     let mut client = connect(corral.front);
     let mut first = [0u8; 1024];
     client.read_exact(&mut first).unwrap();

@@ -183,6 +183,7 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub threads: Option<Spanned<i64>>,
+    pub splice: Option<bool>,
     pub user: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
 }
