@@ -87,6 +87,7 @@ fn download(splice: bool) {
         corral.metric("corral_bytes_sent_total{backend=\"b\"}"),
         (64 * MIB) as f64
     );
+    assert_spliced(&corral, splice);
 }
 
 #[test]
