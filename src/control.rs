@@ -82,7 +82,13 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
         tracing::warn!("SIGHUP: started without -c, so there is no file to reload");
         return;
     };
-    let fresh = match load(file, &source.overrides) {
+    // Reading the file, resolving host names and users may block: not on the
+    // control-plane thread.
+    let (path, overrides) = (file.clone(), source.overrides.clone());
+    let loaded = tokio::task::spawn_blocking(move || load(&path, &overrides))
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+    let fresh = match loaded {
         Ok(fresh) => fresh,
         Err(error) => {
             shared.metrics.reload_failure.inc();
@@ -146,7 +152,10 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
 async fn apply_workers(shared: &Shared, supervisor: &Supervisor, old: &Config, fresh: &Config) {
     let count = fresh.workers.as_ref().map_or(0, |w| w.count);
     for retired in supervisor.retire_from(count).await {
-        shared.metrics.forget_backend(&retired.label);
+        // A later reload may have brought the label back.
+        if shared.pool.load().by_label(&retired.label).is_none() {
+            shared.metrics.forget_backend(&retired.label);
+        }
         tracing::info!(backend = %retired.label, "worker slot retired");
     }
     let Some(workers) = &fresh.workers else {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::config::{HealthConfig, HealthKind};
-use crate::pool::{Backend, Kind, State};
+use crate::pool::{Backend, Instance, Kind, Pool, State};
 use crate::shared::Shared;
 
 /// Runs checks every `health.interval` over the current pool until cancelled.
@@ -121,9 +121,23 @@ pub fn record(backend: &Backend, passed: bool, health: &HealthConfig) {
     }
 }
 
-/// The passive check: the proxy could not connect, so the backend leaves
-/// rotation now instead of at the next interval.
-pub fn connect_failed(backend: &Backend) {
+/// The passive check: the proxy could not connect to `instance`, so the
+/// backend leaves rotation now instead of at the next interval. Not when the
+/// instance has been replaced meanwhile (a rolling restart), and not when it
+/// is the last backend up: a single refused connect (a full accept queue)
+/// must not turn every client away until `rise` checks pass; its health
+/// checks decide.
+pub fn connect_failed(pool: &Pool, backend: &Backend, instance: &Arc<Instance>) {
+    if !Arc::ptr_eq(&backend.instance(), instance) {
+        return;
+    }
+    let others_up = pool
+        .backends
+        .iter()
+        .any(|b| !std::ptr::eq(b.as_ref(), backend) && b.is_up());
+    if !others_up {
+        return;
+    }
     backend.streak.store(0, Ordering::Relaxed);
     if backend.set_healthy(false) {
         tracing::warn!(backend = %backend.label, "backend is down: connect failed");

@@ -104,7 +104,12 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
-    if let Some(who) = &config.runtime.drop_to {
+    if let Some(who) = config
+        .runtime
+        .drop_to
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    {
         privileges::drop_to(who).map_err(|source| Fatal::Io {
             context: "cannot drop privileges",
             source,
@@ -152,10 +157,11 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         supervisor
             .start_slots(&Arc::new(workers.clone()), &backends)
             .await;
-        // Hold the first clients in the backlog until a worker is ready,
-        // rather than turning them away while the workers boot.
+        // Hold the first clients in the backlog until the workers are ready
+        // (or ready_timeout passes), rather than turning them away, or
+        // placing sticky clients on whichever worker happened to boot first.
         let _ = tokio::time::timeout(workers.ready_timeout, async {
-            while !shared.pool.load().any_up() {
+            while backends.iter().any(|b| !b.is_up()) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -256,5 +262,7 @@ async fn sweep_sticky(shared: Arc<Shared>) {
             .metrics
             .sticky_entries
             .set(shared.dispatcher.sticky.len() as i64);
+        // At most ten passes a second, however fast new clients arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -77,7 +77,11 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
                 proxy_protocol::encode(version, client_addr, destination)
             }
         };
-        if !introduce(&mut upstream, &header, &pending, client_done).await {
+        let introduced = tokio::time::timeout(
+            config.timeouts.connect,
+            introduce(&mut upstream, &header, &pending, client_done),
+        );
+        if !introduced.await.unwrap_or(false) {
             tried.push(index);
             continue;
         }
@@ -96,20 +100,42 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
                 end: End::Reset,
             },
         };
+        let instance = Arc::clone(&guard.instance);
         drop(guard);
         if let End::BackendGaveUp {
             replay,
             client_done: done,
-        } = outcome.end
+        } = &outcome.end
         {
+            // Replaying is safe when the backend never got a byte, or when
+            // it is a worker that died (it cannot have finished the request
+            // and the client is owed an answer). A live backend that closed
+            // on purpose may have acted on the request: no second run.
+            let nothing_sent = pending.is_empty() && replay.is_empty();
+            let worker_died = instance
+                .pid
+                .is_some_and(crate::supervisor::spawn::is_exiting);
+            let within_limit = pending.len() + replay.len() <= pump::REPLAY_LIMIT;
+            if !(nothing_sent || worker_died) || !within_limit {
+                log_closed(
+                    &config,
+                    client_addr,
+                    &backend.label,
+                    pending.len() as u64 + outcome.from_client,
+                    0,
+                    started,
+                    outcome.end.as_str(),
+                );
+                return;
+            }
             tracing::warn!(
                 backend = %backend.label,
                 client = %client_addr,
                 bytes = pending.len() + replay.len(),
                 "backend closed before answering; replaying the request on another backend"
             );
-            pending.extend_from_slice(&replay);
-            client_done = done;
+            pending.extend_from_slice(replay);
+            client_done = *done;
             tried.push(index);
             continue;
         }
@@ -247,7 +273,7 @@ async fn connect(
                 tracing::warn!(backend = %backend.label, addr = %instance.addr, timeout = ?config.timeouts.connect, "connect timed out; trying another backend");
             }
         }
-        health::connect_failed(backend);
+        health::connect_failed(pool, backend, &instance);
         tried.push(index);
     }
 }

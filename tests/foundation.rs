@@ -304,6 +304,11 @@ fn bad_configs_exit_2_and_name_the_key_and_line() {
             "backends.address",
         ),
         ("not toml at all [\n", "bad.toml:1:", ""),
+        (
+            "[listener]\nbind = \"127.0.0.1:9101\"\n[workers]\ncommand = [\"x\"]\nport_base = 9100\n",
+            "bad.toml",
+            "worker port",
+        ),
     ];
     for (text, place, key) in cases {
         let (code, out) = check_config(text);
@@ -379,4 +384,45 @@ fn one_liner_runs_the_given_command() {
     assert_eq!(corral.worker_pids().len(), 3);
     let body = get_from(front, None).unwrap();
     assert!(body.starts_with("worker="), "{body}");
+}
+
+#[test]
+fn a_live_backend_that_closes_without_answering_is_not_sent_the_request_twice() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let requests = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 64];
+                // Health checks connect and leave; a request has bytes.
+                if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                }
+                // ...and closes without a word, alive and well.
+            }
+        });
+    }
+    let corral = Corral::start(&format!(
+        "[balance]\nstrategy = \"round-robin\"\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n[[backends]]\nname = \"b\"\naddress = \"{}\"\n",
+        addrs[0], addrs[1]
+    ));
+    let mut client = TcpStream::connect(corral.front).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"POST /pay HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "the request reached a second backend"
+    );
 }

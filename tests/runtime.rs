@@ -88,6 +88,15 @@ fn root_binds_a_privileged_port_then_runs_as_nobody_with_its_workers() {
         assert_eq!(uid_of(pid), nobody, "worker {pid}");
     }
     assert!(get_from(front, None).unwrap().starts_with("worker="));
+    // A reload after the drop is not refused for want of root.
+    corral.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            corral.metric("corral_config_reloads_total{result=\"success\"}") == 1.0
+        }),
+        "{}",
+        corral.log()
+    );
 }
 
 #[test]
@@ -99,9 +108,10 @@ fn dropping_privileges_without_root_is_refused_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.path().join("c.toml");
+    // nobody cannot become daemon (becoming nobody again would be a no-op).
     std::fs::write(
         &path,
-        "[runtime]\nuser = \"nobody\"\n[workers]\ncommand = [\"x\"]\n",
+        "[runtime]\nuser = \"daemon\"\n[workers]\ncommand = [\"x\"]\n",
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -161,9 +161,13 @@ fn ttl_forgets_and_max_entries_bounds_the_table() {
     for client in clients(5000) {
         worker_for(&corral, client);
     }
+    // At most 1,000, and not emptied either (eviction goes 5% below).
+    let bounded = || {
+        let n = corral.status()["sticky_entries"].as_u64().unwrap_or(0);
+        (950..=1000).contains(&n)
+    };
     assert!(
-        eventually(Duration::from_secs(5), || corral.status()["sticky_entries"]
-            == 1000),
+        eventually(Duration::from_secs(5), bounded),
         "{}",
         corral.status()["sticky_entries"]
     );

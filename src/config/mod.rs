@@ -396,6 +396,28 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         })
         .collect();
 
+    if let Some(w) = &workers {
+        let ports = w.port_base..w.port_base.saturating_add(2 * w.count as u16);
+        for (key, addr) in listener
+            .binds
+            .iter()
+            .map(|a| ("listener.bind", a))
+            .chain([("admin.bind", &admin.bind)])
+        {
+            if ports.contains(&addr.port()) {
+                p.general(
+                    Some(key),
+                    format!(
+                        "port {} is also a worker port (workers use {}..{}, two per slot): move port_base",
+                        addr.port(),
+                        ports.start,
+                        ports.end - 1
+                    ),
+                );
+            }
+        }
+    }
+
     if workers.is_none() && backends.is_empty() && p.is_empty() {
         p.general(
             None,
@@ -688,19 +710,6 @@ fn privileges(
     if user.is_none() && group.is_none() {
         return None;
     }
-    if !nix::unistd::geteuid().is_root() {
-        let (span, key) = match (&user, &group) {
-            (Some(u), _) => (u.span(), "runtime.user"),
-            (None, Some(g)) => (g.span(), "runtime.group"),
-            (None, None) => return None,
-        };
-        p.at(
-            span,
-            key,
-            "dropping privileges needs corral to be started as root",
-        );
-        return None;
-    }
     let found_user = match &user {
         Some(u) => match User::from_name(u.get_ref()) {
             Ok(Some(found)) => Some(found),
@@ -729,11 +738,31 @@ fn privileges(
         },
         None => found_user.as_ref()?.gid.as_raw(),
     };
-    Some(Privileges {
+    let wanted = Privileges {
         user: found_user.as_ref().map(|u| u.name.clone()),
         uid: found_user.map(|u| u.uid.as_raw()),
         gid,
-    })
+    };
+    // Only root can become someone else; a process that already is that
+    // user (a reload after the drop) needs nothing.
+    let already = wanted
+        .uid
+        .is_none_or(|uid| uid == nix::unistd::geteuid().as_raw())
+        && wanted.gid == nix::unistd::getegid().as_raw();
+    if !nix::unistd::geteuid().is_root() && !already {
+        let (span, key) = match (&user, &group) {
+            (Some(u), _) => (u.span(), "runtime.user"),
+            (None, Some(g)) => (g.span(), "runtime.group"),
+            (None, None) => return None,
+        };
+        p.at(
+            span,
+            key,
+            "dropping privileges needs corral to be started as root",
+        );
+        return None;
+    }
+    Some(wanted)
 }
 
 fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {

@@ -5,7 +5,8 @@
 //! into many shards so that a sweep, which locks one shard at a time, never
 //! holds up dispatch for long. Entries idle for `ttl` are treated as absent at
 //! once and removed by the periodic [`StickyTable::sweep`]; past
-//! `max_entries` the sweep removes exactly the least recently used surplus.
+//! `max_entries` the sweep removes the least recently used entries down to
+//! 95% of the limit.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -158,10 +159,12 @@ impl StickyTable {
         self.map
             .retain(|_, e| now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) < ttl);
         let max = self.max_entries.load(Ordering::Relaxed);
-        let surplus = self.map.len().saturating_sub(max);
-        if surplus == 0 {
+        if self.map.len() <= max {
             return;
         }
+        // Past the limit, go 5% below it, so that the next new clients do
+        // not each set off another full eviction pass.
+        let surplus = self.map.len().saturating_sub(max - max / 20);
         let mut seen: Vec<u64> = self
             .map
             .iter()
@@ -261,13 +264,16 @@ mod tests {
     }
 
     #[test]
-    fn sweep_keeps_exactly_the_most_recent_max_entries() {
+    fn sweep_keeps_the_most_recent_entries_below_the_limit() {
         let t = table(Duration::from_secs(60), 100);
         for k in 0..500u128 {
             t.record(k, 1);
+            std::thread::sleep(Duration::from_micros(if k >= 400 { 1500 } else { 0 }));
         }
         t.sweep();
-        assert_eq!(t.len(), 100);
+        assert_eq!(t.len(), 95);
+        // The 95 kept are the most recently seen.
+        assert!((405..500u128).all(|k| t.lookup(k).is_some()));
     }
 
     #[test]

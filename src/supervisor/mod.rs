@@ -90,9 +90,9 @@ impl Supervisor {
         workers: Arc<WorkersConfig>,
         limit: usize,
     ) -> Result<(), String> {
-        let Ok(_rollout) = self.rollout.try_lock() else {
-            return Err("a rolling restart is already running".to_string());
-        };
+        // One rollout at a time; a later request (a reload's new command)
+        // waits its turn rather than being dropped.
+        let _rollout = self.rollout.lock().await;
         let targets: Vec<(usize, mpsc::Sender<Command>)> = self
             .slots
             .lock()

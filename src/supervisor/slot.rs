@@ -7,7 +7,7 @@
 //! shutdown. State goes `starting` → `up` → (`draining` →) `stopped`, or
 //! `down` while it is crashed and waiting for its restart.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,14 @@ pub enum Command {
 pub struct PortBook(Mutex<Vec<u16>>);
 
 impl PortBook {
-    /// Claims the first of `candidates` that is free.
-    fn claim(&self, candidates: [u16; 2]) -> Option<u16> {
+    /// Claims the first of `candidates` that no worker holds and nothing
+    /// else on `host` listens on (a stranger on the port would pass the
+    /// readiness check and get the slot's traffic).
+    fn claim(&self, host: IpAddr, candidates: [u16; 2]) -> Option<u16> {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let port = candidates.into_iter().find(|p| !held.contains(p))?;
+        let port = candidates
+            .into_iter()
+            .find(|&p| !held.contains(&p) && std::net::TcpListener::bind((host, p)).is_ok())?;
         held.push(port);
         Some(port)
     }
@@ -79,6 +83,13 @@ impl Slot {
     ) {
         let mut delay = workers.restart_delay;
         while !stop.is_cancelled() {
+            // A restart uses the config in force (a reload may have changed
+            // timeouts, the count or the command since this slot started).
+            if let Some(current) = self.shared.config.load().workers.as_ref() {
+                if self.id < current.count && *current != *workers {
+                    workers = Arc::new(current.clone());
+                }
+            }
             self.backend.set_lifecycle(State::Starting);
             match self.start(&workers, None, &stop).await {
                 Ok(mut live) => {
@@ -88,6 +99,9 @@ impl Slot {
                         tokio::select! {
                             status = live.process.wait() => {
                                 self.backend.set_lifecycle(State::Down);
+                                // Whatever it started (npm -> node) goes too,
+                                // or it would keep the port.
+                                super::spawn::kill_group(live.process.pid);
                                 self.ports.release(live.port);
                                 if up_since.elapsed() >= workers.min_uptime {
                                     delay = workers.restart_delay;
@@ -173,8 +187,8 @@ impl Slot {
         } else {
             [primary, alternate]
         };
-        let port = self.ports.claim(candidates).ok_or_else(|| {
-            format!("ports {primary} and {alternate} are both held by other workers")
+        let port = self.ports.claim(workers.host, candidates).ok_or_else(|| {
+            format!("ports {primary} and {alternate} are both in use (by other workers or other processes)")
         })?;
         let started = self.start_on(workers, port, stop).await;
         if started.is_err() {
@@ -256,7 +270,16 @@ impl Slot {
         self.backend.set_lifecycle(State::Up);
         let drain = self.shared.config.load().timeouts.drain;
         let mut old = old;
-        drain_instance(&old_instance, drain, &mut old.process).await;
+        // While the old process drains, a crash of the new one or a stop
+        // must not wait for the drain to end.
+        tokio::select! {
+            _ = drain_instance(&old_instance, drain, &mut old.process) => {}
+            _ = live.process.wait() => {
+                self.backend.set_lifecycle(State::Down);
+                tracing::warn!(worker = self.id, pid = live.process.pid, "the replacement exited while the old process drained");
+            }
+            _ = stop.cancelled() => {}
+        }
         old.process.stop(workers.stop_timeout).await;
         self.ports.release(old.port);
         Ok(())
