@@ -211,7 +211,9 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
             match given {
                 Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
                 _ => Err(Box::new(with_header(

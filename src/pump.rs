@@ -40,6 +40,10 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// copies it saves.
 pub const SPLICE_AFTER: u64 = 256 * 1024;
 
+// Spliced bytes never pass through the replay buffer: a direction may only
+// switch to splice after any replay has been given up.
+const _: () = assert!(SPLICE_AFTER > REPLAY_LIMIT as u64);
+
 /// Idle buffers kept per thread for reuse.
 const POOLED_PER_THREAD: usize = 256;
 

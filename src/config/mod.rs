@@ -228,15 +228,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The labels of every configured backend, workers first, in ring order.
-    pub fn backend_labels(&self) -> Vec<String> {
-        let workers = self.workers.as_ref().map_or(0, |w| w.count);
-        (0..workers)
-            .map(worker_label)
-            .chain(self.backends.iter().map(|b| b.name.clone()))
-            .collect()
-    }
 }
 
 /// The metric label and `/status` name of worker slot `id`.

@@ -49,10 +49,10 @@ impl Ring {
     /// index may repeat; callers skip what they have seen).
     pub fn walk(&self, point: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|p| p.0 < point);
-        let (after, before) = self.points.split_at(start.min(self.points.len()));
-        before
+        let (wrapped, from_start) = self.points.split_at(start.min(self.points.len()));
+        from_start
             .iter()
-            .chain(after.iter())
+            .chain(wrapped.iter())
             .map(|&(_, index)| index as usize)
     }
 }
