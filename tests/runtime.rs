@@ -17,6 +17,17 @@ fn uid_of(pid: u32) -> u32 {
     line.split_whitespace().nth(2).unwrap().parse().unwrap() // effective uid
 }
 
+/// A copy of the corral binary in a directory anyone may enter, for tests
+/// that run it (or its workers) as nobody.
+fn world_readable_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("corral");
+    std::fs::copy(CORRAL, &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, binary)
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -76,7 +87,9 @@ fn root_binds_a_privileged_port_then_runs_as_nobody_with_its_workers() {
     let text = format!(
         "[listener]\nbind = \"{front}\"\n[admin]\nbind = \"{admin}\"\n[runtime]\nuser = \"nobody\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 2\nport_base = {base}\n"
     );
-    let corral = Corral::start_with(&text, front, admin, &[]);
+    // Run a copy that nobody can reach, wherever the checkout lives.
+    let reachable = world_readable_copy();
+    let corral = Corral::start_binary(&reachable.1, &text, front, admin);
     corral.wait_up(2);
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
@@ -115,15 +128,11 @@ fn dropping_privileges_without_root_is_refused_with_the_key() {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let reachable = world_readable_copy();
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            CORRAL,
-            "check",
-            "-c",
-        ])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&reachable.1)
+        .args(["check", "-c"])
         .arg(&path)
         .output()
         .expect("setpriv (util-linux) runs");

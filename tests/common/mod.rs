@@ -76,8 +76,24 @@ impl Corral {
         Corral::start_env(text, front, admin, args, &[])
     }
 
+    /// Starts another copy of the corral binary on a complete config text.
+    pub fn start_binary(binary: &Path, text: &str, front: SocketAddr, admin: SocketAddr) -> Corral {
+        Corral::launch(binary, text, front, admin, &[], &[])
+    }
+
     /// Starts corral on a complete config text with extra environment.
     pub fn start_env(
+        text: &str,
+        front: SocketAddr,
+        admin: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Corral {
+        Corral::launch(Path::new(CORRAL), text, front, admin, args, env)
+    }
+
+    fn launch(
+        binary: &Path,
         text: &str,
         front: SocketAddr,
         admin: SocketAddr,
@@ -89,7 +105,7 @@ impl Corral {
         std::fs::write(&config_path, text).unwrap();
         let log_path = dir.path().join("corral.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(CORRAL)
+        let child = Command::new(binary)
             .arg("run")
             .arg("-c")
             .arg(&config_path)
