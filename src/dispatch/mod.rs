@@ -119,28 +119,28 @@ impl Dispatcher {
         self.sticky.key_of(ip)
     }
 
-    fn round_robin(&self, pool: &Pool, tried: &Tried) -> Option<usize> {
+    /// The backends that may take a client now (up, not yet tried), in
+    /// rotation order from the next turn of the shared counter.
+    fn rotation<'a>(&self, pool: &'a Pool, tried: &'a Tried) -> impl Iterator<Item = usize> + 'a {
         let n = pool.backends.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
         (0..n)
-            .map(|step| (start + step) % n)
-            .find(|&i| !tried.contains(i) && pool.backends[i].is_up())
+            .map(move |step| (start + step) % n)
+            .filter(move |&i| !tried.contains(i) && pool.backends[i].is_up())
+    }
+
+    fn round_robin(&self, pool: &Pool, tried: &Tried) -> Option<usize> {
+        self.rotation(pool, tried).next()
     }
 
     /// The up backend with the fewest open connections; ties are broken
     /// round-robin so equal backends share the load.
     fn least_connections(&self, pool: &Pool, tried: &Tried) -> Option<usize> {
-        let n = pool.backends.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|step| (start + step) % n)
-            .filter(|&i| !tried.contains(i) && pool.backends[i].is_up())
+        self.rotation(pool, tried)
             .min_by_key(|&i| pool.backends[i].active())
     }
 }
