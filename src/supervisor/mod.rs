@@ -137,19 +137,29 @@ impl Supervisor {
             slots.drain(count..).collect()
         };
         let drain = self.shared.config.load().timeouts.drain;
-        let mut backends = Vec::new();
+        // All retired slots drain at once: scaling down by k takes one
+        // drain, not k of them.
+        let mut draining = tokio::task::JoinSet::new();
         for slot in retired {
             slot.backend.set_lifecycle(State::Draining);
-            let instance = slot.backend.instance();
-            let _ = tokio::time::timeout(drain, async {
-                while instance.active() > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            })
-            .await;
-            slot.stop.cancel();
-            let _ = slot.task.await;
-            backends.push(slot.backend);
+            draining.spawn(async move {
+                let instance = slot.backend.instance();
+                let _ = tokio::time::timeout(drain, async {
+                    while instance.active() > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                })
+                .await;
+                slot.stop.cancel();
+                let _ = slot.task.await;
+                slot.backend
+            });
+        }
+        let mut backends = Vec::new();
+        while let Some(done) = draining.join_next().await {
+            if let Ok(backend) = done {
+                backends.push(backend);
+            }
         }
         backends
     }
