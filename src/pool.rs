@@ -104,6 +104,8 @@ pub struct Backend {
     active: AtomicUsize,
     /// Consecutive health-check results in the current direction.
     pub streak: AtomicU32,
+    /// When it last turned unhealthy (clock ms), 0 while healthy.
+    unhealthy_since_ms: AtomicU64,
     /// Which PROXY header this backend is sent (a `SendProxy` as u8).
     send_proxy: AtomicU8,
     pub metrics: BackendMetrics,
@@ -127,6 +129,7 @@ impl Backend {
             active: AtomicUsize::new(0),
             streak: AtomicU32::new(0),
             send_proxy: AtomicU8::new(SendProxy::None as u8),
+            unhealthy_since_ms: AtomicU64::new(0),
         };
         backend.publish_up();
         Arc::new(backend)
@@ -176,8 +179,26 @@ impl Backend {
     /// Marks the backend healthy or not; returns true if that changed it.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let changed = self.healthy.swap(healthy, Ordering::AcqRel) != healthy;
+        if changed {
+            let since = if healthy {
+                0
+            } else {
+                crate::clock::now_ms().max(1)
+            };
+            self.unhealthy_since_ms.store(since, Ordering::Relaxed);
+        }
         self.publish_up();
         changed
+    }
+
+    /// How long the backend has been failing its checks, if it is.
+    pub fn unhealthy_for(&self) -> Option<std::time::Duration> {
+        match self.unhealthy_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(std::time::Duration::from_millis(
+                crate::clock::now_ms().saturating_sub(since),
+            )),
+        }
     }
 
     pub fn is_healthy(&self) -> bool {

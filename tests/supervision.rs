@@ -410,3 +410,42 @@ while True: s.accept()[0].close()\n";
         ]
     );
 }
+
+#[test]
+fn a_worker_that_runs_but_fails_its_checks_is_restarted_after_unhealthy_restart() {
+    // Healthy for its first three requests (readiness and two checks), then 500s.
+    let script = r#"import os, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    served = 0
+    def do_GET(self):
+        H.served += 1
+        self.send_response(200 if H.served <= 3 else 500)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sickly.py");
+    std::fs::write(&path, script).unwrap();
+    let corral = Corral::start(&workers(
+        &format!("[\"python3\", \"{}\"]", path.display()),
+        1,
+        "unhealthy_restart = \"1s\"\n[health]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\nfall = 2\n",
+    ));
+    corral.wait_up(1);
+    let first = corral.worker_pids()[0];
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let s = corral.status();
+            s["backends"][0]["restarts"].as_u64().unwrap_or(0) >= 1
+                && s["backends"][0]["pid"].as_u64() != Some(first as u64)
+        }),
+        "{}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    assert!(eventually(Duration::from_secs(5), || !alive(first)));
+    assert!(corral.log().contains("fails its health checks"));
+}

@@ -79,6 +79,9 @@ pub struct WorkersConfig {
     pub restart_delay: Duration,
     pub restart_delay_max: Duration,
     pub min_uptime: Duration,
+    /// A worker that runs but has failed its health checks this long is
+    /// restarted (hung but alive); `None` leaves it out of rotation only.
+    pub unhealthy_restart: Option<Duration>,
     pub send_proxy: SendProxy,
 }
 
@@ -249,6 +252,7 @@ fn default_workers(command: Vec<String>) -> WorkersConfig {
         restart_delay: Duration::from_millis(100),
         restart_delay_max: Duration::from_secs(30),
         min_uptime: Duration::from_secs(5),
+        unhealthy_restart: None,
         send_proxy: SendProxy::None,
     }
 }
@@ -590,6 +594,9 @@ fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<Worker
         p,
     );
     config.min_uptime = duration(w.min_uptime, "workers.min_uptime", config.min_uptime, p);
+    config.unhealthy_restart = w
+        .unhealthy_restart
+        .map(|d| duration(Some(d), "workers.unhealthy_restart", Duration::ZERO, p));
     config.send_proxy = send_proxy(w.send_proxy);
     Some(config)
 }

@@ -123,6 +123,7 @@ pub struct RawWorkers {
     pub restart_delay: Option<Spanned<String>>,
     pub restart_delay_max: Option<Spanned<String>>,
     pub min_uptime: Option<Spanned<String>>,
+    pub unhealthy_restart: Option<Spanned<String>>,
     pub send_proxy: Option<Spanned<SendProxy>>,
 }
 

@@ -95,8 +95,25 @@ impl Slot {
                 Ok(mut live) => {
                     self.go_live(&live, &workers);
                     let up_since = Instant::now();
+                    let mut hang_check = tokio::time::interval(Duration::from_secs(1));
                     loop {
                         tokio::select! {
+                            _ = hang_check.tick() => {
+                                let hung = workers.unhealthy_restart.zip(self.backend.unhealthy_for());
+                                if let Some((limit, failing)) = hung.filter(|(limit, failing)| failing >= limit) {
+                                    tracing::warn!(
+                                        worker = self.id,
+                                        pid = live.process.pid,
+                                        failing = ?failing,
+                                        unhealthy_restart = ?limit,
+                                        "worker runs but fails its health checks; restarting it"
+                                    );
+                                    self.backend.set_lifecycle(State::Down);
+                                    live.process.stop(workers.stop_timeout).await;
+                                    self.ports.release(live.port);
+                                    break;
+                                }
+                            }
                             status = live.process.wait() => {
                                 self.backend.set_lifecycle(State::Down);
                                 // Whatever it started (npm -> node) goes too,
