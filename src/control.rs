@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Overrides};
@@ -26,21 +26,44 @@ pub struct Source {
     pub overrides: Overrides,
 }
 
+/// The signals corral acts on, installed as early as possible: until they
+/// are, SIGHUP's default action would kill the process.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// Waits for signals and requests until SIGTERM or SIGINT; returns then.
 pub async fn run(
     shared: Arc<Shared>,
     supervisor: Arc<Supervisor>,
     source: Source,
+    signals: Signals,
     mut requests: mpsc::Receiver<Request>,
-) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); return Ok(()); }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); return; }
             _ = hup.recv() => {
                 crate::notify::reloading();
                 reload(&shared, &supervisor, &source).await;

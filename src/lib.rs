@@ -104,6 +104,10 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
+    let signals = control::Signals::install().map_err(|source| Fatal::Io {
+        context: "cannot install signal handlers",
+        source,
+    })?;
     if let Some(who) = config
         .runtime
         .drop_to
@@ -178,21 +182,14 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         })?;
 
     notify::ready();
-    let result = control::run(
+    control::run(
         Arc::clone(&shared),
         Arc::clone(&supervisor),
         source,
+        signals,
         control_rx,
     )
     .await;
-    if let Err(source) = result {
-        proxies_stop.cancel();
-        supervisor.shutdown().await;
-        return Err(Fatal::Io {
-            context: "cannot install signal handlers",
-            source,
-        });
-    }
     drain(&shared).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
