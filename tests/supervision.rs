@@ -449,3 +449,34 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
     assert!(eventually(Duration::from_secs(5), || !alive(first)));
     assert!(corral.log().contains("fails its health checks"));
 }
+
+#[test]
+fn a_sighup_while_workers_boot_does_not_kill_corral() {
+    let script = r#"import os, socket, time
+time.sleep(1.5)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)
+while True: s.accept()[0].close()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.py");
+    std::fs::write(&path, script).unwrap();
+    let mut corral = Corral::start(&workers(
+        &format!("[\"python3\", \"{}\"]", path.display()),
+        1,
+        "",
+    ));
+    // The admin port answers while the worker is still booting.
+    assert_eq!(corral.backends_in("up"), 0);
+    corral.signal("HUP");
+    corral.wait_up(1);
+    assert_eq!(
+        corral.wait_exit(Duration::from_millis(200)),
+        None,
+        "{}",
+        corral.log()
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_config_reloads_total{result=\"success\"}") == 1.0
+    }));
+}
