@@ -92,6 +92,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
                 config.timeouts.idle,
                 true,
                 config.runtime.splice,
+                Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
             ) => outcome,
             _ = shared.cut_connections.cancelled() => pump::Outcome {
                 from_client: 0,
@@ -139,9 +140,10 @@ pub async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr)
             tried.push(index);
             continue;
         }
+        // The pump counted bytes as they moved; what this backend was handed
+        // before the pump (bytes after a PROXY header, a replay) counts too.
+        backend.metrics.bytes_received.inc_by(pending.len() as u64);
         let from_client = pending.len() as u64 + outcome.from_client;
-        backend.metrics.bytes_received.inc_by(from_client);
-        backend.metrics.bytes_sent.inc_by(outcome.from_backend);
         backend
             .metrics
             .connection_duration

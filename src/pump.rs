@@ -27,6 +27,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use prometheus::IntCounter;
+
 use crate::splice::Pipe;
 
 /// Per-direction buffer size.
@@ -106,7 +108,10 @@ pub struct Outcome {
 
 /// One direction of the copy.
 #[derive(Default)]
-struct Half {
+struct Half<'m> {
+    /// Counts bytes as they are read (a Prometheus counter), so long-lived
+    /// connections show their traffic while it flows.
+    meter: Option<&'m IntCounter>,
     buffer: Option<Box<[u8]>>,
     start: usize,
     end: usize,
@@ -123,11 +128,20 @@ struct Half {
     pipe: Option<Pipe>,
 }
 
-impl Half {
-    fn new(splice: bool) -> Half {
+impl<'m> Half<'m> {
+    fn new(splice: bool, meter: Option<&'m IntCounter>) -> Half<'m> {
         Half {
             splice,
+            meter,
             ..Half::default()
+        }
+    }
+
+    /// Accounts for `n` bytes just read.
+    fn count(&mut self, n: usize) {
+        self.total += n as u64;
+        if let Some(meter) = self.meter {
+            meter.inc_by(n as u64);
         }
     }
 
@@ -182,7 +196,11 @@ impl Half {
             match pipe.fill(reader) {
                 Ok(0) => self.read_done = true,
                 Ok(n) => {
+                    // Fields, not self.count(): the pipe borrows self.
                     self.total += n as u64;
+                    if let Some(meter) = self.meter {
+                        meter.inc_by(n as u64);
+                    }
                     *progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -255,7 +273,7 @@ impl Half {
                         self.buffer = Some(buffer);
                         self.start = 0;
                         self.end = n;
-                        self.total += n as u64;
+                        self.count(n);
                         *progress = true;
                     }
                 }
@@ -273,7 +291,7 @@ impl Half {
     }
 }
 
-impl Half {
+impl Half<'_> {
     /// From now on this direction moves bytes with splice(2); if no pipe can
     /// be had it stays buffered.
     fn switch_to_splice(&mut self) {
@@ -302,6 +320,10 @@ impl Half {
     }
 }
 
+/// Counters that bytes are added to as they move: from the client, from
+/// the backend.
+pub type Meters<'m> = Option<(&'m IntCounter, &'m IntCounter)>;
+
 /// Pumps until both directions finish, an error, or `idle` of silence.
 /// `replayable` says whether the client's first bytes may be kept for a
 /// replay on another backend.
@@ -311,11 +333,12 @@ pub async fn pump(
     idle: Duration,
     replayable: bool,
     splice: bool,
+    meters: Meters<'_>,
 ) -> Outcome {
     let (mut client_in, mut client_out) = client.split();
     let (mut backend_in, mut backend_out) = backend.split();
-    let mut up = Half::new(splice);
-    let mut down = Half::new(splice);
+    let mut up = Half::new(splice, meters.map(|m| m.0));
+    let mut down = Half::new(splice, meters.map(|m| m.1));
     let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
     let mut last_activity = Instant::now();
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
@@ -424,6 +447,7 @@ mod tests {
                 Duration::from_secs(5),
                 true,
                 true,
+                None,
             )
             .await
         });
@@ -453,6 +477,7 @@ mod tests {
                 Duration::from_secs(5),
                 true,
                 true,
+                None,
             )
             .await
         });
@@ -482,6 +507,7 @@ mod tests {
                     Duration::from_secs(5),
                     false,
                     splice,
+                    None,
                 )
                 .await
             });
@@ -517,6 +543,7 @@ mod tests {
             Duration::from_millis(100),
             true,
             true,
+            None,
         )
         .await;
         assert_eq!(outcome.end, End::IdleTimeout);

@@ -156,8 +156,12 @@ fn a_client_that_stops_reading_does_not_grow_corral() {
         after < before + 8 * 1024,
         "corral grew from {before} KiB to {after} KiB while the client stalled"
     );
+    // Bytes are counted as they move, not when the connection closes.
     let sent = corral.metric("corral_bytes_sent_total{backend=\"b\"}");
-    assert_eq!(sent, 0.0, "counted at close");
+    assert!(
+        sent >= 1024.0,
+        "nothing counted while the connection is open: {sent}"
+    );
     // Reading resumes and the stream is intact.
     let mut more = vec![0u8; 8 * MIB];
     client.read_exact(&mut more).unwrap();
