@@ -100,6 +100,7 @@ fn kill_9_of_a_worker_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     let (served, failed, errors) = load.finish();
     assert!(back, "slot 0 never came back: {}", corral.status());
+    eprintln!("kill -9 under load: {served} requests served, {failed} failed");
     assert_eq!(
         failed, 0,
         "{failed} of {served} requests failed: {errors:?}"
@@ -167,6 +168,7 @@ fn sigusr2_replaces_every_worker_under_load_without_errors() {
         "not every worker was replaced: {before:?} -> {}",
         corral.status()
     );
+    eprintln!("rolling restart under load: {served} requests served, {failed} failed");
     assert_eq!(
         failed, 0,
         "{failed} of {served} failed during the rollout: {errors:?}"
