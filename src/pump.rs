@@ -436,21 +436,30 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    #[tokio::test]
-    async fn half_close_is_passed_on_and_bytes_counted() {
-        let (mut client, mut client_side) = pair().await;
-        let (mut backend_side, mut backend) = pair().await;
-        let pumping = tokio::spawn(async move {
+    /// A client and a backend with a pump between them (replay on).
+    async fn pumping(
+        idle: Duration,
+        splice: bool,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
+        let (client, mut client_side) = pair().await;
+        let (mut backend_side, backend) = pair().await;
+        let task = tokio::spawn(async move {
             pump(
                 &mut client_side,
                 &mut backend_side,
-                Duration::from_secs(5),
+                idle,
                 true,
-                true,
+                splice,
                 None,
             )
             .await
         });
+        (client, backend, task)
+    }
+
+    #[tokio::test]
+    async fn half_close_is_passed_on_and_bytes_counted() {
+        let (mut client, mut backend, pumping) = pumping(Duration::from_secs(5), true).await;
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -468,19 +477,7 @@ mod tests {
 
     #[tokio::test]
     async fn backend_that_hangs_up_unanswered_returns_the_replay() {
-        let (mut client, mut client_side) = pair().await;
-        let (mut backend_side, mut backend) = pair().await;
-        let pumping = tokio::spawn(async move {
-            pump(
-                &mut client_side,
-                &mut backend_side,
-                Duration::from_secs(5),
-                true,
-                true,
-                None,
-            )
-            .await
-        });
+        let (mut client, mut backend, pumping) = pumping(Duration::from_secs(5), true).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut first = [0u8; 18];
         backend.read_exact(&mut first).await.unwrap();

@@ -343,26 +343,20 @@ fn mutations_need_the_token_and_gets_stay_open() {
     let corral = Corral::start_with(&text, front, admin, &[]);
     corral.wait_up(1);
     assert_eq!(http(admin, "POST", "/workers/restart").0, 401);
-    let mut s = TcpStream::connect(admin).unwrap();
-    let (code, _) = request_on(
-        &mut s,
-        admin,
-        "POST",
-        "/workers/restart",
-        &[("Authorization", "Bearer wrong")],
-    )
-    .unwrap();
-    assert_eq!(code, 401);
-    let mut s = TcpStream::connect(admin).unwrap();
-    let (code, _) = request_on(
-        &mut s,
-        admin,
-        "POST",
-        "/workers/restart",
-        &[("Authorization", "Bearer s3cret")],
-    )
-    .unwrap();
-    assert_eq!(code, 202);
+    let restart_with = |authorization: &str| {
+        let mut s = TcpStream::connect(admin).unwrap();
+        let headers = [("Authorization", authorization)];
+        request_on(&mut s, admin, "POST", "/workers/restart", &headers)
+            .unwrap()
+            .0
+    };
+    assert_eq!(restart_with("Bearer wrong"), 401);
+    assert_eq!(restart_with("Bearer s3cret"), 202);
+    assert_eq!(
+        restart_with("bearer s3cret"),
+        202,
+        "the scheme is case-insensitive"
+    );
     for path in ["/metrics", "/healthz", "/readyz", "/status"] {
         assert_eq!(http(admin, "GET", path).0, 200, "{path}");
     }
