@@ -136,7 +136,14 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
         ),
         ("[log] format", old.log.format == fresh.log.format),
         ("[log] level", old.log.level == fresh.log.level),
-        ("[runtime]", old.runtime == fresh.runtime),
+        (
+            "runtime.threads",
+            old.runtime.threads == fresh.runtime.threads,
+        ),
+        (
+            "runtime.user/group",
+            old.runtime.drop_to == fresh.runtime.drop_to,
+        ),
     ] {
         if !same {
             tracing::warn!(
@@ -156,14 +163,12 @@ async fn reload(shared: &Arc<Shared>, supervisor: &Arc<Supervisor>, source: &Sou
 
     // Static backends no longer configured: their series go.
     let current = shared.pool.load_full();
-    for gone in old_pool.backends.iter().filter(|b| {
-        current
-            .by_label(&b.label)
-            .is_none_or(|now| !Arc::ptr_eq(now, b))
-    }) {
-        if current.by_label(&gone.label).is_none() && gone.kind == crate::pool::Kind::Static {
-            shared.metrics.forget_backend(&gone.label);
-        }
+    for gone in old_pool
+        .backends
+        .iter()
+        .filter(|b| b.kind == crate::pool::Kind::Static && current.by_label(&b.label).is_none())
+    {
+        shared.metrics.forget_backend(&gone.label);
     }
 
     let supervisor = Arc::clone(supervisor);
