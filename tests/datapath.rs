@@ -4,8 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -24,19 +26,20 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// corral with one static backend served by `handler` on a test thread,
-/// with bulk transfers spliced or copied through corral's buffers.
-fn corral_for(handler: fn(TcpStream), splice: bool) -> Corral {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || handler(stream));
-        }
-    });
-    Corral::start(&format!(
-        "[runtime]\nsplice = {splice}\n[[backends]]\nname = \"b\"\naddress = \"{addr}\"\n"
-    ))
+/// corral with one static backend "b" served by `handler`, with bulk
+/// transfers spliced or copied through corral's buffers.
+fn corral_for<T: Send + 'static>(
+    handler: impl Fn(&mut TcpStream) -> T + Send + Sync + 'static,
+    splice: bool,
+) -> (Corral, Backend<T>) {
+    let backend = Backend::start(handler);
+    let corral = Corral::start(
+        &Config::new()
+            .set("runtime.splice", splice)
+            .connection_logs(true)
+            .backend("b", backend.addr),
+    );
+    (corral, backend)
 }
 
 /// Once the connection is over, it was spliced exactly when splice was on.
@@ -45,6 +48,8 @@ fn assert_spliced(corral: &Corral, splice: bool) {
         corral.metric("corral_connections_active{backend=\"b\"}") == 0.0
             && corral.metric("corral_connections_total{backend=\"b\"}") == 1.0
     }));
+    // corral logs the connection after it has counted it, spliced or not.
+    corral.wait_log("connection closed", Duration::from_secs(10));
     let spliced = corral.metric("corral_spliced_connections_total");
     assert_eq!(spliced, if splice { 1.0 } else { 0.0 }, "splice = {splice}");
 }
@@ -55,31 +60,42 @@ fn connect(front: SocketAddr) -> TcpStream {
     s
 }
 
-#[test]
-fn sixty_four_mib_download_then_the_backend_half_closes_and_still_listens() {
+/// Runs `transfer` with splice on, then off.
+fn spliced_and_copied(transfer: fn(bool)) {
     for splice in [true, false] {
-        download(splice);
+        transfer(splice);
     }
 }
 
+#[test]
+fn sixty_four_mib_download_then_the_backend_half_closes_and_still_listens() {
+    spliced_and_copied(download);
+}
+
 fn download(splice: bool) {
-    let corral = corral_for(
-        |mut backend| {
-            backend.write_all(&pattern(64 * MIB, 7)).unwrap();
+    let data = Arc::new(pattern(64 * MIB, 7));
+    let sent = Arc::clone(&data);
+    // The verdict is what the backend heard back; health checks connect and
+    // leave, so their connections end in an error.
+    let (corral, backend) = corral_for(
+        move |backend| -> std::io::Result<Vec<u8>> {
+            backend.write_all(&sent)?;
             // Backend is done talking but still listens: the client's reply must arrive.
-            backend.shutdown(Shutdown::Write).unwrap();
+            backend.shutdown(Shutdown::Write)?;
             let mut reply = Vec::new();
-            backend.read_to_end(&mut reply).unwrap();
-            assert_eq!(reply, b"thanks");
+            backend.read_to_end(&mut reply)?;
+            Ok(reply)
         },
         splice,
     );
     let mut client = connect(corral.front);
     let mut got = Vec::with_capacity(64 * MIB);
     client.read_to_end(&mut got).unwrap();
-    assert!(got == pattern(64 * MIB, 7), "download differs");
+    assert!(got == *data, "download differs");
     client.write_all(b"thanks").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
+    let reply = backend.verdict_where(Duration::from_secs(60), |r| r.is_ok());
+    assert_eq!(reply.unwrap(), b"thanks");
     assert!(eventually(Duration::from_secs(10), || {
         corral.metric("corral_bytes_received_total{backend=\"b\"}") == 6.0
     }));
@@ -92,27 +108,28 @@ fn download(splice: bool) {
 
 #[test]
 fn sixty_four_mib_upload_with_the_client_half_closing() {
-    for splice in [true, false] {
-        upload(splice);
-    }
+    spliced_and_copied(upload);
 }
 
 fn upload(splice: bool) {
-    let corral = corral_for(
-        |mut backend| {
+    let data = Arc::new(pattern(64 * MIB, 9));
+    let expected = Arc::clone(&data);
+    // The backend's verdict travels back to the client on the connection.
+    let (corral, _backend) = corral_for(
+        move |backend| -> std::io::Result<()> {
             let mut got = Vec::with_capacity(64 * MIB);
-            backend.read_to_end(&mut got).unwrap();
-            let verdict: &[u8] = if got == pattern(64 * MIB, 9) {
+            backend.read_to_end(&mut got)?;
+            let verdict: &[u8] = if got == *expected {
                 b"identical"
             } else {
                 b"different"
             };
-            backend.write_all(verdict).unwrap();
+            backend.write_all(verdict)
         },
         splice,
     );
     let mut client = connect(corral.front);
-    client.write_all(&pattern(64 * MIB, 9)).unwrap();
+    client.write_all(&data).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut verdict = String::new();
     client.read_to_string(&mut verdict).unwrap();
@@ -121,36 +138,59 @@ fn upload(splice: bool) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    proc_status(pid, "VmRSS:")[0].parse().unwrap()
 }
 
 #[test]
 fn a_client_that_stops_reading_does_not_grow_corral() {
-    let corral = corral_for(
-        |mut backend| {
-            // Flood until the connection goes away.
+    // How many times the flooding backend found corral taking no more bytes.
+    let held_back = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&held_back);
+    let (corral, _backend) = corral_for(
+        move |backend| -> std::io::Result<()> {
+            // A client says one byte first; a health check says nothing.
+            if backend.read(&mut [0u8; 1])? == 0 {
+                return Ok(());
+            }
+            // Flood (1 GiB at most) until the connection goes away.
+            backend.set_nonblocking(true)?;
             let chunk = vec![b'x'; MIB];
-            for _ in 0..1024 {
-                if backend.write_all(&chunk).is_err() {
-                    return;
+            let mut flooded = 0;
+            while flooded < 1024 * MIB {
+                match backend.write(&chunk) {
+                    Ok(n) => flooded += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
+            Ok(())
         },
         true,
     );
     let mut client = connect(corral.front);
+    client.write_all(b"g").unwrap();
     let mut first = [0u8; 1024];
     client.read_exact(&mut first).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Every buffer between the backend and the stalled client is full: the
+    // backend's writes block.
+    assert!(
+        eventually(Duration::from_secs(10), || held_back.load(Ordering::SeqCst)
+            > 0),
+        "corral never held the flooding backend back"
+    );
     let before = rss_kib(corral.pid());
-    // The client reads nothing for 3 s while the backend has 1 GiB to send.
+    // The client reads nothing for 3 s while the backend has 1 GiB to send...
     std::thread::sleep(Duration::from_secs(3));
+    // ...and corral is still holding the backend back at the end of it.
+    let so_far = held_back.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || held_back.load(Ordering::SeqCst)
+            > so_far),
+        "the backend is no longer held back"
+    );
     let after = rss_kib(corral.pid());
     assert!(
         after < before + 8 * 1024,

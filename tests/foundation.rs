@@ -5,21 +5,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
 
-fn demo_workers(count: usize, strategy: &str) -> String {
-    let base = free_port_range(2 * count as u16);
-    format!(
-        "[balance]\nstrategy = \"{strategy}\"\n\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = {count}\nport_base = {base}\n"
-    )
-}
-
 #[test]
 fn round_robin_spreads_new_connections_evenly() {
-    let corral = Corral::start(&demo_workers(3, "round-robin"));
+    let corral = Corral::start(&Config::new().strategy("round-robin").demo_workers(3));
     corral.wait_up(3);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..60 {
@@ -43,11 +36,7 @@ fn round_robin_spreads_new_connections_evenly() {
 
 #[test]
 fn sixty_four_mib_echo_is_byte_identical_with_half_close() {
-    let base = free_port_range(2);
-    let corral = Corral::start(&format!(
-        "[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
-        support("echo.py")
-    ));
+    let corral = Corral::start(&Config::new().strategy("round-robin").echo_workers(1));
     corral.wait_up(1);
     let mut payload = vec![0u8; 64 << 20];
     let mut x: u64 = 0x9E3779B97F4A7C15;
@@ -82,20 +71,7 @@ fn sixty_four_mib_echo_is_byte_identical_with_half_close() {
     );
 }
 
-/// A static backend that answers every connection with `name`.
-fn answering_backend(name: &'static str) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.write_all(name.as_bytes());
-        }
-    });
-    (addr, handle)
-}
-
-fn read_all(addr: std::net::SocketAddr) -> String {
+fn read_all(addr: SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -107,11 +83,14 @@ fn read_all(addr: std::net::SocketAddr) -> String {
 
 #[test]
 fn refused_static_backend_costs_the_client_nothing() {
-    let (alive, _server) = answering_backend("alive");
+    let alive = Backend::reply(b"alive");
     let dead = format!("127.0.0.1:{}", free_port());
-    let corral = Corral::start(&format!(
-        "[balance]\nstrategy = \"round-robin\"\n\n[[backends]]\nname = \"dead\"\naddress = \"{dead}\"\n\n[[backends]]\nname = \"alive\"\naddress = \"{alive}\"\n"
-    ));
+    let corral = Corral::start(
+        &Config::new()
+            .strategy("round-robin")
+            .backend("dead", dead)
+            .backend("alive", alive.addr),
+    );
     for _ in 0..10 {
         assert_eq!(read_all(corral.front), "alive");
     }
@@ -125,11 +104,7 @@ fn refused_static_backend_costs_the_client_nothing() {
 
 #[test]
 fn idle_timeout_closes_a_silent_connection() {
-    let base = free_port_range(2);
-    let corral = Corral::start(&format!(
-        "[timeouts]\nidle = \"300ms\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
-        support("echo.py")
-    ));
+    let corral = Corral::start(&Config::new().set("timeouts.idle", "300ms").echo_workers(1));
     corral.wait_up(1);
     let mut stream = TcpStream::connect(corral.front).unwrap();
     stream.write_all(b"ping").unwrap();
@@ -152,16 +127,13 @@ fn idle_timeout_closes_a_silent_connection() {
 
 #[test]
 fn max_connections_holds_and_queued_clients_are_served_later() {
-    // The listener section is written by the harness, so build the file here.
-    let front: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let base = free_port_range(2);
-    let text = format!(
-        "[listener]\nbind = \"{front}\"\nmax_connections = 2\n[admin]\nbind = \"{admin}\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n",
-        support("echo.py")
+    let corral = Corral::start(
+        &Config::new()
+            .set("listener.max_connections", 2)
+            .echo_workers(1),
     );
-    let corral = Corral::start_with(&text, front, admin, &[]);
     corral.wait_up(1);
+    let front = corral.front;
     let echo = |stream: &mut TcpStream, text: &[u8]| -> bool {
         stream.write_all(text).unwrap();
         let mut buf = vec![0u8; text.len()];
@@ -177,6 +149,14 @@ fn max_connections_holds_and_queued_clients_are_served_later() {
     // The third client is held in the backlog: connected, but not served.
     let mut c = TcpStream::connect(front).unwrap();
     c.write_all(b"c").unwrap();
+    // corral has seen the third client and holds it at the limit...
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            corral.metric("corral_connection_errors_total{reason=\"limit\"}") >= 1.0
+        }),
+        "corral never reached its connection limit"
+    );
+    // ...so it is not served.
     c.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
     let mut buf = [0u8; 1];
@@ -199,7 +179,7 @@ fn max_connections_holds_and_queued_clients_are_served_later() {
 
 #[test]
 fn garbage_and_resetting_clients_leave_corral_healthy() {
-    let corral = Corral::start(&demo_workers(2, "round-robin"));
+    let corral = Corral::start(&Config::new().strategy("round-robin").demo_workers(2));
     corral.wait_up(2);
     let front = corral.front;
     let threads: Vec<_> = (0..10)
@@ -331,18 +311,14 @@ fn check_prints_every_error() {
 
 #[test]
 fn front_end_address_in_use_exits_1_naming_it() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listen_on_free_port();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listener]\nbind = \"{addr}\"\n[admin]\nbind = \"127.0.0.1:{}\"\n[[backends]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
-            free_port()
-        ),
-    )
-    .unwrap();
+    Config::new()
+        .bind(addr)
+        .backend("a", "127.0.0.1:9")
+        .write(&path);
     let (code, out) = corral_cmd(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains(&addr.to_string()), "{out}");
@@ -360,16 +336,16 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn one_liner_runs_the_given_command() {
-    let front: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let base = free_port_range(6);
-    let text = format!(
-        "[admin]\nbind = \"{admin}\"\n[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"false\"]\nport_base = {base}\n"
-    );
+    // The file names neither the front end nor a worker count nor a usable
+    // command: the flags give them.
+    let config = Config::new()
+        .unset("listener.bind")
+        .strategy("round-robin")
+        .set("workers.command", &["false"])
+        .set("workers.port_base", free_port_range(6));
+    let front = config.front;
     let corral = Corral::start_with(
-        &text,
-        front,
-        admin,
+        &config,
         &[
             "-i",
             "3",
@@ -379,6 +355,7 @@ fn one_liner_runs_the_given_command() {
             "corral",
             "demo-worker",
         ],
+        &[],
     );
     corral.wait_up(3);
     assert_eq!(corral.worker_pids().len(), 3);
@@ -388,29 +365,25 @@ fn one_liner_runs_the_given_command() {
 
 #[test]
 fn a_live_backend_that_closes_without_answering_is_not_sent_the_request_twice() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let requests = Arc::new(AtomicUsize::new(0));
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        addrs.push(listener.local_addr().unwrap());
-        let requests = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for mut s in listener.incoming().flatten() {
-                let mut buf = [0u8; 64];
-                // Health checks connect and leave; a request has bytes.
-                if matches!(s.read(&mut buf), Ok(n) if n > 0) {
-                    requests.fetch_add(1, Ordering::SeqCst);
-                }
-                // ...and closes without a word, alive and well.
-            }
-        });
-    }
-    let corral = Corral::start(&format!(
-        "[balance]\nstrategy = \"round-robin\"\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n[[backends]]\nname = \"b\"\naddress = \"{}\"\n",
-        addrs[0], addrs[1]
-    ));
+    // Reads what comes first and closes without a word, alive and well. The
+    // verdict is how many bytes it read: health checks connect and leave, a
+    // request has bytes.
+    let first_read = |s: &mut TcpStream| s.read(&mut [0u8; 64]).unwrap_or(0);
+    let backends = [Backend::start(first_read), Backend::start(first_read)];
+    let requests_in = |backends: &[Backend<usize>]| {
+        backends
+            .iter()
+            .flat_map(Backend::verdicts)
+            .filter(|&n| n > 0)
+            .count()
+    };
+    let corral = Corral::start(
+        &Config::new()
+            .strategy("round-robin")
+            .connection_logs(true)
+            .backend("a", backends[0].addr)
+            .backend("b", backends[1].addr),
+    );
     let mut client = TcpStream::connect(corral.front).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -419,10 +392,13 @@ fn a_live_backend_that_closes_without_answering_is_not_sent_the_request_twice() 
     let mut answer = Vec::new();
     let _ = client.read_to_end(&mut answer);
     assert!(answer.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        requests.load(Ordering::SeqCst),
-        1,
-        "the request reached a second backend"
-    );
+    // The request reached a backend, and corral is done with the client.
+    let mut requests = 0;
+    assert!(eventually(Duration::from_secs(10), || {
+        requests += requests_in(&backends);
+        requests >= 1
+    }));
+    corral.wait_log("connection closed", Duration::from_secs(10));
+    requests += requests_in(&backends);
+    assert_eq!(requests, 1, "the request reached a second backend");
 }

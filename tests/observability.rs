@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -27,59 +27,33 @@ const SPEC_METRICS: &[&str] = &[
     "corral_sticky_lookups_total",
 ];
 
-fn require(tool: &str) -> String {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is missing: apt-get update && apt-get install -y prometheus"
+/// One demo worker (worker-0), round-robin.
+fn one_demo_worker() -> Config {
+    Config::new().strategy("round-robin").demo_workers(1)
+}
+
+/// worker-0 is up, and it answers each of `requests` clients.
+fn assert_worker_0_serves_alone(corral: &Corral, requests: usize) {
+    assert_eq!(
+        corral.metric("corral_backend_up{backend=\"worker-0\"}"),
+        1.0
     );
-    tool.to_string()
-}
-
-/// An HTTP server that answers every request with `status`.
-fn http_backend(status: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                    if line == "\r\n" {
-                        let _ = stream.write_all(
-                            format!("HTTP/1.1 {status}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")
-                                .as_bytes(),
-                        );
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn demo_plus(extra: &str) -> String {
-    let base = free_port_range(4);
-    format!(
-        "[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 1\nport_base = {base}\n{extra}\n"
-    )
+    for _ in 0..requests {
+        assert!(get_from(corral.front, None)
+            .unwrap()
+            .starts_with("worker=0"));
+    }
 }
 
 #[test]
 fn a_refusing_static_backend_is_down_and_counted() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let corral = Corral::start(&demo_plus(&format!(
-        "[health]\ninterval = \"200ms\"\nfall = 2\n[[backends]]\nname = \"gone\"\naddress = \"{dead}\"\n"
-    )));
+    let corral = Corral::start(
+        &one_demo_worker()
+            .set("health.interval", "200ms")
+            .set("health.fall", 2)
+            .backend("gone", dead),
+    );
     corral.wait_up(1);
     assert!(eventually(Duration::from_secs(10), || {
         corral.metric("corral_health_checks_total{backend=\"gone\",result=\"failure\"}") >= 2.0
@@ -93,15 +67,7 @@ fn a_refusing_static_backend_is_down_and_counted() {
         .unwrap();
     assert_eq!(gone["state"], "down", "{status}");
     assert_eq!(corral.metric("corral_backend_up{backend=\"gone\"}"), 0.0);
-    assert_eq!(
-        corral.metric("corral_backend_up{backend=\"worker-0\"}"),
-        1.0
-    );
-    for _ in 0..5 {
-        assert!(get_from(corral.front, None)
-            .unwrap()
-            .starts_with("worker=0"));
-    }
+    assert_worker_0_serves_alone(&corral, 5);
     assert!(
         corral.metric("corral_health_checks_total{backend=\"worker-0\",result=\"success\"}") >= 1.0
     );
@@ -109,10 +75,16 @@ fn a_refusing_static_backend_is_down_and_counted() {
 
 #[test]
 fn http_checks_take_a_500_backend_down_and_pass_the_demo_worker() {
-    let failing = http_backend("500 Internal Server Error");
-    let corral = Corral::start(&demo_plus(&format!(
-        "[health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\nfall = 2\nrise = 2\n[[backends]]\nname = \"broken\"\naddress = \"{failing}\"\n"
-    )));
+    let failing = Backend::http_status("500 Internal Server Error");
+    let corral = Corral::start(
+        &one_demo_worker()
+            .set("health.kind", "http")
+            .set("health.path", "/healthz")
+            .set("health.interval", "200ms")
+            .set("health.fall", 2)
+            .set("health.rise", 2)
+            .backend("broken", failing.addr),
+    );
     corral.wait_up(1);
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -124,34 +96,25 @@ fn http_checks_take_a_500_backend_down_and_pass_the_demo_worker() {
         "{}",
         corral.status()
     );
-    assert_eq!(
-        corral.metric("corral_backend_up{backend=\"worker-0\"}"),
-        1.0
-    );
     // Only the healthy worker is used.
-    for _ in 0..6 {
-        assert!(get_from(corral.front, None)
-            .unwrap()
-            .starts_with("worker=0"));
-    }
+    assert_worker_0_serves_alone(&corral, 6);
 }
 
 #[test]
 fn a_backend_that_recovers_comes_back_after_rise_checks() {
     let port = free_port();
-    let corral = Corral::start(&format!(
-        "[health]\ninterval = \"150ms\"\nfall = 1\nrise = 2\n[[backends]]\nname = \"flaky\"\naddress = \"127.0.0.1:{port}\"\n"
-    ));
+    let corral = Corral::start(
+        &Config::new()
+            .set("health.interval", "150ms")
+            .set("health.fall", 1)
+            .set("health.rise", 2)
+            .backend("flaky", format!("127.0.0.1:{port}")),
+    );
     assert!(eventually(Duration::from_secs(10), || corral
         .metric("corral_backend_up{backend=\"flaky\"}")
         == 0.0));
     assert_eq!(http(corral.admin, "GET", "/readyz").0, 503);
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(b"back");
-        }
-    });
+    let _back = Backend::start_on(port, reply(b"back"));
     assert!(eventually(Duration::from_secs(10), || corral
         .metric("corral_backend_up{backend=\"flaky\"}")
         == 1.0));
@@ -161,9 +124,12 @@ fn a_backend_that_recovers_comes_back_after_rise_checks() {
 #[test]
 fn with_no_backend_up_clients_are_closed_at_once_and_readyz_is_503() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let corral = Corral::start(&format!(
-        "[health]\ninterval = \"100ms\"\nfall = 1\n[[backends]]\nname = \"gone\"\naddress = \"{dead}\"\n"
-    ));
+    let corral = Corral::start(
+        &Config::new()
+            .set("health.interval", "100ms")
+            .set("health.fall", 1)
+            .backend("gone", dead),
+    );
     assert!(eventually(Duration::from_secs(10), || corral
         .backends_in("down")
         == 1));
@@ -182,8 +148,8 @@ fn with_no_backend_up_clients_are_closed_at_once_and_readyz_is_503() {
 
 #[test]
 fn metrics_pass_promtool_and_carry_every_spec_name() {
-    let promtool = require("promtool");
-    let corral = Corral::start(&demo_plus(""));
+    require("promtool", "prometheus");
+    let corral = Corral::start(&one_demo_worker());
     corral.wait_up(1);
     get_from(corral.front, None).unwrap();
     let text = corral.metrics();
@@ -198,7 +164,7 @@ fn metrics_pass_promtool_and_carry_every_spec_name() {
         assert!(text.contains(name), "{name} missing");
     }
     assert!(text.contains("# TYPE corral_backend_connect_duration_seconds histogram"));
-    let mut check = Command::new(&promtool)
+    let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -220,19 +186,10 @@ fn metrics_pass_promtool_and_carry_every_spec_name() {
     );
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_real_prometheus_scrapes_corral() {
-    let prometheus = require("prometheus");
-    let corral = Corral::start(&demo_plus(""));
+    require("prometheus", "prometheus");
+    let corral = Corral::start(&one_demo_worker());
     corral.wait_up(1);
     for _ in 0..7 {
         get_from(corral.front, None).unwrap();
@@ -249,7 +206,7 @@ fn a_real_prometheus_scrapes_corral() {
     .unwrap();
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _server = Killed(
-        Command::new(&prometheus)
+        Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -282,12 +239,14 @@ fn a_real_prometheus_scrapes_corral() {
 
 #[test]
 fn json_connection_logs_parse_and_carry_the_fields() {
-    let corral = Corral::start(&demo_plus("[log]\nformat = \"json\"\n"));
+    let corral = Corral::start(
+        &one_demo_worker()
+            .set("log.format", "json")
+            .connection_logs(true),
+    );
     corral.wait_up(1);
     get_from(corral.front, None).unwrap();
-    assert!(eventually(Duration::from_secs(5), || corral
-        .log()
-        .contains("connection closed")));
+    corral.wait_log("connection closed", Duration::from_secs(5));
     let log = corral.log();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -321,10 +280,17 @@ fn json_connection_logs_parse_and_carry_the_fields() {
 
 #[test]
 fn connection_logs_can_be_turned_off() {
-    let corral = Corral::start(&demo_plus("[log]\nconnections = false\n"));
+    let corral = Corral::start(&one_demo_worker().connection_logs(false));
     corral.wait_up(1);
     get_from(corral.front, None).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // corral has finished with the connection: its duration is recorded,
+    // which happens just before the connection would be logged...
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_connection_duration_seconds_count{backend=\"worker-0\"}") == 1.0
+    }));
+    // ...and a line corral logs after that is in the log.
+    corral.signal(Signal::SIGHUP);
+    corral.wait_log("config reloaded", Duration::from_secs(5));
     assert!(!corral.log().contains("connection closed"));
 }
 
@@ -333,15 +299,9 @@ fn mutations_need_the_token_and_gets_stay_open() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let text = format!(
-        "[listener]\nbind = \"{front}\"\n[admin]\nbind = \"{admin}\"\ntoken_file = \"{}\"\n{}",
-        token.display(),
-        demo_plus("")
-    );
-    let corral = Corral::start_with(&text, front, admin, &[]);
+    let corral = Corral::start(&one_demo_worker().set("admin.token_file", token.as_path()));
     corral.wait_up(1);
+    let admin = corral.admin;
     assert_eq!(http(admin, "POST", "/workers/restart").0, 401);
     let restart_with = |authorization: &str| {
         let mut s = TcpStream::connect(admin).unwrap();

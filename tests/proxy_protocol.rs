@@ -6,56 +6,41 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
-fn require_haproxy() {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "haproxy is missing: apt-get update && apt-get install -y haproxy"
-    );
-}
-
 struct HaProxy {
-    child: Child,
+    _child: Killed,
     _dir: tempfile::TempDir,
 }
 
 impl HaProxy {
     fn start(config: &str, port: u16) -> HaProxy {
-        require_haproxy();
+        require("haproxy", "haproxy");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Killed(
+            Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(
             eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
             "haproxy did not start"
         );
-        HaProxy { child, _dir: dir }
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        HaProxy {
+            _child: child,
+            _dir: dir,
+        }
     }
 }
 
@@ -82,8 +67,10 @@ fn corral_sends_v1_and_v2_headers_that_haproxy_accepts() {
     for version in ["v1", "v2"] {
         let port = free_port();
         let _peer = echo_source_haproxy(port);
-        let corral = Corral::start(&format!(
-            "[[backends]]\nname = \"haproxy\"\naddress = \"127.0.0.1:{port}\"\nsend_proxy = \"{version}\"\n"
+        let corral = Corral::start(&Config::new().backend_sending_proxy(
+            "haproxy",
+            format!("127.0.0.1:{port}"),
+            Some(version),
         ));
         let body = get_from(corral.front, Some(source(88))).expect("answer through corral");
         assert_eq!(body.trim(), "127.0.0.88", "{version}");
@@ -93,19 +80,18 @@ fn corral_sends_v1_and_v2_headers_that_haproxy_accepts() {
 #[test]
 fn corral_takes_the_client_address_from_haproxys_v2_header() {
     let haproxy_port = free_port();
-    let corral_front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let echo_port = free_port();
     let _echo = echo_source_haproxy(echo_port);
     // Client -> HAProxy (send-proxy-v2) -> corral (accepts v2, sends v1) -> HAProxy echo.
-    let corral = Corral::start_with(
-        &format!(
-            "[listener]\nbind = \"{corral_front}\"\nproxy_protocol = \"v2\"\n[admin]\nbind = \"{admin}\"\n[[backends]]\nname = \"echo\"\naddress = \"127.0.0.1:{echo_port}\"\nsend_proxy = \"v1\"\n"
-        ),
-        corral_front,
-        admin,
-        &[],
+    // Sticky entries and connection log lines show which address corral used.
+    let corral = Corral::start(
+        &Config::new()
+            .set("listener.proxy_protocol", "v2")
+            .strategy("sticky")
+            .connection_logs(true)
+            .backend_sending_proxy("echo", format!("127.0.0.1:{echo_port}"), Some("v1")),
     );
+    let (corral_front, admin) = (corral.front, corral.admin);
     let _front = HaProxy::start(
         &format!(
             "{DEFAULTS}frontend fe\n  mode tcp\n  bind 127.0.0.1:{haproxy_port}\n  default_backend be\nbackend be\n  mode tcp\n  server corral {corral_front} send-proxy-v2\n"
@@ -118,42 +104,26 @@ fn corral_takes_the_client_address_from_haproxys_v2_header() {
     // Stickiness and logs use the address from the header.
     let (_, sticky) = http(admin, "GET", "/sticky?ip=127.0.0.77");
     assert!(sticky.contains("\"by\":\"entry\""), "{sticky}");
-    assert!(eventually(Duration::from_secs(5), || corral
-        .log()
-        .contains("127.0.0.77:")));
+    corral.wait_log("127.0.0.77:", Duration::from_secs(5));
 }
 
-fn proxy_corral(mode: &str) -> (Corral, SocketAddr) {
-    let echo_port = free_port();
-    let echo = std::net::TcpListener::bind(("127.0.0.1", echo_port)).unwrap();
-    std::thread::spawn(move || {
-        for mut s in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let corral = Corral::start_with(
-        &format!(
-            "[listener]\nbind = \"{front}\"\nproxy_protocol = \"{mode}\"\n[admin]\nbind = \"{admin}\"\n[[backends]]\nname = \"echo\"\naddress = \"127.0.0.1:{echo_port}\"\n"
-        ),
-        front,
-        admin,
-        &[],
+/// corral accepting PROXY headers (`mode`) in front of an echo backend;
+/// sticky, so that its entries show the address a header gave.
+fn proxy_corral(mode: &str) -> (Corral, Backend<std::io::Result<()>>) {
+    let echo = Backend::echo();
+    let corral = Corral::start(
+        &Config::new()
+            .set("listener.proxy_protocol", mode)
+            .strategy("sticky")
+            .backend("echo", echo.addr),
     );
-    (corral, front)
+    (corral, echo)
 }
 
 #[test]
 fn a_header_in_pieces_is_put_together_and_data_after_it_is_kept() {
-    let (corral, front) = proxy_corral("any");
+    let (corral, _echo) = proxy_corral("any");
+    let front = corral.front;
     let mut s = TcpStream::connect(front).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for piece in [
@@ -174,7 +144,8 @@ fn a_header_in_pieces_is_put_together_and_data_after_it_is_kept() {
 
 #[test]
 fn missing_or_malformed_headers_are_closed_and_counted() {
-    let (corral, front) = proxy_corral("v1");
+    let (corral, _echo) = proxy_corral("v1");
+    let front = corral.front;
     let cases: [&[u8]; 3] = [
         b"GET / HTTP/1.1\r\n\r\n",
         b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n",

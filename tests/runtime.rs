@@ -12,9 +12,7 @@ use std::time::Duration;
 use common::*;
 
 fn uid_of(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(2).unwrap().parse().unwrap() // effective uid
+    proc_status(pid, "Uid:")[1].parse().unwrap() // effective uid
 }
 
 /// A copy of the corral binary in a directory anyone may enter, for tests
@@ -40,19 +38,12 @@ fn systemd_hears_ready_reloading_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let base = free_port_range(2);
-    let text = format!(
-        "[listener]\nbind = \"{front}\"\n[admin]\nbind = \"{admin}\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 1\nport_base = {base}\n"
-    );
-    let mut corral = Corral::start_env(
-        &text,
-        front,
-        admin,
+    let mut corral = Corral::start_with(
+        &Config::new().demo_workers(1),
         &[],
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
     );
+    let front = corral.front;
     let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification");
@@ -62,12 +53,12 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert!(ready.contains("READY=1"), "{ready}");
     // READY comes only once the front end serves.
     assert!(get_from(front, None).is_ok());
-    corral.signal("HUP");
+    corral.signal(Signal::SIGHUP);
     let reloading = next();
     assert!(reloading.contains("RELOADING=1"), "{reloading}");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     assert!(next().contains("READY=1"));
-    corral.signal("TERM");
+    corral.signal(Signal::SIGTERM);
     assert!(next().contains("STOPPING=1"));
     assert_eq!(corral.wait_exit(Duration::from_secs(15)), Some(0));
 }
@@ -82,14 +73,13 @@ fn root_binds_a_privileged_port_then_runs_as_nobody_with_its_workers() {
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024");
     let front: SocketAddr = format!("127.0.0.1:{privileged}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let base = free_port_range(4);
-    let text = format!(
-        "[listener]\nbind = \"{front}\"\n[admin]\nbind = \"{admin}\"\n[runtime]\nuser = \"nobody\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 2\nport_base = {base}\n"
-    );
+    let config = Config::new()
+        .bind(front)
+        .set("runtime.user", "nobody")
+        .demo_workers(2);
     // Run a copy that nobody can reach, wherever the checkout lives.
     let reachable = world_readable_copy();
-    let corral = Corral::start_binary(&reachable.1, &text, front, admin);
+    let corral = Corral::start_binary(&reachable.1, &config);
     corral.wait_up(2);
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
@@ -102,7 +92,7 @@ fn root_binds_a_privileged_port_then_runs_as_nobody_with_its_workers() {
     }
     assert!(get_from(front, None).unwrap().starts_with("worker="));
     // A reload after the drop is not refused for want of root.
-    corral.signal("HUP");
+    corral.signal(Signal::SIGHUP);
     assert!(
         eventually(Duration::from_secs(5), || {
             corral.metric("corral_config_reloads_total{result=\"success\"}") == 1.0

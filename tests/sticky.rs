@@ -21,10 +21,9 @@ fn clients(n: usize) -> Vec<IpAddr> {
         .collect()
 }
 
-fn sticky_config(count: usize, base: u16, extra: &str) -> String {
-    format!(
-        "[balance]\nstrategy = \"sticky\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = {count}\nport_base = {base}\n{extra}\n"
-    )
+/// `count` demo workers behind the sticky strategy.
+fn sticky(count: usize) -> Config {
+    Config::new().strategy("sticky").demo_workers(count)
 }
 
 fn worker_for(corral: &Corral, client: IpAddr) -> String {
@@ -33,7 +32,7 @@ fn worker_for(corral: &Corral, client: IpAddr) -> String {
 
 #[test]
 fn one_client_stays_and_many_clients_spread() {
-    let corral = Corral::start(&sticky_config(4, free_port_range(8), ""));
+    let corral = Corral::start(&sticky(4));
     corral.wait_up(4);
     let first = worker_for(&corral, ip(9, 9));
     for _ in 0..14 {
@@ -67,22 +66,18 @@ fn placement_survives_a_restart_of_corral() {
             .collect()
     };
     let first = {
-        let corral = Corral::start(&sticky_config(3, base, ""));
+        let corral = Corral::start(&sticky(3).set("workers.port_base", base));
         corral.wait_up(3);
         placements(&corral)
     };
-    let corral = Corral::start(&sticky_config(3, base, ""));
+    let corral = Corral::start(&sticky(3).set("workers.port_base", base));
     corral.wait_up(3);
     assert_eq!(placements(&corral), first);
 }
 
 #[test]
 fn a_prefix_groups_a_subnet_on_one_worker() {
-    let corral = Corral::start(&sticky_config(
-        4,
-        free_port_range(8),
-        "[sticky]\nipv4_prefix = 24\n",
-    ));
+    let corral = Corral::start(&sticky(4).set("sticky.ipv4_prefix", 24));
     corral.wait_up(4);
     for subnet in 1..=5u8 {
         let first = worker_for(&corral, ip(subnet, 1));
@@ -99,16 +94,14 @@ fn a_prefix_groups_a_subnet_on_one_worker() {
 
 #[test]
 fn a_dead_workers_clients_are_redispatched_and_nobody_else_moves() {
-    let corral = Corral::start(&sticky_config(3, free_port_range(6), ""));
+    let corral = Corral::start(&sticky(3));
     corral.wait_up(3);
     let all = clients(60);
     let before: Vec<String> = all.iter().map(|&c| worker_for(&corral, c)).collect();
     let victim = before[0].clone();
     let slot: usize = victim.trim_start_matches("worker=").parse().unwrap();
     let pid = corral.status()["backends"][slot]["pid"].as_u64().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status();
+    send_signal(pid as u32, Signal::SIGKILL);
     // Its clients are served elsewhere at once, and stay there.
     let after: Vec<String> = all.iter().map(|&c| worker_for(&corral, c)).collect();
     let moved = before.iter().filter(|w| **w == victim).count();
@@ -136,11 +129,11 @@ fn a_dead_workers_clients_are_redispatched_and_nobody_else_moves() {
 
 #[test]
 fn ttl_forgets_and_max_entries_bounds_the_table() {
-    let corral = Corral::start(&sticky_config(
-        2,
-        free_port_range(4),
-        "[sticky]\nttl = \"1s\"\nmax_entries = 1000\n",
-    ));
+    let corral = Corral::start(
+        &sticky(2)
+            .set("sticky.ttl", "1s")
+            .set("sticky.max_entries", 1000),
+    );
     corral.wait_up(2);
     worker_for(&corral, ip(200, 1));
     assert_eq!(corral.status()["sticky_entries"], 1);
@@ -152,11 +145,7 @@ fn ttl_forgets_and_max_entries_bounds_the_table() {
     assert!(body.contains("\"by\":\"placement\""), "{body}");
 
     // A flood of 5,000 sources: the table never holds more than 1,000 for long.
-    let corral = Corral::start(&sticky_config(
-        2,
-        free_port_range(4),
-        "[sticky]\nmax_entries = 1000\n",
-    ));
+    let corral = Corral::start(&sticky(2).set("sticky.max_entries", 1000));
     corral.wait_up(2);
     for client in clients(5000) {
         worker_for(&corral, client);
@@ -188,7 +177,7 @@ fn ttl_forgets_and_max_entries_bounds_the_table() {
 
 #[test]
 fn sticky_admin_lookup_and_forget() {
-    let corral = Corral::start(&sticky_config(2, free_port_range(4), ""));
+    let corral = Corral::start(&sticky(2));
     corral.wait_up(2);
     let worker = worker_for(&corral, ip(7, 7));
     let (code, body) = http(corral.admin, "GET", "/sticky?ip=127.0.7.7");
@@ -204,11 +193,7 @@ fn sticky_admin_lookup_and_forget() {
 
 #[test]
 fn least_connections_avoids_the_backend_holding_a_long_connection() {
-    let base = free_port_range(4);
-    let corral = Corral::start(&format!(
-        "[balance]\nstrategy = \"least-connections\"\n[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 2\nport_base = {base}\n",
-        support("echo.py")
-    ));
+    let corral = Corral::start(&Config::new().strategy("least-connections").echo_workers(2));
     corral.wait_up(2);
     let mut long = TcpStream::connect(corral.front).unwrap();
     long.write_all(b"x").unwrap();

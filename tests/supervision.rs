@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use common::*;
 
-fn workers(command: &str, count: usize, extra: &str) -> String {
-    let base = free_port_range(2 * count as u16 + 2);
-    format!(
-        "[balance]\nstrategy = \"round-robin\"\n\n[workers]\ncommand = {command}\ncount = {count}\nport_base = {base}\n{extra}\n"
-    )
+/// `count` workers running `command`, round-robin.
+fn round_robin(command: &[&str], count: usize) -> Config {
+    Config::new()
+        .strategy("round-robin")
+        .workers(command, count)
 }
 
-const DEMO: &str = r#"["corral", "demo-worker"]"#;
+/// `count` demo workers, round-robin.
+fn demo(count: usize) -> Config {
+    Config::new().strategy("round-robin").demo_workers(count)
+}
 
 /// Clients making new connections in a loop until stopped.
 struct Load {
@@ -59,6 +62,18 @@ impl Load {
         }
     }
 
+    /// How many requests have been served so far.
+    fn served(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have been served than now: the clients
+    /// have run through whatever happened before the call.
+    fn serves_more(&self, n: usize) -> bool {
+        let now = self.served();
+        eventually(Duration::from_secs(15), || self.served() >= now + n)
+    }
+
     /// Stops the clients; returns (served, failed, error texts).
     fn finish(self) -> (usize, usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -75,31 +90,27 @@ impl Load {
     }
 }
 
-fn kill9(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status();
-}
-
 #[test]
 fn kill_9_of_a_worker_under_load_fails_no_request() {
-    let corral = Corral::start(&workers(DEMO, 2, ""));
+    let corral = Corral::start(&demo(2));
     corral.wait_up(2);
     let victim = corral.worker_pids()[0];
     let load = Load::start(corral.front, 4);
-    assert!(eventually(Duration::from_secs(5), || load
-        .ok
-        .load(Ordering::Relaxed)
-        > 200));
-    kill9(victim);
+    assert!(eventually(Duration::from_secs(5), || load.served() > 200));
+    send_signal(victim, Signal::SIGKILL);
     let back = eventually(Duration::from_secs(15), || {
         let s = corral.status();
         let slot = &s["backends"][0];
         slot["state"] == "up" && slot["pid"].as_u64() != Some(victim as u64)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The clients go on being served with the new worker in rotation.
+    let went_on = load.serves_more(100);
     let (served, failed, errors) = load.finish();
     assert!(back, "slot 0 never came back: {}", corral.status());
+    assert!(
+        went_on,
+        "the clients stalled after the restart: {served} served"
+    );
     eprintln!("kill -9 under load: {served} requests served, {failed} failed");
     assert_eq!(
         failed, 0,
@@ -115,7 +126,8 @@ fn kill_9_of_a_worker_under_load_fails_no_request() {
 
 #[test]
 fn crash_loop_backs_off_and_corral_stays_up() {
-    let corral = Corral::start(&workers(r#"["sh", "-c", "exit 3"]"#, 1, ""));
+    let corral = Corral::start(&round_robin(&["sh", "-c", "exit 3"], 1));
+    // Backoff is a rate: the test has to let 6 s of crash loop go by.
     std::thread::sleep(Duration::from_secs(6));
     let restarts = corral.status()["backends"][0]["restarts"].as_u64().unwrap();
     // 100ms doubling: about 6 in 6 s; hundreds would mean no backoff.
@@ -127,11 +139,8 @@ fn crash_loop_backs_off_and_corral_stays_up() {
 
 #[test]
 fn a_worker_that_never_listens_is_killed_after_ready_timeout_and_retried() {
-    let corral = Corral::start(&workers(
-        r#"["sleep", "300"]"#,
-        1,
-        "ready_timeout = \"400ms\"\n",
-    ));
+    let corral =
+        Corral::start(&round_robin(&["sleep", "300"], 1).set("workers.ready_timeout", "400ms"));
     let first = eventually(Duration::from_secs(5), || !corral.worker_pids().is_empty());
     assert!(first);
     let pid = corral.worker_pids()[0];
@@ -148,43 +157,40 @@ fn a_worker_that_never_listens_is_killed_after_ready_timeout_and_retried() {
 
 #[test]
 fn sigusr2_replaces_every_worker_under_load_without_errors() {
-    let corral = Corral::start(&workers(DEMO, 3, ""));
+    let corral = Corral::start(&demo(3));
     corral.wait_up(3);
     let before = corral.worker_pids();
     let load = Load::start(corral.front, 4);
-    assert!(eventually(Duration::from_secs(5), || load
-        .ok
-        .load(Ordering::Relaxed)
-        > 100));
-    corral.signal("USR2");
+    assert!(eventually(Duration::from_secs(5), || load.served() > 100));
+    corral.signal(Signal::SIGUSR2);
     let replaced = eventually(Duration::from_secs(30), || {
         let now = corral.worker_pids();
         now.len() == 3 && now.iter().all(|p| !before.contains(p)) && corral.backends_in("up") == 3
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The clients go on being served by the new workers alone.
+    let went_on = load.serves_more(100);
     let (served, failed, errors) = load.finish();
     assert!(
         replaced,
         "not every worker was replaced: {before:?} -> {}",
         corral.status()
     );
+    assert!(
+        went_on,
+        "the clients stalled after the rollout: {served} served"
+    );
     eprintln!("rolling restart under load: {served} requests served, {failed} failed");
     assert_eq!(
         failed, 0,
         "{failed} of {served} failed during the rollout: {errors:?}"
     );
-    for pid in before {
-        assert!(
-            eventually(Duration::from_secs(10), || !alive(pid)),
-            "old worker {pid} still runs"
-        );
-    }
+    assert_gone(before, Duration::from_secs(10), "an old worker");
     assert_eq!(corral.status()["backends"][0]["restarts"], 0);
 }
 
 #[test]
 fn admin_post_starts_a_rolling_restart() {
-    let corral = Corral::start(&workers(DEMO, 2, ""));
+    let corral = Corral::start(&demo(2));
     corral.wait_up(2);
     let before = corral.worker_pids();
     assert_eq!(http(corral.admin, "POST", "/workers/restart").0, 202);
@@ -197,11 +203,7 @@ fn admin_post_starts_a_rolling_restart() {
 
 #[test]
 fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
-    let base = free_port_range(4);
-    let mut corral = Corral::start(&format!(
-        "[workers]\ncommand = [\"python3\", \"{}\"]\ncount = 1\nport_base = {base}\n[timeouts]\ndrain = \"20s\"\n",
-        support("echo.py")
-    ));
+    let mut corral = Corral::start(&Config::new().echo_workers(1).set("timeouts.drain", "20s"));
     corral.wait_up(1);
     let pids = corral.worker_pids();
     let mut stream = TcpStream::connect(corral.front).unwrap();
@@ -211,10 +213,12 @@ fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
     let mut buf = [0u8; 5];
     stream.write_all(b"hello").unwrap();
     stream.read_exact(&mut buf).unwrap();
-    corral.signal("TERM");
+    corral.signal(Signal::SIGTERM);
     assert!(eventually(Duration::from_secs(5), || {
         try_http(corral.admin, "GET", "/readyz").map(|r| r.0).ok() == Some(503)
     }));
+    // corral says it waits for the open connection.
+    corral.wait_log("draining open connections", Duration::from_secs(5));
     // The open connection still works while corral drains.
     stream.write_all(b"again").unwrap();
     stream.read_exact(&mut buf).unwrap();
@@ -231,40 +235,32 @@ fn sigterm_drains_an_open_connection_then_exits_0_leaving_no_worker() {
         "{}",
         corral.log()
     );
-    for pid in pids {
-        assert!(
-            eventually(Duration::from_secs(5), || !alive(pid)),
-            "worker {pid} outlived corral"
-        );
-    }
+    assert_gone(
+        pids,
+        Duration::from_secs(5),
+        "a worker that outlived corral",
+    );
 }
 
 #[test]
 fn sigkill_to_the_master_takes_every_worker_with_it() {
-    let mut corral = Corral::start(&workers(DEMO, 3, ""));
+    let mut corral = Corral::start(&demo(3));
     corral.wait_up(3);
     let pids = corral.worker_pids();
-    corral.signal("KILL");
+    corral.signal(Signal::SIGKILL);
     corral.wait_exit(Duration::from_secs(5));
-    for pid in pids {
-        assert!(
-            eventually(Duration::from_secs(5), || !alive(pid)),
-            "orphan worker {pid}"
-        );
-    }
+    assert_gone(pids, Duration::from_secs(5), "an orphan worker");
 }
 
 #[test]
 fn sighup_scales_up_and_refuses_a_broken_file() {
-    let base = free_port_range(10);
-    let body = |count: usize| {
-        format!("[balance]\nstrategy = \"round-robin\"\n[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = {count}\nport_base = {base}\n")
-    };
-    let corral = Corral::start(&body(2));
+    // Ports for up to five slots and their replacements.
+    let config = demo(2).set("workers.port_base", free_port_range(10));
+    let corral = Corral::start(&config);
     corral.wait_up(2);
     let before = corral.worker_pids();
-    corral.rewrite(&body(3));
-    corral.signal("HUP");
+    corral.rewrite(&config.clone().set("workers.count", 3));
+    corral.signal(Signal::SIGHUP);
     corral.wait_up(3);
     let after = corral.worker_pids();
     assert_eq!(after.len(), 3);
@@ -277,8 +273,13 @@ fn sighup_scales_up_and_refuses_a_broken_file() {
         1.0
     );
 
-    corral.rewrite("[workers]\ncommand = [\"corral\"]\ncount = \"many\"\n");
-    corral.signal("HUP");
+    corral.rewrite(
+        &config
+            .clone()
+            .set("workers.command", &["corral"])
+            .set("workers.count", "many"),
+    );
+    corral.signal(Signal::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || {
         corral.metric("corral_config_reloads_total{result=\"failure\"}") == 1.0
     }));
@@ -287,33 +288,33 @@ fn sighup_scales_up_and_refuses_a_broken_file() {
     assert!(corral.log().contains("workers.count"), "{}", corral.log());
 
     // Scaling down retires the last slot.
-    corral.rewrite(&body(1));
-    corral.signal("HUP");
+    corral.rewrite(&config.clone().set("workers.count", 1));
+    corral.signal(Signal::SIGHUP);
     assert!(eventually(Duration::from_secs(15), || corral.status()
         ["backends"]
         .as_array()
         .unwrap()
         .len()
         == 1));
-    for pid in &after[1..] {
-        assert!(
-            eventually(Duration::from_secs(10), || !alive(*pid)),
-            "retired worker {pid} runs"
-        );
-    }
+    assert_gone(
+        after[1..].to_vec(),
+        Duration::from_secs(10),
+        "a retired worker",
+    );
 }
 
 #[test]
 fn sighup_that_changes_the_command_rolls_it_out() {
-    let base = free_port_range(6);
-    let body = |env: &str| {
-        format!("[workers]\ncommand = [\"corral\", \"demo-worker\"]\ncount = 2\nport_base = {base}\nenv = {{ FLAVOUR = \"{env}\" }}\n")
-    };
-    let corral = Corral::start(&body("a"));
+    let config = Config::new().demo_workers(2);
+    let corral = Corral::start(
+        &config
+            .clone()
+            .set("workers.env", Raw("{ FLAVOUR = \"a\" }")),
+    );
     corral.wait_up(2);
     let before = corral.worker_pids();
-    corral.rewrite(&body("b"));
-    corral.signal("HUP");
+    corral.rewrite(&config.set("workers.env", Raw("{ FLAVOUR = \"b\" }")));
+    corral.signal(Signal::SIGHUP);
     assert!(
         eventually(Duration::from_secs(20), || {
             let now = corral.worker_pids();
@@ -328,19 +329,12 @@ fn sighup_that_changes_the_command_rolls_it_out() {
 
 #[test]
 fn a_listener_change_on_reload_is_refused() {
-    let corral = Corral::start(&workers(DEMO, 1, ""));
+    let config = demo(1);
+    let corral = Corral::start(&config);
     corral.wait_up(1);
-    let text = std::fs::read_to_string(&corral.config_path)
-        .unwrap()
-        .replace(
-            &corral.front.to_string(),
-            &format!("127.0.0.1:{}", free_port()),
-        );
-    std::fs::write(&corral.config_path, text).unwrap();
-    corral.signal("HUP");
-    assert!(eventually(Duration::from_secs(5), || corral
-        .log()
-        .contains("listener.bind changed")));
+    corral.rewrite(&config.set("listener.bind", format!("127.0.0.1:{}", free_port())));
+    corral.signal(Signal::SIGHUP);
+    corral.wait_log("listener.bind changed", Duration::from_secs(5));
     assert!(get_from(corral.front, None).is_ok());
 }
 
@@ -356,15 +350,9 @@ while True: s.accept()[0].close()\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("loud.py");
     std::fs::write(&path, script).unwrap();
-    let corral = Corral::start(&workers(
-        &format!("[\"python3\", \"{}\"]", path.display()),
-        1,
-        "",
-    ));
+    let corral = Corral::start(&round_robin(&["python3", path.to_str().unwrap()], 1));
     corral.wait_up(1);
-    assert!(eventually(Duration::from_secs(10), || corral
-        .log()
-        .contains("after the flood")));
+    corral.wait_log("after the flood", Duration::from_secs(10));
     let log = corral.log();
     let line = log.lines().find(|l| l.contains("after the flood")).unwrap();
     assert!(line.contains("worker=0"), "{line}");
@@ -392,11 +380,19 @@ while True: s.accept()[0].close()\n";
     let script_path = dir.path().join("env.py");
     std::fs::write(&script_path, py).unwrap();
     let base = free_port_range(4);
-    let corral = Corral::start(&format!(
-        "[workers]\ncommand = [\"python3\", \"{}\", \"{}/out-{{id}}.txt\", \"port={{port}}\"]\ncount = 2\nport_base = {base}\nenv = {{ GREETING = \"hi\" }}\n",
-        script_path.display(),
-        dir.path().display()
-    ));
+    let out = format!("{}/out-{{id}}.txt", dir.path().display());
+    let command = [
+        "python3",
+        script_path.to_str().unwrap(),
+        &out,
+        "port={port}",
+    ];
+    let corral = Corral::start(
+        &Config::new()
+            .workers(&command, 2)
+            .set("workers.port_base", base)
+            .set("workers.env", Raw("{ GREETING = \"hi\" }")),
+    );
     corral.wait_up(2);
     let text = std::fs::read_to_string(dir.path().join("out-1.txt")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -431,11 +427,14 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sickly.py");
     std::fs::write(&path, script).unwrap();
-    let corral = Corral::start(&workers(
-        &format!("[\"python3\", \"{}\"]", path.display()),
-        1,
-        "unhealthy_restart = \"1s\"\n[health]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\nfall = 2\n",
-    ));
+    let corral = Corral::start(
+        &round_robin(&["python3", path.to_str().unwrap()], 1)
+            .set("workers.unhealthy_restart", "1s")
+            .set("health.kind", "http")
+            .set("health.path", "/")
+            .set("health.interval", "200ms")
+            .set("health.fall", 2),
+    );
     corral.wait_up(1);
     let first = corral.worker_pids()[0];
     assert!(
@@ -448,7 +447,7 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
         corral.status(),
         corral.log()
     );
-    assert!(eventually(Duration::from_secs(5), || !alive(first)));
+    assert_gone([first], Duration::from_secs(5), "the unhealthy worker");
     assert!(corral.log().contains("fails its health checks"));
 }
 
@@ -463,22 +462,20 @@ while True: s.accept()[0].close()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.py");
     std::fs::write(&path, script).unwrap();
-    let mut corral = Corral::start(&workers(
-        &format!("[\"python3\", \"{}\"]", path.display()),
-        1,
-        "",
-    ));
+    let mut corral = Corral::start(&round_robin(&["python3", path.to_str().unwrap()], 1));
     // The admin port answers while the worker is still booting.
     assert_eq!(corral.backends_in("up"), 0);
-    corral.signal("HUP");
+    corral.signal(Signal::SIGHUP);
     corral.wait_up(1);
+    // The reload has been handled...
+    assert!(eventually(Duration::from_secs(5), || {
+        corral.metric("corral_config_reloads_total{result=\"success\"}") == 1.0
+    }));
+    // ...and corral still runs.
     assert_eq!(
         corral.wait_exit(Duration::from_millis(200)),
         None,
         "{}",
         corral.log()
     );
-    assert!(eventually(Duration::from_secs(5), || {
-        corral.metric("corral_config_reloads_total{result=\"success\"}") == 1.0
-    }));
 }
