@@ -43,7 +43,7 @@ use corral::config::{StickyConfig, StrategyKind};
 use corral::dispatch::sticky::{client_key, StickyTable};
 use corral::dispatch::{Dispatcher, Tried};
 use corral::metrics::Metrics;
-use corral::pool::{Backend, Kind, Pool, State};
+use corral::pool::{Backend, Kind, Pool};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 /// Clients with an entry before each sticky measurement.
@@ -79,7 +79,7 @@ fn pool(n: usize, metrics: &Metrics) -> Pool {
                     "127.0.0.1:1".parse().unwrap(),
                     metrics,
                 );
-                b.set_lifecycle(State::Up);
+                b.ready(b.instance());
                 b
             })
             .collect(),

@@ -1,14 +1,17 @@
 //! The `corral` command line: parses arguments, loads the config, and hands
 //! over to the library. Exit codes: 0 after a clean stop, 2 for a usage or
-//! config error (nothing started), 1 for a fatal runtime error.
+//! config error (nothing started), 1 for a fatal runtime error (and for a
+//! client command whose corral is unreachable or refuses).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use corral::config::{Config, Overrides};
-use corral::control::Source;
+use clap::{Args, Parser, Subcommand};
+use corral::cli::{self, Target};
+use corral::config::{self, Config, ListenMode, Overrides, StrategyKind};
+use corral::control::reload;
+use corral::Source;
 
 #[derive(Parser)]
 #[command(
@@ -31,20 +34,56 @@ enum Command {
         /// Number of workers, or "auto" for one per CPU (overrides workers.count).
         #[arg(short = 'i', long = "instances", value_name = "N", value_parser = parse_count)]
         instances: Option<usize>,
-        /// Front-end address (overrides listener.bind).
-        #[arg(long, value_name = "ADDR")]
+        /// Front-end address, e.g. 0.0.0.0:8080 or :8080 (overrides listener.bind).
+        #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
         bind: Option<SocketAddr>,
-        /// The worker command, after `--` (overrides workers.command).
+        /// Admin address (overrides admin.bind).
+        #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+        admin: Option<SocketAddr>,
+        /// round-robin, least-connections or sticky (overrides balance.strategy).
+        #[arg(long, value_name = "NAME", value_parser = parse_strategy)]
+        strategy: Option<StrategyKind>,
+        /// port or fd (overrides workers.listen).
+        #[arg(long, value_name = "MODE", value_parser = parse_listen)]
+        listen: Option<ListenMode>,
+        /// The worker command, after `--` (replaces workers.command).
         #[arg(last = true, value_name = "PROGRAM ARGS")]
         command: Vec<String>,
     },
-    /// Validate a config file and exit.
+    /// Validate a config file and exit: every error, with file, line and key.
     Check {
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: PathBuf,
+        /// The config file (also accepted as -c FILE).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "config", value_name = "FILE", conflicts_with = "file")]
+        config: Option<PathBuf>,
+    },
+    /// Show the running corral's backends as a table.
+    Status(Find),
+    /// Ask the running corral for a rolling restart of its workers.
+    Restart(Find),
+    /// Ask the running corral to reload its config file.
+    Reload(Find),
+    /// Set the running corral's worker count (until the next reload from file).
+    Scale {
+        #[arg(value_name = "N", value_parser = parse_count)]
+        count: usize,
+        #[command(flatten)]
+        find: Find,
     },
     /// Run the built-in demo HTTP backend on $PORT.
     DemoWorker,
+}
+
+/// How a client command finds the running corral.
+#[derive(Args)]
+struct Find {
+    /// Its admin address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, conflicts_with = "config")]
+    admin: Option<SocketAddr>,
+    /// Its config file (admin.bind and admin.token_file are read from it).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn parse_count(text: &str) -> Result<usize, String> {
@@ -58,6 +97,31 @@ fn parse_count(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    config::parse_addr(text).ok_or_else(|| {
+        format!("`{text}` is not an address with a port, such as 127.0.0.1:8080, :8080 or localhost:8080")
+    })
+}
+
+fn parse_strategy(text: &str) -> Result<StrategyKind, String> {
+    match text {
+        "round-robin" => Ok(StrategyKind::RoundRobin),
+        "least-connections" => Ok(StrategyKind::LeastConnections),
+        "sticky" => Ok(StrategyKind::Sticky),
+        _ => Err(format!(
+            "`{text}`: write round-robin, least-connections or sticky"
+        )),
+    }
+}
+
+fn parse_listen(text: &str) -> Result<ListenMode, String> {
+    match text {
+        "port" => Ok(ListenMode::Port),
+        "fd" => Ok(ListenMode::Fd),
+        _ => Err(format!("`{text}`: write port or fd")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -65,15 +129,21 @@ fn main() -> ExitCode {
             config,
             instances,
             bind,
+            admin,
+            strategy,
+            listen,
             command,
         } => {
             let overrides = Overrides {
                 count: instances,
                 bind,
+                admin,
+                strategy,
+                listen,
                 command: (!command.is_empty()).then_some(command),
             };
             let loaded = match &config {
-                Some(file) => corral::control::load(file, &overrides),
+                Some(file) => reload::load(file, &overrides).map_err(|e| e.to_string()),
                 None => {
                     let mut embedded = Config::embedded();
                     embedded.apply(overrides.clone()).map(|()| embedded)
@@ -98,16 +168,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { file, config } => {
+            let Some(path) = file.or(config) else {
+                eprintln!("corral check: name the config file");
+                return ExitCode::from(2);
+            };
+            check(&path)
+        }
+        Command::Status(find) => client(&find, cli::status),
+        Command::Restart(find) => client(&find, cli::restart),
+        Command::Reload(find) => client(&find, cli::reload),
+        Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
         Command::DemoWorker => match corral::demo_worker::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -115,5 +186,69 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a client command against the corral that `find` names.
+fn client(find: &Find, command: impl FnOnce(&Target) -> Result<String, cli::ClientError>) -> ExitCode {
+    let target = match (&find.admin, &find.config) {
+        (Some(admin), _) => Target {
+            admin: *admin,
+            token: None,
+        },
+        (None, Some(file)) => match Config::load(file) {
+            Ok(config) => Target {
+                admin: reachable(config.admin.bind),
+                token: config.admin.token.clone(),
+            },
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => Target {
+            admin: Config::embedded().admin.bind,
+            token: None,
+        },
+    };
+    match command(&target) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("corral: error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An admin address bound to every interface is reached over loopback.
+fn reachable(bind: SocketAddr) -> SocketAddr {
+    if bind.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if bind.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(loopback, bind.port())
+    } else {
+        bind
     }
 }

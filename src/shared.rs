@@ -1,7 +1,12 @@
-//! The state every part of the master shares: the current config and pool,
-//! the dispatcher, the metrics, and the process's lifecycle flags. One
-//! `Arc<Shared>` is handed to the listener, the supervisor, the health
-//! checks, the admin server and the control loop.
+//! The state every part of the master shares, each piece with one owner:
+//!
+//! - the [`Snapshot`] (config and pool, swapped together): published only
+//!   by [`Shared::publish`], which start-up and reloads call;
+//! - the dispatcher (round-robin counter, sticky table): dispatch's own;
+//! - the metrics registry: written through the handles it hands out;
+//! - the process's lifecycle (bound, draining, the stop and cut tokens,
+//!   the open connections): changed only by the lifecycle in
+//!   [`crate::control::lifecycle`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,12 +18,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, SharedPool};
+use crate::pool::Snapshot;
 
 pub struct Shared {
-    /// The config in force; replaced whole by a successful reload.
-    pub config: ArcSwap<Config>,
-    pub pool: SharedPool,
+    current: ArcSwap<Snapshot>,
     pub dispatcher: Dispatcher,
     pub metrics: Metrics,
     /// Every proxied connection, so shutdown can wait for them to finish.
@@ -33,13 +36,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state for `config`, its pool built at once.
     pub fn new(config: Config) -> Arc<Shared> {
-        // The pool is filled by the caller: backends need the metrics to exist.
+        let metrics = Metrics::new();
         Arc::new(Shared {
             dispatcher: Dispatcher::new(&config.sticky),
-            config: ArcSwap::from_pointee(config),
-            pool: ArcSwap::from_pointee(Pool::new(Vec::new())),
-            metrics: Metrics::new(),
+            current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
+            metrics,
             connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut_connections: CancellationToken::new(),
@@ -48,11 +51,30 @@ impl Shared {
         })
     }
 
-    pub fn set_bound(&self) {
+    /// The config and pool in force, as one consistent view.
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.current.load().config)
+    }
+
+    /// Publishes a new config with the pool built from it (a reload).
+    /// Returns the snapshot it replaced.
+    pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
+        self.dispatcher.sticky.configure(&config.sticky);
+        let next = self.current.load().next(config, &self.metrics);
+        self.current.swap(Arc::new(next))
+    }
+
+    pub(crate) fn set_bound(&self) {
         self.bound.store(true, Ordering::Release);
     }
 
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
@@ -62,6 +84,6 @@ impl Shared {
 
     /// `/readyz`: bound, not draining, and at least one backend up.
     pub fn is_ready(&self) -> bool {
-        self.bound.load(Ordering::Acquire) && !self.is_draining() && self.pool.load().any_up()
+        self.bound.load(Ordering::Acquire) && !self.is_draining() && self.snapshot().pool.any_up()
     }
 }

@@ -3,6 +3,7 @@
 //! column and key that caused it. `raw` mirrors the file; this module turns it
 //! into something the rest of corral can trust.
 
+pub mod defaults;
 mod error;
 mod raw;
 
@@ -15,13 +16,13 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
-pub use raw::{HealthKind, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
+pub use raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
 
 use error::Problems;
 use raw::{RawConfig, RawWorkers};
 
 /// The configuration corral runs with when started without `-c`: the
-/// built-in demo backend, two workers, sticky placement.
+/// built-in demo backend, two workers, round-robin.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// A complete, validated configuration.
@@ -83,6 +84,15 @@ pub struct WorkersConfig {
     /// restarted (hung but alive); `None` leaves it out of rotation only.
     pub unhealthy_restart: Option<Duration>,
     pub send_proxy: SendProxy,
+    /// How workers get their clients: their own port (corral proxies) or
+    /// a handed front-end socket.
+    pub listen: ListenMode,
+    /// A worker whose resident memory (its whole tree) stays above this many
+    /// bytes is replaced the rolling way.
+    pub max_memory: Option<u64>,
+    /// Each worker's own metrics, scraped from its port at this path and
+    /// served in corral's `/metrics` with a `worker` label.
+    pub metrics_path: Option<String>,
 }
 
 impl WorkersConfig {
@@ -127,6 +137,8 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
+    /// `None` when `"0s"`: a silent backend is never given up.
+    pub first_byte: Option<Duration>,
     pub idle: Duration,
     pub drain: Duration,
 }
@@ -167,6 +179,9 @@ pub struct Privileges {
 pub struct Overrides {
     pub count: Option<usize>,
     pub bind: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub strategy: Option<StrategyKind>,
+    pub listen: Option<ListenMode>,
     pub command: Option<Vec<String>>,
 }
 
@@ -200,10 +215,17 @@ impl Config {
         }
     }
 
-    /// Applies command-line overrides and re-checks the rules they touch.
+    /// Applies command-line overrides and re-checks the cross-key rules
+    /// they touch (the same ones a file is checked against).
     pub fn apply(&mut self, overrides: Overrides) -> Result<(), String> {
         if let Some(bind) = overrides.bind {
             self.listener.binds = vec![bind];
+        }
+        if let Some(admin) = overrides.admin {
+            self.admin.bind = admin;
+        }
+        if let Some(strategy) = overrides.strategy {
+            self.strategy = strategy;
         }
         if let Some(command) = overrides.command {
             if command.is_empty() {
@@ -214,6 +236,12 @@ impl Config {
                 None => self.workers = Some(default_workers(command)),
             }
         }
+        if let Some(listen) = overrides.listen {
+            let Some(workers) = &mut self.workers else {
+                return Err("--listen needs a worker command (in [workers] or after `--`)".into());
+            };
+            workers.listen = listen;
+        }
         if let Some(count) = overrides.count {
             let Some(workers) = &mut self.workers else {
                 return Err("-i needs a worker command (in [workers] or after `--`)".into());
@@ -222,15 +250,23 @@ impl Config {
                 return Err("-i must be at least 1".into());
             }
             workers.count = count;
-            if workers.port_base as usize + 2 * count > 65536 {
-                return Err(format!(
-                    "-i {count}: ports {}..{} do not fit below 65536",
-                    workers.port_base,
-                    workers.port_base as usize + 2 * count
-                ));
-            }
         }
-        Ok(())
+        let mut problems = Problems::new("");
+        cross_check(self, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems
+                .into_error(Path::new("<command line>"))
+                .problems
+                .iter()
+                .map(|p| match &p.key {
+                    Some(key) => format!("key `{key}`: {}", p.message),
+                    None => p.message.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
     }
 }
 
@@ -242,18 +278,86 @@ pub fn worker_label(id: usize) -> String {
 fn default_workers(command: Vec<String>) -> WorkersConfig {
     WorkersConfig {
         command,
-        count: 4,
-        host: IpAddr::from([127, 0, 0, 1]),
-        port_base: 9100,
+        count: defaults::WORKERS_COUNT,
+        host: defaults::WORKERS_HOST,
+        port_base: defaults::WORKERS_PORT_BASE as u16,
         env: BTreeMap::new(),
         cwd: PathBuf::from("."),
-        ready_timeout: Duration::from_secs(10),
-        stop_timeout: Duration::from_secs(10),
-        restart_delay: Duration::from_millis(100),
-        restart_delay_max: Duration::from_secs(30),
-        min_uptime: Duration::from_secs(5),
+        ready_timeout: defaults::WORKERS_READY_TIMEOUT,
+        stop_timeout: defaults::WORKERS_STOP_TIMEOUT,
+        restart_delay: defaults::WORKERS_RESTART_DELAY,
+        restart_delay_max: defaults::WORKERS_RESTART_DELAY_MAX,
+        min_uptime: defaults::WORKERS_MIN_UPTIME,
         unhealthy_restart: None,
         send_proxy: SendProxy::None,
+        listen: ListenMode::Port,
+        max_memory: None,
+        metrics_path: None,
+    }
+}
+
+/// The rules that tie keys of different sections together; checked for a
+/// file and again after command-line overrides.
+fn cross_check(config: &Config, p: &mut Problems) {
+    let mut seen = HashSet::new();
+    for bind in &config.listener.binds {
+        if !seen.insert(*bind) {
+            p.general(
+                Some("listener.bind"),
+                format!("{bind} is listed twice: list each front-end address once"),
+            );
+        }
+        if *bind == config.admin.bind
+            || (bind.port() == config.admin.bind.port()
+                && (bind.ip().is_unspecified() || config.admin.bind.ip().is_unspecified()))
+        {
+            p.general(
+                Some("admin.bind"),
+                format!(
+                    "{} is also a front-end address (listener.bind): give the admin port a port of its own, such as \"127.0.0.1:9090\"",
+                    config.admin.bind
+                ),
+            );
+        }
+    }
+    if let Some(w) = &config.workers {
+        if w.port_base as usize + 2 * w.count > 65536 {
+            p.general(
+                Some("workers.port_base"),
+                format!(
+                    "workers use ports {}..{} (two per slot for rolling restarts), past 65535",
+                    w.port_base,
+                    w.port_base as usize + 2 * w.count - 1
+                ),
+            );
+            return;
+        }
+        let ports = w.port_base..w.port_base + 2 * w.count as u16;
+        for (key, addr) in config
+            .listener
+            .binds
+            .iter()
+            .map(|a| ("listener.bind", a))
+            .chain([("admin.bind", &config.admin.bind)])
+        {
+            if ports.contains(&addr.port()) {
+                p.general(
+                    Some(key),
+                    format!(
+                        "port {} is also a worker port (workers use {}..{}, two per slot): move workers.port_base",
+                        addr.port(),
+                        ports.start,
+                        ports.end - 1
+                    ),
+                );
+            }
+        }
+        if w.listen == ListenMode::Fd {
+            p.general(
+                Some("workers.listen"),
+                "\"fd\" (handing workers the front-end socket) is not available in this release: write listen = \"port\"",
+            );
+        }
     }
 }
 
@@ -392,28 +496,6 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         })
         .collect();
 
-    if let Some(w) = &workers {
-        let ports = w.port_base..w.port_base.saturating_add(2 * w.count as u16);
-        for (key, addr) in listener
-            .binds
-            .iter()
-            .map(|a| ("listener.bind", a))
-            .chain([("admin.bind", &admin.bind)])
-        {
-            if ports.contains(&addr.port()) {
-                p.general(
-                    Some(key),
-                    format!(
-                        "port {} is also a worker port (workers use {}..{}, two per slot): move port_base",
-                        addr.port(),
-                        ports.start,
-                        ports.end - 1
-                    ),
-                );
-            }
-        }
-    }
-
     if workers.is_none() && backends.is_empty() && p.is_empty() {
         p.general(
             None,
@@ -454,6 +536,12 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             Duration::from_secs(2),
             p,
         ),
+        first_byte: optional_duration(
+            raw.timeouts.first_byte,
+            "timeouts.first_byte",
+            defaults::TIMEOUT_FIRST_BYTE,
+            p,
+        ),
         idle: duration(
             raw.timeouts.idle,
             "timeouts.idle",
@@ -472,18 +560,21 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         format: raw.log.format.unwrap_or_default(),
         level: match raw.log.level {
             Some(level) => {
-                if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                if !is_log_filter(level.get_ref()) {
                     p.at(
                         level.span(),
                         "log.level",
-                        format!("not a level or filter (trace, debug, info, warn, error): {e}"),
+                        format!(
+                            "`{}` is not a level: write level = \"info\" (trace, debug, info, warn, error, off) or a filter such as \"corral=debug\"",
+                            level.get_ref()
+                        ),
                     );
                 }
                 level.into_inner()
             }
             None => "info".to_string(),
         },
-        connections: raw.log.connections.unwrap_or(true),
+        connections: raw.log.connections.unwrap_or(defaults::LOG_CONNECTIONS),
     };
 
     let threads = int(raw.runtime.threads, "runtime.threads", 0, 1024, 0, p) as usize;
@@ -493,7 +584,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         drop_to: privileges(raw.runtime.user, raw.runtime.group, p),
     };
 
-    Some(Config {
+    let config = Config {
         source: None,
         listener,
         admin,
@@ -505,10 +596,13 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         timeouts,
         log,
         runtime,
-    })
+    };
+    cross_check(&config, p);
+    Some(config)
 }
 
 fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<WorkersConfig> {
+    let command_span = w.command.as_ref().map(|c| c.span());
     let command = match w.command {
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
             p.at(c.span(), "workers.command", "must name a program");
@@ -563,6 +657,20 @@ fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<Worker
         }
     }
     let cwd = PathBuf::from(w.cwd.unwrap_or_else(|| ".".to_string()));
+    if !cwd.is_dir() {
+        p.general(
+            Some("workers.cwd"),
+            format!(
+                "`{}` is not a directory (relative paths start where corral is started)",
+                cwd.display()
+            ),
+        );
+    }
+    if let Some((program, span)) = command.as_ref().zip(command_span.clone()) {
+        if let Err(why) = runnable(&program[0], &cwd) {
+            p.at(span, "workers.command", why);
+        }
+    }
     let mut config = default_workers(command?);
     config.count = count;
     config.host = host?;
@@ -598,7 +706,109 @@ fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<Worker
         .unhealthy_restart
         .map(|d| duration(Some(d), "workers.unhealthy_restart", Duration::ZERO, p));
     config.send_proxy = send_proxy(w.send_proxy);
+    config.listen = w.listen.map(Spanned::into_inner).unwrap_or_default();
+    config.max_memory = w.max_memory.and_then(|m| {
+        if m.get_ref().trim().is_empty() {
+            return None;
+        }
+        match parse_size(m.get_ref()) {
+            Some(bytes) if bytes > 0 => Some(bytes),
+            _ => {
+                p.at(
+                    m.span(),
+                    "workers.max_memory",
+                    format!(
+                        "`{}` is not a size: write max_memory = \"512MiB\" (units B, KiB, MiB, GiB, KB, MB, GB)",
+                        m.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
+    config.metrics_path = w.metrics_path.and_then(|m| match m.get_ref().as_str() {
+        "" => None,
+        path if path.starts_with('/') => Some(path.to_string()),
+        _ => {
+            p.at(
+                m.span(),
+                "workers.metrics_path",
+                "must start with `/`: write metrics_path = \"/metrics\"",
+            );
+            None
+        }
+    });
     Some(config)
+}
+
+/// A level, or a tracing filter whose every directive names a level
+/// (`corral=debug,info`). A bare word that is not a level would be read as
+/// a target name and silence everything.
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !text.trim().is_empty()
+        && text.split(',').all(|directive| match directive.rsplit_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(directive),
+        })
+        && tracing_subscriber::EnvFilter::try_new(text).is_ok()
+}
+
+/// Can `program` be started from `cwd`? `corral` is this binary; a name
+/// with a slash is a path (relative to `cwd`); any other name is looked up
+/// in `PATH`, as exec does.
+fn runnable(program: &str, cwd: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if program == "corral" || program.contains('{') {
+        return Ok(());
+    }
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = cwd.join(program);
+        return match std::fs::metadata(&path) {
+            Err(_) => Err(format!("`{program}` does not exist")),
+            Ok(_) if !executable(&path) => Err(format!(
+                "`{program}` is not an executable file (chmod +x it, or name its interpreter: command = [\"python3\", \"{program}\"])"
+            )),
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no program `{program}` in PATH: install it, or give its full path"
+        ))
+    }
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+impl Config {
+    /// What is allowed but likely to hurt: printed by `corral check`,
+    /// logged at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(w), Some((low, high))) = (&self.workers, ephemeral_ports()) {
+            let last = w.port_base as usize + 2 * w.count - 1;
+            if (w.port_base as usize) <= high as usize && last >= low as usize {
+                warnings.push(format!(
+                    "key `workers.port_base`: worker ports {}..{} overlap the kernel's ephemeral range {low}..{high} (ip_local_port_range): an outgoing connection may take a worker's port; choose a port_base below {low}",
+                    w.port_base, last
+                ));
+            }
+        }
+        warnings
+    }
 }
 
 fn cpus() -> usize {
@@ -655,21 +865,72 @@ fn duration(
     }
 }
 
-fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
-    match value.get_ref().trim().parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            p.at(
-                value.span(),
-                key,
-                format!(
-                    "`{}` is not an address with a port, such as \"127.0.0.1:8080\" or \"[::]:8080\"",
-                    value.get_ref()
-                ),
-            );
-            None
-        }
+/// A duration where `"0s"` means "never": `None`.
+fn optional_duration(
+    value: Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Option<Duration> {
+    match value {
+        Some(v) if humantime::parse_duration(v.get_ref().trim()).is_ok_and(|d| d.is_zero()) => None,
+        other => Some(duration(other, key, default, p)),
     }
+}
+
+/// A size such as "512MiB", "2GB" or "1048576" (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((number * scale) as u64)
+}
+
+/// An address with a port: `"127.0.0.1:8080"`, `"[::]:8080"`, `":8080"`
+/// (every IPv4 interface) or `"localhost:8080"`.
+pub fn parse_addr(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().ok()
+}
+
+fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+    let parsed = parse_addr(value.get_ref());
+    if parsed.is_none() {
+        p.at(
+            value.span(),
+            key,
+            format!(
+                "`{}` is not an address with a port, such as \"127.0.0.1:8080\", \":8080\" or \"[::]:8080\"",
+                value.get_ref()
+            ),
+        );
+    }
+    parsed
 }
 
 /// A backend address: an IP and port, or a host name resolved once at load.
@@ -800,7 +1061,8 @@ mod tests {
         let c = Config::embedded();
         assert_eq!(c.listener.binds, vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(c.admin.bind, "127.0.0.1:9090".parse().unwrap());
-        assert_eq!(c.strategy, StrategyKind::Sticky);
+        assert_eq!(c.strategy, StrategyKind::RoundRobin);
+        assert!(!c.log.connections);
         assert_eq!(c.workers.as_ref().map(|w| w.count), Some(2));
     }
 
@@ -838,7 +1100,7 @@ mod tests {
 
     #[test]
     fn zero_workers_is_an_error() {
-        let err = parse("[workers]\ncommand = [\"x\"]\ncount = 0\n").unwrap_err();
+        let err = parse("[workers]\ncommand = [\"sh\"]\ncount = 0\n").unwrap_err();
         assert_eq!(err.problems[0].key.as_deref(), Some("workers.count"));
         assert_eq!(err.problems[0].line, 3);
     }
@@ -853,7 +1115,7 @@ mod tests {
 
     #[test]
     fn worker_ports_alternate() {
-        let c = parse("[workers]\ncommand = [\"x\"]\ncount = 3\nport_base = 9000\n").unwrap();
+        let c = parse("[workers]\ncommand = [\"sh\"]\ncount = 3\nport_base = 9000\n").unwrap();
         let w = c.workers.unwrap();
         assert_eq!(w.port(1, false), 9001);
         assert_eq!(w.port(1, true), 9004);
@@ -866,6 +1128,7 @@ mod tests {
             count: Some(3),
             bind: Some("127.0.0.1:7000".parse().unwrap()),
             command: Some(vec!["node".into(), "app.js".into()]),
+            ..Overrides::default()
         })
         .unwrap();
         let w = c.workers.as_ref().unwrap();

@@ -75,9 +75,9 @@ pub struct RawAdmin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
+    #[default]
     RoundRobin,
     LeastConnections,
-    #[default]
     Sticky,
 }
 
@@ -125,6 +125,29 @@ pub struct RawWorkers {
     pub min_uptime: Option<Spanned<String>>,
     pub unhealthy_restart: Option<Spanned<String>>,
     pub send_proxy: Option<Spanned<SendProxy>>,
+    pub listen: Option<Spanned<ListenMode>>,
+    pub max_memory: Option<Spanned<String>>,
+    pub metrics_path: Option<Spanned<String>>,
+}
+
+/// How workers get their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// Each worker listens on its own port; corral proxies.
+    #[default]
+    Port,
+    /// corral hands each worker a listening socket on the front end.
+    Fd,
+}
+
+impl ListenMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenMode::Port => "port",
+            ListenMode::Fd => "fd",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +182,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<Spanned<String>>,
+    pub first_byte: Option<Spanned<String>>,
     pub idle: Option<Spanned<String>>,
     pub drain: Option<Spanned<String>>,
 }

@@ -145,10 +145,32 @@ impl Dispatcher {
     }
 }
 
+/// Expires sticky entries and enforces `max_entries`, off the proxy threads,
+/// until the process exits.
+pub async fn sweep_sticky(shared: std::sync::Arc<crate::shared::Shared>) {
+    use std::time::Duration;
+    loop {
+        let ttl = shared.config().sticky.ttl;
+        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.dispatcher.sticky.over_limit.notified() => {}
+        }
+        let table = std::sync::Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || table.dispatcher.sticky.sweep()).await;
+        shared
+            .metrics
+            .sticky_entries
+            .set(shared.dispatcher.sticky.len() as i64);
+        // At most ten passes a second, however fast new clients arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{Backend, Kind, State};
+    use crate::pool::{Backend, Kind};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -162,7 +184,7 @@ mod tests {
                         "127.0.0.1:1".parse().unwrap(),
                         metrics,
                     );
-                    b.set_lifecycle(State::Up);
+                    b.ready(b.instance());
                     b
                 })
                 .collect(),
@@ -183,7 +205,7 @@ mod tests {
         let m = Metrics::new();
         let p = pool(3, &m);
         let d = dispatcher();
-        p.backends[1].set_healthy(false);
+        p.backends[1].crashed();
         let picks: Vec<_> = (0..4)
             .map(|_| {
                 d.pick(StrategyKind::RoundRobin, &p, 0, &Tried::default())
@@ -223,7 +245,7 @@ mod tests {
             .unwrap();
         d.placed(StrategyKind::Sticky, &p, client, first, &m);
         assert_eq!(m.sticky_miss.get(), 1);
-        p.backends[first].set_healthy(false);
+        p.backends[first].crashed();
         let second = d
             .pick(StrategyKind::Sticky, &p, client, &Tried::default())
             .unwrap();
@@ -231,7 +253,7 @@ mod tests {
         d.placed(StrategyKind::Sticky, &p, client, second, &m);
         assert_eq!(m.sticky_redispatch.get(), 1);
         // The client stays on its new backend when the old one returns.
-        p.backends[first].set_healthy(true);
+        p.backends[first].ready(p.backends[first].instance());
         assert_eq!(
             d.pick(StrategyKind::Sticky, &p, client, &Tried::default()),
             Some(second)

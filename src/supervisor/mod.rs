@@ -3,9 +3,12 @@
 //! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
 //! long-lived thread is in [`spawn`].
 
+mod ports;
+pub mod resources;
 mod slot;
 pub mod spawn;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -13,10 +16,21 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkersConfig;
-use crate::pool::{Backend, State};
+use crate::pool::Backend;
 use crate::shared::Shared;
-use slot::{Command, PortBook, Slot};
+use ports::PortBook;
+pub use slot::SlotError;
+use slot::{Command, Slot};
 use spawn::Spawner;
+
+/// A rolling restart that stopped part-way.
+#[derive(Debug, thiserror::Error)]
+#[error("rolling restart stopped at worker {slot}: {source}")]
+pub struct RolloutError {
+    pub slot: usize,
+    #[source]
+    pub source: SlotError,
+}
 
 struct SlotHandle {
     backend: Arc<Backend>,
@@ -33,6 +47,9 @@ pub struct Supervisor {
     slots: Mutex<Vec<SlotHandle>>,
     /// Held for the length of a rolling restart: one at a time.
     rollout: Mutex<()>,
+    /// A restart asked for by a signal or the admin API is pending or
+    /// running: further requests merge into it.
+    restart_requested: AtomicBool,
 }
 
 impl Supervisor {
@@ -43,16 +60,25 @@ impl Supervisor {
             ports: Arc::new(PortBook::default()),
             slots: Mutex::new(Vec::new()),
             rollout: Mutex::new(()),
+            restart_requested: AtomicBool::new(false),
         })
     }
 
     /// Starts a slot task for each of `backends` (worker backends, in slot
-    /// order) beyond those already running.
-    pub async fn start_slots(&self, workers: &Arc<WorkersConfig>, backends: &[Arc<Backend>]) {
+    /// order) beyond those already running. Each returned receiver hears
+    /// when that slot's first process is ready or has failed.
+    pub async fn start_slots(
+        &self,
+        workers: &Arc<WorkersConfig>,
+        backends: &[Arc<Backend>],
+    ) -> Vec<oneshot::Receiver<()>> {
         let mut slots = self.slots.lock().await;
+        let mut first_starts = Vec::new();
         for backend in backends.iter().skip(slots.len()) {
             let id = slots.len();
             let (commands, incoming) = mpsc::channel(4);
+            let (first_start, heard) = oneshot::channel();
+            first_starts.push(heard);
             let stop = CancellationToken::new();
             let slot = Slot {
                 id,
@@ -61,7 +87,12 @@ impl Supervisor {
                 shared: Arc::clone(&self.shared),
                 ports: Arc::clone(&self.ports),
             };
-            let task = tokio::spawn(slot.run(Arc::clone(workers), incoming, stop.clone()));
+            let task = tokio::spawn(slot.run(
+                Arc::clone(workers),
+                incoming,
+                stop.clone(),
+                first_start,
+            ));
             slots.push(SlotHandle {
                 backend: Arc::clone(backend),
                 commands,
@@ -69,6 +100,26 @@ impl Supervisor {
                 task,
             });
         }
+        first_starts
+    }
+
+    /// A rolling restart asked for by SIGUSR2 or `POST /workers/restart`,
+    /// run in the background. While one is pending or running, further
+    /// requests are merged into it. False when merged.
+    pub fn request_rolling_restart(self: &Arc<Self>, workers: Arc<WorkersConfig>) -> bool {
+        if self.restart_requested.swap(true, Ordering::AcqRel) {
+            tracing::info!("a rolling restart is already pending or running; request merged");
+            return false;
+        }
+        let supervisor = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = supervisor.rolling_restart(workers, usize::MAX).await;
+            supervisor.restart_requested.store(false, Ordering::Release);
+            if let Err(error) = result {
+                tracing::error!(%error, "rolling restart failed");
+            }
+        });
+        true
     }
 
     /// The worker backends, in slot order.
@@ -89,7 +140,7 @@ impl Supervisor {
         &self,
         workers: Arc<WorkersConfig>,
         limit: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), RolloutError> {
         // One rollout at a time; a later request (a reload's new command)
         // waits its turn rather than being dropped.
         let _rollout = self.rollout.lock().await;
@@ -114,11 +165,7 @@ impl Supervisor {
             }
             match result.await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    let message = format!("rolling restart stopped at worker {id}: {error}");
-                    tracing::error!("{message}");
-                    return Err(message);
-                }
+                Ok(Err(source)) => return Err(RolloutError { slot: id, source }),
                 Err(_) => continue,
             }
         }
@@ -136,20 +183,15 @@ impl Supervisor {
             }
             slots.drain(count..).collect()
         };
-        let drain = self.shared.config.load().timeouts.drain;
+        let drain = self.shared.config().timeouts.drain;
         // All retired slots drain at once: scaling down by k takes one
         // drain, not k of them.
         let mut draining = tokio::task::JoinSet::new();
         for slot in retired {
-            slot.backend.set_lifecycle(State::Draining);
+            slot.backend.draining();
             draining.spawn(async move {
                 let instance = slot.backend.instance();
-                let _ = tokio::time::timeout(drain, async {
-                    while instance.active() > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                })
-                .await;
+                let _ = tokio::time::timeout(drain, instance.drained()).await;
                 slot.stop.cancel();
                 let _ = slot.task.await;
                 slot.backend

@@ -7,54 +7,47 @@
 //! shutdown. State goes `starting` → `up` → (`draining` →) `stopped`, or
 //! `down` while it is crashed and waiting for its restart.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::ports::PortBook;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
 use crate::config::WorkersConfig;
-use crate::health;
-use crate::pool::{Backend, Instance, State};
+use crate::health::{self, Verdict};
+use crate::pool::{Backend, Instance};
 use crate::shared::Shared;
 
-/// How often readiness and drain progress are polled.
-const POLL: Duration = Duration::from_millis(50);
+/// The longest pause between two readiness probes of a starting worker
+/// (they start at 2 ms: most workers bind within milliseconds). A process
+/// that starts listening sends corral no notice, so this one wait polls.
+const READY_PROBE_MAX: Duration = Duration::from_millis(50);
+
+/// Why a worker could not be started or replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("ports {primary} and {alternate} are both in use (by other workers or other processes)")]
+    PortsInUse { primary: u16, alternate: u16 },
+    #[error("cannot start the worker: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("not accepting connections on {addr} within ready_timeout ({timeout:?}); killed")]
+    NotReady { addr: SocketAddr, timeout: Duration },
+    #[error("exited before it was ready ({0})")]
+    ExitedEarly(String),
+    #[error("stopped while starting")]
+    Stopped,
+}
 
 /// Asks a running slot to do something.
 pub enum Command {
     /// Replace the process with one started from `workers` (rolling restart).
     Replace {
         workers: Arc<WorkersConfig>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), SlotError>>,
     },
-}
-
-/// Ports held by live worker processes, so that a slot never starts a
-/// process on a port another slot's process is using (the alternate ports
-/// shift when `count` changes on reload).
-#[derive(Default)]
-pub struct PortBook(Mutex<Vec<u16>>);
-
-impl PortBook {
-    /// Claims the first of `candidates` that no worker holds and nothing
-    /// else on `host` listens on (a stranger on the port would pass the
-    /// readiness check and get the slot's traffic).
-    fn claim(&self, host: IpAddr, candidates: [u16; 2]) -> Option<u16> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let port = candidates
-            .into_iter()
-            .find(|&p| !held.contains(&p) && std::net::TcpListener::bind((host, p)).is_ok())?;
-        held.push(port);
-        Some(port)
-    }
-
-    fn release(&self, port: u16) {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|&p| p != port);
-    }
 }
 
 /// What a slot task needs; moved into the task.
@@ -74,26 +67,33 @@ struct Live {
 
 impl Slot {
     /// Runs the slot until `stop` is cancelled; the process is stopped
-    /// before this returns.
+    /// before this returns. `first_start` hears when the first process is
+    /// ready or has failed.
     pub async fn run(
         self,
         mut workers: Arc<WorkersConfig>,
         mut commands: mpsc::Receiver<Command>,
         stop: CancellationToken,
+        first_start: oneshot::Sender<()>,
     ) {
+        let mut first_start = Some(first_start);
         let mut delay = workers.restart_delay;
         while !stop.is_cancelled() {
             // A restart uses the config in force (a reload may have changed
             // timeouts, the count or the command since this slot started).
-            if let Some(current) = self.shared.config.load().workers.as_ref() {
+            if let Some(current) = self.shared.config().workers.as_ref() {
                 if self.id < current.count && *current != *workers {
                     workers = Arc::new(current.clone());
                 }
             }
-            self.backend.set_lifecycle(State::Starting);
-            match self.start(&workers, None, &stop).await {
+            self.backend.starting();
+            let started = self.start(&workers, None, &stop).await;
+            match started {
                 Ok(mut live) => {
                     self.go_live(&live, &workers);
+                    if let Some(tell) = first_start.take() {
+                        let _ = tell.send(());
+                    }
                     let up_since = Instant::now();
                     let mut hang_check = tokio::time::interval(Duration::from_secs(1));
                     loop {
@@ -108,14 +108,14 @@ impl Slot {
                                         unhealthy_restart = ?limit,
                                         "worker runs but fails its health checks; restarting it"
                                     );
-                                    self.backend.set_lifecycle(State::Down);
+                                    self.backend.restarting_unhealthy();
                                     live.process.stop(workers.stop_timeout).await;
                                     self.ports.release(live.port);
                                     break;
                                 }
                             }
                             status = live.process.wait() => {
-                                self.backend.set_lifecycle(State::Down);
+                                self.backend.crashed();
                                 // Whatever it started (npm -> node) goes too,
                                 // or it would keep the port.
                                 super::spawn::kill_group(live.process.pid);
@@ -142,7 +142,7 @@ impl Slot {
                                 }
                             },
                             _ = stop.cancelled() => {
-                                self.backend.set_lifecycle(State::Stopped);
+                                self.backend.stopped();
                                 live.process.stop(workers.stop_timeout).await;
                                 self.ports.release(live.port);
                                 tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
@@ -155,7 +155,10 @@ impl Slot {
                     if stop.is_cancelled() {
                         break;
                     }
-                    self.backend.set_lifecycle(State::Down);
+                    self.backend.failed_to_start();
+                    if let Some(tell) = first_start.take() {
+                        let _ = tell.send(());
+                    }
                     tracing::error!(worker = self.id, %error, "worker failed to start");
                 }
             }
@@ -176,16 +179,14 @@ impl Slot {
             }
             delay = (delay * 2).min(workers.restart_delay_max);
         }
-        self.backend.set_lifecycle(State::Stopped);
+        self.backend.stopped();
     }
 
     /// Puts a ready process in rotation.
     fn go_live(&self, live: &Live, workers: &WorkersConfig) {
         let addr = SocketAddr::new(workers.host, live.port);
         self.backend
-            .switch_to(Instance::new(addr, Some(live.process.pid)));
-        self.backend.set_healthy(true);
-        self.backend.set_lifecycle(State::Up);
+            .ready(Instance::new(addr, Some(live.process.pid)));
         tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
     }
 
@@ -196,7 +197,7 @@ impl Slot {
         workers: &WorkersConfig,
         avoid: Option<u16>,
         stop: &CancellationToken,
-    ) -> Result<Live, String> {
+    ) -> Result<Live, SlotError> {
         let primary = workers.port(self.id, false);
         let alternate = workers.port(self.id, true);
         let candidates = if avoid == Some(primary) {
@@ -204,9 +205,10 @@ impl Slot {
         } else {
             [primary, alternate]
         };
-        let port = self.ports.claim(workers.host, candidates).ok_or_else(|| {
-            format!("ports {primary} and {alternate} are both in use (by other workers or other processes)")
-        })?;
+        let port = self
+            .ports
+            .claim(workers.host, candidates)
+            .ok_or(SlotError::PortsInUse { primary, alternate })?;
         let started = self.start_on(workers, port, stop).await;
         if started.is_err() {
             self.ports.release(port);
@@ -219,28 +221,24 @@ impl Slot {
         workers: &WorkersConfig,
         port: u16,
         stop: &CancellationToken,
-    ) -> Result<WorkerProcess, String> {
-        let spec = spec(workers, self.id, port).map_err(|e| e.to_string())?;
-        let mut process = self.spawner.spawn(spec).await.map_err(|e| e.to_string())?;
+    ) -> Result<WorkerProcess, SlotError> {
+        let spec = spec(workers, self.id, port).map_err(SlotError::Spawn)?;
+        let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
         let addr = SocketAddr::new(workers.host, port);
-        if self.backend.lifecycle() != State::Up {
-            // Nothing is serving from this slot: show the starting process
-            // in /status (it gets no traffic until it is up).
-            self.backend
-                .switch_to(Instance::new(addr, Some(process.pid)));
-        }
-        let health = self.shared.config.load().health.clone();
+        // Nothing may be serving from this slot: then /status shows the
+        // starting process (it gets no traffic until it is ready).
+        self.backend
+            .show_starting(Instance::new(addr, Some(process.pid)));
+        let health = self.shared.config().health.clone();
         let ready = async {
-            // Poll fast at first (most workers bind within milliseconds),
-            // then back off to POLL.
             let mut pause = Duration::from_millis(2);
             loop {
-                if health::probe(addr, &health).await {
+                if let Verdict::Passed = health::probe(addr, &health, false).await {
                     return;
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(POLL);
+                pause = (pause * 2).min(READY_PROBE_MAX);
             }
         };
         tokio::select! {
@@ -248,16 +246,13 @@ impl Slot {
                 Ok(()) => Ok(process),
                 Err(_) => {
                     process.kill().await;
-                    Err(format!(
-                        "not accepting connections on {addr} within ready_timeout ({:?}); killed",
-                        workers.ready_timeout
-                    ))
+                    Err(SlotError::NotReady { addr, timeout: workers.ready_timeout })
                 }
             },
-            status = process.wait() => Err(format!("exited before it was ready ({})", describe(status))),
+            status = process.wait() => Err(SlotError::ExitedEarly(describe(status))),
             _ = stop.cancelled() => {
                 process.stop(workers.stop_timeout).await;
-                Err("stopped while starting".to_string())
+                Err(SlotError::Stopped)
             }
         }
     }
@@ -270,10 +265,10 @@ impl Slot {
         live: &mut Live,
         workers: &Arc<WorkersConfig>,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), SlotError> {
         let fresh = self.start(workers, Some(live.port), stop).await?;
         let old = std::mem::replace(live, fresh);
-        let old_instance = self.backend.switch_to(Instance::new(
+        let old_instance = self.backend.ready(Instance::new(
             SocketAddr::new(workers.host, live.port),
             Some(live.process.pid),
         ));
@@ -283,16 +278,14 @@ impl Slot {
             new_pid = live.process.pid,
             "worker replaced; draining the old process"
         );
-        self.backend.set_healthy(true);
-        self.backend.set_lifecycle(State::Up);
-        let drain = self.shared.config.load().timeouts.drain;
+        let drain = self.shared.config().timeouts.drain;
         let mut old = old;
         // While the old process drains, a crash of the new one or a stop
         // must not wait for the drain to end.
         tokio::select! {
             _ = drain_instance(&old_instance, drain, &mut old.process) => {}
             _ = live.process.wait() => {
-                self.backend.set_lifecycle(State::Down);
+                self.backend.crashed();
                 tracing::warn!(worker = self.id, pid = live.process.pid, "the replacement exited while the old process drained");
             }
             _ = stop.cancelled() => {}
@@ -306,13 +299,8 @@ impl Slot {
 /// Waits until no connection is open to `instance`, for at most `limit`
 /// (or until its process is gone).
 pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
-    let drained = async {
-        while instance.active() > 0 {
-            tokio::time::sleep(POLL).await;
-        }
-    };
     tokio::select! {
-        _ = tokio::time::timeout(limit, drained) => {}
+        _ = tokio::time::timeout(limit, instance.drained()) => {}
         _ = process.wait() => {}
     }
 }

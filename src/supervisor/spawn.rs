@@ -152,9 +152,10 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
         command.current_dir(&spec.cwd);
     }
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (prctl, getppid); it touches no memory
-    // shared with other threads.
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // only async-signal-safe calls (prctl, getppid), allocates nothing (an
+    // `io::Error` from a raw errno is a plain integer), and touches no
+    // memory shared with other threads. std sends the errno to the parent.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -162,7 +163,7 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
             }
             // The master may have died before prctl took effect.
             if libc::getppid() != parent {
-                return Err(io::Error::other("corral exited while starting the worker"));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

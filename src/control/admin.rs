@@ -1,28 +1,45 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
-//! `/sticky`, and `POST /workers/restart`.
+//! `/sticky`, the dashboard at `/`, and the mutations `POST /reload`,
+//! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
+//! hands to the control loop.
 //!
 //! GET endpoints are open so Prometheus and probes need no credentials.
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when
 //! `admin.token_file` is set; without a token they are allowed only when the
 //! admin port is bound to loopback.
+//!
+//! The port bounds what it is sent: a request head must arrive within
+//! [`HEADER_READ_TIMEOUT`] and fit hyper's buffer (else 431), and at most
+//! [`MAX_CONNECTIONS`] connections are served at once (more wait in the
+//! backlog). It runs on the control-plane thread, never on a proxy thread,
+//! so nothing sent here slows the front end.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::control::Request as ControlRequest;
+use super::{dashboard, Request as ControlRequest};
 use crate::dispatch::{Placement, Tried};
+use crate::pool::Kind;
 use crate::shared::Shared;
+use crate::supervisor::resources::ProcessTable;
+
+/// How long a client may take to send a request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -35,12 +52,16 @@ pub async fn serve(
     listener: TcpListener,
     control: mpsc::Sender<ControlRequest>,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -48,17 +69,21 @@ pub async fn serve(
         let control = control.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let reply = route(&shared, &control, request);
-                async move { Ok::<_, Infallible>(reply) }
+                let shared = Arc::clone(&shared);
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &control, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }
 
-fn route(
+async fn route(
     shared: &Shared,
     control: &mpsc::Sender<ControlRequest>,
     request: Request<Incoming>,
@@ -66,16 +91,7 @@ fn route(
     let path = request.uri().path();
     let method = request.method();
     match (method, path) {
-        (&Method::GET, "/metrics") => {
-            shared
-                .metrics
-                .sticky_entries
-                .set(shared.dispatcher.sticky.len() as i64);
-            with_type(
-                Response::new(Full::new(Bytes::from(shared.metrics.render()))),
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
-        }
+        (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.is_ready() {
@@ -87,13 +103,51 @@ fn route(
             }
         }
         (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
+        (&Method::GET, "/" | "/index.html") => with_type(
+            Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
+            "text/html; charset=utf-8",
+        ),
         (&Method::POST, "/workers/restart") => {
             if let Err(denied) = authorize(shared, &request) {
                 return *denied;
             }
-            match control.try_send(ControlRequest::RollingRestart) {
-                Ok(()) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"})),
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "busy; try again\n"),
+            let (started, answer) = oneshot::channel();
+            match ask(control, ControlRequest::RollingRestart { started }, answer).await {
+                Some(true) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"})),
+                Some(false) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"})),
+                None => stopping(),
+            }
+        }
+        (&Method::POST, "/reload") => {
+            if let Err(denied) = authorize(shared, &request) {
+                return *denied;
+            }
+            let (done, answer) = oneshot::channel();
+            match ask(control, ControlRequest::Reload { done }, answer).await {
+                Some(Ok(())) => json_reply(StatusCode::OK, json!({"reload": "applied"})),
+                Some(Err(why)) => json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"reload": "refused", "error": why.to_string()}),
+                ),
+                None => stopping(),
+            }
+        }
+        (&Method::POST, "/workers/scale") => {
+            if let Err(denied) = authorize(shared, &request) {
+                return *denied;
+            }
+            let count = match count_param(&request) {
+                Ok(count) => count,
+                Err(reply) => return *reply,
+            };
+            let (done, answer) = oneshot::channel();
+            match ask(control, ControlRequest::Scale { count, done }, answer).await {
+                Some(Ok(())) => json_reply(StatusCode::ACCEPTED, json!({"scale": count})),
+                Some(Err(why)) => json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"scale": "refused", "error": why.to_string()}),
+                ),
+                None => stopping(),
             }
         }
         (&Method::GET, "/sticky") => sticky_lookup(shared, &request),
@@ -103,38 +157,109 @@ fn route(
             }
             sticky_forget(shared, &request)
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart" | "/sticky") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
+            | "/workers/scale" | "/reload" | "/sticky",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+/// Sends a request to the control loop and waits for its answer; `None`
+/// when corral is stopping (the loop is gone).
+async fn ask<T>(
+    control: &mpsc::Sender<ControlRequest>,
+    request: ControlRequest,
+    answer: oneshot::Receiver<T>,
+) -> Option<T> {
+    control.send(request).await.ok()?;
+    answer.await.ok()
+}
+
+fn stopping() -> Reply {
+    text(StatusCode::SERVICE_UNAVAILABLE, "corral is stopping\n")
+}
+
+/// `/metrics`: corral's own registry, then what the workers' processes cost.
+async fn metrics(shared: &Shared) -> Reply {
+    shared
+        .metrics
+        .sticky_entries
+        .set(shared.dispatcher.sticky.len() as i64);
+    let snapshot = shared.snapshot();
+    let table = ProcessTable::read();
+    let usage: Vec<_> = snapshot
+        .pool
+        .workers()
+        .filter_map(|b| {
+            let pid = b.instance().pid?;
+            Some((b.label.clone(), table.tree(pid)?))
+        })
+        .collect();
+    let body = shared.metrics.render(&usage);
+    with_type(
+        Response::new(Full::new(Bytes::from(body))),
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
 /// The `/status` document.
 fn status(shared: &Shared) -> serde_json::Value {
-    let config = shared.config.load();
-    let pool = shared.pool.load();
-    let backends: Vec<_> = pool
+    let snapshot = shared.snapshot();
+    let table = ProcessTable::read();
+    let backends: Vec<_> = snapshot
+        .pool
         .backends
         .iter()
         .map(|b| {
             let instance = b.instance();
-            json!({
+            let mut entry = json!({
                 "name": b.label,
                 "address": instance.addr.to_string(),
                 "state": b.state().as_str(),
+                "reason": b.reason().map(|r| r.as_str()),
                 "pid": instance.pid,
                 "restarts": b.restarts(),
                 "active_connections": b.active(),
-            })
+            });
+            if matches!(b.kind, Kind::Worker(_)) {
+                let usage = instance.pid.and_then(|pid| table.tree(pid));
+                entry["uptime_seconds"] = json!(instance
+                    .pid
+                    .map(|_| instance.started.elapsed().as_secs_f64()));
+                entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
+                entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
+            }
+            entry
         })
         .collect();
     json!({
-        "strategy": config.strategy.as_str(),
+        "strategy": snapshot.config.strategy.as_str(),
+        "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
         "sticky_entries": shared.dispatcher.sticky.len(),
         "draining": shared.is_draining(),
         "backends": backends,
     })
+}
+
+/// `?count=N` of `POST /workers/scale`.
+fn count_param(request: &Request<Incoming>) -> Result<usize, Refusal> {
+    let query = request.uri().query().unwrap_or("");
+    let value = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "count")
+        .map(|(_, v)| v.into_owned());
+    match value.as_deref().map(str::parse::<usize>) {
+        Some(Ok(count)) if count >= 1 => Ok(count),
+        Some(_) => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "count must be a whole number of at least 1\n",
+        ))),
+        None => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing ?count=N\n",
+        ))),
+    }
 }
 
 /// `GET /sticky?ip=ADDR`: where that client goes now, and why.
@@ -144,8 +269,9 @@ fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
         Err(reply) => return *reply,
     };
     let key = shared.dispatcher.client_key(ip);
-    let pool = shared.pool.load();
-    match shared.dispatcher.sticky_pick(&pool, key, &Tried::default()) {
+    let snapshot = shared.snapshot();
+    let pool = &snapshot.pool;
+    match shared.dispatcher.sticky_pick(pool, key, &Tried::default()) {
         Some((index, placement)) => json_reply(
             StatusCode::OK,
             json!({
@@ -204,7 +330,7 @@ fn ip_param(request: &Request<Incoming>) -> Result<IpAddr, Refusal> {
 
 /// The token rule for mutations.
 fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal> {
-    let config = shared.config.load();
+    let config = shared.config();
     match &config.admin.token {
         Some(token) => {
             let given = request

@@ -26,10 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 use prometheus::IntCounter;
 
-use crate::splice::Pipe;
+use super::splice::Pipe;
 
 /// Per-direction buffer size.
 pub const BUFFER: usize = 32 * 1024;
@@ -69,6 +70,25 @@ fn give_back(buffer: Box<[u8]>) {
     });
 }
 
+/// Which side ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+    /// corral itself: a timeout, a drain cut, a local shortage.
+    Corral,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+            Side::Corral => "corral",
+        }
+    }
+}
+
 /// How a pumped connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -76,22 +96,16 @@ pub enum End {
     Eof,
     /// Nothing moved for the idle timeout.
     IdleTimeout,
+    /// The backend was sent bytes and answered nothing within
+    /// `timeouts.first_byte`.
+    FirstByteTimeout,
     /// A side reset the connection or another socket error happened.
     Reset,
+    /// corral cut the connection (the drain ended).
+    Cut,
     /// The backend closed or reset before sending a single byte; here is
     /// everything the client had sent, and whether it had half-closed.
     BackendGaveUp { replay: Vec<u8>, client_done: bool },
-}
-
-impl End {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            End::Eof => "eof",
-            End::IdleTimeout => "idle_timeout",
-            End::Reset => "reset",
-            End::BackendGaveUp { .. } => "backend_closed",
-        }
-    }
 }
 
 /// What a pump moved and how it ended.
@@ -104,6 +118,8 @@ pub struct Outcome {
     /// A direction switched to splice(2).
     pub spliced: bool,
     pub end: End,
+    /// The side that ended it.
+    pub by: Side,
 }
 
 /// One direction of the copy.
@@ -324,26 +340,53 @@ impl Half<'_> {
 /// the backend.
 pub type Meters<'m> = Option<(&'m IntCounter, &'m IntCounter)>;
 
-/// Pumps until both directions finish, an error, or `idle` of silence.
-/// `replayable` says whether the client's first bytes may be kept for a
-/// replay on another backend.
-pub async fn pump(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
-    idle: Duration,
-    replayable: bool,
-    splice: bool,
-    meters: Meters<'_>,
-) -> Outcome {
+/// How [`pump`] runs one connection.
+pub struct Options<'m> {
+    /// With no byte in either direction this long, both sides are closed.
+    pub idle: Duration,
+    /// A backend that has been sent bytes and answers nothing this long
+    /// (counted from the last byte sent) is given up; `None`: never.
+    pub first_byte: Option<Duration>,
+    /// The client's first bytes may be kept for a replay on another backend.
+    pub replayable: bool,
+    /// Bulk may move through splice(2).
+    pub splice: bool,
+    /// The backend was sent the client's bytes before the pump started (a
+    /// replay, or bytes that came with a PROXY header).
+    pub already_sent: bool,
+    pub meters: Meters<'m>,
+    /// Cancelled when corral cuts every open connection (the drain ended).
+    pub cut: &'m CancellationToken,
+}
+
+/// Pumps until both directions finish, an error, a timeout, or a cut.
+pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Options<'_>) -> Outcome {
+    let Options {
+        idle,
+        first_byte,
+        replayable,
+        splice,
+        already_sent,
+        meters,
+        cut,
+    } = options;
     let (mut client_in, mut client_out) = client.split();
     let (mut backend_in, mut backend_out) = backend.split();
     let mut up = Half::new(splice, meters.map(|m| m.0));
     let mut down = Half::new(splice, meters.map(|m| m.1));
     let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
     let mut last_activity = Instant::now();
+    // While the backend has answered nothing: when it was last sent a byte.
+    let mut awaiting_since: Option<Instant> = already_sent.then(Instant::now);
+    let mut first_eof: Option<Side> = None;
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
-    let end = poll_fn(|cx| {
+    let mut cut_now = std::pin::pin!(cut.cancelled());
+    let (end, by) = poll_fn(|cx| {
+        if cut_now.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((End::Cut, Side::Corral));
+        }
         let mut progress = false;
+        let sent_before = up.total;
         let up_result = up.poll_copy(
             cx,
             &mut client_in,
@@ -363,6 +406,16 @@ pub async fn pump(
             down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |_| {});
         if down.total > 0 {
             replay = None;
+            awaiting_since = None;
+        } else if up.total > sent_before {
+            awaiting_since = Some(Instant::now());
+        }
+        if first_eof.is_none() {
+            if up.read_done {
+                first_eof = Some(Side::Client);
+            } else if down.read_done {
+                first_eof = Some(Side::Backend);
+            }
         }
         // A backend that hung up before answering at all, while the client
         // still had its say (a clean close after the client's own half-close
@@ -373,21 +426,29 @@ pub async fn pump(
             || (down.read_done && !up.read_done);
         if down.total == 0 && hung_up && replay.is_some() {
             if let Some(kept) = replay.take() {
-                return Poll::Ready(End::BackendGaveUp {
-                    replay: kept,
-                    client_done: up.read_done,
-                });
+                return Poll::Ready((
+                    End::BackendGaveUp {
+                        replay: kept,
+                        client_done: up.read_done,
+                    },
+                    Side::Backend,
+                ));
             }
         }
-        if let (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) = (&up_result, &down_result) {
-            return Poll::Ready(End::Reset);
+        if let Poll::Ready(Err(_)) = &up_result {
+            let by = if up.write_failed { Side::Backend } else { Side::Client };
+            return Poll::Ready((End::Reset, by));
+        }
+        if let Poll::Ready(Err(_)) = &down_result {
+            let by = if down.write_failed { Side::Client } else { Side::Backend };
+            return Poll::Ready((End::Reset, by));
         }
         let up_done = up_result.is_ready() && up.read_done;
         let down_done = down_result.is_ready() && down.read_done;
         if up_done && down_done {
             // Both sides said all they had: closing the sockets sends the
             // last FIN, no shutdown call needed.
-            return Poll::Ready(End::Eof);
+            return Poll::Ready((End::Eof, first_eof.unwrap_or(Side::Client)));
         }
         // EOFs are passed on only now that a replay is ruled out: a client
         // must not see its write side closed by a backend we are replacing.
@@ -404,11 +465,17 @@ pub async fn pump(
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let deadline = last_activity + idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready(End::IdleTimeout);
+            let now = Instant::now();
+            let silent_deadline = awaiting_since.zip(first_byte).map(|(since, limit)| since + limit);
+            if silent_deadline.is_some_and(|deadline| now >= deadline) {
+                return Poll::Ready((End::FirstByteTimeout, Side::Corral));
             }
-            timer.as_mut().reset(deadline);
+            let idle_deadline = last_activity + idle;
+            if now >= idle_deadline {
+                return Poll::Ready((End::IdleTimeout, Side::Corral));
+            }
+            let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
+            timer.as_mut().reset(next);
         }
     })
     .await;
@@ -420,6 +487,7 @@ pub async fn pump(
         from_backend: down.total,
         spliced,
         end,
+        by,
     }
 }
 
@@ -436,6 +504,18 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    fn options(idle: Duration, replayable: bool, splice: bool, cut: &CancellationToken) -> Options<'_> {
+        Options {
+            idle,
+            first_byte: None,
+            replayable,
+            splice,
+            already_sent: false,
+            meters: None,
+            cut,
+        }
+    }
+
     /// A client and a backend with a pump between them (replay on).
     async fn pumping(
         idle: Duration,
@@ -444,13 +524,11 @@ mod tests {
         let (client, mut client_side) = pair().await;
         let (mut backend_side, backend) = pair().await;
         let task = tokio::spawn(async move {
+            let cut = CancellationToken::new();
             pump(
                 &mut client_side,
                 &mut backend_side,
-                idle,
-                true,
-                splice,
-                None,
+                options(idle, true, splice, &cut),
             )
             .await
         });
@@ -472,7 +550,7 @@ mod tests {
         assert_eq!(answer, b"world!");
         let outcome = pumping.await.unwrap();
         assert_eq!((outcome.from_client, outcome.from_backend), (5, 6));
-        assert_eq!(outcome.end, End::Eof);
+        assert_eq!((outcome.end, outcome.by), (End::Eof, Side::Client));
     }
 
     #[tokio::test]
@@ -498,13 +576,11 @@ mod tests {
             let (mut client, mut client_side) = pair().await;
             let (mut backend_side, mut backend) = pair().await;
             let pumping = tokio::spawn(async move {
+                let cut = CancellationToken::new();
                 pump(
                     &mut client_side,
                     &mut backend_side,
-                    Duration::from_secs(5),
-                    false,
-                    splice,
-                    None,
+                    options(Duration::from_secs(5), false, splice, &cut),
                 )
                 .await
             });
@@ -534,15 +610,48 @@ mod tests {
     async fn silence_ends_in_idle_timeout() {
         let (_client, mut client_side) = pair().await;
         let (mut backend_side, _backend) = pair().await;
+        let cut = CancellationToken::new();
         let outcome = pump(
             &mut client_side,
             &mut backend_side,
-            Duration::from_millis(100),
-            true,
-            true,
-            None,
+            options(Duration::from_millis(100), true, true, &cut),
         )
         .await;
-        assert_eq!(outcome.end, End::IdleTimeout);
+        assert_eq!((outcome.end, outcome.by), (End::IdleTimeout, Side::Corral));
+    }
+
+    #[tokio::test]
+    async fn a_silent_backend_is_given_up_after_first_byte() {
+        let (mut client, mut client_side) = pair().await;
+        let (mut backend_side, _backend) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let cut = CancellationToken::new();
+        let mut opts = options(Duration::from_secs(30), true, false, &cut);
+        opts.first_byte = Some(Duration::from_millis(100));
+        let outcome = pump(&mut client_side, &mut backend_side, opts).await;
+        assert_eq!((outcome.end, outcome.by), (End::FirstByteTimeout, Side::Corral));
+        assert_eq!(outcome.from_client, 18);
+    }
+
+    #[tokio::test]
+    async fn a_cut_reports_the_bytes_that_moved() {
+        let (mut client, mut client_side) = pair().await;
+        let (mut backend_side, mut backend) = pair().await;
+        let cut = CancellationToken::new();
+        let cutter = cut.clone();
+        let pumping = tokio::spawn(async move {
+            let opts = options(Duration::from_secs(30), false, false, &cut);
+            pump(&mut client_side, &mut backend_side, opts).await
+        });
+        client.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        backend.read_exact(&mut got).await.unwrap();
+        backend.write_all(b"hi").await.unwrap();
+        let mut answer = [0u8; 2];
+        client.read_exact(&mut answer).await.unwrap();
+        cutter.cancel();
+        let outcome = pumping.await.unwrap();
+        assert_eq!((outcome.end, outcome.by), (End::Cut, Side::Corral));
+        assert_eq!((outcome.from_client, outcome.from_backend), (5, 2));
     }
 }

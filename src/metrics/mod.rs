@@ -4,10 +4,13 @@
 //! them: each backend resolves its handles once into [`BackendMetrics`] and
 //! each error reason is resolved once into [`ErrorCounters`].
 
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::supervisor::resources::Usage;
 
 /// Buckets from 100 µs (loopback) to 10 s (a slow WAN connect or a long request).
 const CONNECT_BUCKETS: &[f64] = &[
@@ -33,6 +36,8 @@ pub struct Metrics {
     pub sticky_redispatch: IntCounter,
     pub reload_success: IntCounter,
     pub reload_failure: IntCounter,
+    /// Log lines not written because the log sink was not keeping up.
+    pub log_lines_dropped: IntCounter,
     connections: IntCounterVec,
     active: IntGaugeVec,
     bytes_received: IntCounterVec,
@@ -51,6 +56,8 @@ pub struct ErrorCounters {
     pub timeout: IntCounter,
     pub limit: IntCounter,
     pub proxy_protocol: IntCounter,
+    /// corral ran short of file descriptors or memory (never a backend's fault).
+    pub resources: IntCounter,
 }
 
 /// One backend's metric handles, resolved once when the backend is created.
@@ -156,7 +163,13 @@ impl Metrics {
                 timeout: errors.with_label_values(&["timeout"]),
                 limit: errors.with_label_values(&["limit"]),
                 proxy_protocol: errors.with_label_values(&["proxy_protocol"]),
+                resources: errors.with_label_values(&["resources"]),
             },
+            log_lines_dropped: counter(
+                &r,
+                "corral_log_lines_dropped_total",
+                "Log lines not written because the log sink was not keeping up.",
+            ),
             sticky_entries,
             sticky_hit: sticky_lookups.with_label_values(&["hit"]),
             sticky_miss: sticky_lookups.with_label_values(&["miss"]),
@@ -253,15 +266,62 @@ impl Metrics {
         let _ = self.restarts.remove_label_values(l);
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric, with what each
+    /// worker's process tree costs (read at scrape time, `usage` by label).
+    pub fn render(&self, usage: &[(String, Usage)]) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        families.push(family(
+            "corral_worker_cpu_seconds_total",
+            "CPU seconds (user + system) used by each worker's process tree.",
+            MetricType::COUNTER,
+            usage.iter().map(|(label, u)| (label.as_str(), u.cpu_seconds)),
+        ));
+        families.push(family(
+            "corral_worker_resident_memory_bytes",
+            "Resident memory of each worker's process tree.",
+            MetricType::GAUGE,
+            usage
+                .iter()
+                .map(|(label, u)| (label.as_str(), u.memory_bytes as f64)),
+        ));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
     }
+}
+
+/// A family of one sample per backend, built at scrape time.
+fn family<'a>(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl Iterator<Item = (&'a str, f64)>,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    for (label, value) in samples {
+        let mut pair = LabelPair::default();
+        pair.set_name("backend".to_string());
+        pair.set_value(label.to_string());
+        let mut metric = Metric::default();
+        metric.set_label(vec![pair].into());
+        if kind == MetricType::COUNTER {
+            let mut counter = Counter::default();
+            counter.set_value(value);
+            metric.set_counter(counter);
+        } else {
+            let mut gauge = Gauge::default();
+            gauge.set_value(value);
+            metric.set_gauge(gauge);
+        }
+        family.mut_metric().push(metric);
+    }
+    family
 }
 
 impl Default for Metrics {

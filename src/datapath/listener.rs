@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy;
+use super::connection;
+use crate::health::is_local_shortage;
 use crate::shared::Shared;
 
 /// How long the accept loop pauses after EMFILE, ENFILE and the like.
@@ -95,9 +96,7 @@ pub fn start_threads(
     front: FrontEnd,
     stop: CancellationToken,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let limit = Arc::new(Semaphore::new(
-        shared.config.load().listener.max_connections,
-    ));
+    let limit = Arc::new(Semaphore::new(shared.config().listener.max_connections));
     let mut handles = Vec::new();
     for (index, sockets) in front.per_thread.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -153,10 +152,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             },
             _ = shared.stop_accepting.cancelled() => return,
         };
+        let mut waited = false;
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                shared.metrics.errors.limit.inc();
+                waited = true;
                 tokio::select! {
                     permit = Arc::clone(&limit).acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -177,14 +177,19 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
         match accepted.and_then(into_tokio) {
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
+                if waited {
+                    // This client waited in the backlog for a permit.
+                    shared.metrics.errors.limit.inc();
+                }
                 let task_shared = Arc::clone(&shared);
                 shared.connections.spawn(async move {
-                    proxy::serve(task_shared, stream, peer).await;
+                    connection::serve(task_shared, stream, peer).await;
                     drop(permit);
                 });
             }
-            Err(error) if is_resource_exhaustion(&error) => {
+            Err(error) if is_local_shortage(&error) => {
                 shared.metrics.accept_errors.inc();
+                shared.metrics.errors.resources.inc();
                 tracing::error!(%error, "accept failed: out of resources; backing off");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
@@ -204,11 +209,4 @@ fn into_tokio((socket, addr): (Socket, socket2::SockAddr)) -> io::Result<(TcpStr
         .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
     // accept4 made it non-blocking already.
     Ok((TcpStream::from_std(socket.into())?, peer))
-}
-
-fn is_resource_exhaustion(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }

@@ -1,0 +1,289 @@
+//! The client side of the admin API, for `corral status`, `restart`,
+//! `reload` and `scale`: find the running instance (by `--admin ADDR` or
+//! the `admin.bind` of `-c FILE`), ask it over HTTP, and print what a
+//! person reads at a glance.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// How long the client waits for the running corral.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the running corral's admin port is, and the token it wants.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub admin: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// Why a client command failed; printed as one line, exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach corral's admin port at {addr}: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("corral's admin port at {addr} did not answer within {TIMEOUT:?}")]
+    TimedOut { addr: SocketAddr },
+    #[error("corral's admin port at {addr} answered badly: {why}")]
+    BadAnswer { addr: SocketAddr, why: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// An answer: status code and body.
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// One request to the admin port.
+async fn ask(target: &Target, method: &str, path: &str) -> Result<Answer, ClientError> {
+    let addr = target.admin;
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Unreachable { addr, source })?;
+        let bad = |why: String| ClientError::BadAnswer { addr, why };
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::USER_AGENT, "corral-cli");
+        if let Some(token) = &target.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| bad(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| bad(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| ClientError::TimedOut { addr })?
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Refused(format!("cannot start a runtime: {e}")))
+}
+
+/// The reason in a refusal's JSON body, or the body itself.
+fn refusal(answer: &Answer) -> String {
+    serde_json::from_str::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| answer.body.trim().to_string())
+}
+
+/// `corral status`: the table of backends.
+pub fn status(target: &Target) -> Result<String, ClientError> {
+    let answer = runtime()?.block_on(ask(target, "GET", "/status"))?;
+    if answer.status != 200 {
+        return Err(ClientError::Refused(refusal(&answer)));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&answer.body).map_err(|e| ClientError::BadAnswer {
+            addr: target.admin,
+            why: format!("/status is not JSON: {e}"),
+        })?;
+    Ok(table(&status))
+}
+
+/// `corral restart`: a rolling restart.
+pub fn restart(target: &Target) -> Result<String, ClientError> {
+    let answer = runtime()?.block_on(ask(target, "POST", "/workers/restart"))?;
+    match answer.status {
+        202 if answer.body.contains("merged") => {
+            Ok("a rolling restart is already running; this request joined it".into())
+        }
+        202 => Ok("rolling restart started".into()),
+        _ => Err(ClientError::Refused(refusal(&answer))),
+    }
+}
+
+/// `corral reload`: reload the config file.
+pub fn reload(target: &Target) -> Result<String, ClientError> {
+    let answer = runtime()?.block_on(ask(target, "POST", "/reload"))?;
+    match answer.status {
+        200 => Ok("config reloaded".into()),
+        _ => Err(ClientError::Refused(format!(
+            "reload refused: {}",
+            refusal(&answer)
+        ))),
+    }
+}
+
+/// `corral scale N`: set the worker count.
+pub fn scale(target: &Target, count: usize) -> Result<String, ClientError> {
+    let path = format!("/workers/scale?count={count}");
+    let answer = runtime()?.block_on(ask(target, "POST", &path))?;
+    match answer.status {
+        202 => Ok(format!(
+            "scaling to {count} workers (until the next reload from the file)"
+        )),
+        _ => Err(ClientError::Refused(format!(
+            "scale refused: {}",
+            refusal(&answer)
+        ))),
+    }
+}
+
+/// The `/status` document as an aligned table with a totals line.
+pub fn table(status: &serde_json::Value) -> String {
+    let headers = [
+        "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CONNS", "CPU", "MEM",
+    ];
+    let empty = Vec::new();
+    let backends = status["backends"].as_array().unwrap_or(&empty);
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    let (mut up, mut restarts, mut conns, mut cpu, mut memory) = (0, 0, 0, 0.0, 0u64);
+    for b in backends {
+        let state = b["state"].as_str().unwrap_or("?");
+        if state == "up" {
+            up += 1;
+        }
+        restarts += b["restarts"].as_u64().unwrap_or(0);
+        conns += b["active_connections"].as_u64().unwrap_or(0);
+        cpu += b["cpu_seconds"].as_f64().unwrap_or(0.0);
+        memory += b["memory_bytes"].as_u64().unwrap_or(0);
+        rows.push([
+            b["name"].as_str().unwrap_or("?").to_string(),
+            match b["reason"].as_str() {
+                Some(reason) => format!("{state} ({reason})"),
+                None => state.to_string(),
+            },
+            b["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            b["uptime_seconds"].as_f64().map_or("-".into(), human_duration),
+            b["restarts"].as_u64().unwrap_or(0).to_string(),
+            b["active_connections"].as_u64().unwrap_or(0).to_string(),
+            b["cpu_seconds"].as_f64().map_or("-".into(), |c| format!("{c:.2}s")),
+            b["memory_bytes"].as_u64().map_or("-".into(), human_bytes),
+        ]);
+    }
+    rows.push([
+        "total".into(),
+        format!("{up}/{} up", backends.len()),
+        String::new(),
+        String::new(),
+        restarts.to_string(),
+        conns.to_string(),
+        format!("{cpu:.2}s"),
+        human_bytes(memory),
+    ]);
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    let _ = write!(
+        out,
+        "strategy {}, {} sticky entries",
+        status["strategy"].as_str().unwrap_or("?"),
+        status["sticky_entries"].as_u64().unwrap_or(0)
+    );
+    out
+}
+
+/// 3m12s, 2h05m, 4d03h.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// 11.9 MiB.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_aligned_with_a_totals_line() {
+        let status = serde_json::json!({
+            "strategy": "round-robin", "sticky_entries": 0,
+            "backends": [
+                {"name": "worker-0", "state": "up", "reason": null, "pid": 41877, "restarts": 0,
+                 "active_connections": 2, "uptime_seconds": 192.0, "cpu_seconds": 0.41, "memory_bytes": 12_478_054},
+                {"name": "worker-1", "state": "down", "reason": "crashed", "pid": 41878, "restarts": 3,
+                 "active_connections": 0, "uptime_seconds": 1.0, "cpu_seconds": 0.01, "memory_bytes": 0},
+            ]
+        });
+        let text = table(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME      STATE"), "{text}");
+        assert!(lines[1].contains("41877") && lines[1].contains("3m12s"), "{text}");
+        assert!(lines[2].contains("down (crashed)"), "{text}");
+        assert!(lines[3].starts_with("total") && lines[3].contains("1/2 up"), "{text}");
+        let column = |line: &str| line.find("PID").or_else(|| line.find("4187"));
+        assert_eq!(column(lines[0]), column(lines[1]));
+    }
+
+    #[test]
+    fn sizes_and_durations_read_like_a_person_writes_them() {
+        assert_eq!(human_bytes(12_478_054), "11.9 MiB");
+        assert_eq!(human_duration(192.0), "3m12s");
+        assert_eq!(human_duration(7500.0), "2h05m");
+    }
+}

@@ -1,0 +1,45 @@
+//! Every default of the config file, named once. `config/example.toml`
+//! documents the same values; a unit test keeps the two in step.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub const LISTENER_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+pub const LISTENER_BACKLOG: i64 = 1024;
+pub const LISTENER_MAX_CONNECTIONS: i64 = 10_000;
+
+pub const ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+
+pub const STICKY_TTL: Duration = Duration::from_secs(30 * 60);
+pub const STICKY_MAX_ENTRIES: i64 = 1_000_000;
+pub const STICKY_IPV4_PREFIX: i64 = 32;
+pub const STICKY_IPV6_PREFIX: i64 = 64;
+
+pub const WORKERS_COUNT: usize = 4;
+pub const WORKERS_MAX_COUNT: i64 = 1024;
+pub const WORKERS_HOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+pub const WORKERS_PORT_BASE: i64 = 9100;
+pub const WORKERS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WORKERS_RESTART_DELAY: Duration = Duration::from_millis(100);
+pub const WORKERS_RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+pub const WORKERS_MIN_UPTIME: Duration = Duration::from_secs(5);
+
+pub const HEALTH_PATH: &str = "/healthz";
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HEALTH_RISE: i64 = 2;
+pub const HEALTH_FALL: i64 = 3;
+
+pub const TIMEOUT_CONNECT: Duration = Duration::from_secs(2);
+/// Like nginx's `proxy_read_timeout`.
+pub const TIMEOUT_FIRST_BYTE: Duration = Duration::from_secs(60);
+pub const TIMEOUT_IDLE: Duration = Duration::from_secs(3600);
+pub const TIMEOUT_DRAIN: Duration = Duration::from_secs(30);
+
+pub const LOG_LEVEL: &str = "info";
+pub const LOG_CONNECTIONS: bool = false;
+
+/// 0: one proxy thread per CPU.
+pub const RUNTIME_THREADS: i64 = 0;
+pub const RUNTIME_SPLICE: bool = false;

@@ -1,0 +1,201 @@
+//! corral's own life: start-up (bind everything, drop privileges, start
+//! the workers and wait for them, then serve), and the graceful stop (stop
+//! accepting, drain open connections, stop the workers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::signals::Signals;
+use super::{admin, notify, Source};
+use crate::config::Config;
+use crate::datapath::listener;
+use crate::shared::Shared;
+use crate::supervisor::spawn::Spawner;
+use crate::supervisor::Supervisor;
+
+/// A failure that stops corral at run time (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("cannot bind the {what} to {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl Fatal {
+    fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Fatal {
+        move |source| Fatal::Io { context, source }
+    }
+}
+
+/// Runs corral until a graceful stop completes.
+pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
+    crate::logging::init(&config.log);
+    raise_fd_limit();
+    // The control plane (admin, health checks, supervisor, signals) runs on
+    // this thread; the proxy threads have runtimes of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Fatal::io("cannot start the runtime"))?;
+    runtime.block_on(serve(config, source))
+}
+
+async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
+    // Bind everything first: if an address is taken nothing is started.
+    let front = listener::bind_all(
+        &config.listener.binds,
+        config.listener.backlog,
+        config.runtime.threads,
+    )
+    .map_err(|(addr, source)| Fatal::Bind {
+        what: "front end",
+        addr,
+        source,
+    })?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
+        .await
+        .map_err(|source| Fatal::Bind {
+            what: "admin port",
+            addr: config.admin.bind,
+            source,
+        })?;
+    let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
+    if let Some(who) = config
+        .runtime
+        .drop_to
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    {
+        crate::privileges::drop_to(who).map_err(Fatal::io("cannot drop privileges"))?;
+        tracing::info!(uid = ?who.uid, gid = who.gid, "dropped privileges");
+    }
+    let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
+
+    let shared = Shared::new(config.clone());
+    shared.set_bound();
+    let (control_tx, control_rx) = mpsc::channel(8);
+    tokio::spawn(admin::serve(
+        Arc::clone(&shared),
+        admin_listener,
+        control_tx,
+    ));
+    tokio::spawn(crate::health::run(Arc::clone(&shared)));
+    tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared)));
+
+    let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
+    if let Some(workers) = &config.workers {
+        let backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
+        let first_starts = supervisor
+            .start_slots(&Arc::new(workers.clone()), &backends)
+            .await;
+        // Hold the first clients in the backlog until every worker is ready
+        // or has failed (ready_timeout bounds it), rather than turning them
+        // away, or placing sticky clients on whichever worker booted first.
+        let all_started = async {
+            for started in first_starts {
+                let _ = started.await;
+            }
+        };
+        let _ = tokio::time::timeout(workers.ready_timeout, all_started).await;
+    }
+
+    let proxies_stop = CancellationToken::new();
+    let proxies = listener::start_threads(&shared, front, proxies_stop.clone())
+        .map_err(Fatal::io("cannot start the proxy threads"))?;
+    announce(&shared, &config);
+    notify::ready();
+
+    let signals = super::run(
+        Arc::clone(&shared),
+        Arc::clone(&supervisor),
+        source,
+        signals,
+        control_rx,
+    )
+    .await;
+    drain(&shared, signals).await;
+    proxies_stop.cancel();
+    supervisor.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for proxy in proxies {
+            let _ = proxy.join();
+        }
+    })
+    .await;
+    tracing::info!("corral stopped");
+    Ok(())
+}
+
+/// One line that says what runs: front end, admin URL, workers up.
+fn announce(shared: &Shared, config: &Config) {
+    let snapshot = shared.snapshot();
+    let workers: Vec<_> = snapshot.pool.workers().collect();
+    let up = workers.iter().filter(|b| b.is_up()).count();
+    let pids: Vec<String> = workers
+        .iter()
+        .filter_map(|b| b.instance().pid.map(|p| p.to_string()))
+        .collect();
+    let fronts: Vec<String> = config.listener.binds.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        strategy = config.strategy.as_str(),
+        "corral serving {} | admin http://{} | {up}/{} workers up (pids {}) | {} static backends",
+        fronts.join(", "),
+        config.admin.bind,
+        workers.len(),
+        if pids.is_empty() { "-".to_string() } else { pids.join(", ") },
+        config.backends.len(),
+    );
+}
+
+/// The graceful stop: no new clients, `/readyz` 503, open connections get
+/// up to `timeouts.drain` (a second SIGTERM or SIGINT cuts them at once).
+async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
+    notify::stopping();
+    shared.set_draining();
+    shared.stop_accepting.cancel();
+    shared.connections.close();
+    let limit = shared.config().timeouts.drain;
+    let open = shared.connections.len();
+    if open > 0 {
+        tracing::info!(open, limit = ?limit, "draining open connections");
+    }
+    tokio::select! {
+        _ = tokio::time::timeout(limit, shared.connections.wait()) => {}
+        name = signals.next_stop() => tracing::warn!("second stop signal ({name}): closing open connections now"),
+    }
+    if !shared.connections.is_empty() {
+        tracing::warn!(
+            open = shared.connections.len(),
+            "closing connections still open"
+        );
+        shared.cut_connections.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections.wait()).await;
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (as nginx and
+/// HAProxy do) and logs the limit corral runs with.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let raised = soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
+            let limit = if raised { hard } else { soft };
+            tracing::info!(open_files = limit, raised_from = soft, "file descriptor limit");
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the file descriptor limit"),
+    }
+}

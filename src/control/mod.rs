@@ -1,0 +1,106 @@
+//! The control side: everything that changes what corral runs, as opposed
+//! to the data path that runs it.
+//!
+//! - [`lifecycle`]: start-up, the graceful stop and the drain.
+//! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2, read in one place.
+//! - [`reload`]: reading the file again and applying what changed; scaling.
+//! - [`admin`]: the admin HTTP server (and its [`dashboard`] page).
+//! - [`notify`]: systemd readiness notifications.
+//!
+//! The control loop ([`run`]) is the one owner of reloads, scaling and
+//! rolling restarts: signals and admin requests only ask it.
+
+pub mod admin;
+pub mod dashboard;
+pub mod lifecycle;
+pub mod notify;
+pub mod reload;
+pub mod signals;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::shared::Shared;
+use crate::supervisor::Supervisor;
+pub use reload::{ReloadError, Source};
+use signals::{Asked, Signals};
+
+/// What the admin server asks of the control loop.
+#[derive(Debug)]
+pub enum Request {
+    /// Rolling restart of the workers (merged into one pending or running).
+    RollingRestart { started: oneshot::Sender<bool> },
+    /// Reload the config file, as SIGHUP does.
+    Reload {
+        done: oneshot::Sender<Result<(), ReloadError>>,
+    },
+    /// Set the worker count until the next reload from the file.
+    Scale {
+        count: usize,
+        done: oneshot::Sender<Result<(), ReloadError>>,
+    },
+}
+
+/// Acts on signals and admin requests until SIGTERM or SIGINT; returns the
+/// signal handles then, for the drain to hear a second stop.
+pub async fn run(
+    shared: Arc<Shared>,
+    supervisor: Arc<Supervisor>,
+    source: Source,
+    mut signals: Signals,
+    mut requests: mpsc::Receiver<Request>,
+) -> Signals {
+    loop {
+        tokio::select! {
+            asked = signals.next() => match asked {
+                Asked::Stop(name) => {
+                    tracing::info!("{name}: stopping gracefully");
+                    return signals;
+                }
+                Asked::Reload => {
+                    notify::reloading();
+                    if let Err(error) = reload::from_file(&shared, &supervisor, &source).await {
+                        tracing::error!("reload refused, the old config stays: {error}");
+                    }
+                    notify::ready();
+                }
+                Asked::RollingRestart => {
+                    tracing::info!("SIGUSR2: rolling restart");
+                    rolling_restart(&shared, &supervisor);
+                }
+            },
+            Some(request) = requests.recv() => match request {
+                Request::RollingRestart { started } => {
+                    tracing::info!("admin request: rolling restart");
+                    let _ = started.send(rolling_restart(&shared, &supervisor));
+                }
+                Request::Reload { done } => {
+                    tracing::info!("admin request: reload");
+                    notify::reloading();
+                    let result = reload::from_file(&shared, &supervisor, &source).await;
+                    if let Err(error) = &result {
+                        tracing::error!("reload refused, the old config stays: {error}");
+                    }
+                    notify::ready();
+                    let _ = done.send(result);
+                }
+                Request::Scale { count, done } => {
+                    tracing::info!(count, "admin request: scale");
+                    let _ = done.send(reload::scale(&shared, &supervisor, count));
+                }
+            },
+        }
+    }
+}
+
+/// Starts a rolling restart with the current config, unless one is pending
+/// or running already (then this request is merged into it). True when a
+/// new one started.
+fn rolling_restart(shared: &Shared, supervisor: &Arc<Supervisor>) -> bool {
+    let Some(workers) = shared.config().workers.clone() else {
+        tracing::warn!("rolling restart asked for, but there are no workers");
+        return false;
+    };
+    supervisor.request_rolling_restart(Arc::new(workers))
+}

@@ -1,0 +1,55 @@
+//! The signals corral acts on, installed once, as early as possible (until
+//! they are, SIGHUP's default action would kill the process), and read in
+//! one place: the control loop reads them while corral serves, the drain
+//! reads the same handles for a second stop signal.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// What a signal asks of corral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// SIGTERM or SIGINT: stop gracefully (a second one cuts the drain).
+    Stop(&'static str),
+    /// SIGHUP: reload the config file.
+    Reload,
+    /// SIGUSR2: rolling restart of the workers.
+    RollingRestart,
+}
+
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// The next signal that arrives.
+    pub async fn next(&mut self) -> Asked {
+        tokio::select! {
+            _ = self.term.recv() => Asked::Stop("SIGTERM"),
+            _ = self.int.recv() => Asked::Stop("SIGINT"),
+            _ = self.hup.recv() => Asked::Reload,
+            _ = self.usr2.recv() => Asked::RollingRestart,
+        }
+    }
+
+    /// The next SIGTERM or SIGINT; other signals are ignored meanwhile
+    /// (during the drain there is nothing to reload or restart).
+    pub async fn next_stop(&mut self) -> &'static str {
+        loop {
+            if let Asked::Stop(name) = self.next().await {
+                return name;
+            }
+        }
+    }
+}

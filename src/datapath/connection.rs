@@ -1,0 +1,408 @@
+//! One client connection, from accept to close, in steps: read the PROXY
+//! header (when the front end expects one), attempt a backend (connect,
+//! moving on to the next backend if that fails), pump bytes, decide
+//! whether a backend that hung up unanswered gets the request replayed on
+//! another one, then account and log how it ended, and which side ended it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::proxy_protocol;
+use super::pump::{self, End, Side};
+use crate::config::{Config, ProxyProtocolMode, SendProxy};
+use crate::dispatch::Tried;
+use crate::health;
+use crate::pool::{ActiveGuard, Instance, Snapshot};
+use crate::shared::Shared;
+
+/// Why a connection ended: the log's `end` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Eof,
+    IdleTimeout,
+    /// The backend answered nothing within `timeouts.first_byte`.
+    FirstByteTimeout,
+    Reset,
+    /// The drain ended with the connection still open.
+    Cut,
+    /// The backend hung up before answering and the request could not be
+    /// replayed.
+    BackendClosed,
+    /// Every backend that was up refused, timed out or hung up.
+    ConnectFailed,
+    /// No backend was up.
+    NoBackend,
+    /// No valid PROXY header from the client.
+    ProxyProtocol,
+    /// corral was out of file descriptors or memory for the backend socket.
+    Resources,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Eof => "eof",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::FirstByteTimeout => "first_byte_timeout",
+            Reason::Reset => "reset",
+            Reason::Cut => "cut",
+            Reason::BackendClosed => "backend_closed",
+            Reason::ConnectFailed => "connect_failed",
+            Reason::NoBackend => "no_backend",
+            Reason::ProxyProtocol => "proxy_protocol",
+            Reason::Resources => "resources",
+        }
+    }
+}
+
+/// How a connection closed, for the log and the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed {
+    pub reason: Reason,
+    pub by: Side,
+}
+
+impl Closed {
+    fn by_corral(reason: Reason) -> Closed {
+        Closed {
+            reason,
+            by: Side::Corral,
+        }
+    }
+}
+
+/// What is known about the client once its PROXY header (if any) is read.
+struct Client {
+    stream: TcpStream,
+    /// The client's address (from its PROXY header behind a balancer).
+    addr: SocketAddr,
+    /// The address it connected to, from its PROXY header, or ours.
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    /// Client bytes the next backend must be sent before the pump: those
+    /// that came with the PROXY header, or a request being replayed.
+    pending: Vec<u8>,
+    /// The client has half-closed (its request is complete).
+    done_sending: bool,
+}
+
+/// Serves one accepted client until it closes or corral cuts it.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    // One snapshot for the whole connection: config and pool belong together.
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
+    let mut client = match read_proxy_header(&shared, config, stream, peer).await {
+        Some(client) => client,
+        None => {
+            let closed = Closed {
+                reason: Reason::ProxyProtocol,
+                by: Side::Client,
+            };
+            log_closed(config, peer, "", (0, 0), started, closed);
+            return;
+        }
+    };
+    let client_key = shared.dispatcher.client_key(client.addr.ip());
+    let mut tried = Tried::default();
+    loop {
+        let attempt = match connect(&shared, &snapshot, client_key, &mut tried).await {
+            Ok(attempt) => attempt,
+            Err(reason) => {
+                let sent = client.pending.len() as u64;
+                let closed = Closed::by_corral(reason);
+                log_closed(config, client.addr, "", (sent, 0), started, closed);
+                return;
+            }
+        };
+        let Attempt {
+            mut upstream,
+            guard,
+            index,
+        } = attempt;
+        let backend = Arc::clone(&guard.backend);
+        if !introduce(&mut client, &mut upstream, backend.send_proxy(), config).await {
+            tried.push(index);
+            continue;
+        }
+        let outcome = pump::pump(
+            &mut client.stream,
+            &mut upstream,
+            pump::Options {
+                idle: config.timeouts.idle,
+                first_byte: config.timeouts.first_byte,
+                replayable: true,
+                splice: config.runtime.splice,
+                already_sent: !client.pending.is_empty(),
+                meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
+                cut: &shared.cut_connections,
+            },
+        )
+        .await;
+        let instance = Arc::clone(&guard.instance);
+        drop(guard);
+        if let End::BackendGaveUp { replay, client_done } = outcome.end {
+            if replay_allowed(&client, &replay, &instance) {
+                tracing::warn!(
+                    backend = %backend.label,
+                    client = %client.addr,
+                    bytes = client.pending.len() + replay.len(),
+                    "backend closed before answering; replaying the request on another backend"
+                );
+                client.pending.extend_from_slice(&replay);
+                client.done_sending = client_done;
+                tried.push(index);
+                continue;
+            }
+            let bytes_in = client.pending.len() as u64 + outcome.from_client;
+            let closed = Closed {
+                reason: Reason::BackendClosed,
+                by: Side::Backend,
+            };
+            log_closed(config, client.addr, &backend.label, (bytes_in, 0), started, closed);
+            return;
+        }
+        let closed = account(&shared, &snapshot, &client, &backend, &instance, &outcome, started);
+        let bytes = (
+            client.pending.len() as u64 + outcome.from_client,
+            outcome.from_backend,
+        );
+        log_closed(config, client.addr, &backend.label, bytes, started, closed);
+        return;
+    }
+}
+
+/// Step 1: behind another balancer, the client is whoever its PROXY header
+/// says. `None` (counted and logged) when the header is missing or bad.
+async fn read_proxy_header(
+    shared: &Shared,
+    config: &Config,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Client> {
+    let mut client = Client {
+        stream,
+        addr: peer,
+        local: None,
+        peer,
+        pending: Vec::new(),
+        done_sending: false,
+    };
+    let mode = config.listener.proxy_protocol;
+    if mode == ProxyProtocolMode::None {
+        return Some(client);
+    }
+    match proxy_protocol::read_header(&mut client.stream, mode).await {
+        Ok((addresses, early)) => {
+            // Application bytes that came with the header go to the backend first.
+            client.pending = early;
+            if let Some((source, destination)) = addresses {
+                client.addr = source;
+                client.local = Some(destination);
+            }
+            Some(client)
+        }
+        Err(why) => {
+            shared.metrics.errors.proxy_protocol.inc();
+            tracing::warn!(%peer, error = %why, "closing a client without a valid PROXY header");
+            None
+        }
+    }
+}
+
+/// A backend connection being set up.
+struct Attempt {
+    upstream: TcpStream,
+    guard: ActiveGuard,
+    index: usize,
+}
+
+/// Step 2: connects to the chosen backend, trying each up backend at most
+/// once (those in `tried` are skipped and failures are added to it).
+async fn connect(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client_key: u128,
+    tried: &mut Tried,
+) -> Result<Attempt, Reason> {
+    let config = &snapshot.config;
+    let pool = &snapshot.pool;
+    let first_try = tried.is_empty();
+    loop {
+        let Some(index) = shared
+            .dispatcher
+            .pick(config.strategy, pool, client_key, tried)
+        else {
+            if first_try && tried.is_empty() {
+                shared.metrics.errors.no_backend.inc();
+                return Err(Reason::NoBackend);
+            }
+            return Err(Reason::ConnectFailed);
+        };
+        let backend = &pool.backends[index];
+        let instance = backend.instance();
+        let attempt = Instant::now();
+        match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(instance.addr)).await
+        {
+            Ok(Ok(upstream)) => {
+                backend
+                    .metrics
+                    .connect_duration
+                    .observe(attempt.elapsed().as_secs_f64());
+                let _ = upstream.set_nodelay(true);
+                shared
+                    .dispatcher
+                    .placed(config.strategy, pool, client_key, index, &shared.metrics);
+                return Ok(Attempt {
+                    upstream,
+                    guard: backend.open(instance),
+                    index,
+                });
+            }
+            Ok(Err(error)) if health::is_local_shortage(&error) => {
+                // corral's shortage, not the backend's: it stays in rotation.
+                shared.metrics.errors.resources.inc();
+                tracing::warn!(%error, "no socket for a backend connection: corral is short of resources");
+                return Err(Reason::Resources);
+            }
+            Ok(Err(error)) => {
+                shared.metrics.errors.connect_failed.inc();
+                tracing::warn!(backend = %backend.label, addr = %instance.addr, %error, "connect failed; trying another backend");
+            }
+            Err(_) => {
+                shared.metrics.errors.timeout.inc();
+                tracing::warn!(backend = %backend.label, addr = %instance.addr, timeout = ?config.timeouts.connect, "connect timed out; trying another backend");
+            }
+        }
+        health::connect_failed(pool, backend, &instance);
+        tried.push(index);
+    }
+}
+
+/// Sends a fresh backend what must precede the pump: its PROXY header and
+/// the client bytes it has not seen. False if that failed (within
+/// `timeouts.connect`).
+async fn introduce(
+    client: &mut Client,
+    upstream: &mut TcpStream,
+    send_proxy: SendProxy,
+    config: &Config,
+) -> bool {
+    let header = match send_proxy {
+        SendProxy::None => Vec::new(),
+        version => {
+            let peer = client.peer;
+            let stream = &client.stream;
+            let destination = *client
+                .local
+                .get_or_insert_with(|| stream.local_addr().unwrap_or(peer));
+            proxy_protocol::encode(version, client.addr, destination)
+        }
+    };
+    let pending = &client.pending;
+    let done_sending = client.done_sending;
+    let sent = async {
+        for bytes in [header.as_slice(), pending.as_slice()] {
+            if !bytes.is_empty() && upstream.write_all(bytes).await.is_err() {
+                return false;
+            }
+        }
+        if done_sending {
+            let _ = socket2::SockRef::from(&*upstream).shutdown(std::net::Shutdown::Write);
+        }
+        true
+    };
+    tokio::time::timeout(config.timeouts.connect, sent)
+        .await
+        .unwrap_or(false)
+}
+
+/// Step 3: a backend hung up before answering. Replaying is safe when it
+/// never got a byte, or when it is a worker that died (it cannot have
+/// finished the request and the client is owed an answer). A live backend
+/// that closed on purpose may have acted on the request: no second run.
+fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
+    let nothing_sent = client.pending.is_empty() && replay.is_empty();
+    let worker_died = instance
+        .pid
+        .is_some_and(crate::supervisor::spawn::is_exiting);
+    let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
+    (nothing_sent || worker_died) && within_limit
+}
+
+/// Step 4: the metrics of a pumped connection, and how it closed.
+fn account(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: &Client,
+    backend: &crate::pool::Backend,
+    instance: &Arc<Instance>,
+    outcome: &pump::Outcome,
+    started: Instant,
+) -> Closed {
+    // The pump counted bytes as they moved; what this backend was handed
+    // before the pump (bytes after a PROXY header, a replay) counts too.
+    backend
+        .metrics
+        .bytes_received
+        .inc_by(client.pending.len() as u64);
+    backend
+        .metrics
+        .connection_duration
+        .observe(started.elapsed().as_secs_f64());
+    if outcome.spliced {
+        shared.metrics.spliced.inc();
+    }
+    if outcome.from_backend > 0 {
+        backend.answered();
+    }
+    let reason = match outcome.end {
+        End::Eof => Reason::Eof,
+        End::IdleTimeout => {
+            shared.metrics.errors.timeout.inc();
+            Reason::IdleTimeout
+        }
+        End::FirstByteTimeout => {
+            shared.metrics.errors.timeout.inc();
+            let config = &snapshot.config;
+            if let Some(limit) = config.timeouts.first_byte {
+                health::first_byte_timed_out(backend, instance, config.health.fall, limit);
+            }
+            Reason::FirstByteTimeout
+        }
+        End::Reset => Reason::Reset,
+        End::Cut => Reason::Cut,
+        End::BackendGaveUp { .. } => Reason::BackendClosed,
+    };
+    Closed {
+        reason,
+        by: outcome.by,
+    }
+}
+
+fn log_closed(
+    config: &Config,
+    client: SocketAddr,
+    backend: &str,
+    (bytes_in, bytes_out): (u64, u64),
+    started: Instant,
+    closed: Closed,
+) {
+    if config.log.connections {
+        tracing::info!(
+            target: "corral::connection",
+            %client,
+            backend,
+            bytes_in,
+            bytes_out,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = closed.reason.as_str(),
+            closed_by = closed.by.as_str(),
+            "connection closed"
+        );
+    }
+}

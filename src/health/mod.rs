@@ -1,0 +1,271 @@
+//! Active health checks (TCP connect or HTTP GET) with rise/fall, and the
+//! passive checks the data path reports (a refused connect, first-byte
+//! timeouts). A backend that is down keeps being checked, and comes back
+//! after `rise` good checks in a row.
+//!
+//! A worker's TCP check also asks the kernel whether the worker took the
+//! check's connection off its accept queue: a stopped or deadlocked process
+//! still completes handshakes (the kernel does that), so a plain connect
+//! would pass. A local shortage (no file descriptor for the check's socket)
+//! says nothing about the backend: such a check is skipped, not failed.
+//!
+//! Workers that are starting, draining or stopped belong to the supervisor
+//! and are not checked; a worker that runs but fails its checks goes down.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+mod accept_queue;
+
+use crate::config::{HealthConfig, HealthKind};
+use crate::pool::{Backend, DownReason, HealthChange, Instance, Kind, Pool};
+use crate::shared::Shared;
+
+/// Why one check failed, for the log (as HAProxy reports it).
+#[derive(Debug)]
+pub enum CheckFailure {
+    /// The connect failed (refused, unreachable, reset).
+    Connect(io::Error),
+    /// No answer within `health.timeout`.
+    Timeout,
+    /// The HTTP answer was not a 2xx.
+    Status(u16),
+    /// The HTTP exchange failed.
+    Http(String),
+    /// The connection was completed by the kernel but the worker did not
+    /// take it off its accept queue within `health.timeout`.
+    NotAccepted,
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckFailure::Connect(e) => write!(f, "connect failed: {e}"),
+            CheckFailure::Timeout => f.write_str("timed out"),
+            CheckFailure::Status(code) => write!(f, "status {code}"),
+            CheckFailure::Http(e) => write!(f, "HTTP error: {e}"),
+            CheckFailure::NotAccepted => {
+                f.write_str("the process does not accept connections (its accept queue is not drained)")
+            }
+        }
+    }
+}
+
+/// The result of one check.
+#[derive(Debug)]
+pub enum Verdict {
+    Passed,
+    Failed(CheckFailure),
+    /// corral could not run the check (out of file descriptors or memory):
+    /// nothing is learnt about the backend.
+    Skipped(io::Error),
+}
+
+/// Runs checks every `health.interval` over the current pool until the
+/// front end stops.
+pub async fn run(shared: Arc<Shared>) {
+    loop {
+        let snapshot = shared.snapshot();
+        let health = snapshot.config.health.clone();
+        let mut checks = JoinSet::new();
+        for backend in snapshot.pool.backends.iter().filter(|b| should_check(b)) {
+            let backend = Arc::clone(backend);
+            let health = health.clone();
+            let metrics_errors = shared.metrics.errors.resources.clone();
+            checks.spawn(async move {
+                let verdict = check(&backend, &health).await;
+                if let Verdict::Skipped(error) = &verdict {
+                    metrics_errors.inc();
+                    tracing::warn!(backend = %backend.label, %error, "health check skipped: corral is short of resources");
+                }
+                record(&backend, verdict, &health);
+            });
+        }
+        tokio::select! {
+            _ = async { while checks.join_next().await.is_some() {} } => {}
+            _ = shared.stop_accepting.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(health.interval) => {}
+            _ = shared.stop_accepting.cancelled() => return,
+        }
+    }
+}
+
+fn should_check(backend: &Backend) -> bool {
+    backend.kind == Kind::Static || backend.is_running()
+}
+
+/// One check of one backend.
+pub async fn check(backend: &Backend, health: &HealthConfig) -> Verdict {
+    let worker = matches!(backend.kind, Kind::Worker(_));
+    probe(backend.instance().addr, health, worker).await
+}
+
+/// One check of an address (also a new worker's readiness test).
+/// `local_worker`: the address is a worker's listening socket on this
+/// machine, so the kernel can say whether it accepts.
+pub async fn probe(addr: SocketAddr, health: &HealthConfig, local_worker: bool) -> Verdict {
+    let socket = match new_socket(addr) {
+        Ok(socket) => socket,
+        Err(error) => return Verdict::Skipped(error),
+    };
+    let stream = match tokio::time::timeout(health.timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) if is_local_shortage(&error) => return Verdict::Skipped(error),
+        Ok(Err(error)) => return Verdict::Failed(CheckFailure::Connect(error)),
+        Err(_) => return Verdict::Failed(CheckFailure::Timeout),
+    };
+    match health.kind {
+        HealthKind::Tcp if local_worker => accepted(&stream, addr, health.timeout).await,
+        HealthKind::Tcp => Verdict::Passed,
+        HealthKind::Http => {
+            let host = addr.to_string();
+            let exchange = http_ok(stream, &host, &health.path);
+            tokio::time::timeout(health.timeout, exchange)
+                .await
+                .unwrap_or(Verdict::Failed(CheckFailure::Timeout))
+        }
+    }
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+}
+
+/// Errors that mean corral itself is short of something, not the backend.
+pub fn is_local_shortage(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Waits until the worker has taken the check's connection off its accept
+/// queue, for at most `limit`.
+async fn accepted(stream: &TcpStream, worker: SocketAddr, limit: Duration) -> Verdict {
+    let Ok(ours) = stream.local_addr() else {
+        return Verdict::Passed;
+    };
+    let taken = async {
+        let mut pause = Duration::from_millis(1);
+        // `None`: the kernel cannot tell; the connect is the verdict.
+        while accept_queue::accepted(worker, ours) == Some(false) {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    };
+    match tokio::time::timeout(limit, taken).await {
+        Ok(()) => Verdict::Passed,
+        Err(_) => Verdict::Failed(CheckFailure::NotAccepted),
+    }
+}
+
+/// GETs `path` over `stream`; passes on a 2xx answer.
+async fn http_ok(stream: TcpStream, host: &str, path: &str) -> Verdict {
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+        {
+            Ok(handshake) => handshake,
+            Err(error) => return Verdict::Failed(CheckFailure::Http(error.to_string())),
+        };
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "corral-health-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::new());
+    let verdict = match request {
+        Ok(request) => match sender.send_request(request).await {
+            Ok(answer) if answer.status().is_success() => Verdict::Passed,
+            Ok(answer) => Verdict::Failed(CheckFailure::Status(answer.status().as_u16())),
+            Err(error) => Verdict::Failed(CheckFailure::Http(error.to_string())),
+        },
+        Err(error) => Verdict::Failed(CheckFailure::Http(error.to_string())),
+    };
+    driver.abort();
+    verdict
+}
+
+/// Applies one verdict to the backend's state machine, and logs a change
+/// with the reason the check failed.
+pub fn record(backend: &Backend, verdict: Verdict, health: &HealthConfig) {
+    let change = match &verdict {
+        Verdict::Passed => {
+            backend.metrics.health_success.inc();
+            backend.check_passed(health.rise)
+        }
+        Verdict::Failed(why) => {
+            backend.metrics.health_failure.inc();
+            tracing::debug!(backend = %backend.label, reason = %why, "health check failed");
+            match why {
+                CheckFailure::NotAccepted => backend.stalled(health.fall),
+                _ => backend.check_failed(health.fall),
+            }
+        }
+        Verdict::Skipped(_) => None,
+    };
+    match (change, &verdict) {
+        (Some(HealthChange::Up), _) => {
+            tracing::info!(backend = %backend.label, checks = health.rise, "backend is up");
+        }
+        (Some(HealthChange::Down(reason)), Verdict::Failed(why)) => tracing::warn!(
+            backend = %backend.label,
+            checks = health.fall,
+            reason = reason.as_str(),
+            "backend is down: health check failed: {why}"
+        ),
+        _ => {}
+    }
+}
+
+/// The passive check: the proxy could not connect to `instance`, so the
+/// backend leaves rotation now instead of at the next interval. Not when the
+/// instance has been replaced meanwhile (a rolling restart), and not when it
+/// is the last backend up: a single refused connect (a full accept queue)
+/// must not turn every client away until `rise` checks pass; its health
+/// checks decide.
+pub fn connect_failed(pool: &Pool, backend: &Backend, instance: &Arc<Instance>) {
+    if !Arc::ptr_eq(&backend.instance(), instance) || !others_up(pool, backend) {
+        return;
+    }
+    if backend.connect_failed() {
+        tracing::warn!(backend = %backend.label, reason = DownReason::ConnectFailed.as_str(), "backend is down: connect failed");
+    }
+}
+
+/// The passive check for silent backends: `instance` was sent a client's
+/// bytes and answered nothing within `timeouts.first_byte`.
+pub fn first_byte_timed_out(backend: &Backend, instance: &Arc<Instance>, fall: u32, limit: Duration) {
+    if !Arc::ptr_eq(&backend.instance(), instance) {
+        return;
+    }
+    if backend.first_byte_timed_out(fall) {
+        tracing::warn!(
+            backend = %backend.label,
+            reason = DownReason::Timeouts.as_str(),
+            timeouts = fall,
+            first_byte = ?limit,
+            "backend is down: it accepted clients and answered nothing"
+        );
+    }
+}
+
+fn others_up(pool: &Pool, backend: &Backend) -> bool {
+    pool.backends
+        .iter()
+        .any(|b| !std::ptr::eq(b.as_ref(), backend) && b.is_up())
+}

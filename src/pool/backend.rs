@@ -1,0 +1,564 @@
+//! One backend: its name, the process (or static address) new connections
+//! go to, its counters, and its lifecycle and health as one state machine.
+//!
+//! The machine's representation is private. The supervisor, the health
+//! checks and the data path ask for named transitions (`starting`,
+//! `ready`, `crashed`, `check_failed`, `first_byte_timed_out`, `stalled`,
+//! `draining`, `stopped`, ...); nothing else writes it. The hot path reads
+//! one atomic, [`Backend::is_up`], which every transition republishes.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::config::SendProxy;
+use crate::metrics::{BackendMetrics, Metrics};
+
+/// A backend's state, as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A worker that was spawned and does not accept connections yet.
+    Starting,
+    /// In rotation.
+    Up,
+    /// Out of rotation; [`Backend::reason`] says why.
+    Down,
+    /// Finishing its open connections before it stops; no new ones.
+    Draining,
+    /// Stopped on purpose (shutdown or scale-down).
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Up => "up",
+            State::Down => "down",
+            State::Draining => "draining",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// Why a backend is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Its process exited; a restart is scheduled.
+    Crashed,
+    /// Its process did not start, or did not accept connections within
+    /// `workers.ready_timeout`.
+    NotReady,
+    /// It failed `health.fall` active checks in a row.
+    Checks,
+    /// The proxy could not connect to it.
+    ConnectFailed,
+    /// It was sent clients' bytes and answered nothing within
+    /// `timeouts.first_byte`, `health.fall` times in a row.
+    Timeouts,
+    /// Its process stopped taking connections from its accept queue.
+    Stalled,
+}
+
+impl DownReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownReason::Crashed => "crashed",
+            DownReason::NotReady => "not_ready",
+            DownReason::Checks => "checks",
+            DownReason::ConnectFailed => "connect_failed",
+            DownReason::Timeouts => "timeouts",
+            DownReason::Stalled => "stalled",
+        }
+    }
+}
+
+/// What a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Worker slot `id`, a process corral spawns.
+    Worker(usize),
+    /// A `[[backends]]` entry.
+    Static,
+}
+
+/// One process (or static address) behind a backend. A worker slot gets a
+/// new instance on every restart; connections hold the instance they were
+/// opened to, so a rolling restart can wait for the old one to drain.
+#[derive(Debug)]
+pub struct Instance {
+    pub addr: std::net::SocketAddr,
+    pub pid: Option<u32>,
+    /// When the process was started (for `uptime_seconds`).
+    pub started: Instant,
+    active: AtomicUsize,
+    /// Woken whenever a connection to this instance closes.
+    closed: tokio::sync::Notify,
+}
+
+impl Instance {
+    pub fn new(addr: std::net::SocketAddr, pid: Option<u32>) -> Arc<Instance> {
+        Arc::new(Instance {
+            addr,
+            pid,
+            started: Instant::now(),
+            active: AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Connections open to this very process.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Returns once no connection is open to this instance.
+    pub async fn drained(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// Where a backend is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Down(DownReason),
+    Draining,
+    Stopped,
+}
+
+/// The private state machine behind [`Backend`].
+#[derive(Debug)]
+struct Machine {
+    phase: Phase,
+    /// While running: why it is out of rotation, and since when.
+    failing: Option<(DownReason, Instant)>,
+    /// Active-check results in a row that disagree with the current health.
+    streak: u32,
+}
+
+impl Machine {
+    fn state(&self) -> State {
+        match self.phase {
+            Phase::Starting => State::Starting,
+            Phase::Running if self.failing.is_some() => State::Down,
+            Phase::Running => State::Up,
+            Phase::Down(_) => State::Down,
+            Phase::Draining => State::Draining,
+            Phase::Stopped => State::Stopped,
+        }
+    }
+
+    fn reason(&self) -> Option<DownReason> {
+        match self.phase {
+            Phase::Down(reason) => Some(reason),
+            Phase::Running => self.failing.map(|(reason, _)| reason),
+            _ => None,
+        }
+    }
+}
+
+/// A change of health that the caller should log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// Back in rotation after `rise` good checks.
+    Up,
+    /// Out of rotation for this reason.
+    Down(DownReason),
+}
+
+/// A backend: a worker slot or a static address.
+pub struct Backend {
+    /// `worker-<id>` or the static backend's name; the metric label.
+    pub label: String,
+    /// A process-independent hash of the label: the ring and the sticky table
+    /// refer to backends by it, so it survives reloads.
+    pub key: u64,
+    pub kind: Kind,
+    machine: Mutex<Machine>,
+    /// [`Machine`] in rotation, republished by every transition: the one
+    /// thing the hot path reads.
+    up: AtomicBool,
+    current: ArcSwap<Instance>,
+    restarts: AtomicU64,
+    active: AtomicUsize,
+    /// First-byte timeouts in a row (the passive check), reset by any
+    /// answer. Kept outside the machine so the hot path takes no lock.
+    silent_in_a_row: AtomicU32,
+    /// Which PROXY header this backend is sent (a `SendProxy` as u8).
+    send_proxy: AtomicU8,
+    pub metrics: BackendMetrics,
+}
+
+impl Backend {
+    pub fn new(
+        label: String,
+        kind: Kind,
+        addr: std::net::SocketAddr,
+        metrics: &Metrics,
+    ) -> Arc<Backend> {
+        let phase = match kind {
+            Kind::Worker(_) => Phase::Starting,
+            Kind::Static => Phase::Running,
+        };
+        let backend = Backend {
+            key: super::label_key(&label),
+            metrics: metrics.backend(&label),
+            label,
+            kind,
+            machine: Mutex::new(Machine {
+                phase,
+                failing: None,
+                streak: 0,
+            }),
+            up: AtomicBool::new(false),
+            current: ArcSwap::from(Instance::new(addr, None)),
+            restarts: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            silent_in_a_row: AtomicU32::new(0),
+            send_proxy: AtomicU8::new(SendProxy::None as u8),
+        };
+        backend.publish(&backend.machine());
+        Arc::new(backend)
+    }
+
+    fn machine(&self) -> MutexGuard<'_, Machine> {
+        // The machine holds no invariant a panicking holder could break
+        // half-way: every transition is a few assignments.
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, machine: &Machine) {
+        let up = machine.state() == State::Up;
+        self.up.store(up, Ordering::Release);
+        self.metrics.up.set(i64::from(up));
+    }
+
+    /// Runs one transition and republishes the result.
+    fn transition<T>(&self, change: impl FnOnce(&mut Machine) -> T) -> T {
+        let mut machine = self.machine();
+        let result = change(&mut machine);
+        self.publish(&machine);
+        result
+    }
+
+    /// In rotation: running, ready and passing its checks.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The state `/status` shows.
+    pub fn state(&self) -> State {
+        self.machine().state()
+    }
+
+    /// Why the backend is down, when it is.
+    pub fn reason(&self) -> Option<DownReason> {
+        self.machine().reason()
+    }
+
+    /// True while a process of this worker is running and has been ready
+    /// (it may be failing its checks): the health checks' business.
+    pub fn is_running(&self) -> bool {
+        self.machine().phase == Phase::Running
+    }
+
+    /// How long a running backend has been out of rotation, if it is.
+    pub fn unhealthy_for(&self) -> Option<Duration> {
+        let machine = self.machine();
+        match machine.phase {
+            Phase::Running => machine.failing.map(|(_, since)| since.elapsed()),
+            _ => None,
+        }
+    }
+
+    // ---- transitions asked for by the supervisor ----
+
+    /// A process is being started for a slot that serves nothing.
+    pub fn starting(&self) {
+        self.transition(|m| m.phase = Phase::Starting);
+    }
+
+    /// Shows a starting process in `/status` while nothing else serves
+    /// (it gets no traffic until [`Backend::ready`]).
+    pub fn show_starting(&self, instance: Arc<Instance>) {
+        let machine = self.machine();
+        if machine.phase != Phase::Running {
+            self.current.store(instance);
+        }
+    }
+
+    /// `instance` accepts connections: it takes the new ones from now on,
+    /// with a clean health record. Returns the instance it replaces.
+    pub fn ready(&self, instance: Arc<Instance>) -> Arc<Instance> {
+        let previous = self.current.swap(instance);
+        self.silent_in_a_row.store(0, Ordering::Relaxed);
+        self.transition(|m| {
+            m.phase = Phase::Running;
+            m.failing = None;
+            m.streak = 0;
+        });
+        previous
+    }
+
+    /// The process exited unexpectedly; it will be restarted.
+    pub fn crashed(&self) {
+        self.transition(|m| m.phase = Phase::Down(DownReason::Crashed));
+    }
+
+    /// The process did not start or never became ready.
+    pub fn failed_to_start(&self) {
+        self.transition(|m| m.phase = Phase::Down(DownReason::NotReady));
+    }
+
+    /// A running process is being restarted because it stayed unhealthy;
+    /// the reason it was out of rotation stays visible.
+    pub fn restarting_unhealthy(&self) {
+        self.transition(|m| {
+            let reason = m.reason().unwrap_or(DownReason::Checks);
+            m.phase = Phase::Down(reason);
+        });
+    }
+
+    /// Leaves rotation to finish open connections (scale-down).
+    pub fn draining(&self) {
+        self.transition(|m| m.phase = Phase::Draining);
+    }
+
+    /// Stopped on purpose.
+    pub fn stopped(&self) {
+        self.transition(|m| m.phase = Phase::Stopped);
+    }
+
+    // ---- transitions asked for by health checks and the data path ----
+
+    /// One active check passed; `rise` in a row bring a failing backend back.
+    pub fn check_passed(&self, rise: u32) -> Option<HealthChange> {
+        self.transition(|m| {
+            if m.phase != Phase::Running || m.failing.is_none() {
+                m.streak = 0;
+                return None;
+            }
+            m.streak += 1;
+            if m.streak < rise {
+                return None;
+            }
+            m.streak = 0;
+            m.failing = None;
+            self.silent_in_a_row.store(0, Ordering::Relaxed);
+            Some(HealthChange::Up)
+        })
+    }
+
+    /// One active check failed; `fall` in a row take the backend out.
+    pub fn check_failed(&self, fall: u32) -> Option<HealthChange> {
+        self.fail(DownReason::Checks, fall)
+    }
+
+    /// Its process was seen not taking connections from its accept queue;
+    /// `fall` such checks in a row take it out.
+    pub fn stalled(&self, fall: u32) -> Option<HealthChange> {
+        self.fail(DownReason::Stalled, fall)
+    }
+
+    fn fail(&self, reason: DownReason, fall: u32) -> Option<HealthChange> {
+        self.transition(|m| {
+            if m.phase != Phase::Running {
+                return None;
+            }
+            if m.failing.is_some() {
+                m.streak = 0;
+                return None;
+            }
+            m.streak += 1;
+            if m.streak < fall {
+                return None;
+            }
+            m.streak = 0;
+            m.failing = Some((reason, Instant::now()));
+            Some(HealthChange::Down(reason))
+        })
+    }
+
+    /// The proxy could not connect: out of rotation at once (its checks
+    /// bring it back). False if it was out already.
+    pub fn connect_failed(&self) -> bool {
+        self.take_out(DownReason::ConnectFailed)
+    }
+
+    /// The backend answered a client: the passive check's streak ends.
+    #[inline]
+    pub fn answered(&self) {
+        if self.silent_in_a_row.load(Ordering::Relaxed) != 0 {
+            self.silent_in_a_row.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The backend was sent a client's bytes and answered nothing within
+    /// `timeouts.first_byte`; after `fall` in a row it leaves rotation.
+    /// True when this timeout took it out.
+    pub fn first_byte_timed_out(&self, fall: u32) -> bool {
+        let silent = self.silent_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        silent >= fall && self.take_out(DownReason::Timeouts)
+    }
+
+    fn take_out(&self, reason: DownReason) -> bool {
+        self.transition(|m| {
+            if m.phase != Phase::Running || m.failing.is_some() {
+                return false;
+            }
+            m.streak = 0;
+            m.failing = Some((reason, Instant::now()));
+            true
+        })
+    }
+
+    // ---- the rest: configuration, instances, counters ----
+
+    /// The PROXY header this backend wants in front of each connection.
+    pub fn send_proxy(&self) -> SendProxy {
+        match self.send_proxy.load(Ordering::Relaxed) {
+            1 => SendProxy::V1,
+            2 => SendProxy::V2,
+            _ => SendProxy::None,
+        }
+    }
+
+    pub fn set_send_proxy(&self, version: SendProxy) {
+        self.send_proxy.store(version as u8, Ordering::Relaxed);
+    }
+
+    /// The instance new connections go to.
+    pub fn instance(&self) -> Arc<Instance> {
+        self.current.load_full()
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.restarts.inc();
+    }
+
+    /// Open client connections to this backend, all instances together.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection to `instance` as open until the guard drops.
+    pub fn open(self: &Arc<Self>, instance: Arc<Instance>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        instance.active.fetch_add(1, Ordering::AcqRel);
+        self.metrics.active.inc();
+        self.metrics.connections.inc();
+        ActiveGuard {
+            backend: Arc::clone(self),
+            instance,
+        }
+    }
+}
+
+/// Keeps a backend's and an instance's open-connection counts right, however
+/// the connection ends.
+pub struct ActiveGuard {
+    pub backend: Arc<Backend>,
+    pub instance: Arc<Instance>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        if self.instance.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.instance.closed.notify_waiters();
+        }
+        self.backend.metrics.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker() -> Arc<Backend> {
+        let metrics = Metrics::new();
+        Backend::new(
+            "worker-0".into(),
+            Kind::Worker(0),
+            "127.0.0.1:1".parse().unwrap(),
+            &metrics,
+        )
+    }
+
+    #[test]
+    fn a_worker_goes_up_only_when_ready() {
+        let b = worker();
+        assert_eq!(b.state(), State::Starting);
+        assert!(!b.is_up());
+        b.ready(b.instance());
+        assert!(b.is_up());
+        b.crashed();
+        assert_eq!((b.state(), b.reason()), (State::Down, Some(DownReason::Crashed)));
+        assert!(!b.is_up());
+    }
+
+    #[test]
+    fn checks_take_it_out_after_fall_and_back_after_rise() {
+        let b = worker();
+        b.ready(b.instance());
+        assert_eq!(b.check_failed(3), None);
+        assert_eq!(b.check_failed(3), None);
+        assert_eq!(b.check_failed(3), Some(HealthChange::Down(DownReason::Checks)));
+        assert_eq!(b.reason(), Some(DownReason::Checks));
+        assert!(b.unhealthy_for().is_some());
+        assert_eq!(b.check_passed(2), None);
+        assert_eq!(b.check_passed(2), Some(HealthChange::Up));
+        assert!(b.is_up());
+        assert_eq!(b.reason(), None);
+    }
+
+    #[test]
+    fn a_passing_check_breaks_a_failing_streak() {
+        let b = worker();
+        b.ready(b.instance());
+        b.check_failed(2);
+        b.check_passed(2);
+        assert_eq!(b.check_failed(2), None);
+        assert!(b.is_up());
+    }
+
+    #[test]
+    fn first_byte_timeouts_in_a_row_take_it_out_and_an_answer_resets() {
+        let b = worker();
+        b.ready(b.instance());
+        assert!(!b.first_byte_timed_out(2));
+        b.answered();
+        assert!(!b.first_byte_timed_out(2));
+        assert!(b.first_byte_timed_out(2));
+        assert_eq!(b.reason(), Some(DownReason::Timeouts));
+    }
+
+    #[test]
+    fn stopped_and_draining_backends_ignore_checks() {
+        let b = worker();
+        b.ready(b.instance());
+        b.draining();
+        assert_eq!(b.check_failed(1), None);
+        assert_eq!(b.state(), State::Draining);
+        b.stopped();
+        assert_eq!(b.state(), State::Stopped);
+    }
+}

@@ -1,0 +1,116 @@
+//! Every backend corral can send a client to. The set of backends is an
+//! immutable [`Pool`], published together with the config it was built
+//! from as one [`Snapshot`]: a connection that loads the snapshot sees a
+//! config and a pool that belong together, even during a reload. Each
+//! [`Backend`] inside changes state only through the named transitions of
+//! its state machine (in [`backend`]), so the hot path takes no lock.
+
+pub mod backend;
+
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use backend::{ActiveGuard, Backend, DownReason, HealthChange, Instance, Kind, State};
+
+use crate::config::Config;
+use crate::dispatch::ring::Ring;
+use crate::metrics::Metrics;
+
+/// The fixed-key hash of a backend label: the same in every corral process.
+pub fn label_key(label: &str) -> u64 {
+    hashring::DefaultHashBuilder.hash_one(label)
+}
+
+/// One immutable set of backends and the ring placed over them.
+pub struct Pool {
+    pub backends: Vec<Arc<Backend>>,
+    pub ring: Ring,
+}
+
+impl Pool {
+    pub fn new(backends: Vec<Arc<Backend>>) -> Pool {
+        let keys: Vec<u64> = backends.iter().map(|b| b.key).collect();
+        Pool {
+            ring: Ring::new(&keys),
+            backends,
+        }
+    }
+
+    /// The pool for `config`, keeping every backend of `previous` that is
+    /// still configured (same label, and for static backends the same
+    /// address), so their state, counters and open connections carry over a
+    /// reload.
+    pub fn assemble(config: &Config, metrics: &Metrics, previous: Option<&Pool>) -> Pool {
+        let keep = |label: &str, addr: Option<SocketAddr>| {
+            previous?
+                .by_label(label)
+                .filter(|b| addr.is_none_or(|a| b.instance().addr == a))
+                .cloned()
+        };
+        let mut backends = Vec::new();
+        if let Some(workers) = &config.workers {
+            for id in 0..workers.count {
+                let label = crate::config::worker_label(id);
+                let backend = keep(&label, None).unwrap_or_else(|| {
+                    let addr = SocketAddr::new(workers.host, workers.port(id, false));
+                    Backend::new(label, Kind::Worker(id), addr, metrics)
+                });
+                backend.set_send_proxy(workers.send_proxy);
+                backends.push(backend);
+            }
+        }
+        for b in &config.backends {
+            let backend = keep(&b.name, Some(b.address))
+                .unwrap_or_else(|| Backend::new(b.name.clone(), Kind::Static, b.address, metrics));
+            backend.set_send_proxy(b.send_proxy);
+            backends.push(backend);
+        }
+        Pool::new(backends)
+    }
+
+    /// The index of the backend whose label hashes to `key`.
+    #[inline]
+    pub fn index_of(&self, key: u64) -> Option<usize> {
+        self.backends.iter().position(|b| b.key == key)
+    }
+
+    pub fn by_label(&self, label: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.label == label)
+    }
+
+    pub fn any_up(&self) -> bool {
+        self.backends.iter().any(|b| b.is_up())
+    }
+
+    /// The worker backends, in slot order.
+    pub fn workers(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends
+            .iter()
+            .filter(|b| matches!(b.kind, Kind::Worker(_)))
+    }
+}
+
+/// The config in force and the pool built from it, published together.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub pool: Pool,
+}
+
+impl Snapshot {
+    /// The first snapshot, at start.
+    pub fn first(config: Config, metrics: &Metrics) -> Snapshot {
+        let pool = Pool::assemble(&config, metrics, None);
+        Snapshot {
+            config: Arc::new(config),
+            pool,
+        }
+    }
+
+    /// The snapshot a reload to `config` publishes: backends still
+    /// configured carry over from this one.
+    pub fn next(&self, config: Arc<Config>, metrics: &Metrics) -> Snapshot {
+        let pool = Pool::assemble(&config, metrics, Some(&self.pool));
+        Snapshot { config, pool }
+    }
+}

@@ -1,0 +1,150 @@
+//! What each worker costs: CPU time and resident memory of its whole
+//! process tree (the worker and everything it started: `npm start` and
+//! shell wrappers are common), read from `/proc`. One pass over `/proc`
+//! serves every worker, so a scrape costs the same with 2 workers or 200.
+
+use std::collections::HashMap;
+
+/// The CPU and memory of one process tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// User plus system CPU seconds, the tree's reaped children included.
+    pub cpu_seconds: f64,
+    /// Resident memory, bytes.
+    pub memory_bytes: u64,
+    /// Processes in the tree.
+    pub processes: usize,
+}
+
+/// One process as `/proc/<pid>/stat` describes it.
+#[derive(Debug, Clone, Copy)]
+struct Process {
+    parent: u32,
+    cpu_ticks: u64,
+    rss_pages: u64,
+}
+
+/// Every process on the machine, read once.
+pub struct ProcessTable {
+    processes: HashMap<u32, Process>,
+    children: HashMap<u32, Vec<u32>>,
+    tick: f64,
+    page: u64,
+}
+
+impl ProcessTable {
+    /// Reads `/proc`. Processes that exit while it is read are skipped.
+    pub fn read() -> ProcessTable {
+        let mut processes = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                if let Some(process) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|text| parse_stat(&text))
+                {
+                    processes.insert(pid, process);
+                }
+            }
+        }
+        ProcessTable::from_processes(processes)
+    }
+
+    fn from_processes(processes: HashMap<u32, Process>) -> ProcessTable {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&pid, process) in &processes {
+            children.entry(process.parent).or_default().push(pid);
+        }
+        // SAFETY: sysconf only reads a configuration value.
+        let (tick, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        ProcessTable {
+            processes,
+            children,
+            tick: if tick > 0 { tick as f64 } else { 100.0 },
+            page: if page > 0 { page as u64 } else { 4096 },
+        }
+    }
+
+    /// The usage of `root` and all its descendants; `None` if `root` is gone.
+    pub fn tree(&self, root: u32) -> Option<Usage> {
+        self.processes.get(&root)?;
+        let mut usage = Usage::default();
+        let mut ticks = 0u64;
+        let mut pages = 0u64;
+        let mut stack = vec![root];
+        while let Some(pid) = stack.pop() {
+            let Some(process) = self.processes.get(&pid) else {
+                continue;
+            };
+            usage.processes += 1;
+            ticks += process.cpu_ticks;
+            pages += process.rss_pages;
+            if let Some(kids) = self.children.get(&pid) {
+                stack.extend(kids.iter().copied().filter(|&k| k != pid));
+            }
+        }
+        usage.cpu_seconds = ticks as f64 / self.tick;
+        usage.memory_bytes = pages * self.page;
+        Some(usage)
+    }
+}
+
+/// Parent, CPU ticks (utime + stime + cutime + cstime) and RSS pages from
+/// the text of `/proc/<pid>/stat`.
+fn parse_stat(text: &str) -> Option<Process> {
+    // The command name is in parentheses and may hold spaces or ')'.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(Process {
+        parent: u32::try_from(number(1)?).ok()?,
+        cpu_ticks: number(11)? + number(12)? + number(13)? + number(14)?,
+        rss_pages: number(21)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_sums_its_descendants() {
+        let p = |parent, cpu_ticks, rss_pages| Process {
+            parent,
+            cpu_ticks,
+            rss_pages,
+        };
+        let table = ProcessTable::from_processes(HashMap::from([
+            (10, p(1, 100, 10)),
+            (11, p(10, 50, 5)),
+            (12, p(11, 50, 5)),
+            (20, p(1, 999, 999)),
+        ]));
+        let usage = table.tree(10).unwrap();
+        assert_eq!(usage.processes, 3);
+        assert_eq!(usage.memory_bytes, 20 * table.page);
+        assert!((usage.cpu_seconds - 200.0 / table.tick).abs() < 1e-9);
+        assert!(table.tree(99).is_none());
+    }
+
+    #[test]
+    fn this_process_is_read() {
+        let table = ProcessTable::read();
+        let usage = table.tree(std::process::id()).unwrap();
+        assert!(usage.memory_bytes > 0);
+    }
+
+    #[test]
+    fn stat_with_spaces_in_the_name_parses() {
+        let text = "42 (a b) c) S 7 42 42 0 -1 4194304 100 0 0 0 3 4 5 6 20 0 1 0 100 1000 77 18446744073709551615";
+        let process = parse_stat(text).unwrap();
+        assert_eq!((process.parent, process.cpu_ticks, process.rss_pages), (7, 18, 77));
+    }
+}
