@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""corral beside HAProxy, nginx's stream module and a direct connection, in one run.
+
+This is corral's side-by-side comparison harness. Everything listens on
+127.0.0.1 only. Every contender is put in front of the same backends with the
+same number of threads, and every figure of every row comes from the same
+invocation, so the ratios printed at the end compare like with like: machine
+noise (other builds, frequency scaling) mostly cancels.
+
+Proxy scenario (the default). Backends: one nginx HTTP server listening on two
+ports (19001, 19002, answering "hello from <port>") and one iperf3 server.
+Rows:
+  direct          wrk / iperf3 straight to the backend (the ceiling)
+  haproxy         HAProxy, mode tcp, roundrobin over the two ports, nbthread N
+  nginx           nginx's stream module, proxy_pass to the two ports, N workers
+  corral          corral, [[backends]] for the two ports, [runtime] threads = N
+  corral-before   a second corral binary (--corral-before), configured the same,
+                  so that a before/after comparison comes from one run
+
+Figures, for each row (measured after --warmup seconds of unmeasured load):
+  ka req/s        wrk -t1 -c64 (--connections) keep-alive request rate
+  ka p99          99th percentile latency of that run (wrk --latency), ms
+  close req/s     the same with "Connection: close": one new client connection
+                  (and one new backend connection) per request
+  close p99       99th percentile latency of that run, ms
+  bulk Gbit/s     iperf3 -c through the proxy to the iperf3 server (receiver)
+  idle KiB/conn   growth of the proxy's resident memory (VmRSS summed over its
+                  process tree) with --idle connections open and idle, divided
+                  by the number opened
+  cpu us/req      CPU time of the proxy's process tree (utime + stime, fields 14
+                  and 15 of /proc/PID/stat, summed over the started process and
+                  all its descendants) from just before to just after a wrk run,
+                  divided by the requests wrk completed, in microseconds; for the
+                  keep-alive and the close run. The least noisy figure on a
+                  shared machine: it is what the proxy spent, not what it got.
+
+Node scenario (--scenario node). A small Node.js app (benches/node/app.js)
+served by 2 workers, four ways:
+  corral          corral spawning 2 workers of app.js, workers.listen = "port"
+                  (the default: each worker on its own port, corral proxies)
+  corral-before   the same with the --corral-before binary
+  corral-fd       corral with workers.listen = "fd": corral hands each worker a
+                  listening socket on the front end and is not on the byte path.
+                  Skipped, with a message, when the binary refuses that config
+                  (`corral check` exits 2).
+  haproxy         HAProxy (mode tcp) in front of two separately started copies
+  node-cluster    Node's cluster module (benches/node/cluster.js), 2 workers
+Figures: ka and close req/s with p99, and CPU per request of the whole tree
+(dispatcher and app processes together: everything the machine spent).
+
+Ratios (printed at the end): each corral row over the best peer of the same
+run, where "best" is the highest rate or the lowest latency, memory or CPU.
+So a ratio above 1 is better for rates and worse for everything else. With
+--corral-before, corral / corral-before as well.
+
+Needs (Debian): apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 nodejs
+
+Usage:
+  benches/compare.py --corral target/release/corral [--threads 1] [--seconds 5]
+      [--corral-before OLD_BINARY] [--only direct,haproxy,nginx,corral]
+      [--idle 2000] [--connections 64] [--warmup 1] [--json FILE] [--keep]
+  benches/compare.py --corral target/release/corral --scenario node [...]
+
+Every process the harness starts runs in its own session and is stopped (with
+whatever it started) on the way out, on an error, Ctrl-C or SIGTERM too.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NODE_DIR = os.path.join(HERE, "node")
+HOST = "127.0.0.1"
+NAN = float("nan")
+
+# Proxy scenario ports.
+BACKENDS = (19001, 19002)
+IPERF = 15201
+PROXY_PORTS = {  # row: (http front end, bulk front end, corral admin, corral bulk admin)
+    "direct": (19001, IPERF, None, None),
+    "haproxy": (18080, 18090, None, None),
+    "nginx": (18081, 18091, None, None),
+    "corral": (18082, 18092, 19190, 19191),
+    "corral-before": (18083, 18093, 19192, 19193),
+}
+PEERS = ("haproxy", "nginx")
+CORRALS = ("corral", "corral-before")
+
+# Node scenario ports.
+NODE_PORTS = {  # row: (front end, corral admin, first worker port)
+    "node-cluster": (18100, None, None),
+    "haproxy": (18101, None, None),
+    "corral": (18102, 19194, 19211),
+    "corral-fd": (18103, 19195, None),
+    "corral-before": (18104, 19196, 19221),
+}
+NODE_APPS = (19111, 19112)  # the two copies HAProxy is put in front of
+NODE_PEERS = ("haproxy", "node-cluster")
+NODE_CORRALS = ("corral", "corral-before", "corral-fd")
+
+INSTALL = "apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 nodejs"
+
+
+# ---------------------------------------------------------------- processes
+
+def process_tree(roots):
+    """The given pids and all their live descendants (from the ppid of every /proc entry)."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parent_of[int(entry)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    tree, todo = [], [p for p in roots if p in parent_of]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(c for c, p in parent_of.items() if p == pid)
+    return tree
+
+
+def start_time(pid):
+    """A live process's start time (field 22 of /proc/PID/stat), None when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_ticks(roots):
+    """utime + stime clock ticks spent so far by the process trees under roots."""
+    total = 0
+    for pid in process_tree(roots):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def rss_bytes(roots):
+    """Resident memory summed over the process trees under roots."""
+    total = 0
+    for pid in process_tree(roots):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
+            total += int(m.group(1)) * 1024 if m else 0
+        except OSError:
+            pass
+    return total
+
+
+def port_open(port):
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def http_get(port, timeout=2.0):
+    """One GET / on a new connection; the body on a 200, else None."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return body if head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200") else None
+
+
+def wait_serving(port, distinct, timeout=20.0):
+    """Wait until GET / through port has been answered by `distinct` different backends."""
+    seen, deadline = set(), time.time() + timeout
+    while time.time() < deadline:
+        body = http_get(port)
+        if body is not None:
+            seen.add(body)
+            if len(seen) >= distinct:
+                return True
+        else:
+            time.sleep(0.05)
+    return False
+
+
+class Processes:
+    """Starts processes in their own sessions and stops all of them (and what they started)."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.procs = []  # (name, Popen)
+
+    def start(self, name, argv, port=None, env=None):
+        if port and port_open(port):
+            raise Failure(f"{name}: port {port} is already taken by something else; "
+                          f"is an earlier run still going?")
+        log_path = os.path.join(self.dir, f"{name}.log")
+        with open(log_path, "w") as log:
+            p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=dict(os.environ, **(env or {})))
+        self.procs.append((name, p))
+        if port:
+            deadline = time.time() + 15
+            while not port_open(port):
+                if p.poll() is not None or time.time() > deadline:
+                    raise Failure(f"{name} did not open port {port} "
+                                  f"(exit code {p.poll()}):\n{tail(log_path)}")
+                time.sleep(0.05)
+        return p
+
+    def log(self, name):
+        return tail(os.path.join(self.dir, f"{name}.log"))
+
+    def stop(self):
+        """SIGTERM every process group, newest first; SIGKILL whatever is left after 10 s."""
+        # Everything started, with what it started in turn (corral's workers run in
+        # process groups of their own), remembered with start times against pid reuse.
+        started = {pid: start_time(pid) for pid in process_tree([p.pid for _, p in self.procs])}
+        started = {pid: t for pid, t in started.items() if t is not None}
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        deadline = time.time() + 10
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait()
+        while time.time() < deadline and any(start_time(pid) == t for pid, t in started.items()):
+            time.sleep(0.1)
+        for pid, t in started.items():
+            if start_time(pid) == t:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.procs = []
+
+
+class Failure(Exception):
+    pass
+
+
+def tail(path, lines=15):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip() or "(empty log)"
+    except OSError:
+        return "(no log)"
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text.lstrip())
+    return path
+
+
+def toml_str(s):
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+# ---------------------------------------------------------------- measurements
+
+def wrk(port, seconds, connections, close, pids):
+    """One wrk run: rate, p99, requests, and CPU µs per request of the trees under pids."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{HOST}:{port}/"]
+    if close:
+        argv[1:1] = ["-H", "Connection: close"]
+    tick = os.sysconf("SC_CLK_TCK")
+    before = cpu_ticks(pids) if pids else 0
+    out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    after = cpu_ticks(pids) if pids else 0
+    text = out.stdout + out.stderr
+    r = {"rps": NAN, "p99_ms": NAN, "requests": 0, "cpu_us_per_req": NAN, "errors": ""}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\b", text, re.M)
+    if m:
+        r["p99_ms"] = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    m = re.search(r"(\d+) requests in", text)
+    if m:
+        r["requests"] = int(m.group(1))
+    if pids and r["requests"]:
+        r["cpu_us_per_req"] = (after - before) / tick * 1e6 / r["requests"]
+    problems = []
+    m = re.search(r"Socket errors: (.*)", text)
+    if m:
+        problems.append(m.group(1).strip())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        problems.append(f"non-2xx {m.group(1)}")
+    if out.returncode != 0 or not r["requests"]:
+        problems.append(f"wrk exit {out.returncode}: {text.strip()[-200:]}")
+    r["errors"] = ", ".join(problems)
+    return r
+
+
+def warm_up(port, seconds, connections):
+    """An unmeasured wrk run, so that no row is measured cold (Node's JIT, caches, pools)."""
+    if seconds > 0:
+        subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://{HOST}:{port}/"],
+                       capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def iperf(port, seconds):
+    out = subprocess.run(["iperf3", "-c", HOST, "-p", str(port), "-t", str(seconds), "-J"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    try:
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (KeyError, ValueError, TypeError):
+        return NAN
+
+
+def idle_memory(port, pids, count):
+    """Resident memory growth of the trees under pids per idle connection, and how many opened."""
+    base = rss_bytes(pids)
+    socks = []
+    try:
+        for _ in range(count):
+            try:
+                socks.append(socket.create_connection((HOST, port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.0)  # let the proxy accept them all and open its backend side
+        grown = rss_bytes(pids) - base
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    return (grown / len(socks) if socks else NAN), len(socks)
+
+
+# ---------------------------------------------------------------- printing
+
+def fmt(value, spec):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def ratio(a, b):
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+        return NAN
+    return a / b
+
+
+class Table:
+    """Fixed-width rows printed as they are measured."""
+
+    def __init__(self, columns, first=14):
+        self.columns = columns  # (header, width, getter, format spec)
+        self.first = first
+
+    def header(self):
+        print(f"{'':{self.first}}" + "".join(f"{h:>{w}}" for h, w, _, _ in self.columns))
+
+    def row(self, name, data):
+        print(f"{name:{self.first}}" + "".join(f"{fmt(g(data), s):>{w}}" for _, w, g, s in self.columns),
+              flush=True)
+
+
+def print_ratios(title, names, rows, peers, figures):
+    """corral rows over the best peer: max for rates (higher is better), min for the rest."""
+    peers = [p for p in peers if p in rows]
+    names = [n for n in names if n in rows]
+    if not peers or not names:
+        return
+    print(f"\n{title} (best of {', '.join(peers)}, this run; rates: higher is better, "
+          f"the rest: lower is better)")
+    table = Table([(h, max(len(h) + 2, 9), None, ".2f") for h, _, _ in figures])
+    table.header()
+    for n in names:
+        values = []
+        for _, get, higher_better in figures:
+            peer_values = [get(rows[p]) for p in peers]
+            peer_values = [v for v in peer_values if v is not None and not math.isnan(v)]
+            best = (max if higher_better else min)(peer_values) if peer_values else NAN
+            values.append(ratio(get(rows[n]), best))
+        print(f"{n:14}" + "".join(f"{fmt(v, '.2f'):>{max(len(h) + 2, 9)}}"
+                                  for v, (h, _, _) in zip(values, figures)))
+    if "corral" in rows and "corral-before" in rows:
+        c, b = rows["corral"], rows["corral-before"]
+        print("corral / corral-before: " + "  ".join(
+            f"{h} {fmt(ratio(get(c), get(b)), '.2f')}" for h, get, _ in figures))
+
+
+def print_errors(rows):
+    for n, r in rows.items():
+        for run in ("keepalive", "close"):
+            if r.get(run, {}).get("errors"):
+                print(f"note: {n} {run}: {r[run]['errors']}")
+
+
+def machine_line(corral):
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            model = m.group(1).strip() if m else ""
+    except OSError:
+        pass
+    versions = []
+    for argv in (["haproxy", "-v"], ["nginx", "-v"], ["node", "--version"], [corral, "--version"]):
+        if argv[0] and shutil.which(argv[0]):
+            out = subprocess.run(argv, capture_output=True, text=True)
+            first = (out.stdout or out.stderr).strip().splitlines()
+            if first:
+                versions.append(first[0].replace("nginx version: ", "").split(" - ")[0])
+    print(f"machine: {os.cpu_count()} cores, {model}; load {os.getloadavg()[0]:.2f}; "
+          + "; ".join(versions))
+
+
+# ---------------------------------------------------------------- corral
+
+def corral_config(path, front, admin, threads, body):
+    return write(path, f"""
+[listener]
+bind = "{HOST}:{front}"
+[admin]
+bind = "{HOST}:{admin}"
+[balance]
+strategy = "round-robin"
+[runtime]
+threads = {threads}
+[timeouts]
+drain = "2s"
+[log]
+level = "warn"
+connections = false
+{body}
+""")
+
+
+def corral_check(binary, config):
+    """(exit code, first line of what `corral check` said)."""
+    out = subprocess.run([binary, "check", "-c", config], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    said = (out.stderr or out.stdout).strip().splitlines()
+    return out.returncode, (said[0] if said else "")
+
+
+def start_corral(procs, name, binary, config, port):
+    code, said = corral_check(binary, config)
+    if code != 0:
+        raise Failure(f"{name}: `{binary} check -c {config}` exited {code}: {said}")
+    return procs.start(name, [binary, "run", "-c", config], port)
+
+
+# ---------------------------------------------------------------- proxy scenario
+
+def proxy_configs(d, threads):
+    backend = write(f"{d}/backend.conf", f"""
+worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{ listen {HOST}:{BACKENDS[0]} backlog=4096; location / {{ return 200 "hello from {BACKENDS[0]}\\n"; }} }}
+  server {{ listen {HOST}:{BACKENDS[1]} backlog=4096; location / {{ return 200 "hello from {BACKENDS[1]}\\n"; }} }}
+}}""")
+    hp, hb = PROXY_PORTS["haproxy"][:2]
+    haproxy = write(f"{d}/haproxy.cfg", f"""
+global
+  maxconn 8000
+  nbthread {threads}
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind {HOST}:{hp}
+  default_backend be
+backend be
+  balance roundrobin
+  server s1 {HOST}:{BACKENDS[0]}
+  server s2 {HOST}:{BACKENDS[1]}
+frontend fe_bulk
+  bind {HOST}:{hb}
+  default_backend be_bulk
+backend be_bulk
+  server i1 {HOST}:{IPERF}
+""")
+    np_, nb = PROXY_PORTS["nginx"][:2]
+    nginx = write(f"{d}/stream.conf", f"""
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes {threads}; daemon off; pid {d}/stream.pid; error_log {d}/stream.err warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+stream {{
+  upstream be {{ server {HOST}:{BACKENDS[0]}; server {HOST}:{BACKENDS[1]}; }}
+  upstream be_bulk {{ server {HOST}:{IPERF}; }}
+  server {{ listen {HOST}:{np_}; proxy_pass be; }}
+  server {{ listen {HOST}:{nb}; proxy_pass be_bulk; }}
+}}""")
+    return backend, haproxy, nginx
+
+
+def corral_proxy_configs(d, name, threads):
+    http, bulk, admin, admin_bulk = PROXY_PORTS[name]
+    main = corral_config(f"{d}/{name}.toml", http, admin, threads, f"""
+[[backends]]
+name = "s1"
+address = "{HOST}:{BACKENDS[0]}"
+[[backends]]
+name = "s2"
+address = "{HOST}:{BACKENDS[1]}"
+""")
+    # corral has one front end per instance, so bulk gets an instance of its own.
+    bulk_cfg = corral_config(f"{d}/{name}-bulk.toml", bulk, admin_bulk, threads, f"""
+[[backends]]
+name = "bulk"
+address = "{HOST}:{IPERF}"
+""")
+    return main, bulk_cfg
+
+
+def proxy_scenario(a, names, d, procs):
+    for tool in ["nginx", "haproxy", "wrk", "iperf3"]:
+        if not shutil.which(tool):
+            raise Failure(f"{tool} is not installed: {INSTALL}")
+    if "nginx" in names and not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
+        raise Failure(f"nginx's stream module is missing: {INSTALL}")
+    backend, haproxy, nginx = proxy_configs(d, a.threads)
+    binaries = {"corral": a.corral, "corral-before": a.corral_before}
+
+    procs.start("backend", ["nginx", "-c", backend, "-p", d + "/", "-e", f"{d}/backend.err"],
+                BACKENDS[1])
+    procs.start("iperf3", ["iperf3", "-s", "-B", HOST, "-p", str(IPERF)], IPERF)
+    pids = {}
+    if "haproxy" in names:
+        pids["haproxy"] = [procs.start("haproxy", ["haproxy", "-db", "-f", haproxy],
+                                       PROXY_PORTS["haproxy"][0]).pid]
+    if "nginx" in names:
+        pids["nginx"] = [procs.start("nginx", ["nginx", "-c", nginx, "-p", d + "/", "-e",
+                                               f"{d}/stream.err"], PROXY_PORTS["nginx"][0]).pid]
+    for n in CORRALS:
+        if n in names:
+            main, bulk = corral_proxy_configs(d, n, a.threads)
+            pids[n] = [start_corral(procs, n, binaries[n], main, PROXY_PORTS[n][0]).pid]
+            start_corral(procs, n + "-bulk", binaries[n], bulk, PROXY_PORTS[n][1])
+    for n in names:
+        if not wait_serving(PROXY_PORTS[n][0], 1 if n == "direct" else 2):
+            log = procs.log(n) if n != "direct" else procs.log("backend")
+            raise Failure(f"{n} does not answer GET / from both backends on port "
+                          f"{PROXY_PORTS[n][0]}:\n{log}")
+
+    print(f"proxy scenario: --threads {a.threads}, {a.seconds} s per figure, "
+          f"wrk -t1 -c{a.connections} after {a.warmup} s of warm-up, {a.idle} idle connections; times in ms, cpu in us/request")
+    table = Table([
+        ("ka req/s", 11, lambda r: r["keepalive"]["rps"], ".0f"),
+        ("ka p99", 9, lambda r: r["keepalive"]["p99_ms"], ".2f"),
+        ("close req/s", 13, lambda r: r["close"]["rps"], ".0f"),
+        ("close p99", 11, lambda r: r["close"]["p99_ms"], ".2f"),
+        ("Gbit/s", 9, lambda r: r["bulk_gbps"], ".1f"),
+        ("KiB/idle", 10, lambda r: r["idle_bytes_per_conn"] / 1024, ".1f"),
+        ("cpu ka", 9, lambda r: r["keepalive"]["cpu_us_per_req"], ".1f"),
+        ("cpu close", 11, lambda r: r["close"]["cpu_us_per_req"], ".1f"),
+    ])
+    table.header()
+    rows = {}
+    for n in names:
+        http, bulk = PROXY_PORTS[n][:2]
+        p = pids.get(n, [])
+        warm_up(http, a.warmup, a.connections)
+        r = {"keepalive": wrk(http, a.seconds, a.connections, False, p),
+             "close": wrk(http, a.seconds, a.connections, True, p),
+             "bulk_gbps": iperf(bulk, a.seconds),
+             "idle_bytes_per_conn": NAN, "idle_conns": 0}
+        if p and a.idle:
+            r["idle_bytes_per_conn"], r["idle_conns"] = idle_memory(http, p, a.idle)
+        rows[n] = r
+        table.row(n, r)
+    for n, r in rows.items():
+        if pids.get(n) and a.idle and r["idle_conns"] < a.idle:
+            print(f"note: {n}: only {r['idle_conns']} of {a.idle} idle connections opened")
+    print_errors(rows)
+
+    if "direct" in rows:
+        print("\nratios to a direct connection (higher is better):")
+        dr = rows["direct"]
+        for n in [n for n in names if n != "direct"]:
+            r = rows[n]
+            print(f"{n:14}keepalive {fmt(ratio(r['keepalive']['rps'], dr['keepalive']['rps']), '.2f')}"
+                  f"  close {fmt(ratio(r['close']['rps'], dr['close']['rps']), '.2f')}"
+                  f"  bulk {fmt(ratio(r['bulk_gbps'], dr['bulk_gbps']), '.2f')}")
+    print_ratios("corral / best peer", CORRALS, rows, PEERS, [
+        ("ka req/s", lambda r: r["keepalive"]["rps"], True),
+        ("ka p99", lambda r: r["keepalive"]["p99_ms"], False),
+        ("close req/s", lambda r: r["close"]["rps"], True),
+        ("close p99", lambda r: r["close"]["p99_ms"], False),
+        ("Gbit/s", lambda r: r["bulk_gbps"], True),
+        ("KiB/idle", lambda r: r["idle_bytes_per_conn"], False),
+        ("cpu ka", lambda r: r["keepalive"]["cpu_us_per_req"], False),
+        ("cpu close", lambda r: r["close"]["cpu_us_per_req"], False),
+    ])
+    return rows
+
+
+# ---------------------------------------------------------------- node scenario
+
+def node_scenario(a, names, d, procs):
+    app, cluster = os.path.join(NODE_DIR, "app.js"), os.path.join(NODE_DIR, "cluster.js")
+    for tool in ["node", "wrk"] + (["haproxy"] if "haproxy" in names else []):
+        if not shutil.which(tool):
+            raise Failure(f"{tool} is not installed: {INSTALL}")
+    binaries = {"corral": a.corral, "corral-before": a.corral_before, "corral-fd": a.corral}
+    front = {n: NODE_PORTS[n][0] for n in NODE_PORTS}
+
+    configs = {}
+    for n in ("corral", "corral-before"):
+        if n in names:
+            _, admin, port_base = NODE_PORTS[n]
+            # workers.listen is left at its default, "port": each worker listens on
+            # port_base + i and corral proxies to it.
+            configs[n] = corral_config(f"{d}/{n}.toml", front[n], admin, a.threads, f"""
+[workers]
+command = ["node", {toml_str(app)}]
+count = 2
+port_base = {port_base}
+stop_timeout = "2s"
+""")
+    if "corral-fd" in names:
+        configs["corral-fd"] = corral_config(f"{d}/corral-fd.toml", front["corral-fd"],
+                                             NODE_PORTS["corral-fd"][1], a.threads, f"""
+[workers]
+command = ["node", {toml_str(app)}]
+count = 2
+listen = "fd"
+stop_timeout = "2s"
+""")
+        code, said = corral_check(a.corral, configs["corral-fd"])
+        if code != 0:
+            why = ("refuses" if code == 2 else f"fails to check (exit {code}) on")
+            print(f"corral-fd skipped: {a.corral} {why} workers.listen = \"fd\" "
+                  f"(corral check: {said.split(', expected')[0][:160]})")
+            names.remove("corral-fd")
+
+    pids = {}
+    if "node-cluster" in names:
+        # The primary and the workers it forks: the whole tree is measured.
+        pids["node-cluster"] = [procs.start("node-cluster", ["node", cluster], front["node-cluster"],
+                                            env={"PORT": str(front["node-cluster"]), "WORKERS": "2"}).pid]
+    if "haproxy" in names:
+        hap = write(f"{d}/haproxy.cfg", f"""
+global
+  maxconn 8000
+  nbthread {a.threads}
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind {HOST}:{front['haproxy']}
+  default_backend be
+backend be
+  balance roundrobin
+  server n1 {HOST}:{NODE_APPS[0]}
+  server n2 {HOST}:{NODE_APPS[1]}
+""")
+        apps = [procs.start(f"app{i + 1}", ["node", app], port, env={"PORT": str(port)}).pid
+                for i, port in enumerate(NODE_APPS)]
+        pids["haproxy"] = [procs.start("haproxy", ["haproxy", "-db", "-f", hap], front["haproxy"]).pid] + apps
+    for n in NODE_CORRALS:
+        if n in names:
+            pids[n] = [start_corral(procs, n, binaries[n], configs[n], front[n]).pid]
+    for n in names:
+        if not wait_serving(front[n], 2):
+            raise Failure(f"{n} does not answer GET / from 2 workers on port {front[n]}:\n{procs.log(n)}")
+
+    print(f"node scenario: 2 workers of benches/node/app.js, --threads {a.threads}, {a.seconds} s per "
+          f"figure, wrk -t1 -c{a.connections} after {a.warmup} s of warm-up; times in ms, cpu in us/request of the whole tree")
+    table = Table([
+        ("ka req/s", 11, lambda r: r["keepalive"]["rps"], ".0f"),
+        ("ka p99", 9, lambda r: r["keepalive"]["p99_ms"], ".2f"),
+        ("close req/s", 13, lambda r: r["close"]["rps"], ".0f"),
+        ("close p99", 11, lambda r: r["close"]["p99_ms"], ".2f"),
+        ("cpu ka", 9, lambda r: r["keepalive"]["cpu_us_per_req"], ".1f"),
+        ("cpu close", 11, lambda r: r["close"]["cpu_us_per_req"], ".1f"),
+    ])
+    table.header()
+    rows = {}
+    for n in names:
+        warm_up(front[n], a.warmup, a.connections)
+        rows[n] = {"keepalive": wrk(front[n], a.seconds, a.connections, False, pids[n]),
+                   "close": wrk(front[n], a.seconds, a.connections, True, pids[n])}
+        table.row(n, rows[n])
+    print_errors(rows)
+    print_ratios("corral / best peer", NODE_CORRALS, rows, NODE_PEERS, [
+        ("ka req/s", lambda r: r["keepalive"]["rps"], True),
+        ("ka p99", lambda r: r["keepalive"]["p99_ms"], False),
+        ("close req/s", lambda r: r["close"]["rps"], True),
+        ("close p99", lambda r: r["close"]["p99_ms"], False),
+        ("cpu ka", lambda r: r["keepalive"]["cpu_us_per_req"], False),
+        ("cpu close", lambda r: r["close"]["cpu_us_per_req"], False),
+    ])
+    return rows
+
+
+# ---------------------------------------------------------------- main
+
+def no_nan(value):
+    """The figures with null for what was not measured (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: no_nan(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def interrupted(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="See the top of benches/compare.py and benches/README.md.")
+    ap.add_argument("--corral", help="the corral binary to measure (e.g. target/release/corral)")
+    ap.add_argument("--corral-before", metavar="PATH",
+                    help="a second corral binary (e.g. from before a change): adds a corral-before row")
+    ap.add_argument("--scenario", choices=["proxy", "node"], default="proxy")
+    ap.add_argument("--threads", type=int, default=1, help="threads of every proxy (default 1)")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each wrk and iperf3 run (default 5)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="seconds of unmeasured wrk load on each row before its figures (default 1)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--idle", type=int, default=2000,
+                    help="idle connections for the memory figure, 0 to skip it (default 2000)")
+    ap.add_argument("--only", help="comma-separated rows; proxy: direct,haproxy,nginx,corral,corral-before; "
+                                   "node: corral,corral-before,corral-fd,haproxy,node-cluster")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure here")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs and logs)")
+    a = ap.parse_args()
+
+    for opt in ("corral", "corral_before"):
+        path = getattr(a, opt)
+        if path:
+            path = os.path.abspath(path)
+            if not os.access(path, os.X_OK):
+                ap.error(f"--{opt.replace('_', '-')} {path}: not an executable file")
+            setattr(a, opt, path)
+    if a.scenario == "proxy":
+        known = ["direct", "haproxy", "nginx", "corral", "corral-before"]
+    else:
+        known = ["corral", "corral-before", "corral-fd", "haproxy", "node-cluster"]
+    names = a.only.split(",") if a.only else list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        ap.error(f"unknown rows for --scenario {a.scenario}: {', '.join(unknown)} (known: {', '.join(known)})")
+    names = [n for n in known if n in names]  # a fixed order
+    for n, path in (("corral", a.corral), ("corral-fd", a.corral), ("corral-before", a.corral_before)):
+        if n in names and not path:
+            if a.only:
+                ap.error(f"row {n} needs --{'corral-before' if n == 'corral-before' else 'corral'}")
+            names.remove(n)
+
+    # 2 000 idle connections through a proxy need ~4 000 descriptors here and there.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+
+    machine_line(a.corral)
+    d = tempfile.mkdtemp(prefix=f"corral-bench-{a.scenario}-")
+    procs = Processes(d)
+    failed = False
+    try:
+        run = proxy_scenario if a.scenario == "proxy" else node_scenario
+        rows = run(a, names, d, procs)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(no_nan({"scenario": a.scenario, "threads": a.threads, "seconds": a.seconds,
+                                  "rows": rows}), f, indent=1)
+    except Failure as e:
+        failed = True
+        print(f"compare.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("compare.py: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        procs.stop()
+        if a.keep or failed:
+            print(f"work directory (configs, logs): {d}", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
