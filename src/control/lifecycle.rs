@@ -42,7 +42,6 @@ impl Fatal {
 /// Runs corral until a graceful stop completes.
 pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
     crate::logging::init(&config.log);
-    raise_fd_limit();
     // The control plane (admin, health checks, supervisor, signals) runs on
     // this thread; the proxy threads have runtimes of their own.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -72,6 +71,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             source,
         })?;
     let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
+    raise_fd_limit();
     if let Some(who) = config
         .runtime
         .drop_to

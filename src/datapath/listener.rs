@@ -152,11 +152,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             },
             _ = shared.stop_accepting.cancelled() => return,
         };
-        let mut waited = false;
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                waited = true;
+                // A client is pending on this thread's socket (a client lands
+                // on one socket of the group) and must wait for a permit.
+                shared.metrics.errors.limit.inc();
                 tokio::select! {
                     permit = Arc::clone(&limit).acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -177,10 +178,6 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
         match accepted.and_then(into_tokio) {
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
-                if waited {
-                    // This client waited in the backlog for a permit.
-                    shared.metrics.errors.limit.inc();
-                }
                 let task_shared = Arc::clone(&shared);
                 shared.connections.spawn(async move {
                     connection::serve(task_shared, stream, peer).await;
