@@ -379,7 +379,10 @@ pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Opti
     // While the backend has answered nothing: when it was last sent a byte.
     let mut awaiting_since: Option<Instant> = already_sent.then(Instant::now);
     let mut first_eof: Option<Side> = None;
-    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
+    let first_deadline = awaiting_since
+        .zip(first_byte)
+        .map_or(last_activity + idle, |(since, limit)| (since + limit).min(last_activity + idle));
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
     let mut cut_now = std::pin::pin!(cut.cancelled());
     let (end, by) = poll_fn(|cx| {
         if cut_now.as_mut().poll(cx).is_ready() {
@@ -408,7 +411,15 @@ pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Opti
             replay = None;
             awaiting_since = None;
         } else if up.total > sent_before {
-            awaiting_since = Some(Instant::now());
+            let now = Instant::now();
+            awaiting_since = Some(now);
+            // The idle timer is re-armed lazily when it fires; a first-byte
+            // deadline may be earlier than it.
+            if let Some(limit) = first_byte {
+                if now + limit < timer.deadline() {
+                    timer.as_mut().reset(now + limit);
+                }
+            }
         }
         if first_eof.is_none() {
             if up.read_done {
