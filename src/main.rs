@@ -73,6 +73,15 @@ enum Command {
     },
     /// Run the built-in demo HTTP backend on $PORT.
     DemoWorker,
+    /// (internal) The process between corral and one worker: starts the
+    /// worker and takes its whole process tree down with it.
+    #[command(hide = true)]
+    WorkerShim {
+        #[arg(long)]
+        parent: u32,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// How a client command finds the running corral.
@@ -179,6 +188,13 @@ fn main() -> ExitCode {
         Command::Restart(find) => client(&find, cli::restart),
         Command::Reload(find) => client(&find, cli::reload),
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
+        Command::WorkerShim {
+            parent,
+            mut command,
+        } => {
+            let program = command.remove(0);
+            corral::supervisor::shim::run(parent, program, command)
+        }
         Command::DemoWorker => match corral::demo_worker::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

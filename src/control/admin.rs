@@ -187,14 +187,19 @@ async fn metrics(shared: &Shared) -> Reply {
         .metrics
         .sticky_entries
         .set(shared.dispatcher.sticky.len() as i64);
+    let dropped = crate::logging::dropped_lines();
+    let counted = shared.metrics.log_lines_dropped.get();
+    if dropped > counted {
+        shared.metrics.log_lines_dropped.inc_by(dropped - counted);
+    }
     let snapshot = shared.snapshot();
     let table = ProcessTable::read();
     let usage: Vec<_> = snapshot
         .pool
         .workers()
         .filter_map(|b| {
-            let pid = b.instance().pid?;
-            Some((b.label.clone(), table.tree(pid)?))
+            let root = b.instance().tree()?;
+            Some((b.label.clone(), table.tree(root)?))
         })
         .collect();
     let body = shared.metrics.render(&usage);
@@ -224,7 +229,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "active_connections": b.active(),
             });
             if matches!(b.kind, Kind::Worker(_)) {
-                let usage = instance.pid.and_then(|pid| table.tree(pid));
+                let usage = instance.tree().and_then(|root| table.tree(root));
                 entry["uptime_seconds"] = json!(instance
                     .pid
                     .map(|_| instance.started.elapsed().as_secs_f64()));

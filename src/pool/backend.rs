@@ -91,6 +91,9 @@ pub enum Kind {
 pub struct Instance {
     pub addr: std::net::SocketAddr,
     pub pid: Option<u32>,
+    /// The root of the process tree its CPU and memory are counted over
+    /// (the worker's shim), when it differs from `pid`.
+    pub tree_root: Option<u32>,
     /// When the process was started (for `uptime_seconds`).
     pub started: Instant,
     active: AtomicUsize,
@@ -100,13 +103,28 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(addr: std::net::SocketAddr, pid: Option<u32>) -> Arc<Instance> {
+        Instance::with_tree(addr, pid, None)
+    }
+
+    /// An instance whose process tree hangs from `tree_root`.
+    pub fn with_tree(
+        addr: std::net::SocketAddr,
+        pid: Option<u32>,
+        tree_root: Option<u32>,
+    ) -> Arc<Instance> {
         Arc::new(Instance {
             addr,
             pid,
+            tree_root,
             started: Instant::now(),
             active: AtomicUsize::new(0),
             closed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The pid whose tree holds everything this instance runs.
+    pub fn tree(&self) -> Option<u32> {
+        self.tree_root.or(self.pid)
     }
 
     /// Connections open to this very process.

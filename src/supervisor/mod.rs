@@ -5,6 +5,7 @@
 
 mod ports;
 pub mod resources;
+pub mod shim;
 mod slot;
 pub mod spawn;
 

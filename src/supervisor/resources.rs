@@ -72,6 +72,11 @@ impl ProcessTable {
         }
     }
 
+    /// The pids whose parent is `pid`.
+    pub fn children(&self, pid: u32) -> Vec<u32> {
+        self.children.get(&pid).cloned().unwrap_or_default()
+    }
+
     /// The usage of `root` and all its descendants; `None` if `root` is gone.
     pub fn tree(&self, root: u32) -> Option<Usage> {
         self.processes.get(&root)?;

@@ -116,9 +116,8 @@ impl Slot {
                             }
                             status = live.process.wait() => {
                                 self.backend.crashed();
-                                // Whatever it started (npm -> node) goes too,
-                                // or it would keep the port.
-                                super::spawn::kill_group(live.process.pid);
+                                // Whatever it started (npm -> node) went
+                                // too: its shim killed the rest of the tree.
                                 self.ports.release(live.port);
                                 if up_since.elapsed() >= workers.min_uptime {
                                     delay = workers.restart_delay;
@@ -186,7 +185,7 @@ impl Slot {
     fn go_live(&self, live: &Live, workers: &WorkersConfig) {
         let addr = SocketAddr::new(workers.host, live.port);
         self.backend
-            .ready(Instance::new(addr, Some(live.process.pid)));
+            .ready(Instance::with_tree(addr, Some(live.process.pid), Some(live.process.shim)));
         tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
     }
 
@@ -229,7 +228,7 @@ impl Slot {
         // Nothing may be serving from this slot: then /status shows the
         // starting process (it gets no traffic until it is ready).
         self.backend
-            .show_starting(Instance::new(addr, Some(process.pid)));
+            .show_starting(Instance::with_tree(addr, Some(process.pid), Some(process.shim)));
         let health = self.shared.config().health.clone();
         let ready = async {
             let mut pause = Duration::from_millis(2);
@@ -268,9 +267,10 @@ impl Slot {
     ) -> Result<(), SlotError> {
         let fresh = self.start(workers, Some(live.port), stop).await?;
         let old = std::mem::replace(live, fresh);
-        let old_instance = self.backend.ready(Instance::new(
+        let old_instance = self.backend.ready(Instance::with_tree(
             SocketAddr::new(workers.host, live.port),
             Some(live.process.pid),
+            Some(live.process.shim),
         ));
         tracing::info!(
             worker = self.id,

@@ -32,9 +32,12 @@ pub struct WorkerSpec {
     pub cwd: PathBuf,
 }
 
-/// A started worker process.
+/// A started worker process, under its shim.
 pub struct WorkerProcess {
+    /// The worker's own pid (and process group).
     pub pid: u32,
+    /// The shim's pid: the root of the worker's whole process tree.
+    pub shim: u32,
     /// Resolves with the exit status once the process has been reaped.
     exited: oneshot::Receiver<ExitStatus>,
     /// Set once `exited` has resolved (a oneshot may be awaited only once).
@@ -135,15 +138,23 @@ impl Spawner {
     }
 }
 
-/// Runs on the spawner thread.
+/// Runs on the spawner thread: starts the worker under its shim (see
+/// [`super::shim`]) and learns the worker's pid from the shim.
 fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
-    let mut command = tokio::process::Command::new(&spec.program);
+    let (report, reported) = std::io::pipe()?;
+    let corral = std::process::id();
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command
+        .arg("worker-shim")
+        .arg("--parent")
+        .arg(corral.to_string())
+        .arg("--")
+        .arg(&spec.program)
         .args(&spec.args)
         // systemd's socket is corral's to use, not the workers'.
         .env_remove("NOTIFY_SOCKET")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(reported))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -151,7 +162,7 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
     if !spec.cwd.as_os_str().is_empty() {
         command.current_dir(&spec.cwd);
     }
-    let parent = std::process::id() as libc::pid_t;
+    let parent = corral as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec. It makes
     // only async-signal-safe calls (prctl, getppid), allocates nothing (an
     // `io::Error` from a raw errno is a plain integer), and touches no
@@ -168,17 +179,26 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
+    let spawned = command.spawn();
+    // The shim holds the pipe's write end now; ours must go, or a shim that
+    // dies before it reports would leave the read below waiting.
+    drop(command);
+    let mut child = spawned
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start {:?}: {e}", spec.program)))?;
-    let pid = child
+    let shim = child
         .id()
-        .ok_or_else(|| io::Error::other("the worker exited at once"))?;
+        .ok_or_else(|| io::Error::other("the worker's shim exited at once"))?;
+    let pid = read_pid(report).ok_or_else(|| {
+        io::Error::other(format!(
+            "cannot start {:?}: its shim exited before starting it",
+            spec.program
+        ))
+    })?;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(out, spec.id, "stdout"));
+        tokio::spawn(forward_lines(out, spec.id, Stream::Stdout));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(err, spec.id, "stderr"));
+        tokio::spawn(forward_lines(err, spec.id, Stream::Stderr));
     }
     let (tell, exited) = oneshot::channel();
     tokio::spawn(async move {
@@ -188,13 +208,32 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
     });
     Ok(WorkerProcess {
         pid,
+        shim,
         exited,
         reaped: None,
     })
 }
 
+/// The worker's pid, as its shim writes it: decimal digits and a newline.
+fn read_pid(mut report: std::io::PipeReader) -> Option<u32> {
+    use std::io::Read;
+    let mut text = Vec::with_capacity(12);
+    let mut byte = [0u8; 1];
+    while report.read(&mut byte).ok()? == 1 && byte[0] != b'\n' && text.len() < 12 {
+        text.push(byte[0]);
+    }
+    std::str::from_utf8(&text).ok()?.parse().ok()
+}
+
+/// Which of a worker's outputs a line came from.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// Copies a worker's output to the log, one event per line.
-async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: &'static str) {
+async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: Stream) {
     let mut chunk = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     let mut dropped = 0usize;
@@ -220,7 +259,9 @@ async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: 
     }
 }
 
-fn emit(worker: usize, stream: &'static str, line: &[u8], dropped: usize) {
+/// One worker line in the log, as pm2 shows it: `worker-0 | text` for
+/// stdout, `worker-0 ! text` for stderr (and the `stream` field).
+fn emit(worker: usize, stream: Stream, line: &[u8], dropped: usize) {
     let text: String = String::from_utf8_lossy(line)
         .trim_end_matches('\r')
         .chars()
@@ -232,16 +273,15 @@ fn emit(worker: usize, stream: &'static str, line: &[u8], dropped: usize) {
             }
         })
         .collect();
+    let (name, mark) = match stream {
+        Stream::Stdout => ("stdout", '|'),
+        Stream::Stderr => ("stderr", '!'),
+    };
     if dropped > 0 {
-        tracing::info!(target: "corral::worker", worker, stream, truncated_bytes = dropped, "{text}");
+        tracing::info!(target: "corral::worker", worker, stream = name, truncated_bytes = dropped, "worker-{worker} {mark} {text}");
     } else {
-        tracing::info!(target: "corral::worker", worker, stream, "{text}");
+        tracing::info!(target: "corral::worker", worker, stream = name, "worker-{worker} {mark} {text}");
     }
-}
-
-/// SIGKILL to what is left of a process group whose leader has exited.
-pub fn kill_group(pgid: u32) {
-    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 /// True when process `pid` is gone, a zombie, or in the middle of exiting

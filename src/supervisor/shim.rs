@@ -1,0 +1,204 @@
+//! The worker shim: a tiny process (this binary, `corral worker-shim`)
+//! between corral and each worker, so that nothing a worker starts outlives
+//! corral or the worker.
+//!
+//! It is a *child subreaper* (`PR_SET_CHILD_SUBREAPER`): every descendant of
+//! the worker that loses its parent, whatever session or group it moved to
+//! (`setsid`, daemonizing), is re-parented to the shim instead of init, so
+//! the shim can always find and kill the whole tree. It dies with corral
+//! (`PR_SET_PDEATHSIG`, SIGKILL of corral included) and then kills the tree;
+//! when the worker exits, it kills what the worker left behind and exits
+//! with the worker's status, so corral sees the worker's exit as before.
+//!
+//! Why a shim rather than a cgroup: cgroups need a delegated, writable
+//! cgroup tree (root, or systemd's `Delegate=`), which containers and plain
+//! shells often lack; a subreaper works for any user, anywhere.
+//!
+//! The worker gets its own process group (corral signals the worker's group
+//! to stop it, never the shim), `/dev/null` as stdin, and the shim's stdout
+//! and stderr (corral's pipes). The shim reports the worker's pid to corral
+//! on its stdin, which corral hands it as the write end of a pipe.
+//!
+//! The shim is single-threaded and blocks the signals it handles, then
+//! takes them synchronously with `sigwaitinfo`: no handler runs, nothing is
+//! async-signal-unsafe.
+
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{execvp, fork, getppid, setpgid, ForkResult, Pid};
+
+/// The signals the shim takes synchronously.
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Runs the shim: starts `program` with `args` and never returns.
+/// `parent` is corral's pid, to detect that corral died before the shim
+/// asked to be told.
+pub fn run(parent: u32, program: OsString, args: Vec<OsString>) -> ! {
+    let signals = handled();
+    if signals.thread_block().is_err() {
+        fail("cannot block signals");
+    }
+    // SAFETY: prctl with these options only sets flags on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+    }
+    if getppid().as_raw() as u32 != parent {
+        // corral died before PDEATHSIG was armed.
+        std::process::exit(1);
+    }
+    let argv: Vec<CString> = std::iter::once(&program)
+        .chain(args.iter())
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("an argument holds a NUL byte")))
+        .collect();
+    // SAFETY: this process is single-threaded (the shim starts no thread),
+    // so the child may run any code until exec.
+    let worker = match unsafe { fork() } {
+        Err(e) => fail(&format!("cannot fork: {e}")),
+        Ok(ForkResult::Child) => exec_worker(&argv),
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    // Both sides set the group, so neither can signal the wrong one.
+    let _ = setpgid(worker, worker);
+    report_pid(worker);
+    let status = supervise(worker, &signals);
+    kill_tree(worker);
+    exit_like(status)
+}
+
+/// In the child: its own process group, death with the shim (should the
+/// shim itself be killed), stdin from /dev/null, the signal mask cleared,
+/// then the worker's program.
+fn exec_worker(argv: &[CString]) -> ! {
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: prctl only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    let _ = SigSet::all().thread_unblock();
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 0 of this process; `null` stays open until then.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    let error = execvp(&argv[0], argv).unwrap_err();
+    let _ = writeln!(
+        std::io::stderr(),
+        "corral: cannot start {:?}: {error}",
+        argv[0]
+    );
+    // SAFETY: _exit skips atexit handlers and buffers shared with the parent.
+    unsafe { libc::_exit(127) }
+}
+
+/// Writes the worker's pid to corral (our stdin is the pipe's write end),
+/// then points stdin at /dev/null.
+fn report_pid(worker: Pid) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: fd 0 is the pipe corral gave the shim; this takes it over once.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(0) };
+    let _ = writeln!(pipe, "{}", worker.as_raw());
+    drop(pipe);
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto fd 0, which was closed just above.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+}
+
+/// Waits for the worker to exit, reaping every adopted orphan meanwhile.
+/// A stop signal (corral died) ends the wait at once.
+fn supervise(worker: Pid, signals: &SigSet) -> Option<WaitStatus> {
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(status) = reap(Some(worker)) {
+                    return Some(status);
+                }
+            }
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Reaps every child that has exited; returns `worker`'s status if it was
+/// among them.
+fn reap(worker: Option<Pid>) -> Option<WaitStatus> {
+    let mut found = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return found,
+            Ok(status) => {
+                if status.pid() == worker {
+                    found = Some(status);
+                }
+            }
+        }
+    }
+}
+
+/// Kills the worker's group and every descendant, until the shim has no
+/// child left (killed processes' children are re-parented to the shim).
+fn kill_tree(worker: Pid) {
+    let _ = killpg(worker, Signal::SIGKILL);
+    let me = std::process::id();
+    loop {
+        let children = children_of(me);
+        for &child in &children {
+            let _ = kill(Pid::from_raw(child as i32), Signal::SIGKILL);
+        }
+        match waitpid(None, None) {
+            Ok(_) => {
+                reap(None);
+            }
+            Err(Errno::ECHILD) if children.is_empty() => return,
+            Err(Errno::ECHILD) => {}
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Err(_) => super::resources::ProcessTable::read().children(pid),
+    }
+}
+
+/// Exits the way the worker did: the same code, or the same signal.
+fn exit_like(status: Option<WaitStatus>) -> ! {
+    match status {
+        Some(WaitStatus::Exited(_, code)) => std::process::exit(code),
+        Some(WaitStatus::Signaled(_, signal, _)) => {
+            // SAFETY: restoring the default action of a signal in this
+            // single-threaded process before raising it.
+            unsafe { libc::signal(signal as libc::c_int, libc::SIG_DFL) };
+            let _ = SigSet::all().thread_unblock();
+            let _ = nix::sys::signal::raise(signal);
+            std::process::exit(128 + signal as i32)
+        }
+        _ => std::process::exit(1),
+    }
+}
+
+fn fail(what: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "corral worker-shim: {what}");
+    std::process::exit(127)
+}
