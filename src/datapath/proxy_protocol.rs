@@ -93,16 +93,22 @@ fn parse_v1(buf: &[u8]) -> Parse {
     if end + 2 > V1_MAX {
         return Parse::Invalid(Invalid::Malformed("v1 line longer than 107 bytes"));
     }
-    let Ok(line) = std::str::from_utf8(&buf[..end]) else {
-        return Parse::Invalid(Invalid::Malformed("v1 line is not text"));
-    };
-    let fields: Vec<&str> = line.split(' ').collect();
     let header = |addresses| {
         Parse::Complete(Header {
             length: end + 2,
             addresses,
         })
     };
+    // "the receiver must ignore anything presented before the CRLF is
+    // found" after UNKNOWN: whatever bytes they are.
+    let line = &buf[..end];
+    if line == b"PROXY UNKNOWN" || line.starts_with(b"PROXY UNKNOWN ") {
+        return header(None);
+    }
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Parse::Invalid(Invalid::Malformed("v1 line is not text"));
+    };
+    let fields: Vec<&str> = line.split(' ').collect();
     match fields.as_slice() {
         ["PROXY", "UNKNOWN", ..] => header(None),
         ["PROXY", family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
@@ -325,6 +331,10 @@ mod tests {
     #[test]
     fn unknown_and_local_keep_the_peer() {
         assert_eq!(addrs(&parse(b"PROXY UNKNOWN\r\n", V1)), None);
+        assert!(matches!(
+            parse(b"PROXY UNKNOWN \xff\xfe garbage\r\nGET", V1),
+            Parse::Complete(Header { length: 26, addresses: None })
+        ));
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(addrs(&parse(&local, V2)), None);
