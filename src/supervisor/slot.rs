@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ports::PortBook;
+use super::resources;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
 use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
@@ -25,6 +26,10 @@ use crate::shared::Shared;
 /// (they start at 2 ms: most workers bind within milliseconds). A process
 /// that starts listening sends corral no notice, so this one wait polls.
 const READY_PROBE_MAX: Duration = Duration::from_millis(50);
+
+/// Samples (one a second) in a row above `workers.max_memory` before a
+/// worker is replaced: a short spike is not "staying above".
+const MEMORY_SAMPLES_OVER: u32 = 2;
 
 /// Why a worker could not be started or replaced.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +101,32 @@ impl Slot {
                     }
                     let up_since = Instant::now();
                     let mut hang_check = tokio::time::interval(Duration::from_secs(1));
+                    let mut over_memory = 0u32;
                     loop {
                         tokio::select! {
                             _ = hang_check.tick() => {
+                                if let Some(limit) = workers.max_memory {
+                                    let resident = resources::tree(live.process.shim)
+                                        .map_or(0, |u| u.memory_bytes);
+                                    over_memory = if resident > limit { over_memory + 1 } else { 0 };
+                                    if over_memory >= MEMORY_SAMPLES_OVER {
+                                        over_memory = 0;
+                                        tracing::warn!(
+                                            worker = self.id,
+                                            pid = live.process.pid,
+                                            resident_bytes = resident,
+                                            max_memory = limit,
+                                            "worker uses {} of memory, above workers.max_memory ({}); replacing it",
+                                            crate::cli::human_bytes(resident),
+                                            crate::cli::human_bytes(limit),
+                                        );
+                                        match self.replace(&mut live, &workers, &stop).await {
+                                            Ok(()) => self.backend.count_restart(),
+                                            Err(error) => tracing::error!(worker = self.id, %error, "replacing the worker failed; the old one keeps serving"),
+                                        }
+                                        continue;
+                                    }
+                                }
                                 let hung = workers.unhealthy_restart.zip(self.backend.unhealthy_for());
                                 if let Some((limit, failing)) = hung.filter(|(limit, failing)| failing >= limit) {
                                     tracing::warn!(
