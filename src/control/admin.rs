@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{dashboard, Request as ControlRequest};
 use crate::dispatch::{Placement, Tried};
+use crate::metrics::workers;
 use crate::pool::Kind;
 use crate::shared::Shared;
 use crate::supervisor::resources::ProcessTable;
@@ -202,7 +203,30 @@ async fn metrics(shared: &Shared) -> Reply {
             Some((b.label.clone(), table.tree(root)?))
         })
         .collect();
-    let body = shared.metrics.render(&usage);
+    let (mut body, names) = shared.metrics.render(&usage);
+    if let Some(path) = snapshot.config.workers.as_ref().and_then(|w| w.metrics_path.as_deref()) {
+        let targets = snapshot
+            .pool
+            .backends
+            .iter()
+            .filter(|b| b.is_up())
+            .filter_map(|b| match b.kind {
+                Kind::Worker(id) => Some(workers::Target {
+                    label: b.label.clone(),
+                    id,
+                    addr: b.instance().addr,
+                }),
+                Kind::Static => None,
+            })
+            .collect();
+        let answers = workers::scrape(targets, path).await;
+        let (text, failed) = workers::merge(&answers, &names);
+        for (label, why) in failed {
+            shared.metrics.worker_scrape_failed(&label);
+            tracing::debug!(backend = %label, %why, "worker metrics skipped");
+        }
+        body.extend_from_slice(text.as_bytes());
+    }
     with_type(
         Response::new(Full::new(Bytes::from(body))),
         "text/plain; version=0.0.4; charset=utf-8",

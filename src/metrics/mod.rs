@@ -4,6 +4,8 @@
 //! them: each backend resolves its handles once into [`BackendMetrics`] and
 //! each error reason is resolved once into [`ErrorCounters`].
 
+pub mod workers;
+
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -47,6 +49,7 @@ pub struct Metrics {
     connection_duration: HistogramVec,
     health_checks: IntCounterVec,
     restarts: IntCounterVec,
+    worker_scrape_errors: IntCounterVec,
 }
 
 /// `corral_connection_errors_total`, one handle per reason.
@@ -230,8 +233,19 @@ impl Metrics {
                 "Worker restarts after a crash or a failed start.",
                 &["backend"],
             ),
+            worker_scrape_errors: counter_vec(
+                &r,
+                "corral_worker_metrics_scrape_errors_total",
+                "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
+                &["backend"],
+            ),
             registry: r,
         }
+    }
+
+    /// A worker's metrics could not be used for this scrape.
+    pub fn worker_scrape_failed(&self, label: &str) {
+        self.worker_scrape_errors.with_label_values(&[label]).inc();
     }
 
     /// Resolves (and so creates, at zero) every per-backend series for `label`.
@@ -267,8 +281,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, with what each
-    /// worker's process tree costs (read at scrape time, `usage` by label).
-    pub fn render(&self, usage: &[(String, Usage)]) -> Vec<u8> {
+    /// worker's process tree costs (read at scrape time, `usage` by label),
+    /// and the names of the families in it.
+    pub fn render(&self, usage: &[(String, Usage)]) -> (Vec<u8>, std::collections::HashSet<String>) {
         let mut families = self.registry.gather();
         families.push(family(
             "corral_worker_cpu_seconds_total",
@@ -289,7 +304,8 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
-        out
+        let names = families.iter().map(|f| f.name().to_string()).collect();
+        (out, names)
     }
 }
 

@@ -1,0 +1,262 @@
+//! The workers' own metrics (`workers.metrics_path`): on each scrape of
+//! corral's `/metrics`, every up worker's `http://HOST:PORT<path>` is
+//! fetched concurrently with a short timeout, parsed (nom-openmetrics),
+//! and served with a `worker="<id>"` label added, families merged across
+//! workers (one HELP and TYPE per name). A worker that is slow, down or
+//! serves something unparsable is skipped and counted in
+//! `corral_worker_metrics_scrape_errors_total{backend}`; it never breaks
+//! corral's own metrics. Families whose names corral exports itself
+//! (`corral_*`, `process_*`) are left out: one name, one owner.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use nom_openmetrics::{MetricDescriptor, MetricType};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// How long one worker may take to answer.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most a worker's answer may weigh.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// One worker to scrape.
+pub struct Target {
+    /// `worker-<id>`, for the error counter.
+    pub label: String,
+    /// The id, for the `worker` label.
+    pub id: usize,
+    pub addr: SocketAddr,
+}
+
+/// What one worker answered: its text, or why there is none.
+pub type Scraped = (Target, Result<String, String>);
+
+/// Fetches every target's metrics at once.
+pub async fn scrape(targets: Vec<Target>, path: &str) -> Vec<Scraped> {
+    let mut fetches = JoinSet::new();
+    for target in targets {
+        let path = path.to_string();
+        fetches.spawn(async move {
+            let fetched = tokio::time::timeout(SCRAPE_TIMEOUT, fetch(target.addr, &path))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")));
+            (target, fetched)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = fetches.join_next().await {
+        if let Ok(answer) = done {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(target, _)| target.id);
+    answers
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::USER_AGENT, "corral-metrics")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        driver.abort();
+        return Err(format!("status {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    driver.abort();
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
+}
+
+/// One merged family: its HELP and TYPE (from the first worker that gave
+/// them) and every worker's sample lines.
+#[derive(Default)]
+struct Merged {
+    help: Option<String>,
+    kind: Option<&'static str>,
+    samples: String,
+}
+
+/// Merges the workers' answers into exposition text, leaving out families
+/// named in `reserved` or with a reserved prefix. Returns the text and the
+/// labels of the workers whose answer could not be used, with why.
+pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(String, String)>) {
+    let mut families: BTreeMap<String, Merged> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for (target, answer) in answers {
+        let text = match answer {
+            Ok(text) => text,
+            Err(why) => {
+                failed.push((target.label.clone(), why.clone()));
+                continue;
+            }
+        };
+        let mut text = text.clone();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let parsed = match nom_openmetrics::parser::prometheus(&text) {
+            Ok((_, parsed)) => parsed,
+            Err(error) => {
+                let why = format!("not Prometheus text: {}", first_line(&error.to_string()));
+                failed.push((target.label.clone(), why));
+                continue;
+            }
+        };
+        let worker = target.id.to_string();
+        for family in &parsed {
+            let described = family.descriptors.first().map(|d| d.metric());
+            if let Some(name) = described.filter(|n| !is_reserved(n, reserved)) {
+                let merged = families.entry(name.to_string()).or_default();
+                for descriptor in &family.descriptors {
+                    match descriptor {
+                        MetricDescriptor::Help { help, .. } if merged.help.is_none() => {
+                            merged.help = Some(help.clone());
+                        }
+                        MetricDescriptor::Type { r#type, .. } if merged.kind.is_none() => {
+                            merged.kind = Some(type_name(r#type));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for sample in &family.samples {
+                // The parser groups by position; a sample belongs to the
+                // described family only if its name says so.
+                let name = match described {
+                    Some(d) if belongs(sample.name(), d) => d,
+                    _ => sample.name(),
+                };
+                if is_reserved(name, reserved) {
+                    continue;
+                }
+                let merged = families.entry(name.to_string()).or_default();
+                let _ = write!(merged.samples, "{}{{", sample.name());
+                for label in sample.labels().iter().filter(|l| l.name != "worker") {
+                    let _ = write!(merged.samples, "{}=\"{}\",", label.name, escape(&label.value, true));
+                }
+                let _ = writeln!(merged.samples, "worker=\"{worker}\"}} {}", number(sample.number()));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, merged) in families {
+        if let Some(help) = merged.help {
+            let _ = writeln!(out, "# HELP {name} {}", escape(&help, false));
+        }
+        if let Some(kind) = merged.kind {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        }
+        out.push_str(&merged.samples);
+    }
+    (out, failed)
+}
+
+/// Is `sample` a line of the family `family` (itself, or a histogram's or
+/// summary's `_bucket`, `_sum`, `_count`)?
+fn belongs(sample: &str, family: &str) -> bool {
+    sample == family
+        || sample
+            .strip_prefix(family)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|suffix| matches!(suffix, "bucket" | "sum" | "count" | "created"))
+}
+
+fn is_reserved(name: &str, reserved: &HashSet<String>) -> bool {
+    name.starts_with("corral_") || reserved.contains(name)
+}
+
+fn type_name(kind: &MetricType) -> &'static str {
+    match kind {
+        MetricType::Counter => "counter",
+        MetricType::Gauge => "gauge",
+        MetricType::Histogram => "histogram",
+        MetricType::Summary => "summary",
+        _ => "untyped",
+    }
+}
+
+/// A label value (quotes too) or HELP text, escaped for the text format.
+fn escape(text: &str, quotes: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        value.to_string()
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(id: usize, text: &str) -> Scraped {
+        let target = Target {
+            label: format!("worker-{id}"),
+            id,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        (target, Ok(text.to_string()))
+    }
+
+    #[test]
+    fn families_merge_with_one_help_and_type_and_a_worker_label() {
+        let text = "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total{path=\"/\"} 3\n";
+        let answers = vec![answer(0, text), answer(1, text)];
+        let (out, failed) = merge(&answers, &HashSet::new());
+        assert!(failed.is_empty());
+        assert_eq!(out.matches("# TYPE demo_requests_total counter").count(), 1, "{out}");
+        assert!(out.contains("demo_requests_total{path=\"/\",worker=\"0\"} 3\n"), "{out}");
+        assert!(out.contains("demo_requests_total{path=\"/\",worker=\"1\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn garbage_is_skipped_and_reported_and_reserved_names_left_out() {
+        let answers = vec![
+            answer(0, "this is { not metrics\n"),
+            answer(1, "# TYPE process_open_fds gauge\nprocess_open_fds 7\nup_things 1\n"),
+        ];
+        let reserved = HashSet::from(["process_open_fds".to_string()]);
+        let (out, failed) = merge(&answers, &reserved);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "worker-0");
+        assert!(!out.contains("process_open_fds"), "{out}");
+        assert!(out.contains("up_things{worker=\"1\"} 1"), "{out}");
+    }
+}
