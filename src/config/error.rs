@@ -63,6 +63,8 @@ impl fmt::Display for ConfigError {
 pub struct Problems<'a> {
     source: &'a str,
     found: Vec<Problem>,
+    /// Keys whose value had the wrong type.
+    unreadable: Vec<Option<String>>,
 }
 
 impl<'a> Problems<'a> {
@@ -70,13 +72,14 @@ impl<'a> Problems<'a> {
         Problems {
             source,
             found: Vec::new(),
+            unreadable: Vec::new(),
         }
     }
 
     /// Records a problem with `key` at `span` (a byte range into the source).
     pub fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_column(self.source, span.start);
-        self.found.push(Problem {
+        self.push(Problem {
             line,
             column,
             key: Some(key.to_string()),
@@ -84,18 +87,42 @@ impl<'a> Problems<'a> {
         });
     }
 
-    /// Records a problem that has no single place in the file.
+    /// Records a problem that has no single place in the file; it points
+    /// at the line where the key is written, when it is.
     pub fn general(&mut self, key: Option<&str>, message: impl Into<String>) {
-        self.found.push(Problem {
-            line: 0,
-            column: 0,
+        let (line, column) = key
+            .and_then(|k| line_of_key(self.source, k))
+            .unwrap_or((0, 0));
+        self.push(Problem {
+            line,
+            column,
             key: key.map(str::to_string),
             message: message.into(),
         });
     }
 
+    /// Keeps one report per problem: not the same one twice, and nothing
+    /// more about a key whose value could not even be read.
+    fn push(&mut self, problem: Problem) {
+        let said = self.found.iter().any(|p| {
+            p.key == problem.key && (p.message == problem.message || self.unreadable.contains(&p.key))
+        });
+        if !said {
+            self.found.push(problem);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.found.is_empty()
+    }
+
+    /// Adds the problems found while reading the file's types: those keys
+    /// could not be read, so nothing more is said about them.
+    pub fn extend(&mut self, problems: Vec<Problem>) {
+        for problem in problems {
+            self.unreadable.push(problem.key.clone());
+            self.found.push(problem);
+        }
     }
 
     pub fn into_error(self, file: &Path) -> ConfigError {
@@ -106,22 +133,120 @@ impl<'a> Problems<'a> {
     }
 }
 
-/// Turns a toml parse or type error into a problem, naming the key written on
-/// the line it points at.
+/// Turns a toml parse or type error into a problem, naming the full dotted
+/// key written on the line it points at (`health.interval`), and, where
+/// `config/example.toml` shows the key, how to write it.
 pub fn from_toml(source: &str, err: &toml::de::Error) -> Problem {
     let (line, column, key) = match err.span() {
         Some(span) => {
             let (line, column) = line_column(source, span.start);
-            (line, column, key_on_line(source, line))
+            (line, column, dotted_key_on_line(source, line))
         }
         None => (0, 0, None),
     };
+    let mut message = err.message().trim().to_string();
+    if let Some(example) = key.as_deref().and_then(example_of) {
+        message.push_str(&format!("; write it like `{example}`"));
+    }
     Problem {
         line,
         column,
         key,
-        message: err.message().trim().to_string(),
+        message,
     }
+}
+
+/// Blanks a 1-based line of `text` (spaces keep every other byte where it
+/// was, so spans stay right). False when that cannot help: no line, or a
+/// value that continues on the next lines.
+pub fn blank_line(text: &mut String, line: usize) -> bool {
+    let Some(index) = line.checked_sub(1) else {
+        return false;
+    };
+    let mut offset = 0;
+    for (i, current) in text.split_inclusive('\n').enumerate() {
+        if i == index {
+            let content = current.trim_end_matches('\n');
+            let opens = content.matches('[').count() + content.matches('{').count();
+            let closes = content.matches(']').count() + content.matches('}').count();
+            if content.trim().is_empty() || opens != closes || content.contains("\"\"\"") {
+                return false;
+            }
+            let blank = " ".repeat(content.len());
+            text.replace_range(offset..offset + content.len(), &blank);
+            return true;
+        }
+        offset += current.len();
+    }
+    false
+}
+
+/// Where a dotted key (`workers.cwd`) is written: 1-based line and column.
+fn line_of_key(source: &str, dotted: &str) -> Option<(usize, usize)> {
+    let (table, key) = dotted.rsplit_once('.')?;
+    let mut current = String::new();
+    for (i, line) in source.lines().enumerate() {
+        let text = line.trim();
+        if let Some(name) = text.strip_prefix('[') {
+            let name = name.trim_start_matches('[');
+            current = name[..name.find(']').unwrap_or(name.len())].trim().to_string();
+            continue;
+        }
+        let written = text.split_once('=').map(|(k, _)| k.trim().trim_matches('"'));
+        if current == table && written == Some(key) {
+            let column = line.len() - line.trim_start().len() + 1;
+            return Some((i + 1, column));
+        }
+    }
+    None
+}
+
+/// The key on a 1-based line with its table's name in front
+/// (`[health]` ... `interval` is `health.interval`).
+fn dotted_key_on_line(source: &str, line: usize) -> Option<String> {
+    let key = key_on_line(source, line)?;
+    let text = source.lines().nth(line - 1)?.trim();
+    if text.starts_with('[') {
+        return Some(key);
+    }
+    let table = source
+        .lines()
+        .take(line - 1)
+        .filter_map(|l| {
+            let l = l.trim();
+            let name = l.strip_prefix('[')?.trim_start_matches('[');
+            Some(name[..name.find(']')?].trim().to_string())
+        })
+        .last();
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key,
+    })
+}
+
+/// How `config/example.toml` writes a key, e.g. `interval = "2s"`.
+fn example_of(dotted: &str) -> Option<String> {
+    const EXAMPLE: &str = include_str!("../../config/example.toml");
+    let (table, key) = dotted.rsplit_once('.')?;
+    let mut current = String::new();
+    for line in EXAMPLE.lines() {
+        let line = line.trim().trim_start_matches("# ").trim();
+        if let Some(name) = line.strip_prefix('[') {
+            let name = name.trim_start_matches('[');
+            if let Some(end) = name.find(']') {
+                current = name[..end].trim().to_string();
+            }
+            continue;
+        }
+        let Some((k, value)) = line.split_once('=') else {
+            continue;
+        };
+        if current == table && k.trim() == key {
+            let value = value.split(" #").next().unwrap_or(value).trim();
+            return Some(format!("{key} = {value}"));
+        }
+    }
+    None
 }
 
 /// 1-based line and column of byte `offset` in `source`.
@@ -157,6 +282,23 @@ mod tests {
         assert_eq!(line_column(src, 0), (1, 1));
         assert_eq!(line_column(src, 6), (2, 1));
         assert_eq!(line_column(src, 11), (2, 6));
+    }
+
+    #[test]
+    fn keys_are_dotted_and_examples_found() {
+        let src = "[health]\ninterval = 2\n";
+        assert_eq!(dotted_key_on_line(src, 2).as_deref(), Some("health.interval"));
+        assert_eq!(example_of("health.interval").as_deref(), Some("interval = \"2s\""));
+        assert!(example_of("workers.command").is_some_and(|e| e.starts_with("command = [")));
+    }
+
+    #[test]
+    fn blanking_keeps_offsets() {
+        let mut text = "a = 1\nb = [1,\n2]\nc = 3\n".to_string();
+        assert!(blank_line(&mut text, 1));
+        assert_eq!(text.len(), 23);
+        assert!(text.starts_with("     \nb"));
+        assert!(!blank_line(&mut text, 2), "a value over several lines stays");
     }
 
     #[test]

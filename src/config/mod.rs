@@ -21,6 +21,9 @@ pub use raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, S
 use error::Problems;
 use raw::{RawConfig, RawWorkers};
 
+/// Most problems one file reports.
+const MAX_PROBLEMS: usize = 50;
+
 /// The configuration corral runs with when started without `-c`: the
 /// built-in demo backend, two workers, round-robin.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
@@ -188,9 +191,16 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, None)
+    }
+
+    /// Reads and validates `path` for a run whose command line gives the
+    /// worker command (`-- PROGRAM ARGS`): `[workers]` may then leave
+    /// `command` out.
+    pub fn load_with(path: &Path, command: Option<&[String]>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
-        let mut config = Config::parse(&text, path)?;
+        let mut config = Config::parse_with(&text, path, command)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -202,13 +212,35 @@ impl Config {
     }
 
     /// Validates config text; `path` is only used to name the file in errors.
+    ///
+    /// Every independent problem is reported in one go, like `haproxy -c`:
+    /// a key whose value has the wrong type (or an unknown key) is recorded
+    /// and blanked out, and the file is read again, so a type error in one
+    /// section does not hide one in another.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![error::from_toml(text, &e)],
-        })?;
+        Config::parse_with(text, path, None)
+    }
+
+    /// [`Config::parse`], with the worker command given on the command line.
+    fn parse_with(text: &str, path: &Path, command: Option<&[String]>) -> Result<Config, ConfigError> {
+        let mut readable = text.to_string();
+        let mut type_errors = Vec::new();
+        let raw: Option<RawConfig> = loop {
+            match toml::from_str(&readable) {
+                Ok(raw) => break Some(raw),
+                Err(e) => {
+                    let problem = error::from_toml(text, &e);
+                    let blanked = error::blank_line(&mut readable, problem.line);
+                    type_errors.push(problem);
+                    if !blanked || type_errors.len() >= MAX_PROBLEMS {
+                        break None;
+                    }
+                }
+            }
+        };
         let mut problems = Problems::new(text);
-        let config = validate(raw, &mut problems);
+        problems.extend(type_errors);
+        let config = raw.and_then(|raw| validate(raw, command, &mut problems));
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(problems.into_error(path)),
@@ -361,7 +393,7 @@ fn cross_check(config: &Config, p: &mut Problems) {
     }
 }
 
-fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
+fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Option<Config> {
     let listener = ListenerConfig {
         binds: match raw.listener.bind {
             None => vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
@@ -436,7 +468,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
 
     let workers = raw.workers.and_then(|w| {
         let span = w.span();
-        workers(w.into_inner(), span, p)
+        workers(w.into_inner(), span, command, p)
     });
 
     let mut names = HashSet::new();
@@ -601,9 +633,16 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     Some(config)
 }
 
-fn workers(w: RawWorkers, span: Range<usize>, p: &mut Problems) -> Option<WorkersConfig> {
-    let command_span = w.command.as_ref().map(|c| c.span());
+fn workers(
+    w: RawWorkers,
+    span: Range<usize>,
+    given: Option<&[String]>,
+    p: &mut Problems,
+) -> Option<WorkersConfig> {
+    let command_span = w.command.as_ref().map(|c| c.span()).or(Some(span.clone()));
     let command = match w.command {
+        // `--` on the command line replaces the file's command.
+        _ if given.is_some() => given.map(<[String]>::to_vec),
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
             p.at(c.span(), "workers.command", "must name a program");
             None

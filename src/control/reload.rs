@@ -38,7 +38,7 @@ pub enum ReloadError {
 
 /// Reads and validates the file with the command-line overrides applied.
 pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Config, ReloadError> {
-    let mut config = Config::load(file)?;
+    let mut config = Config::load_with(file, overrides.command.as_deref())?;
     config
         .apply(overrides.clone())
         .map_err(ReloadError::Overrides)?;
