@@ -65,9 +65,7 @@ async fn ask(target: &Target, method: &str, path: &str) -> Result<Answer, Client
         if let Some(token) = &target.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| bad(e.to_string()))?;
+        let request = request.body(Empty::new()).map_err(|e| bad(e.to_string()))?;
         let response = sender
             .send_request(request)
             .await
@@ -183,10 +181,14 @@ pub fn table(status: &serde_json::Value) -> String {
                 None => state.to_string(),
             },
             b["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
-            b["uptime_seconds"].as_f64().map_or("-".into(), human_duration),
+            b["uptime_seconds"]
+                .as_f64()
+                .map_or("-".into(), human_duration),
             b["restarts"].as_u64().unwrap_or(0).to_string(),
             b["active_connections"].as_u64().unwrap_or(0).to_string(),
-            b["cpu_seconds"].as_f64().map_or("-".into(), |c| format!("{c:.2}s")),
+            b["cpu_seconds"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.2}s")),
             b["memory_bytes"].as_u64().map_or("-".into(), human_bytes),
         ]);
     }
@@ -273,9 +275,15 @@ mod tests {
         let text = table(&status);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NAME      STATE"), "{text}");
-        assert!(lines[1].contains("41877") && lines[1].contains("3m12s"), "{text}");
+        assert!(
+            lines[1].contains("41877") && lines[1].contains("3m12s"),
+            "{text}"
+        );
         assert!(lines[2].contains("down (crashed)"), "{text}");
-        assert!(lines[3].starts_with("total") && lines[3].contains("1/2 up"), "{text}");
+        assert!(
+            lines[3].starts_with("total") && lines[3].contains("1/2 up"),
+            "{text}"
+        );
         let column = |line: &str| line.find("PID").or_else(|| line.find("4187"));
         assert_eq!(column(lines[0]), column(lines[1]));
     }

@@ -55,7 +55,12 @@ enum Command {
         /// The config file (also accepted as -c FILE).
         #[arg(value_name = "FILE", required_unless_present = "config")]
         file: Option<PathBuf>,
-        #[arg(short = 'c', long = "config", value_name = "FILE", conflicts_with = "file")]
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "FILE",
+            conflicts_with = "file"
+        )]
         config: Option<PathBuf>,
     },
     /// Show the running corral's backends as a table.
@@ -222,7 +227,10 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// Runs a client command against the corral that `find` names.
-fn client(find: &Find, command: impl FnOnce(&Target) -> Result<String, cli::ClientError>) -> ExitCode {
+fn client(
+    find: &Find,
+    command: impl FnOnce(&Target) -> Result<String, cli::ClientError>,
+) -> ExitCode {
     let target = match (&find.admin, &find.config) {
         (Some(admin), _) => Target {
             admin: *admin,

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub const LISTENER_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+pub const LISTENER_BIND: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
 pub const LISTENER_BACKLOG: i64 = 1024;
 pub const LISTENER_MAX_CONNECTIONS: i64 = 10_000;
 

@@ -105,7 +105,8 @@ impl<'a> Problems<'a> {
     /// more about a key whose value could not even be read.
     fn push(&mut self, problem: Problem) {
         let said = self.found.iter().any(|p| {
-            p.key == problem.key && (p.message == problem.message || self.unreadable.contains(&p.key))
+            p.key == problem.key
+                && (p.message == problem.message || self.unreadable.contains(&p.key))
         });
         if !said {
             self.found.push(problem);
@@ -189,10 +190,14 @@ fn line_of_key(source: &str, dotted: &str) -> Option<(usize, usize)> {
         let text = line.trim();
         if let Some(name) = text.strip_prefix('[') {
             let name = name.trim_start_matches('[');
-            current = name[..name.find(']').unwrap_or(name.len())].trim().to_string();
+            current = name[..name.find(']').unwrap_or(name.len())]
+                .trim()
+                .to_string();
             continue;
         }
-        let written = text.split_once('=').map(|(k, _)| k.trim().trim_matches('"'));
+        let written = text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'));
         if current == table && written == Some(key) {
             let column = line.len() - line.trim_start().len() + 1;
             return Some((i + 1, column));
@@ -287,8 +292,14 @@ mod tests {
     #[test]
     fn keys_are_dotted_and_examples_found() {
         let src = "[health]\ninterval = 2\n";
-        assert_eq!(dotted_key_on_line(src, 2).as_deref(), Some("health.interval"));
-        assert_eq!(example_of("health.interval").as_deref(), Some("interval = \"2s\""));
+        assert_eq!(
+            dotted_key_on_line(src, 2).as_deref(),
+            Some("health.interval")
+        );
+        assert_eq!(
+            example_of("health.interval").as_deref(),
+            Some("interval = \"2s\"")
+        );
         assert!(example_of("workers.command").is_some_and(|e| e.starts_with("command = [")));
     }
 
@@ -298,7 +309,10 @@ mod tests {
         assert!(blank_line(&mut text, 1));
         assert_eq!(text.len(), 23);
         assert!(text.starts_with("     \nb"));
-        assert!(!blank_line(&mut text, 2), "a value over several lines stays");
+        assert!(
+            !blank_line(&mut text, 2),
+            "a value over several lines stays"
+        );
     }
 
     #[test]

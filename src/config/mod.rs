@@ -222,7 +222,11 @@ impl Config {
     }
 
     /// [`Config::parse`], with the worker command given on the command line.
-    fn parse_with(text: &str, path: &Path, command: Option<&[String]>) -> Result<Config, ConfigError> {
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        command: Option<&[String]>,
+    ) -> Result<Config, ConfigError> {
         let mut readable = text.to_string();
         let mut type_errors = Vec::new();
         let raw: Option<RawConfig> = loop {
@@ -787,10 +791,12 @@ fn is_log_filter(text: &str) -> bool {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
     !text.trim().is_empty()
-        && text.split(',').all(|directive| match directive.rsplit_once('=') {
-            Some((target, l)) => !target.trim().is_empty() && level(l),
-            None => level(directive),
-        })
+        && text
+            .split(',')
+            .all(|directive| match directive.rsplit_once('=') {
+                Some((target, l)) => !target.trim().is_empty() && level(l),
+                None => level(directive),
+            })
         && tracing_subscriber::EnvFilter::try_new(text).is_ok()
 }
 

@@ -114,8 +114,12 @@ async fn route(
             }
             let (started, answer) = oneshot::channel();
             match ask(control, ControlRequest::RollingRestart { started }, answer).await {
-                Some(true) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"})),
-                Some(false) => json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"})),
+                Some(true) => {
+                    json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"}))
+                }
+                Some(false) => {
+                    json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"}))
+                }
                 None => stopping(),
             }
         }
@@ -204,7 +208,12 @@ async fn metrics(shared: &Shared) -> Reply {
         })
         .collect();
     let (mut body, names) = shared.metrics.render(&usage);
-    if let Some(path) = snapshot.config.workers.as_ref().and_then(|w| w.metrics_path.as_deref()) {
+    if let Some(path) = snapshot
+        .config
+        .workers
+        .as_ref()
+        .and_then(|w| w.metrics_path.as_deref())
+    {
         let targets = snapshot
             .pool
             .backends

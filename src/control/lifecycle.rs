@@ -147,7 +147,12 @@ fn announce(shared: &Shared, config: &Config) {
         .iter()
         .filter_map(|b| b.instance().pid.map(|p| p.to_string()))
         .collect();
-    let fronts: Vec<String> = config.listener.binds.iter().map(|a| a.to_string()).collect();
+    let fronts: Vec<String> = config
+        .listener
+        .binds
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         strategy = config.strategy.as_str(),
@@ -155,7 +160,11 @@ fn announce(shared: &Shared, config: &Config) {
         fronts.join(", "),
         config.admin.bind,
         workers.len(),
-        if pids.is_empty() { "-".to_string() } else { pids.join(", ") },
+        if pids.is_empty() {
+            "-".to_string()
+        } else {
+            pids.join(", ")
+        },
         config.backends.len(),
     );
 }
@@ -194,7 +203,11 @@ fn raise_fd_limit() {
         Ok((soft, hard)) => {
             let raised = soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
             let limit = if raised { hard } else { soft };
-            tracing::info!(open_files = limit, raised_from = soft, "file descriptor limit");
+            tracing::info!(
+                open_files = limit,
+                raised_from = soft,
+                "file descriptor limit"
+            );
         }
         Err(error) => tracing::warn!(%error, "cannot read the file descriptor limit"),
     }

@@ -145,7 +145,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         .await;
         let instance = Arc::clone(&guard.instance);
         drop(guard);
-        if let End::BackendGaveUp { replay, client_done } = outcome.end {
+        if let End::BackendGaveUp {
+            replay,
+            client_done,
+        } = outcome.end
+        {
             if replay_allowed(&client, &replay, &instance) {
                 tracing::warn!(
                     backend = %backend.label,
@@ -163,10 +167,19 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 reason: Reason::BackendClosed,
                 by: Side::Backend,
             };
-            log_closed(config, client.addr, &backend.label, (bytes_in, 0), started, closed);
+            log_closed(
+                config,
+                client.addr,
+                &backend.label,
+                (bytes_in, 0),
+                started,
+                closed,
+            );
             return;
         }
-        let closed = account(&shared, &snapshot, &client, &backend, &instance, &outcome, started);
+        let closed = account(
+            &shared, &snapshot, &client, &backend, &instance, &outcome, started,
+        );
         let bytes = (
             client.pending.len() as u64 + outcome.from_client,
             outcome.from_backend,

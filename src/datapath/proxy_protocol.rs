@@ -333,7 +333,10 @@ mod tests {
         assert_eq!(addrs(&parse(b"PROXY UNKNOWN\r\n", V1)), None);
         assert!(matches!(
             parse(b"PROXY UNKNOWN \xff\xfe garbage\r\nGET", V1),
-            Parse::Complete(Header { length: 26, addresses: None })
+            Parse::Complete(Header {
+                length: 26,
+                addresses: None
+            })
         ));
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);

@@ -360,7 +360,11 @@ pub struct Options<'m> {
 }
 
 /// Pumps until both directions finish, an error, a timeout, or a cut.
-pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Options<'_>) -> Outcome {
+pub async fn pump(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    options: Options<'_>,
+) -> Outcome {
     let Options {
         idle,
         first_byte,
@@ -381,7 +385,9 @@ pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Opti
     let mut first_eof: Option<Side> = None;
     let first_deadline = awaiting_since
         .zip(first_byte)
-        .map_or(last_activity + idle, |(since, limit)| (since + limit).min(last_activity + idle));
+        .map_or(last_activity + idle, |(since, limit)| {
+            (since + limit).min(last_activity + idle)
+        });
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
     let mut cut_now = std::pin::pin!(cut.cancelled());
     let (end, by) = poll_fn(|cx| {
@@ -447,11 +453,19 @@ pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Opti
             }
         }
         if let Poll::Ready(Err(_)) = &up_result {
-            let by = if up.write_failed { Side::Backend } else { Side::Client };
+            let by = if up.write_failed {
+                Side::Backend
+            } else {
+                Side::Client
+            };
             return Poll::Ready((End::Reset, by));
         }
         if let Poll::Ready(Err(_)) = &down_result {
-            let by = if down.write_failed { Side::Client } else { Side::Backend };
+            let by = if down.write_failed {
+                Side::Client
+            } else {
+                Side::Backend
+            };
             return Poll::Ready((End::Reset, by));
         }
         let up_done = up_result.is_ready() && up.read_done;
@@ -477,7 +491,9 @@ pub async fn pump(client: &mut TcpStream, backend: &mut TcpStream, options: Opti
                 return Poll::Pending;
             }
             let now = Instant::now();
-            let silent_deadline = awaiting_since.zip(first_byte).map(|(since, limit)| since + limit);
+            let silent_deadline = awaiting_since
+                .zip(first_byte)
+                .map(|(since, limit)| since + limit);
             if silent_deadline.is_some_and(|deadline| now >= deadline) {
                 return Poll::Ready((End::FirstByteTimeout, Side::Corral));
             }
@@ -515,7 +531,12 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    fn options(idle: Duration, replayable: bool, splice: bool, cut: &CancellationToken) -> Options<'_> {
+    fn options(
+        idle: Duration,
+        replayable: bool,
+        splice: bool,
+        cut: &CancellationToken,
+    ) -> Options<'_> {
         Options {
             idle,
             first_byte: None,
@@ -640,7 +661,10 @@ mod tests {
         let mut opts = options(Duration::from_secs(30), true, false, &cut);
         opts.first_byte = Some(Duration::from_millis(100));
         let outcome = pump(&mut client_side, &mut backend_side, opts).await;
-        assert_eq!((outcome.end, outcome.by), (End::FirstByteTimeout, Side::Corral));
+        assert_eq!(
+            (outcome.end, outcome.by),
+            (End::FirstByteTimeout, Side::Corral)
+        );
         assert_eq!(outcome.from_client, 18);
     }
 

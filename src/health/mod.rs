@@ -53,9 +53,9 @@ impl fmt::Display for CheckFailure {
             CheckFailure::Timeout => f.write_str("timed out"),
             CheckFailure::Status(code) => write!(f, "status {code}"),
             CheckFailure::Http(e) => write!(f, "HTTP error: {e}"),
-            CheckFailure::NotAccepted => {
-                f.write_str("the process does not accept connections (its accept queue is not drained)")
-            }
+            CheckFailure::NotAccepted => f.write_str(
+                "the process does not accept connections (its accept queue is not drained)",
+            ),
         }
     }
 }
@@ -176,12 +176,14 @@ async fn accepted(stream: &TcpStream, worker: SocketAddr, limit: Duration) -> Ve
 
 /// GETs `path` over `stream`; passes on a 2xx answer.
 async fn http_ok(stream: TcpStream, host: &str, path: &str) -> Verdict {
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
-        {
-            Ok(handshake) => handshake,
-            Err(error) => return Verdict::Failed(CheckFailure::Http(error.to_string())),
-        };
+    let (mut sender, connection) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        TokioIo::new(stream),
+    )
+    .await
+    {
+        Ok(handshake) => handshake,
+        Err(error) => return Verdict::Failed(CheckFailure::Http(error.to_string())),
+    };
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, host)
@@ -249,7 +251,12 @@ pub fn connect_failed(pool: &Pool, backend: &Backend, instance: &Arc<Instance>) 
 
 /// The passive check for silent backends: `instance` was sent a client's
 /// bytes and answered nothing within `timeouts.first_byte`.
-pub fn first_byte_timed_out(backend: &Backend, instance: &Arc<Instance>, fall: u32, limit: Duration) {
+pub fn first_byte_timed_out(
+    backend: &Backend,
+    instance: &Arc<Instance>,
+    fall: u32,
+    limit: Duration,
+) {
     if !Arc::ptr_eq(&backend.instance(), instance) {
         return;
     }

@@ -283,13 +283,18 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, with what each
     /// worker's process tree costs (read at scrape time, `usage` by label),
     /// and the names of the families in it.
-    pub fn render(&self, usage: &[(String, Usage)]) -> (Vec<u8>, std::collections::HashSet<String>) {
+    pub fn render(
+        &self,
+        usage: &[(String, Usage)],
+    ) -> (Vec<u8>, std::collections::HashSet<String>) {
         let mut families = self.registry.gather();
         families.push(family(
             "corral_worker_cpu_seconds_total",
             "CPU seconds (user + system) used by each worker's process tree.",
             MetricType::COUNTER,
-            usage.iter().map(|(label, u)| (label.as_str(), u.cpu_seconds)),
+            usage
+                .iter()
+                .map(|(label, u)| (label.as_str(), u.cpu_seconds)),
         ));
         families.push(family(
             "corral_worker_resident_memory_bytes",
@@ -325,7 +330,7 @@ fn family<'a>(
         pair.set_name("backend".to_string());
         pair.set_value(label.to_string());
         let mut metric = Metric::default();
-        metric.set_label(vec![pair].into());
+        metric.set_label(vec![pair]);
         if kind == MetricType::COUNTER {
             let mut counter = Counter::default();
             counter.set_value(value);

@@ -72,7 +72,10 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<String, String> {
         .header(hyper::header::USER_AGENT, "corral-metrics")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         driver.abort();
         return Err(format!("status {}", response.status()));
@@ -151,9 +154,18 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
                 let merged = families.entry(name.to_string()).or_default();
                 let _ = write!(merged.samples, "{}{{", sample.name());
                 for label in sample.labels().iter().filter(|l| l.name != "worker") {
-                    let _ = write!(merged.samples, "{}=\"{}\",", label.name, escape(&label.value, true));
+                    let _ = write!(
+                        merged.samples,
+                        "{}=\"{}\",",
+                        label.name,
+                        escape(&label.value, true)
+                    );
                 }
-                let _ = writeln!(merged.samples, "worker=\"{worker}\"}} {}", number(sample.number()));
+                let _ = writeln!(
+                    merged.samples,
+                    "worker=\"{worker}\"}} {}",
+                    number(sample.number())
+                );
             }
         }
     }
@@ -241,16 +253,29 @@ mod tests {
         let answers = vec![answer(0, text), answer(1, text)];
         let (out, failed) = merge(&answers, &HashSet::new());
         assert!(failed.is_empty());
-        assert_eq!(out.matches("# TYPE demo_requests_total counter").count(), 1, "{out}");
-        assert!(out.contains("demo_requests_total{path=\"/\",worker=\"0\"} 3\n"), "{out}");
-        assert!(out.contains("demo_requests_total{path=\"/\",worker=\"1\"} 3\n"), "{out}");
+        assert_eq!(
+            out.matches("# TYPE demo_requests_total counter").count(),
+            1,
+            "{out}"
+        );
+        assert!(
+            out.contains("demo_requests_total{path=\"/\",worker=\"0\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("demo_requests_total{path=\"/\",worker=\"1\"} 3\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn garbage_is_skipped_and_reported_and_reserved_names_left_out() {
         let answers = vec![
             answer(0, "this is { not metrics\n"),
-            answer(1, "# TYPE process_open_fds gauge\nprocess_open_fds 7\nup_things 1\n"),
+            answer(
+                1,
+                "# TYPE process_open_fds gauge\nprocess_open_fds 7\nup_things 1\n",
+            ),
         ];
         let reserved = HashSet::from(["process_open_fds".to_string()]);
         let (out, failed) = merge(&answers, &reserved);

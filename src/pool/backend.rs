@@ -529,7 +529,10 @@ mod tests {
         b.ready(b.instance());
         assert!(b.is_up());
         b.crashed();
-        assert_eq!((b.state(), b.reason()), (State::Down, Some(DownReason::Crashed)));
+        assert_eq!(
+            (b.state(), b.reason()),
+            (State::Down, Some(DownReason::Crashed))
+        );
         assert!(!b.is_up());
     }
 
@@ -539,7 +542,10 @@ mod tests {
         b.ready(b.instance());
         assert_eq!(b.check_failed(3), None);
         assert_eq!(b.check_failed(3), None);
-        assert_eq!(b.check_failed(3), Some(HealthChange::Down(DownReason::Checks)));
+        assert_eq!(
+            b.check_failed(3),
+            Some(HealthChange::Down(DownReason::Checks))
+        );
         assert_eq!(b.reason(), Some(DownReason::Checks));
         assert!(b.unhealthy_for().is_some());
         assert_eq!(b.check_passed(2), None);

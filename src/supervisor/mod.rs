@@ -88,12 +88,8 @@ impl Supervisor {
                 shared: Arc::clone(&self.shared),
                 ports: Arc::clone(&self.ports),
             };
-            let task = tokio::spawn(slot.run(
-                Arc::clone(workers),
-                incoming,
-                stop.clone(),
-                first_start,
-            ));
+            let task =
+                tokio::spawn(slot.run(Arc::clone(workers), incoming, stop.clone(), first_start));
             slots.push(SlotHandle {
                 backend: Arc::clone(backend),
                 commands,

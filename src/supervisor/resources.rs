@@ -178,6 +178,9 @@ mod tests {
     fn stat_with_spaces_in_the_name_parses() {
         let text = "42 (a b) c) S 7 42 42 0 -1 4194304 100 0 0 0 3 4 5 6 20 0 1 0 100 1000 77 18446744073709551615";
         let process = parse_stat(text).unwrap();
-        assert_eq!((process.parent, process.cpu_ticks, process.rss_pages), (7, 18, 77));
+        assert_eq!(
+            (process.parent, process.cpu_ticks, process.rss_pages),
+            (7, 18, 77)
+        );
     }
 }

@@ -66,7 +66,9 @@ pub fn run(parent: u32, program: OsString, args: Vec<OsString>) -> ! {
     }
     let argv: Vec<CString> = std::iter::once(&program)
         .chain(args.iter())
-        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("an argument holds a NUL byte")))
+        .map(|a| {
+            CString::new(a.as_bytes()).unwrap_or_else(|_| fail("an argument holds a NUL byte"))
+        })
         .collect();
     // SAFETY: this process is single-threaded (the shim starts no thread),
     // so the child may run any code until exec.
@@ -177,7 +179,10 @@ fn kill_tree(worker: Pid) {
 fn children_of(pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
     match std::fs::read_to_string(path) {
-        Ok(text) => text.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Ok(text) => text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
         Err(_) => super::resources::ProcessTable::read().children(pid),
     }
 }

@@ -34,7 +34,9 @@ const MEMORY_SAMPLES_OVER: u32 = 2;
 /// Why a worker could not be started or replaced.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    #[error("ports {primary} and {alternate} are both in use (by other workers or other processes)")]
+    #[error(
+        "ports {primary} and {alternate} are both in use (by other workers or other processes)"
+    )]
     PortsInUse { primary: u16, alternate: u16 },
     #[error("cannot start the worker: {0}")]
     Spawn(#[source] std::io::Error),
@@ -212,8 +214,11 @@ impl Slot {
     /// Puts a ready process in rotation.
     fn go_live(&self, live: &Live, workers: &WorkersConfig) {
         let addr = SocketAddr::new(workers.host, live.port);
-        self.backend
-            .ready(Instance::with_tree(addr, Some(live.process.pid), Some(live.process.shim)));
+        self.backend.ready(Instance::with_tree(
+            addr,
+            Some(live.process.pid),
+            Some(live.process.shim),
+        ));
         tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
     }
 
@@ -255,8 +260,11 @@ impl Slot {
         let addr = SocketAddr::new(workers.host, port);
         // Nothing may be serving from this slot: then /status shows the
         // starting process (it gets no traffic until it is ready).
-        self.backend
-            .show_starting(Instance::with_tree(addr, Some(process.pid), Some(process.shim)));
+        self.backend.show_starting(Instance::with_tree(
+            addr,
+            Some(process.pid),
+            Some(process.shim),
+        ));
         let health = self.shared.config().health.clone();
         let ready = async {
             let mut pause = Duration::from_millis(2);
