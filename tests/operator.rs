@@ -1,0 +1,998 @@
+//! The operator's view end to end: the `status`, `scale`, `restart`,
+//! `reload` and `check` commands against a running corral, worker resources
+//! in /status and /metrics, the dashboard rendered by a real headless
+//! Chromium, pm2-style one-liners, the startup line, worker output in the
+//! log, `workers.max_memory` and `workers.metrics_path`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// What a `corral` client command printed, and how it exited.
+struct Cli {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    /// Both streams, stderr first.
+    fn text(&self) -> String {
+        format!("{}{}", self.stderr, self.stdout)
+    }
+}
+
+impl std::fmt::Display for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout:\n{}--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `corral ARGS...` to the end.
+fn cli(args: &[&str]) -> Cli {
+    let out = Command::new(CORRAL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Cli {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// `corral ARGS...`, which must exit 0.
+fn cli_ok(args: &[&str]) -> Cli {
+    let out = cli(args);
+    assert_eq!(out.code, Some(0), "corral {}: {out}", args.join(" "));
+    out
+}
+
+/// `count` demo workers, round-robin, with ports for up to `slots` slots
+/// and their replacements.
+fn demo(count: usize, slots: u16) -> Config {
+    Config::new()
+        .strategy("round-robin")
+        .demo_workers(count)
+        .set("workers.port_base", free_port_range(2 * slots))
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Runs `corral run ARGS...` in a fresh directory (no config file unless
+/// the arguments name one), its output to a log file; `front` and `admin`
+/// are where the arguments put it. Killed with its workers when dropped.
+fn run_corral(args: &[&str], front: SocketAddr, admin: SocketAddr) -> Corral {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("corral.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(CORRAL)
+        .arg("run")
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("corral starts");
+    let config_path = dir.path().join("no-config-file");
+    let mut corral = Corral {
+        child: Some(child),
+        front,
+        admin,
+        dir,
+        config_path,
+        log_path,
+    };
+    let mut exited = None;
+    let answers = eventually(Duration::from_secs(20), || {
+        exited = corral.child.as_mut().unwrap().try_wait().unwrap();
+        exited.is_some() || matches!(try_http(admin, "GET", "/healthz"), Ok((200, _)))
+    });
+    assert!(
+        answers && exited.is_none(),
+        "corral run {} never answered on {admin} (exited: {exited:?}); log:\n{}",
+        args.join(" "),
+        corral.log()
+    );
+    corral
+}
+
+/// The /status entries of the workers.
+fn workers(corral: &Corral) -> Vec<serde_json::Value> {
+    corral.status()["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["name"].as_str().unwrap_or("").starts_with("worker-"))
+        .cloned()
+        .collect()
+}
+
+/// Exactly `n` workers, every one up.
+fn exactly_up(corral: &Corral, n: usize) -> bool {
+    let w = workers(corral);
+    w.len() == n && w.iter().all(|b| b["state"] == "up")
+}
+
+/// Writes a script into `dir` and returns its path.
+fn script(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Runs `promtool check metrics` on `text`; fails the test on any complaint.
+fn promtool_accepts(text: &str) {
+    require("promtool", "prometheus");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n--- the metrics:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The samples of metric `name` in an exposition, as (labels, value).
+fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            (metric == name).then_some(())?;
+            let labels = labels
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Is there a sample of `name` with exactly these labels (in any order)?
+fn sample_of(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples(text, name)
+        .into_iter()
+        .find(|(l, _)| *l == want)
+        .map(|(_, v)| v)
+}
+
+/// The cells of a table line (separated by two or more spaces), each with
+/// the column where it starts.
+fn cells(line: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let start = i;
+        while i < bytes.len() && !(bytes[i] == b' ' && bytes.get(i + 1).is_none_or(|b| *b == b' '))
+        {
+            i += 1;
+        }
+        out.push((start, line[start..i].to_string()));
+    }
+    out
+}
+
+/// Clients making new connections in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(front: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get_from(front, None) {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                errors.push(e.to_string());
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have been served than now.
+    fn serves_more(&self, n: usize) -> bool {
+        let now = self.served();
+        eventually(Duration::from_secs(15), || self.served() >= now + n)
+    }
+
+    /// Stops the clients; returns (served, failed, error texts).
+    fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+/// A child in its own process group; the whole group is killed and the
+/// child reaped when dropped (Chromium starts helpers of its own).
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// The DOM of `url` after its scripts ran, dumped by headless Chromium.
+fn rendered_dom(url: &str) -> String {
+    require("chromium", "chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let dom_path = dir.path().join("dom.html");
+    let err_path = dir.path().join("chromium.err");
+    let child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&dom_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("chromium starts");
+    let mut chromium = Group(child);
+    let mut status = None;
+    let finished = eventually(Duration::from_secs(90), || {
+        status = chromium.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(finished, "chromium never finished: {errors}");
+    assert!(
+        status.unwrap().success(),
+        "chromium failed: {status:?}: {errors}"
+    );
+    std::fs::read_to_string(&dom_path).unwrap()
+}
+
+/// The text of `<td class="pid">` in the dashboard row of `backend`.
+fn dashboard_pid(dom: &str, backend: &str) -> Option<String> {
+    let start = dom.find(&format!("<tr data-backend=\"{backend}\">"))?;
+    let row = &dom[start..];
+    let row = &row[..row.find("</tr>")?];
+    let cell = row.find("<td class=\"pid\">")? + "<td class=\"pid\">".len();
+    let end = row[cell..].find("</td>")?;
+    Some(row[cell..cell + end].to_string())
+}
+
+#[test]
+fn status_prints_an_aligned_table_found_by_admin_or_by_file() {
+    let corral = Corral::start(&demo(2, 2));
+    corral.wait_up(2);
+    let pids = corral.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let admin = corral.admin.to_string();
+    let config = corral.config_path.display().to_string();
+
+    for args in [
+        ["status", "--admin", admin.as_str()],
+        ["status", "-c", config.as_str()],
+    ] {
+        let out = cli_ok(&args);
+        let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.is_empty()).collect();
+        let header = cells(lines[0]);
+        let names: Vec<&str> = header.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CONNS", "CPU", "MEM"],
+            "corral {}: {out}",
+            args.join(" ")
+        );
+        // A cell is aligned with its column: same start (left-aligned) or
+        // same end (right-aligned) as the header's title.
+        let aligned = |start: usize, text: &str, column: usize| {
+            let (hs, ht) = &header[column];
+            start == *hs || start + text.len() == hs + ht.len()
+        };
+        for (id, pid) in pids.iter().enumerate() {
+            let row = lines
+                .iter()
+                .position(|l| l.starts_with(&format!("worker-{id} ")))
+                .unwrap_or_else(|| panic!("no row for worker-{id}: {out}"));
+            assert_eq!(row, 1 + id, "rows out of order: {out}");
+            let row = cells(lines[row]);
+            assert_eq!(row.len(), 8, "row of worker-{id}: {row:?}\n{out}");
+            for (column, (start, text)) in row.iter().enumerate() {
+                assert!(
+                    aligned(*start, text, column),
+                    "worker-{id}'s {text:?} is not under {:?}:\n{}",
+                    header[column].1,
+                    out.stdout
+                );
+            }
+            assert_eq!(row[1].1, "up", "{out}");
+            assert_eq!(row[2].1, pid.to_string(), "{out}");
+        }
+        // The totals line follows the rows, its cells under the header's.
+        let total = lines[1 + pids.len()];
+        assert!(
+            total.starts_with("total "),
+            "no totals line after the rows: {out}"
+        );
+        let total = cells(total);
+        assert_eq!(total[1].1, "2/2 up", "{out}");
+        for (start, text) in &total {
+            assert!(
+                (0..8).any(|c| aligned(*start, text, c)),
+                "total's {text:?} is under no column:\n{}",
+                out.stdout
+            );
+        }
+    }
+    // The table is the last thing printed.
+    let out = cli_ok(&["status", "--admin", &admin]);
+    assert!(
+        out.stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("total "),
+        "lines after the totals line: {out}"
+    );
+}
+
+#[test]
+fn status_against_a_closed_port_names_the_address_and_exits_1() {
+    let closed = addr(free_port()).to_string();
+    let out = cli(&["status", "--admin", &closed]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let text = out.text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line: {out}");
+    assert!(lines[0].contains(&closed), "{out}");
+}
+
+#[test]
+fn scale_up_then_down_stops_the_retired_workers() {
+    let corral = Corral::start(&demo(2, 4));
+    corral.wait_up(2);
+    let first = corral.worker_pids();
+    let admin = corral.admin.to_string();
+
+    cli_ok(&["scale", "4", "--admin", &admin]);
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(&corral, 4)),
+        "never 4 workers up: {}",
+        corral.status()
+    );
+    let four = corral.worker_pids();
+    assert_eq!(four.len(), 4);
+    assert_eq!(four[..2], first[..], "scaling up restarted workers");
+
+    let config = corral.config_path.display().to_string();
+    cli_ok(&["scale", "2", "-c", &config]);
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(&corral, 2)),
+        "never back to 2 workers: {}",
+        corral.status()
+    );
+    assert_gone(
+        four[2..].to_vec(),
+        Duration::from_secs(15),
+        "a worker of a retired slot",
+    );
+    assert_eq!(
+        corral.worker_pids(),
+        first,
+        "scaling down restarted workers"
+    );
+    for _ in 0..4 {
+        let body = get_from(corral.front, None).unwrap();
+        assert!(
+            ["worker=0", "worker=1"].contains(&worker_of(&body).as_str()),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn restart_command_replaces_every_worker_under_load_without_errors() {
+    let corral = Corral::start(&demo(2, 2));
+    corral.wait_up(2);
+    let before = corral.worker_pids();
+    let load = Load::start(corral.front, 4);
+    assert!(eventually(Duration::from_secs(10), || load.served() > 100));
+    let admin = corral.admin.to_string();
+    let out = cli(&["restart", "--admin", &admin]);
+    let replaced = eventually(Duration::from_secs(30), || {
+        let now = corral.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && exactly_up(&corral, 2)
+    });
+    let went_on = load.serves_more(100);
+    let (served, failed, errors) = load.finish();
+    assert_eq!(out.code, Some(0), "corral restart: {out}");
+    assert!(
+        replaced,
+        "not every worker was replaced: {before:?} -> {}",
+        corral.status()
+    );
+    assert!(went_on, "the clients stalled after the restart: {served}");
+    eprintln!("corral restart under load: {served} served, {failed} failed");
+    assert_eq!(failed, 0, "{failed} of {served} failed: {errors:?}");
+    assert_gone(before, Duration::from_secs(10), "an old worker");
+}
+
+#[test]
+fn reload_applies_a_new_count_and_refuses_a_bad_file_with_its_reason() {
+    let config = demo(2, 3);
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    let path = corral.config_path.display().to_string();
+    let admin = corral.admin.to_string();
+
+    corral.rewrite(&config.clone().set("workers.count", 3));
+    cli_ok(&["reload", "-c", &path]);
+    assert_eq!(
+        workers(&corral).len(),
+        3,
+        "corral reload returned before the count applied: {}",
+        corral.status()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
+        "{}",
+        corral.status()
+    );
+    let three = corral.worker_pids();
+
+    let bad = config
+        .clone()
+        .set("workers.count", 3)
+        .set("health.interval", "soon");
+    corral.rewrite(&bad);
+    let line = 1 + bad
+        .text()
+        .lines()
+        .position(|l| l.starts_with("interval = "))
+        .unwrap();
+    let names_it =
+        |text: &str| text.contains(&format!("{path}:{line}:")) && text.contains("health.interval");
+
+    let (code, body) = http(corral.admin, "POST", "/reload");
+    assert_eq!(code, 400, "POST /reload of a bad file: {body}");
+    assert!(names_it(&body), "POST /reload's reason: {body}");
+
+    let by_admin = cli(&["reload", "--admin", &admin]);
+    assert_eq!(by_admin.code, Some(1), "corral reload --admin: {by_admin}");
+    assert!(
+        names_it(&by_admin.text()),
+        "the reason lacks {path}:{line}: and health.interval: {by_admin}"
+    );
+
+    // The old config stays.
+    assert!(exactly_up(&corral, 3), "{}", corral.status());
+    assert_eq!(corral.worker_pids(), three);
+    assert!(get_from(corral.front, None).is_ok());
+
+    let by_file = cli(&["reload", "-c", &path]);
+    assert!(
+        names_it(&by_file.text()),
+        "the reason lacks {path}:{line}: and health.interval: {by_file}"
+    );
+    assert_eq!(
+        by_file.code,
+        Some(1),
+        "corral reload -c FILE of a refused reload (docs/cli.md: exit 1): {by_file}"
+    );
+}
+
+#[test]
+fn status_and_metrics_give_each_worker_its_resources() {
+    let corral = Corral::start(&demo(2, 2));
+    corral.wait_up(2);
+    for _ in 0..20 {
+        get_from(corral.front, None).unwrap();
+    }
+    let positive_uptime = eventually(Duration::from_secs(10), || {
+        workers(&corral)
+            .iter()
+            .all(|w| w["uptime_seconds"].as_f64().unwrap_or(0.0) > 0.0)
+    });
+    let status = corral.status();
+    assert!(positive_uptime, "{status}");
+    for w in workers(&corral) {
+        let cpu = w["cpu_seconds"].as_f64();
+        assert!(cpu.is_some_and(|c| c >= 0.0), "cpu_seconds: {w}");
+        let memory = w["memory_bytes"].as_u64().unwrap_or(0);
+        assert!(
+            memory > 1 << 20 && memory < 4 << 30,
+            "memory_bytes of a demo worker: {w}"
+        );
+    }
+
+    let text = corral.metrics();
+    for id in 0..2 {
+        let backend = [("backend", format!("worker-{id}"))];
+        let backend: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let cpu = sample_of(&text, "corral_worker_cpu_seconds_total", &backend);
+        assert!(cpu.is_some_and(|c| c >= 0.0), "cpu of worker-{id}:\n{text}");
+        let memory = sample_of(&text, "corral_worker_resident_memory_bytes", &backend);
+        assert!(
+            memory.is_some_and(|m| m > (1 << 20) as f64 && m < (4u64 << 30) as f64),
+            "memory of worker-{id}: {memory:?}\n{text}"
+        );
+    }
+    assert!(text.contains("# TYPE corral_worker_cpu_seconds_total counter"));
+    assert!(text.contains("# TYPE corral_worker_resident_memory_bytes gauge"));
+    promtool_accepts(&text);
+}
+
+#[test]
+fn the_dashboard_rendered_by_chromium_shows_each_worker_and_its_pid() {
+    let corral = Corral::start(&demo(2, 2));
+    corral.wait_up(2);
+    let (code, page) = http(corral.admin, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(page.to_ascii_lowercase().contains("<html"), "{page}");
+    // Self-contained: everything it loads is inline.
+    for attribute in ["src=", "href="] {
+        for (at, _) in page.match_indices(attribute) {
+            let value = page[at + attribute.len()..].trim_start_matches(['"', '\'']);
+            assert!(
+                value.starts_with("data:") || value.starts_with('#'),
+                "the dashboard loads something: {}",
+                &page[at..(at + 80).min(page.len())]
+            );
+        }
+    }
+    assert!(!page.contains("@import"), "the dashboard imports a style");
+
+    let dom = rendered_dom(&format!("http://{}/", corral.admin));
+    let pids = corral.worker_pids();
+    for (id, pid) in pids.iter().enumerate() {
+        let shown = dashboard_pid(&dom, &format!("worker-{id}"));
+        assert_eq!(
+            shown,
+            Some(pid.to_string()),
+            "worker-{id}'s row in the rendered dashboard:\n{dom}"
+        );
+    }
+}
+
+/// Sends 30 requests through `front` and counts them by worker.
+fn spread_of_30(front: SocketAddr) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..30 {
+        let body = get_from(front, None).unwrap();
+        *counts.entry(worker_of(&body)).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn ten_each_of_three() -> BTreeMap<String, usize> {
+    (0..3).map(|i| (format!("worker={i}"), 10)).collect()
+}
+
+/// No per-connection lines once the requests are done: log.connections
+/// defaults to false.
+fn assert_no_connection_lines(corral: &Corral) {
+    // A last request, and the log has caught up with the status query after it.
+    get_from(corral.front, None).unwrap();
+    corral.status();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = corral.log();
+    assert!(
+        !log.contains("connection closed"),
+        "per-connection lines without log.connections:\n{log}"
+    );
+}
+
+#[test]
+fn the_one_liner_without_a_config_file_round_robins_over_three_workers() {
+    // No file, so the workers take the default port_base: 9100 and on.
+    for port in 9100..9106 {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} (the default workers.port_base range) is taken"
+        );
+    }
+    let (front, admin) = (addr(free_port()), addr(free_port()));
+    let (bind, admin_arg) = (front.to_string(), admin.to_string());
+    let corral = run_corral(
+        &[
+            "--bind",
+            &bind,
+            "--admin",
+            &admin_arg,
+            "-i",
+            "3",
+            "--",
+            "corral",
+            "demo-worker",
+        ],
+        front,
+        admin,
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
+        "{}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    assert_eq!(corral.status()["strategy"], "round-robin");
+    assert_eq!(spread_of_30(corral.front), ten_each_of_three());
+    assert_no_connection_lines(&corral);
+}
+
+#[test]
+fn the_one_liner_supplies_the_command_a_file_without_one_lacks() {
+    let base = free_port_range(6);
+    let config = Config::new()
+        .set("workers.count", 1)
+        .set("workers.port_base", base);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("corral.toml");
+    config.write(&file);
+    let port = free_port();
+    let front = addr(port);
+    let admin = addr(free_port());
+    let (bind, admin_arg) = (format!("localhost:{port}"), admin.to_string());
+    let file_arg = file.display().to_string();
+    let corral = run_corral(
+        &[
+            "-c",
+            &file_arg,
+            "--bind",
+            &bind,
+            "--admin",
+            &admin_arg,
+            "-i",
+            "3",
+            "--",
+            "corral",
+            "demo-worker",
+        ],
+        front,
+        admin,
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
+        "{}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    // The flags won over the file's addresses.
+    assert!(
+        try_http(config.admin, "GET", "/healthz").is_err(),
+        "the file's admin.bind answers too"
+    );
+    assert!(TcpStream::connect(config.front).is_err());
+    let addresses: BTreeSet<String> = workers(&corral)
+        .iter()
+        .map(|w| w["address"].as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    assert_eq!(addresses, expected, "the file's port_base was not used");
+    assert_eq!(spread_of_30(corral.front), ten_each_of_three());
+    assert_no_connection_lines(&corral);
+}
+
+#[test]
+fn the_one_liner_accepts_an_all_interfaces_bind() {
+    let config = Config::new().set("workers.port_base", free_port_range(2));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("corral.toml");
+    config.write(&file);
+    let port = free_port();
+    let file_arg = file.display().to_string();
+    let bind = format!(":{port}");
+    let corral = run_corral(
+        &[
+            "-c",
+            &file_arg,
+            "--bind",
+            &bind,
+            "-i",
+            "1",
+            "--",
+            "corral",
+            "demo-worker",
+        ],
+        addr(port),
+        config.admin,
+    );
+    corral.wait_up(1);
+    let body = get_from(corral.front, None).unwrap();
+    assert_eq!(worker_of(&body), "worker=0", "{body}");
+    corral.wait_log(&format!("0.0.0.0:{port}"), Duration::from_secs(5));
+}
+
+#[test]
+fn check_takes_the_file_with_or_without_dash_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    demo(2, 2).write(&good);
+    let good = good.display().to_string();
+    let bare = cli(&["check", &good]);
+    let dashed = cli(&["check", "-c", &good]);
+    for out in [&bare, &dashed] {
+        assert_eq!(out.code, Some(0), "{out}");
+        assert!(out.text().contains("ok"), "{out}");
+    }
+    assert_eq!(bare.text(), dashed.text());
+
+    let bad = dir.path().join("bad.toml");
+    demo(2, 2).set("health.interval", "soon").write(&bad);
+    let bad = bad.display().to_string();
+    let bare = cli(&["check", &bad]);
+    let dashed = cli(&["check", "-c", &bad]);
+    for out in [&bare, &dashed] {
+        assert_eq!(out.code, Some(2), "{out}");
+        assert!(out.text().contains("health.interval"), "{out}");
+    }
+    assert_eq!(bare.text(), dashed.text());
+}
+
+#[test]
+fn the_startup_line_says_where_corral_serves_and_which_workers_run() {
+    let corral = Corral::start(&demo(2, 2));
+    corral.wait_up(2);
+    corral.wait_log("corral serving", Duration::from_secs(10));
+    let pids = corral.worker_pids();
+    let log = corral.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("corral serving"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = lines[0];
+    for part in [
+        corral.front.to_string(),
+        format!("http://{}", corral.admin),
+        "2/2 workers up".to_string(),
+        pids[0].to_string(),
+        pids[1].to_string(),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line:?}");
+    }
+}
+
+#[test]
+fn worker_stdout_and_stderr_lines_are_tagged_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        dir.path(),
+        "talk.py",
+        "import os, socket, sys\n\
+print('hello on stdout', flush=True)\n\
+print('hello on stderr', file=sys.stderr, flush=True)\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
+while True: s.accept()[0].close()\n",
+    );
+    let corral = Corral::start(&Config::new().workers(&["python3", &path], 1));
+    corral.wait_up(1);
+    corral.wait_log("worker-0 | hello on stdout", Duration::from_secs(10));
+    corral.wait_log("worker-0 ! hello on stderr", Duration::from_secs(10));
+    let log = corral.log();
+    assert!(!log.contains("worker-0 | hello on stderr"), "{log}");
+    assert!(!log.contains("worker-0 ! hello on stdout"), "{log}");
+}
+
+#[test]
+fn a_worker_above_max_memory_is_replaced_and_the_new_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    // The slot's first process grows to ~100 MiB a second after it starts;
+    // its replacement (the marker file exists by then) stays small.
+    let path = script(
+        dir.path(),
+        "hog.py",
+        r#"import os, socket, sys, threading, time
+hog = []
+def grow():
+    time.sleep(1)
+    hog.append(bytearray(b'x') * (100 * 1024 * 1024))
+    print('grown', flush=True)
+if not os.path.exists(sys.argv[1]):
+    open(sys.argv[1], 'w').close()
+    threading.Thread(target=grow, daemon=True).start()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(64)
+while True:
+    c = s.accept()[0]
+    c.sendall(b'pid=%d\n' % os.getpid())
+    c.close()
+"#,
+    );
+    let marker = dir.path().join("grown-once").display().to_string();
+    let corral = Corral::start(
+        &Config::new()
+            .workers(&["python3", &path, &marker], 1)
+            .set("workers.max_memory", "60MiB"),
+    );
+    corral.wait_up(1);
+    let first = corral.worker_pids()[0];
+    let replaced = eventually(Duration::from_secs(30), || {
+        let w = &workers(&corral)[0];
+        w["state"] == "up" && w["pid"].as_u64().is_some_and(|p| p != first as u64)
+    });
+    let status = corral.status();
+    let log = corral.log();
+    assert!(log.contains("grown"), "the worker never grew:\n{log}");
+    assert!(
+        replaced,
+        "the worker above max_memory was not replaced: {status}\n{log}"
+    );
+    let w = &status["backends"][0];
+    assert!(
+        w["restarts"].as_u64().unwrap_or(0) >= 1 || log.contains("memory"),
+        "the replacement is neither counted nor logged: {status}\n{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("max_memory")) {
+        eprintln!("max_memory: {line}");
+    }
+    assert_gone(
+        [first],
+        Duration::from_secs(10),
+        "the worker above max_memory",
+    );
+    let now = corral.worker_pids()[0];
+    let mut stream = TcpStream::connect(corral.front).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert_eq!(answer.trim(), format!("pid={now}"));
+}
+
+#[test]
+fn worker_metrics_are_merged_into_corrals_with_a_worker_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        dir.path(),
+        "metrics.py",
+        r#"import os, http.server
+BODY = b'''# HELP demo_requests_total Requests served.
+# TYPE demo_requests_total counter
+demo_requests_total{path="/"} 3
+'''
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = BODY if self.path == '/metrics' else b'hi\n'
+        self.send_response(200 if self.path in ('/', '/metrics') else 404)
+        self.send_header('Content-Type', 'text/plain; version=0.0.4')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
+"#,
+    );
+    let corral = Corral::start(
+        &Config::new()
+            .workers(&["python3", &path], 2)
+            .set("workers.metrics_path", "/metrics"),
+    );
+    corral.wait_up(2);
+    let merged = |text: &str| {
+        (0..2).all(|id| {
+            let id = id.to_string();
+            sample_of(
+                text,
+                "demo_requests_total",
+                &[("path", "/"), ("worker", id.as_str())],
+            ) == Some(3.0)
+        })
+    };
+    let mut text = String::new();
+    let found = eventually(Duration::from_secs(20), || {
+        text = corral.metrics();
+        merged(&text)
+    });
+    assert!(
+        found,
+        "no demo_requests_total{{path=\"/\",worker=\"0\"|\"1\"}} 3 in /metrics:\n{text}\nlog:\n{}",
+        corral.log()
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("# TYPE demo_requests_total "))
+            .count(),
+        1,
+        "{text}"
+    );
+    promtool_accepts(&text);
+}
