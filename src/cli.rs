@@ -221,13 +221,78 @@ pub fn table(status: &serde_json::Value) -> String {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
-    let _ = write!(
-        out,
-        "strategy {}, {} sticky entries",
-        status["strategy"].as_str().unwrap_or("?"),
-        status["sticky_entries"].as_u64().unwrap_or(0)
-    );
+    out.truncate(out.trim_end().len());
     out
+}
+
+/// Where the corral that runs `file` listens for admin requests, and its
+/// token, read leniently: a file being edited may be invalid, and `corral
+/// reload` must still reach the running corral to hear why it refuses it.
+pub fn target_of_file(file: &std::path::Path) -> Result<Target, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;
+    let (bind, token_file) = admin_keys(&text);
+    let admin = match bind {
+        Some(bind) => crate::config::parse_addr(&bind).ok_or_else(|| {
+            format!(
+                "{}: key `admin.bind`: `{bind}` is not an address with a port",
+                file.display()
+            )
+        })?,
+        None => crate::config::defaults::ADMIN_BIND,
+    };
+    let token = token_file
+        .filter(|f| !f.is_empty())
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    Ok(Target {
+        admin: reachable(admin),
+        token,
+    })
+}
+
+/// `admin.bind` and `admin.token_file` as written: from the parsed table,
+/// or line by line when the file does not parse.
+fn admin_keys(text: &str) -> (Option<String>, Option<String>) {
+    if let Ok(table) = text.parse::<toml::Table>() {
+        let admin = table.get("admin").and_then(|a| a.as_table());
+        let key = |k: &str| {
+            admin
+                .and_then(|a| a.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        return (key("bind"), key("token_file"));
+    }
+    let (mut section, mut bind, mut token_file) = (String::new(), None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if let Some((key, value)) = line.split_once('=') {
+            let value = value.split('#').next().unwrap_or("").trim().trim_matches('"');
+            match (section.as_str(), key.trim()) {
+                ("admin", "bind") => bind = Some(value.to_string()),
+                ("admin", "token_file") => token_file = Some(value.to_string()),
+                _ => {}
+            }
+        }
+    }
+    (bind, token_file)
+}
+
+/// An admin address bound to every interface is reached over loopback.
+pub fn reachable(bind: SocketAddr) -> SocketAddr {
+    if bind.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if bind.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(loopback, bind.port())
+    } else {
+        bind
+    }
 }
 
 /// 3m12s, 2h05m, 4d03h.
@@ -286,6 +351,14 @@ mod tests {
         );
         let column = |line: &str| line.find("PID").or_else(|| line.find("4187"));
         assert_eq!(column(lines[0]), column(lines[1]));
+    }
+
+    #[test]
+    fn the_admin_address_is_found_in_a_file_that_does_not_parse() {
+        let text = "[admin]\nbind = \"0.0.0.0:9999\"\n[health]\ninterval = = 2\n";
+        assert_eq!(admin_keys(text).0.as_deref(), Some("0.0.0.0:9999"));
+        let valid = "[admin]\nbind = \"127.0.0.1:9998\"\n";
+        assert_eq!(admin_keys(valid).0.as_deref(), Some("127.0.0.1:9998"));
     }
 
     #[test]

@@ -236,18 +236,15 @@ fn client(
             admin: *admin,
             token: None,
         },
-        (None, Some(file)) => match Config::load(file) {
-            Ok(config) => Target {
-                admin: reachable(config.admin.bind),
-                token: config.admin.token.clone(),
-            },
+        (None, Some(file)) => match cli::target_of_file(file) {
+            Ok(target) => target,
             Err(error) => {
-                eprintln!("{error}");
+                eprintln!("corral: error: {error}");
                 return ExitCode::from(2);
             }
         },
         (None, None) => Target {
-            admin: Config::embedded().admin.bind,
+            admin: config::defaults::ADMIN_BIND,
             token: None,
         },
     };
@@ -260,19 +257,5 @@ fn client(
             eprintln!("corral: error: {error}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// An admin address bound to every interface is reached over loopback.
-fn reachable(bind: SocketAddr) -> SocketAddr {
-    if bind.ip().is_unspecified() {
-        let loopback: std::net::IpAddr = if bind.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(loopback, bind.port())
-    } else {
-        bind
     }
 }

@@ -9,7 +9,7 @@
 //! admin port is bound to loopback.
 //!
 //! The port bounds what it is sent: a request head must arrive within
-//! [`HEADER_READ_TIMEOUT`] and fit hyper's buffer (else 431), and at most
+//! [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEAD`] (else 431), and at most
 //! [`MAX_CONNECTIONS`] connections are served at once (more wait in the
 //! backlog). It runs on the control-plane thread, never on a proxy thread,
 //! so nothing sent here slows the front end.
@@ -41,6 +41,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// The largest request head the admin port reads; a larger one gets 431.
+pub const MAX_HEAD: usize = 64 * 1024;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -77,6 +80,7 @@ pub async fn serve(
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             drop(permit);

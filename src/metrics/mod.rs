@@ -304,6 +304,8 @@ impl Metrics {
                 .iter()
                 .map(|(label, u)| (label.as_str(), u.memory_bytes as f64)),
         ));
+        // The text encoder refuses a family without samples (no workers).
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
