@@ -268,9 +268,17 @@ fn admin_keys(text: &str) -> (Option<String>, Option<String>) {
     let (mut section, mut bind, mut token_file) = (String::new(), None, None);
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
-            section = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            section = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
         } else if let Some((key, value)) = line.split_once('=') {
-            let value = value.split('#').next().unwrap_or("").trim().trim_matches('"');
+            let value = value
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
             match (section.as_str(), key.trim()) {
                 ("admin", "bind") => bind = Some(value.to_string()),
                 ("admin", "token_file") => token_file = Some(value.to_string()),
