@@ -246,8 +246,9 @@ fn example_of(dotted: &str) -> Option<String> {
         let Some((k, value)) = line.split_once('=') else {
             continue;
         };
-        if current == table && k.trim() == key {
-            let value = value.split(" #").next().unwrap_or(value).trim();
+        let value = value.split(" #").next().unwrap_or(value).trim();
+        // An empty default ("") shows no way to write the key.
+        if current == table && k.trim() == key && value != "\"\"" {
             return Some(format!("{key} = {value}"));
         }
     }

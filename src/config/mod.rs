@@ -282,8 +282,11 @@ impl Config {
             let Some(workers) = &mut self.workers else {
                 return Err("-i needs a worker command (in [workers] or after `--`)".into());
             };
-            if count == 0 {
-                return Err("-i must be at least 1".into());
+            if count == 0 || count as i64 > defaults::WORKERS_MAX_COUNT {
+                return Err(format!(
+                    "the worker count must be from 1 to {}",
+                    defaults::WORKERS_MAX_COUNT
+                ));
             }
             workers.count = count;
         }

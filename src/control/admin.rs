@@ -29,10 +29,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{dashboard, Request as ControlRequest};
+use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{Placement, Tried};
 use crate::metrics::workers;
-use crate::pool::Kind;
+use crate::pool::{DownReason, Kind, State};
 use crate::shared::Shared;
 use crate::supervisor::resources::ProcessTable;
 
@@ -118,12 +118,16 @@ async fn route(
             }
             let (started, answer) = oneshot::channel();
             match ask(control, ControlRequest::RollingRestart { started }, answer).await {
-                Some(true) => {
+                Some(Restart::Started) => {
                     json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"}))
                 }
-                Some(false) => {
+                Some(Restart::Merged) => {
                     json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"}))
                 }
+                Some(Restart::NoWorkers) => json_reply(
+                    StatusCode::CONFLICT,
+                    json!({"rolling_restart": "refused", "error": "there are no workers to restart"}),
+                ),
                 None => stopping(),
             }
         }
@@ -267,8 +271,12 @@ fn status(shared: &Shared) -> serde_json::Value {
             });
             if matches!(b.kind, Kind::Worker(_)) {
                 let usage = instance.tree().and_then(|root| table.tree(root));
+                // A crashed or stopped worker has no uptime, only a last pid.
+                let running = !matches!(b.state(), State::Down | State::Stopped)
+                    || b.reason().is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
                 entry["uptime_seconds"] = json!(instance
                     .pid
+                    .filter(|_| running)
                     .map(|_| instance.started.elapsed().as_secs_f64()));
                 entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
                 entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));

@@ -42,6 +42,9 @@ impl Fatal {
 /// Runs corral until a graceful stop completes.
 pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
     let _flush_on_exit = crate::logging::init(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // The control plane (admin, health checks, supervisor, signals) runs on
     // this thread; the proxy threads have runtimes of their own.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -30,7 +30,9 @@ use signals::{Asked, Signals};
 #[derive(Debug)]
 pub enum Request {
     /// Rolling restart of the workers (merged into one pending or running).
-    RollingRestart { started: oneshot::Sender<bool> },
+    RollingRestart {
+        started: oneshot::Sender<Restart>,
+    },
     /// Reload the config file, as SIGHUP does.
     Reload {
         done: oneshot::Sender<Result<(), ReloadError>>,
@@ -67,7 +69,7 @@ pub async fn run(
                 }
                 Asked::RollingRestart => {
                     tracing::info!("SIGUSR2: rolling restart");
-                    rolling_restart(&shared, &supervisor);
+                    let _ = rolling_restart(&shared, &supervisor);
                 }
             },
             Some(request) = requests.recv() => match request {
@@ -94,13 +96,26 @@ pub async fn run(
     }
 }
 
+/// What became of a rolling restart request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    Started,
+    /// One was pending or running; this request joined it.
+    Merged,
+    /// There are no workers to restart.
+    NoWorkers,
+}
+
 /// Starts a rolling restart with the current config, unless one is pending
-/// or running already (then this request is merged into it). True when a
-/// new one started.
-fn rolling_restart(shared: &Shared, supervisor: &Arc<Supervisor>) -> bool {
+/// or running already (then this request is merged into it).
+fn rolling_restart(shared: &Shared, supervisor: &Arc<Supervisor>) -> Restart {
     let Some(workers) = shared.config().workers.clone() else {
         tracing::warn!("rolling restart asked for, but there are no workers");
-        return false;
+        return Restart::NoWorkers;
     };
-    supervisor.request_rolling_restart(Arc::new(workers))
+    if supervisor.request_rolling_restart(Arc::new(workers)) {
+        Restart::Started
+    } else {
+        Restart::Merged
+    }
 }

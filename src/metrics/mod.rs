@@ -230,7 +230,7 @@ impl Metrics {
             restarts: counter_vec(
                 &r,
                 "corral_worker_restarts_total",
-                "Worker restarts after a crash or a failed start.",
+                "Worker restarts: after a crash or a failed start, and replacements for unhealthy_restart or max_memory.",
                 &["backend"],
             ),
             worker_scrape_errors: counter_vec(
@@ -278,6 +278,7 @@ impl Metrics {
         let _ = self.health_checks.remove_label_values(&[label, "success"]);
         let _ = self.health_checks.remove_label_values(&[label, "failure"]);
         let _ = self.restarts.remove_label_values(l);
+        let _ = self.worker_scrape_errors.remove_label_values(l);
     }
 
     /// The Prometheus text exposition of every metric, with what each

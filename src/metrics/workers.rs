@@ -5,8 +5,9 @@
 //! workers (one HELP and TYPE per name). A worker that is slow, down or
 //! serves something unparsable is skipped and counted in
 //! `corral_worker_metrics_scrape_errors_total{backend}`; it never breaks
-//! corral's own metrics. Families whose names corral exports itself
-//! (`corral_*`, `process_*`) are left out: one name, one owner.
+//! corral's own metrics. Families named `corral_*`, or by the name of
+//! one of corral's own families (its `process_*` ones), are left out: one
+//! name, one owner.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -112,8 +113,15 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
                 continue;
             }
         };
-        let mut text = text.clone();
-        if !text.ends_with('\n') {
+        // The parser takes no blank lines and no comments other than HELP
+        // and TYPE, which the text format allows.
+        let mut text: String = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| !l.starts_with('#') || l.starts_with("# HELP ") || l.starts_with("# TYPE "))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        if text.is_empty() {
             text.push('\n');
         }
         let parsed = match nom_openmetrics::parser::prometheus(&text) {
@@ -202,6 +210,8 @@ fn type_name(kind: &MetricType) -> &'static str {
         MetricType::Gauge => "gauge",
         MetricType::Histogram => "histogram",
         MetricType::Summary => "summary",
+        // nom-openmetrics 0.2 reads `histogram` (and `untyped`) as unknown.
+        MetricType::Unknown(name) if name.trim() == "histogram" => "histogram",
         _ => "untyped",
     }
 }
@@ -249,7 +259,7 @@ mod tests {
 
     #[test]
     fn families_merge_with_one_help_and_type_and_a_worker_label() {
-        let text = "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total{path=\"/\"} 3\n";
+        let text = "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total{path=\"/\"} 3\n\n# a comment\n# TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n";
         let answers = vec![answer(0, text), answer(1, text)];
         let (out, failed) = merge(&answers, &HashSet::new());
         assert!(failed.is_empty());

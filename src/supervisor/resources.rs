@@ -102,7 +102,7 @@ impl ProcessTable {
 }
 
 /// The usage of one process tree, found by following each process's
-/// children (`/proc/<pid>/task/<pid>/children`): cheap enough to sample
+/// children (`/proc/<pid>/task/<tid>/children`): cheap enough to sample
 /// one worker every second. `None` if `root` is gone.
 pub fn tree(root: u32) -> Option<Usage> {
     let mut processes = HashMap::new();
@@ -115,7 +115,12 @@ pub fn tree(root: u32) -> Option<Usage> {
             continue;
         };
         processes.insert(pid, process);
-        if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        // Children are listed per thread that forked them.
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+        for thread in threads.flatten() {
+            let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else {
+                continue;
+            };
             stack.extend(
                 children
                     .split_whitespace()
