@@ -29,16 +29,18 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod datapath;
+pub(crate) mod datapath;
 pub mod demo_worker;
 pub mod dispatch;
-pub mod health;
-pub mod logging;
+pub(crate) mod health;
+pub(crate) mod logging;
 pub mod metrics;
 pub mod pool;
-pub mod privileges;
-pub mod shared;
+pub(crate) mod privileges;
+pub(crate) mod shared;
 pub mod supervisor;
 
+// The public API: what `main.rs`, the benches and the tests use. The data
+// path, health checks, logging and the shared state stay inside the crate.
 pub use control::lifecycle::{run, Fatal};
 pub use control::Source;

@@ -273,7 +273,8 @@ fn status(shared: &Shared) -> serde_json::Value {
                 let usage = instance.tree().and_then(|root| table.tree(root));
                 // A crashed or stopped worker has no uptime, only a last pid.
                 let running = !matches!(b.state(), State::Down | State::Stopped)
-                    || b.reason().is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
+                    || b.reason()
+                        .is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
                 entry["uptime_seconds"] = json!(instance
                     .pid
                     .filter(|_| running)

@@ -10,12 +10,12 @@
 //! The control loop ([`run`]) is the one owner of reloads, scaling and
 //! rolling restarts: signals and admin requests only ask it.
 
-pub mod admin;
-pub mod dashboard;
+pub(crate) mod admin;
+pub(crate) mod dashboard;
 pub mod lifecycle;
-pub mod notify;
+pub(crate) mod notify;
 pub mod reload;
-pub mod signals;
+pub(crate) mod signals;
 
 use std::sync::Arc;
 
@@ -30,9 +30,7 @@ use signals::{Asked, Signals};
 #[derive(Debug)]
 pub enum Request {
     /// Rolling restart of the workers (merged into one pending or running).
-    RollingRestart {
-        started: oneshot::Sender<Restart>,
-    },
+    RollingRestart { started: oneshot::Sender<Restart> },
     /// Reload the config file, as SIGHUP does.
     Reload {
         done: oneshot::Sender<Result<(), ReloadError>>,

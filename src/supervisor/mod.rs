@@ -7,7 +7,7 @@ mod ports;
 pub mod resources;
 pub mod shim;
 mod slot;
-pub mod spawn;
+pub(crate) mod spawn;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

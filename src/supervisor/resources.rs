@@ -116,7 +116,9 @@ pub fn tree(root: u32) -> Option<Usage> {
         };
         processes.insert(pid, process);
         // Children are listed per thread that forked them.
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
         for thread in threads.flatten() {
             let Ok(children) = std::fs::read_to_string(thread.path().join("children")) else {
                 continue;
