@@ -411,29 +411,10 @@ fn a_log_reader_that_never_reads_slows_no_client() {
         command.stderr(Stdio::piped());
     });
     corral.wait_up(2);
-    let front = corral.front;
-    // Clients on new connections, one log line each, until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..6)
-        .map(|_| {
-            let (stop, served) = (Arc::clone(&stop), Arc::clone(&served));
-            std::thread::spawn(move || {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match get_from(front, None) {
-                        Ok(_) => served.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            errors.push(e.to_string());
-                            // A blocked corral: no use piling up more.
-                            break;
-                        }
-                    };
-                }
-                errors
-            })
-        })
-        .collect();
+    // Clients on new connections, one log line each, until told to stop;
+    // a client stops at its first failure (a blocked corral: no use piling
+    // up more).
+    let load = Load::start_until_error(corral.front, 6);
     // The log queue holds thousands of lines: it takes many clients to
     // overflow it. Then the clients go on being served.
     let dropped = || {
@@ -442,20 +423,14 @@ fn a_log_reader_that_never_reads_slows_no_client() {
             .unwrap_or(0.0)
     };
     let overflowed = eventually(Duration::from_secs(120), || {
-        dropped() > 0.0 || threads.iter().all(|t| t.is_finished())
+        dropped() > 0.0 || load.all_stopped()
     }) && dropped() > 0.0;
-    let at_overflow = served.load(Ordering::Relaxed);
+    let at_overflow = load.served();
     let went_on = overflowed
         && eventually(Duration::from_secs(30), || {
-            served.load(Ordering::Relaxed) >= at_overflow + 1000
-                || threads.iter().all(|t| t.is_finished())
+            load.served() >= at_overflow + 1000 || load.all_stopped()
         });
-    stop.store(true, Ordering::Relaxed);
-    let errors: Vec<String> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    let served = served.load(Ordering::Relaxed);
+    let (served, _, errors) = load.finish();
     eprintln!(
         "{served} requests served ({at_overflow} when lines were first dropped), {} failed, {} log lines dropped",
         errors.len(),

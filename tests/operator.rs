@@ -12,8 +12,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -221,71 +219,6 @@ fn cells(line: &str) -> Vec<(usize, String)> {
         out.push((start, line[start..i].to_string()));
     }
     out
-}
-
-/// Clients making new connections in a loop until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(front: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let mut errors = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match get_from(front, None) {
-                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(e) => {
-                                errors.push(e.to_string());
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                    errors
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
-    }
-
-    fn served(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more requests have been served than now.
-    fn serves_more(&self, n: usize) -> bool {
-        let now = self.served();
-        eventually(Duration::from_secs(15), || self.served() >= now + n)
-    }
-
-    /// Stops the clients; returns (served, failed, error texts).
-    fn finish(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self
-            .threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
 }
 
 /// A child in its own process group; the whole group is killed and the

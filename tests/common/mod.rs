@@ -6,6 +6,7 @@
 //! - [`corral`]: a running corral ([`Corral`]) and its metrics.
 //! - [`backends`]: the one kit of hand-rolled backends ([`Backend`]).
 //! - [`http`]: HTTP/1.1 requests to the front end and the admin port.
+//! - [`load`]: clients in a loop through the front end ([`Load`]).
 //!
 //! This file: free ports, waiting, signals, processes.
 
@@ -15,11 +16,13 @@ pub mod backends;
 pub mod config;
 pub mod corral;
 pub mod http;
+pub mod load;
 
 pub use backends::*;
 pub use config::*;
 pub use corral::*;
 pub use http::*;
+pub use load::*;
 pub use nix::sys::signal::Signal;
 
 use std::net::TcpListener;
