@@ -19,40 +19,14 @@ use common::*;
 /// The corral binary these tests run.
 const BINARY: &str = CORRAL;
 
-/// Runs `corral run` on `config` like [`Corral::start`], after `customize`
-/// has had its say on the command (standard error, limits).
+/// Runs `corral run` on `config` like [`Corral::start`], with no standard
+/// input, after `customize` has had its say on the command (standard error,
+/// limits).
 fn launch(config: &Config, customize: impl FnOnce(&mut Command)) -> Corral {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("corral.toml");
-    config.write(&config_path);
-    let log_path = dir.path().join("corral.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = Command::new(BINARY);
-    command
-        .arg("run")
-        .arg("-c")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    customize(&mut command);
-    let child = command.spawn().expect("corral starts");
-    let corral = Corral {
-        child: Some(child),
-        front: config.front,
-        admin: config.admin,
-        dir,
-        config_path,
-        log_path,
-    };
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            matches!(try_http(corral.admin, "GET", "/healthz"), Ok((200, _)))
-        }),
-        "corral's admin port never answered; log:\n{}",
-        corral.log()
-    );
-    corral
+    Corral::start_customized(config, |command| {
+        command.stdin(Stdio::null());
+        customize(command);
+    })
 }
 
 fn start(config: &Config) -> Corral {

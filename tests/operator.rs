@@ -137,31 +137,6 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-/// Runs `promtool check metrics` on `text`; fails the test on any complaint.
-fn promtool_accepts(text: &str) {
-    require("promtool", "prometheus");
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n--- the metrics:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The samples of metric `name` in an exposition, as (labels, value).
 fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     text.lines()
@@ -611,6 +586,41 @@ fn assert_no_connection_lines(corral: &Corral) {
     );
 }
 
+/// Runs the one-liner `corral run FLAGS... -i COUNT -- corral demo-worker`
+/// (as [`run_corral`] does).
+fn run_demo_one_liner(flags: &[&str], count: &str, front: SocketAddr, admin: SocketAddr) -> Corral {
+    let mut args = flags.to_vec();
+    args.extend(["-i", count, "--", "corral", "demo-worker"]);
+    run_corral(&args, front, admin)
+}
+
+/// Writes `config` to a file in a fresh directory; returns the directory
+/// (the file lives as long as it does) and the file's path.
+fn config_file(config: &Config) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("corral.toml");
+    config.write(&file);
+    let path = file.display().to_string();
+    (dir, path)
+}
+
+/// Waits until exactly `n` workers are up, every one; fails the test with
+/// the status and the log if they never are.
+fn wait_exactly_up(corral: &Corral, n: usize) {
+    assert!(
+        eventually(Duration::from_secs(20), || exactly_up(corral, n)),
+        "{}\n{}",
+        corral.status(),
+        corral.log()
+    );
+}
+
+/// Three workers take 30 requests ten each, and log no per-connection line.
+fn assert_round_robin_over_three(corral: &Corral) {
+    assert_eq!(spread_of_30(corral.front), ten_each_of_three());
+    assert_no_connection_lines(corral);
+}
+
 #[test]
 fn the_one_liner_without_a_config_file_round_robins_over_three_workers() {
     // No file, so the workers take the default port_base: 9100 and on.
@@ -622,30 +632,10 @@ fn the_one_liner_without_a_config_file_round_robins_over_three_workers() {
     }
     let (front, admin) = (addr(free_port()), addr(free_port()));
     let (bind, admin_arg) = (front.to_string(), admin.to_string());
-    let corral = run_corral(
-        &[
-            "--bind",
-            &bind,
-            "--admin",
-            &admin_arg,
-            "-i",
-            "3",
-            "--",
-            "corral",
-            "demo-worker",
-        ],
-        front,
-        admin,
-    );
-    assert!(
-        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
-        "{}\n{}",
-        corral.status(),
-        corral.log()
-    );
+    let corral = run_demo_one_liner(&["--bind", &bind, "--admin", &admin_arg], "3", front, admin);
+    wait_exactly_up(&corral, 3);
     assert_eq!(corral.status()["strategy"], "round-robin");
-    assert_eq!(spread_of_30(corral.front), ten_each_of_three());
-    assert_no_connection_lines(&corral);
+    assert_round_robin_over_three(&corral);
 }
 
 #[test]
@@ -654,37 +644,18 @@ fn the_one_liner_supplies_the_command_a_file_without_one_lacks() {
     let config = Config::new()
         .set("workers.count", 1)
         .set("workers.port_base", base);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("corral.toml");
-    config.write(&file);
+    let (_dir, file_arg) = config_file(&config);
     let port = free_port();
     let front = addr(port);
     let admin = addr(free_port());
     let (bind, admin_arg) = (format!("localhost:{port}"), admin.to_string());
-    let file_arg = file.display().to_string();
-    let corral = run_corral(
-        &[
-            "-c",
-            &file_arg,
-            "--bind",
-            &bind,
-            "--admin",
-            &admin_arg,
-            "-i",
-            "3",
-            "--",
-            "corral",
-            "demo-worker",
-        ],
+    let corral = run_demo_one_liner(
+        &["-c", &file_arg, "--bind", &bind, "--admin", &admin_arg],
+        "3",
         front,
         admin,
     );
-    assert!(
-        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
-        "{}\n{}",
-        corral.status(),
-        corral.log()
-    );
+    wait_exactly_up(&corral, 3);
     // The flags won over the file's addresses.
     assert!(
         try_http(config.admin, "GET", "/healthz").is_err(),
@@ -697,64 +668,43 @@ fn the_one_liner_supplies_the_command_a_file_without_one_lacks() {
         .collect();
     let expected: BTreeSet<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
     assert_eq!(addresses, expected, "the file's port_base was not used");
-    assert_eq!(spread_of_30(corral.front), ten_each_of_three());
-    assert_no_connection_lines(&corral);
+    assert_round_robin_over_three(&corral);
 }
 
 #[test]
 fn the_one_liner_accepts_an_all_interfaces_bind() {
     let config = Config::new().set("workers.port_base", free_port_range(2));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("corral.toml");
-    config.write(&file);
+    let (_dir, file_arg) = config_file(&config);
     let port = free_port();
-    let file_arg = file.display().to_string();
     let bind = format!(":{port}");
-    let corral = run_corral(
-        &[
-            "-c",
-            &file_arg,
-            "--bind",
-            &bind,
-            "-i",
-            "1",
-            "--",
-            "corral",
-            "demo-worker",
-        ],
-        addr(port),
-        config.admin,
-    );
+    let corral = run_demo_one_liner(&["-c", &file_arg, "--bind", &bind], "1", addr(port), config.admin);
     corral.wait_up(1);
     let body = get_from(corral.front, None).unwrap();
     assert_eq!(worker_of(&body), "worker=0", "{body}");
     corral.wait_log(&format!("0.0.0.0:{port}"), Duration::from_secs(5));
 }
 
+/// `corral check FILE` and `corral check -c FILE` on `config` both exit
+/// `code` and say `says`, and say the same.
+fn check_with_and_without_dash_c(dir: &Path, name: &str, config: &Config, code: i32, says: &str) {
+    let file = dir.join(name);
+    config.write(&file);
+    let file = file.display().to_string();
+    let bare = cli(&["check", &file]);
+    let dashed = cli(&["check", "-c", &file]);
+    for out in [&bare, &dashed] {
+        assert_eq!(out.code, Some(code), "{out}");
+        assert!(out.text().contains(says), "{out}");
+    }
+    assert_eq!(bare.text(), dashed.text());
+}
+
 #[test]
 fn check_takes_the_file_with_or_without_dash_c() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.toml");
-    demo(2, 2).write(&good);
-    let good = good.display().to_string();
-    let bare = cli(&["check", &good]);
-    let dashed = cli(&["check", "-c", &good]);
-    for out in [&bare, &dashed] {
-        assert_eq!(out.code, Some(0), "{out}");
-        assert!(out.text().contains("ok"), "{out}");
-    }
-    assert_eq!(bare.text(), dashed.text());
-
-    let bad = dir.path().join("bad.toml");
-    demo(2, 2).set("health.interval", "soon").write(&bad);
-    let bad = bad.display().to_string();
-    let bare = cli(&["check", &bad]);
-    let dashed = cli(&["check", "-c", &bad]);
-    for out in [&bare, &dashed] {
-        assert_eq!(out.code, Some(2), "{out}");
-        assert!(out.text().contains("health.interval"), "{out}");
-    }
-    assert_eq!(bare.text(), dashed.text());
+    check_with_and_without_dash_c(dir.path(), "good.toml", &demo(2, 2), 0, "ok");
+    let bad = demo(2, 2).set("health.interval", "soon");
+    check_with_and_without_dash_c(dir.path(), "bad.toml", &bad, 2, "health.interval");
 }
 
 #[test]

@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{eventually, http, send_signal, try_http, Config, Signal, CORRAL};
+use super::{eventually, http, require, send_signal, try_http, Config, Signal, CORRAL};
 
 /// A running corral process; killed (with its workers) when dropped.
 pub struct Corral {
@@ -20,35 +21,42 @@ pub struct Corral {
 impl Corral {
     /// Writes `config` to a file and runs `corral run -c FILE` on it.
     pub fn start(config: &Config) -> Corral {
-        Corral::launch(Path::new(CORRAL), config, &[], &[])
+        Corral::launch(Path::new(CORRAL), config, |_| {})
     }
 
     /// As [`Corral::start`], with extra command-line arguments and environment.
     pub fn start_with(config: &Config, args: &[&str], env: &[(&str, &str)]) -> Corral {
-        Corral::launch(Path::new(CORRAL), config, args, env)
+        Corral::launch(Path::new(CORRAL), config, |command| {
+            command.args(args).envs(env.iter().copied());
+        })
     }
 
     /// As [`Corral::start`], running another copy of the corral binary.
     pub fn start_binary(binary: &Path, config: &Config) -> Corral {
-        Corral::launch(binary, config, &[], &[])
+        Corral::launch(binary, config, |_| {})
     }
 
-    fn launch(binary: &Path, config: &Config, args: &[&str], env: &[(&str, &str)]) -> Corral {
+    /// As [`Corral::start`], after `customize` has had its say on the
+    /// command (arguments, standard streams, limits).
+    pub fn start_customized(config: &Config, customize: impl FnOnce(&mut Command)) -> Corral {
+        Corral::launch(Path::new(CORRAL), config, customize)
+    }
+
+    fn launch(binary: &Path, config: &Config, customize: impl FnOnce(&mut Command)) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
         config.write(&config_path);
         let log_path = dir.path().join("corral.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
-            .args(args)
-            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("corral starts");
+            .stderr(log);
+        customize(&mut command);
+        let child = command.spawn().expect("corral starts");
         let corral = Corral {
             child: Some(child),
             front: config.front,
@@ -204,4 +212,30 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             existing.join("\n  ")
         )
     })
+}
+
+/// Runs `promtool check metrics` on `text` (a Prometheus text exposition);
+/// fails the test on any complaint, or when promtool is missing.
+pub fn promtool_accepts(text: &str) {
+    require("promtool", "prometheus");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n--- the metrics:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
