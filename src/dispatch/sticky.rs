@@ -53,10 +53,18 @@ pub struct StickyTable {
     approximate_len: AtomicUsize,
     /// Woken when an insert takes the table past `max_entries`.
     pub over_limit: Notify,
+    /// Milliseconds on a monotonic clock: [`clock::now_ms`], or a clock a
+    /// test moves by hand.
+    now_ms: fn() -> u64,
 }
 
 impl StickyTable {
     pub fn new(config: &crate::config::StickyConfig) -> StickyTable {
+        StickyTable::with_clock(config, clock::now_ms)
+    }
+
+    /// A table that reads the time from `now_ms`.
+    pub fn with_clock(config: &crate::config::StickyConfig, now_ms: fn() -> u64) -> StickyTable {
         let table = StickyTable {
             map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             ttl_ms: AtomicU64::new(0),
@@ -65,6 +73,7 @@ impl StickyTable {
             ipv6_prefix: AtomicUsize::new(64),
             approximate_len: AtomicUsize::new(0),
             over_limit: Notify::new(),
+            now_ms,
         };
         table.configure(config);
         table
@@ -95,7 +104,7 @@ impl StickyTable {
     #[inline]
     pub fn lookup(&self, key: ClientKey) -> Option<u64> {
         let entry = self.map.get(&key)?;
-        let now = clock::now_ms();
+        let now = (self.now_ms)();
         let seen = entry.last_seen_ms.load(Ordering::Relaxed);
         (now.saturating_sub(seen) < self.ttl_ms.load(Ordering::Relaxed))
             .then(|| entry.backend.load(Ordering::Relaxed))
@@ -103,7 +112,7 @@ impl StickyTable {
 
     /// Records that the client was just sent to `backend`.
     pub fn record(&self, key: ClientKey, backend: u64) -> Outcome {
-        let now = clock::now_ms();
+        let now = (self.now_ms)();
         let ttl = self.ttl_ms.load(Ordering::Relaxed);
         if let Some(entry) = self.map.get(&key) {
             let live = now.saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)) < ttl;
@@ -154,7 +163,7 @@ impl StickyTable {
     }
 
     fn evict(&self) {
-        let now = clock::now_ms();
+        let now = (self.now_ms)();
         let ttl = self.ttl_ms.load(Ordering::Relaxed);
         self.map
             .retain(|_, e| now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) < ttl);
@@ -228,13 +237,27 @@ mod tests {
     use crate::config::StickyConfig;
     use std::time::Duration;
 
+    thread_local! {
+        /// The test clock: each test thread moves its own.
+        static NOW_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    }
+
+    fn test_now() -> u64 {
+        NOW_MS.with(|now| now.get())
+    }
+
+    fn advance(by: Duration) {
+        NOW_MS.with(|now| now.set(now.get() + by.as_millis() as u64));
+    }
+
     fn table(ttl: Duration, max: usize) -> StickyTable {
-        StickyTable::new(&StickyConfig {
+        let config = StickyConfig {
             ttl,
             max_entries: max,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-        })
+        };
+        StickyTable::with_clock(&config, test_now)
     }
 
     #[test]
@@ -268,7 +291,7 @@ mod tests {
         let t = table(Duration::from_secs(60), 100);
         for k in 0..500u128 {
             t.record(k, 1);
-            std::thread::sleep(Duration::from_micros(if k >= 400 { 1500 } else { 0 }));
+            advance(Duration::from_millis(if k >= 400 { 2 } else { 0 }));
         }
         t.sweep();
         assert_eq!(t.len(), 95);
@@ -280,7 +303,9 @@ mod tests {
     fn expired_entries_are_absent_and_swept() {
         let t = table(Duration::from_millis(20), 100);
         t.record(5, 1);
-        std::thread::sleep(Duration::from_millis(40));
+        advance(Duration::from_millis(19));
+        assert_eq!(t.lookup(5), Some(1));
+        advance(Duration::from_millis(1));
         assert_eq!(t.lookup(5), None);
         t.sweep();
         assert!(t.is_empty());
