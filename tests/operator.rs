@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -677,7 +676,12 @@ fn the_one_liner_accepts_an_all_interfaces_bind() {
     let (_dir, file_arg) = config_file(&config);
     let port = free_port();
     let bind = format!(":{port}");
-    let corral = run_demo_one_liner(&["-c", &file_arg, "--bind", &bind], "1", addr(port), config.admin);
+    let corral = run_demo_one_liner(
+        &["-c", &file_arg, "--bind", &bind],
+        "1",
+        addr(port),
+        config.admin,
+    );
     corral.wait_up(1);
     let body = get_from(corral.front, None).unwrap();
     assert_eq!(worker_of(&body), "worker=0", "{body}");

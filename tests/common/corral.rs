@@ -1,8 +1,8 @@
 //! A running corral and what it exposes: /status, /metrics, its log.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
