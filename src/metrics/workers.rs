@@ -181,7 +181,9 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
     for (name, merged) in families {
         // promtool wants a HELP line for every family; not every worker
         // writes one.
-        let help = merged.help.unwrap_or_else(|| "Exported by corral's workers.".to_string());
+        let help = merged
+            .help
+            .unwrap_or_else(|| "Exported by corral's workers.".to_string());
         let _ = writeln!(out, "# HELP {name} {}", escape(&help, false));
         if let Some(kind) = merged.kind {
             let _ = writeln!(out, "# TYPE {name} {kind}");
