@@ -296,11 +296,10 @@ fn status(shared: &Shared) -> serde_json::Value {
 
 /// `?count=N` of `POST /workers/scale`.
 fn count_param(request: &Request<Incoming>) -> Result<usize, Refusal> {
-    let query = request.uri().query().unwrap_or("");
-    let value = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "count")
-        .map(|(_, v)| v.into_owned());
-    match value.as_deref().map(str::parse::<usize>) {
+    match query_param(request, "count")
+        .as_deref()
+        .map(str::parse::<usize>)
+    {
         Some(Ok(count)) if count >= 1 => Ok(count),
         Some(_) => Err(Box::new(text(
             StatusCode::BAD_REQUEST,
@@ -361,12 +360,19 @@ fn sticky_forget(shared: &Shared, request: &Request<Incoming>) -> Reply {
     }
 }
 
-fn ip_param(request: &Request<Incoming>) -> Result<IpAddr, Refusal> {
+/// The value of `?name=` in the request's query, decoded.
+fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
     let query = request.uri().query().unwrap_or("");
-    let value = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "ip")
-        .map(|(_, v)| v.into_owned());
-    match value.as_deref().map(str::parse::<IpAddr>) {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn ip_param(request: &Request<Incoming>) -> Result<IpAddr, Refusal> {
+    match query_param(request, "ip")
+        .as_deref()
+        .map(str::parse::<IpAddr>)
+    {
         Some(Ok(ip)) => Ok(ip),
         Some(Err(_)) => Err(Box::new(text(
             StatusCode::BAD_REQUEST,
