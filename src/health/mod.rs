@@ -71,9 +71,12 @@ pub enum Verdict {
 }
 
 /// Runs checks every `health.interval` over the current pool until the
-/// front end stops.
+/// front end stops. A round starts an interval after the previous one
+/// started (not after it ended), so `fall` failures take `interval × fall`
+/// even when each check waits out its `health.timeout`.
 pub async fn run(shared: Arc<Shared>) {
     loop {
+        let round = tokio::time::Instant::now();
         let snapshot = shared.snapshot();
         let health = snapshot.config.health.clone();
         let mut checks = JoinSet::new();
@@ -95,7 +98,7 @@ pub async fn run(shared: Arc<Shared>) {
             _ = shared.stop_accepting.cancelled() => return,
         }
         tokio::select! {
-            _ = tokio::time::sleep(health.interval) => {}
+            _ = tokio::time::sleep_until(round + health.interval) => {}
             _ = shared.stop_accepting.cancelled() => return,
         }
     }
