@@ -143,8 +143,11 @@ impl Spawner {
 fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
     let (report, reported) = std::io::pipe()?;
     let corral = std::process::id();
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    // /proc/self/exe, not the binary's path: a corral whose binary was
+    // replaced on disk (a package upgrade) still starts its shims.
+    let mut command = tokio::process::Command::new("/proc/self/exe");
     command
+        .arg0("corral")
         .arg("worker-shim")
         .arg("--parent")
         .arg(corral.to_string())
