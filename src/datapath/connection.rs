@@ -82,12 +82,24 @@ struct Client {
     addr: SocketAddr,
     /// The address it connected to, from its PROXY header, or ours.
     local: Option<SocketAddr>,
-    peer: SocketAddr,
     /// Client bytes the next backend must be sent before the pump: those
     /// that came with the PROXY header, or a request being replayed.
     pending: Vec<u8>,
     /// The client has half-closed (its request is complete).
     done_sending: bool,
+}
+
+impl Client {
+    /// A client that is who its socket says.
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            addr: peer,
+            local: None,
+            pending: Vec::new(),
+            done_sending: false,
+        }
+    }
 }
 
 /// Serves one accepted client until it closes or corral cuts it.
@@ -96,16 +108,19 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     // One snapshot for the whole connection: config and pool belong together.
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
-    let mut client = match read_proxy_header(&shared, config, stream, peer).await {
-        Some(client) => client,
-        None => {
-            let closed = Closed {
-                reason: Reason::ProxyProtocol,
-                by: Side::Client,
-            };
-            log_closed(config, peer, "", (0, 0), started, closed);
-            return;
-        }
+    let client = match config.listener.proxy_protocol {
+        ProxyProtocolMode::None => Some(Client::new(stream, peer)),
+        // Boxed: reading a header takes a large future, and inline it would
+        // grow every connection's future, PROXY protocol or not.
+        mode => Box::pin(read_proxy_header(&shared, mode, stream, peer)).await,
+    };
+    let Some(mut client) = client else {
+        let closed = Closed {
+            reason: Reason::ProxyProtocol,
+            by: Side::Client,
+        };
+        log_closed(config, peer, "", (0, 0), started, closed);
+        return;
     };
     let client_key = shared.dispatcher.client_key(client.addr.ip());
     let mut tried = Tried::default();
@@ -193,22 +208,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// says. `None` (counted and logged) when the header is missing or bad.
 async fn read_proxy_header(
     shared: &Shared,
-    config: &Config,
+    mode: ProxyProtocolMode,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Option<Client> {
-    let mut client = Client {
-        stream,
-        addr: peer,
-        local: None,
-        peer,
-        pending: Vec::new(),
-        done_sending: false,
-    };
-    let mode = config.listener.proxy_protocol;
-    if mode == ProxyProtocolMode::None {
-        return Some(client);
-    }
+    let mut client = Client::new(stream, peer);
     match proxy_protocol::read_header(&mut client.stream, mode).await {
         Ok((addresses, early)) => {
             // Application bytes that came with the header go to the backend first.
@@ -308,11 +312,19 @@ async fn introduce(
     let header = match send_proxy {
         SendProxy::None => Vec::new(),
         version => {
-            let peer = client.peer;
             let stream = &client.stream;
+            // Our own address; should the kernel not tell it, the header
+            // names no destination (the unspecified address).
+            let unknown = SocketAddr::new(
+                match client.addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                },
+                0,
+            );
             let destination = *client
                 .local
-                .get_or_insert_with(|| stream.local_addr().unwrap_or(peer));
+                .get_or_insert_with(|| stream.local_addr().unwrap_or(unknown));
             proxy_protocol::encode(version, client.addr, destination)
         }
     };
