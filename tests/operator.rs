@@ -883,3 +883,58 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
     );
     promtool_accepts(&text);
 }
+
+/// `corral demo-worker` handed a listening socket as fd 3 (`LISTEN_FDS=1`,
+/// systemd's way) accepts from it without `PORT`, and on SIGTERM stops
+/// accepting and exits cleanly.
+#[test]
+fn the_demo_worker_accepts_a_handed_socket_and_stops_on_sigterm() {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut command = Command::new(CORRAL);
+    command
+        .arg("demo-worker")
+        .env_remove("PORT")
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "corral")
+        .env("CORRAL_WORKER_ID", "7")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec, only dup2 and fcntl (async-signal-safe)
+    // on an fd this test owns. dup2 onto itself would keep close-on-exec.
+    unsafe {
+        command.pre_exec(move || {
+            let done = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if done < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut worker = Killed(command.spawn().unwrap());
+    drop(listener);
+    for _ in 0..3 {
+        let (code, body) = http(addr, "GET", "/");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.starts_with(&format!("worker=7 pid={}", worker.0.id())),
+            "{body}"
+        );
+    }
+    send_signal(worker.0.id(), nix::sys::signal::Signal::SIGTERM);
+    let mut status = None;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            status = worker.0.try_wait().ok().flatten();
+            status.is_some()
+        }),
+        "the worker did not exit after SIGTERM"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+}
