@@ -1,5 +1,6 @@
-//! Every default of the config file, named once. `config/example.toml`
-//! documents the same values; a unit test keeps the two in step.
+//! Every default of the config file, named once; validation reads them
+//! from here. `config/example.toml` documents the same values, and a unit
+//! test checks that the example, read as a config, gives them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -403,7 +403,7 @@ fn cross_check(config: &Config, p: &mut Problems) {
 fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Option<Config> {
     let listener = ListenerConfig {
         binds: match raw.listener.bind {
-            None => vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            None => vec![defaults::LISTENER_BIND],
             Some(bind) => {
                 let span = bind.span();
                 let list: Vec<String> = match bind.into_inner() {
@@ -429,13 +429,20 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
                     .collect()
             }
         },
-        backlog: int(raw.listener.backlog, "listener.backlog", 1, 65535, 1024, p) as u32,
+        backlog: int(
+            raw.listener.backlog,
+            "listener.backlog",
+            1,
+            65535,
+            defaults::LISTENER_BACKLOG,
+            p,
+        ) as u32,
         max_connections: int(
             raw.listener.max_connections,
             "listener.max_connections",
             1,
             10_000_000,
-            10_000,
+            defaults::LISTENER_MAX_CONNECTIONS,
             p,
         ) as usize,
         proxy_protocol: raw
@@ -450,8 +457,8 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
             .admin
             .bind
             .map(|b| socket_addr(&b, "admin.bind", p))
-            .unwrap_or(Some(SocketAddr::from(([127, 0, 0, 1], 9090))))
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            .unwrap_or(Some(defaults::ADMIN_BIND))
+            .unwrap_or(defaults::ADMIN_BIND),
         token: raw
             .admin
             .token_file
@@ -460,17 +467,31 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
     };
 
     let sticky = StickyConfig {
-        ttl: duration(raw.sticky.ttl, "sticky.ttl", Duration::from_secs(1800), p),
+        ttl: duration(raw.sticky.ttl, "sticky.ttl", defaults::STICKY_TTL, p),
         max_entries: int(
             raw.sticky.max_entries,
             "sticky.max_entries",
             1,
             i64::MAX,
-            1_000_000,
+            defaults::STICKY_MAX_ENTRIES,
             p,
         ) as usize,
-        ipv4_prefix: int(raw.sticky.ipv4_prefix, "sticky.ipv4_prefix", 0, 32, 32, p) as u8,
-        ipv6_prefix: int(raw.sticky.ipv6_prefix, "sticky.ipv6_prefix", 0, 128, 64, p) as u8,
+        ipv4_prefix: int(
+            raw.sticky.ipv4_prefix,
+            "sticky.ipv4_prefix",
+            0,
+            32,
+            defaults::STICKY_IPV4_PREFIX,
+            p,
+        ) as u8,
+        ipv6_prefix: int(
+            raw.sticky.ipv6_prefix,
+            "sticky.ipv6_prefix",
+            0,
+            128,
+            defaults::STICKY_IPV6_PREFIX,
+            p,
+        ) as u8,
     };
 
     let workers = raw.workers.and_then(|w| {
@@ -550,29 +571,43 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
                 String::new()
             }
             Some(path) => path.into_inner(),
-            None => "/healthz".to_string(),
+            None => defaults::HEALTH_PATH.to_string(),
         },
         interval: duration(
             raw.health.interval,
             "health.interval",
-            Duration::from_secs(2),
+            defaults::HEALTH_INTERVAL,
             p,
         ),
         timeout: duration(
             raw.health.timeout,
             "health.timeout",
-            Duration::from_secs(1),
+            defaults::HEALTH_TIMEOUT,
             p,
         ),
-        rise: int(raw.health.rise, "health.rise", 1, 1000, 2, p) as u32,
-        fall: int(raw.health.fall, "health.fall", 1, 1000, 3, p) as u32,
+        rise: int(
+            raw.health.rise,
+            "health.rise",
+            1,
+            1000,
+            defaults::HEALTH_RISE,
+            p,
+        ) as u32,
+        fall: int(
+            raw.health.fall,
+            "health.fall",
+            1,
+            1000,
+            defaults::HEALTH_FALL,
+            p,
+        ) as u32,
     };
 
     let timeouts = Timeouts {
         connect: duration(
             raw.timeouts.connect,
             "timeouts.connect",
-            Duration::from_secs(2),
+            defaults::TIMEOUT_CONNECT,
             p,
         ),
         first_byte: optional_duration(
@@ -584,13 +619,13 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
         idle: duration(
             raw.timeouts.idle,
             "timeouts.idle",
-            Duration::from_secs(3600),
+            defaults::TIMEOUT_IDLE,
             p,
         ),
         drain: duration(
             raw.timeouts.drain,
             "timeouts.drain",
-            Duration::from_secs(30),
+            defaults::TIMEOUT_DRAIN,
             p,
         ),
     };
@@ -611,15 +646,22 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
                 }
                 level.into_inner()
             }
-            None => "info".to_string(),
+            None => defaults::LOG_LEVEL.to_string(),
         },
         connections: raw.log.connections.unwrap_or(defaults::LOG_CONNECTIONS),
     };
 
-    let threads = int(raw.runtime.threads, "runtime.threads", 0, 1024, 0, p) as usize;
+    let threads = int(
+        raw.runtime.threads,
+        "runtime.threads",
+        0,
+        1024,
+        defaults::RUNTIME_THREADS,
+        p,
+    ) as usize;
     let runtime = RuntimeConfig {
         threads: if threads == 0 { cpus() } else { threads },
-        splice: raw.runtime.splice.unwrap_or(false),
+        splice: raw.runtime.splice.unwrap_or(defaults::RUNTIME_SPLICE),
         drop_to: privileges(raw.runtime.user, raw.runtime.group, p),
     };
 
@@ -661,9 +703,9 @@ fn workers(
         }
     };
     let count = match w.count {
-        None => 4,
+        None => defaults::WORKERS_COUNT,
         Some(c) => match c.get_ref() {
-            toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
+            toml::Value::Integer(n) if (1..=defaults::WORKERS_MAX_COUNT).contains(n) => *n as usize,
             toml::Value::String(w) if w == "auto" => cpus(),
             other => {
                 p.at(
@@ -676,7 +718,7 @@ fn workers(
         },
     };
     let host = match w.host {
-        None => Some(IpAddr::from([127, 0, 0, 1])),
+        None => Some(defaults::WORKERS_HOST),
         Some(h) => match h.get_ref().parse::<IpAddr>() {
             Ok(ip) => Some(ip),
             Err(_) => {
@@ -689,19 +731,14 @@ fn workers(
             }
         },
     };
-    let port_base_span = w.port_base.as_ref().map(|s| s.span());
-    let port_base = int(w.port_base, "workers.port_base", 1, 65535, 9100, p) as u16;
-    if port_base as usize + 2 * count > 65536 {
-        let message = format!(
-            "workers use ports {}..{} (two per slot for rolling restarts), past 65535",
-            port_base,
-            port_base as usize + 2 * count - 1
-        );
-        match port_base_span {
-            Some(span) => p.at(span, "workers.port_base", message),
-            None => p.general(Some("workers.port_base"), message),
-        }
-    }
+    let port_base = int(
+        w.port_base,
+        "workers.port_base",
+        1,
+        65535,
+        defaults::WORKERS_PORT_BASE,
+        p,
+    ) as u16;
     let cwd = PathBuf::from(w.cwd.unwrap_or_else(|| ".".to_string()));
     if !cwd.is_dir() {
         p.general(
@@ -1112,6 +1149,47 @@ mod tests {
         assert_eq!(c.strategy, StrategyKind::RoundRobin);
         assert!(!c.log.connections);
         assert_eq!(c.workers.as_ref().map(|w| w.count), Some(2));
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let c = Config::parse(
+            include_str!("../../config/example.toml"),
+            Path::new("example.toml"),
+        )
+        .unwrap();
+        let w = c.workers.as_ref().unwrap();
+        assert_eq!(c.listener.backlog as i64, defaults::LISTENER_BACKLOG);
+        assert_eq!(
+            c.listener.max_connections as i64,
+            defaults::LISTENER_MAX_CONNECTIONS
+        );
+        assert_eq!(c.admin.bind, defaults::ADMIN_BIND);
+        assert_eq!(c.sticky.ttl, defaults::STICKY_TTL);
+        assert_eq!(c.sticky.max_entries as i64, defaults::STICKY_MAX_ENTRIES);
+        assert_eq!(c.sticky.ipv4_prefix as i64, defaults::STICKY_IPV4_PREFIX);
+        assert_eq!(c.sticky.ipv6_prefix as i64, defaults::STICKY_IPV6_PREFIX);
+        assert_eq!(
+            (w.host, w.port_base as i64),
+            (defaults::WORKERS_HOST, defaults::WORKERS_PORT_BASE)
+        );
+        assert_eq!(w.ready_timeout, defaults::WORKERS_READY_TIMEOUT);
+        assert_eq!(w.stop_timeout, defaults::WORKERS_STOP_TIMEOUT);
+        assert_eq!(w.restart_delay, defaults::WORKERS_RESTART_DELAY);
+        assert_eq!(w.restart_delay_max, defaults::WORKERS_RESTART_DELAY_MAX);
+        assert_eq!(w.min_uptime, defaults::WORKERS_MIN_UPTIME);
+        assert_eq!(c.health.path, defaults::HEALTH_PATH);
+        assert_eq!(c.health.interval, defaults::HEALTH_INTERVAL);
+        assert_eq!(c.health.timeout, defaults::HEALTH_TIMEOUT);
+        assert_eq!(c.health.rise as i64, defaults::HEALTH_RISE);
+        assert_eq!(c.health.fall as i64, defaults::HEALTH_FALL);
+        assert_eq!(c.timeouts.connect, defaults::TIMEOUT_CONNECT);
+        assert_eq!(c.timeouts.first_byte, Some(defaults::TIMEOUT_FIRST_BYTE));
+        assert_eq!(c.timeouts.idle, defaults::TIMEOUT_IDLE);
+        assert_eq!(c.timeouts.drain, defaults::TIMEOUT_DRAIN);
+        assert_eq!(c.log.level, defaults::LOG_LEVEL);
+        assert_eq!(c.log.connections, defaults::LOG_CONNECTIONS);
+        assert_eq!(c.runtime.splice, defaults::RUNTIME_SPLICE);
     }
 
     #[test]
