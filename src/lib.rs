@@ -7,6 +7,9 @@
 //! - [`datapath`]: front-end sockets and accept loops, one connection from
 //!   accept to close, the byte pump and splice(2), the PROXY protocol.
 //! - [`dispatch`]: round-robin, least-connections, the sticky table and ring.
+//! - [`steering`]: `workers.listen = "fd"`, where corral leaves the byte
+//!   path: the slot sockets handed to workers and the kernel program that
+//!   places clients on them.
 //!
 //! The state they read:
 //! - [`shared`]: the one shared view: the config-and-pool snapshot, the
@@ -38,6 +41,7 @@ pub mod metrics;
 pub mod pool;
 pub(crate) mod privileges;
 pub(crate) mod shared;
+pub mod steering;
 pub mod supervisor;
 
 // The public API: what `main.rs`, the benches and the tests use. The data

@@ -84,6 +84,9 @@ enum Command {
     WorkerShim {
         #[arg(long)]
         parent: u32,
+        /// fd 3 is a listening socket handed to the worker (systemd style).
+        #[arg(long)]
+        handed_socket: bool,
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
@@ -195,10 +198,11 @@ fn main() -> ExitCode {
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
         Command::WorkerShim {
             parent,
+            handed_socket,
             mut command,
         } => {
             let program = command.remove(0);
-            corral::supervisor::shim::run(parent, program, command)
+            corral::supervisor::shim::run(parent, handed_socket, program, command)
         }
         Command::DemoWorker => match corral::demo_worker::run() {
             Ok(()) => ExitCode::SUCCESS,

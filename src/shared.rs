@@ -4,6 +4,8 @@
 //!   by [`Shared::publish`], which start-up and reloads call;
 //! - the dispatcher (round-robin counter, sticky table): dispatch's own;
 //! - the metrics registry: written through the handles it hands out;
+//! - in `fd` mode, the front end's socket group and its steering program:
+//!   [`Steering`]'s own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
 //!   the open connections): changed only by the lifecycle in
 //!   [`crate::control::lifecycle`].
@@ -19,11 +21,14 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
+use crate::steering::Steering;
 
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub dispatcher: Dispatcher,
     pub metrics: Metrics,
+    /// `workers.listen = "fd"`: the slot sockets the workers accept from.
+    pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
     pub connections: TaskTracker,
     /// Cancelled when the front end must stop accepting (graceful stop).
@@ -36,10 +41,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for `config`, its pool built at once.
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// The shared state for `config`, its pool built at once; `steering`
+    /// in `fd` mode.
+    pub fn new(config: Config, steering: Option<Arc<Steering>>) -> Arc<Shared> {
         let metrics = Metrics::new();
         Arc::new(Shared {
+            steering,
             dispatcher: Dispatcher::new(&config.sticky),
             current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
             metrics,

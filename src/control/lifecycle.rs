@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::signals::Signals;
 use super::{admin, notify, Source};
-use crate::config::Config;
+use crate::config::{defaults, Config, ListenMode};
 use crate::datapath::listener;
 use crate::shared::Shared;
+use crate::steering::{self, Steering};
 use crate::supervisor::spawn::Spawner;
 use crate::supervisor::Supervisor;
 
@@ -56,16 +57,48 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
 
 async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
-    let front = listener::bind_all(
-        &config.listener.binds,
-        config.listener.backlog,
-        config.runtime.threads,
-    )
-    .map_err(|(addr, source)| Fatal::Bind {
-        what: "front end",
-        addr,
-        source,
-    })?;
+    // In `fd` mode the front end is the workers' slot sockets, and corral
+    // runs no proxy threads.
+    let (front, steering) = match config
+        .workers
+        .as_ref()
+        .filter(|w| w.listen == ListenMode::Fd)
+    {
+        Some(workers) => {
+            // Validation allows exactly one front-end address in fd mode.
+            let addr = config
+                .listener
+                .binds
+                .first()
+                .copied()
+                .unwrap_or(defaults::LISTENER_BIND);
+            let steering = Steering::bind(
+                addr,
+                config.listener.backlog,
+                workers.count,
+                steering::rule_of(&config),
+            )
+            .map_err(|source| Fatal::Bind {
+                what: "front end (one socket per worker)",
+                addr,
+                source,
+            })?;
+            (None, Some(Arc::new(steering)))
+        }
+        None => {
+            let front = listener::bind_all(
+                &config.listener.binds,
+                config.listener.backlog,
+                config.runtime.threads,
+            )
+            .map_err(|(addr, source)| Fatal::Bind {
+                what: "front end",
+                addr,
+                source,
+            })?;
+            (Some(front), None)
+        }
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
         .await
         .map_err(|source| Fatal::Bind {
@@ -86,7 +119,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     }
     let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
 
-    let shared = Shared::new(config.clone());
+    let shared = Shared::new(config.clone(), steering.clone());
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
     tokio::spawn(admin::serve(
@@ -96,6 +129,9 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     ));
     tokio::spawn(crate::health::run(Arc::clone(&shared)));
     tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared)));
+    if let Some(steering) = &steering {
+        tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
+    }
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     if let Some(workers) = &config.workers {
@@ -115,8 +151,11 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     }
 
     let proxies_stop = CancellationToken::new();
-    let proxies = listener::start_threads(&shared, front, proxies_stop.clone())
-        .map_err(Fatal::io("cannot start the proxy threads"))?;
+    let proxies = match front {
+        Some(front) => listener::start_threads(&shared, front, proxies_stop.clone())
+            .map_err(Fatal::io("cannot start the proxy threads"))?,
+        None => Vec::new(),
+    };
     announce(&shared, &config);
     notify::ready();
 
@@ -150,12 +189,18 @@ fn announce(shared: &Shared, config: &Config) {
         .iter()
         .filter_map(|b| b.instance().pid.map(|p| p.to_string()))
         .collect();
-    let fronts: Vec<String> = config
-        .listener
-        .binds
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let fronts: Vec<String> = match &shared.steering {
+        Some(steering) => vec![format!(
+            "{} (fd mode: workers accept from handed sockets)",
+            steering.addr()
+        )],
+        None => config
+            .listener
+            .binds
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         strategy = config.strategy.as_str(),

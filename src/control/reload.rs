@@ -165,6 +165,14 @@ fn changeable(old: &Config, fresh: &Config) -> Result<(), ReloadError> {
             old.admin.bind, fresh.admin.bind
         )));
     }
+    let mode = |c: &Config| c.workers.as_ref().map(|w| w.listen.as_str());
+    if mode(old) != mode(fresh) && (mode(old) == Some("fd") || mode(fresh) == Some("fd")) {
+        return Err(ReloadError::NeedsRestart(format!(
+            "workers.listen changed ({} to {}); restart corral to change how workers get their clients",
+            mode(old).unwrap_or("no workers"),
+            mode(fresh).unwrap_or("no workers")
+        )));
+    }
     if old.listener.proxy_protocol != fresh.listener.proxy_protocol {
         return Err(ReloadError::NeedsRestart(
             "listener.proxy_protocol changed; restart corral to change it".into(),

@@ -15,6 +15,13 @@ const CLOSE_WAIT: u8 = 0x08;
 /// from `client`? `None` when the kernel's table does not tell (no such
 /// entry, or `/proc` is unreadable).
 pub fn accepted(worker: SocketAddr, client: SocketAddr) -> Option<bool> {
+    Some(taken_as(worker, client)?.is_some())
+}
+
+/// Like [`accepted`], and when the connection was accepted, the inode of
+/// the accepting side's socket (`Some(None)`: still waiting), so corral can
+/// ask which process holds it.
+pub fn taken_as(worker: SocketAddr, client: SocketAddr) -> Option<Option<u64>> {
     let table = if worker.is_ipv4() {
         "/proc/net/tcp"
     } else {
@@ -24,7 +31,7 @@ pub fn accepted(worker: SocketAddr, client: SocketAddr) -> Option<bool> {
     find(&text, worker, client)
 }
 
-fn find(table: &str, worker: SocketAddr, client: SocketAddr) -> Option<bool> {
+fn find(table: &str, worker: SocketAddr, client: SocketAddr) -> Option<Option<u64>> {
     let local = encode(worker);
     let remote = encode(client);
     table.lines().skip(1).find_map(|line| {
@@ -33,8 +40,9 @@ fn find(table: &str, worker: SocketAddr, client: SocketAddr) -> Option<bool> {
             return None;
         }
         let state = u8::from_str_radix(fields[3], 16).ok()?;
-        let waiting = fields[9] == "0" && matches!(state, ESTABLISHED | CLOSE_WAIT);
-        Some(!waiting)
+        let inode: u64 = fields[9].parse().ok()?;
+        let waiting = inode == 0 && matches!(state, ESTABLISHED | CLOSE_WAIT);
+        Some((!waiting).then_some(inode))
     })
 }
 

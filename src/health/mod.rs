@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub enum CheckFailure {
     /// The connection was completed by the kernel but the worker did not
     /// take it off its accept queue within `health.timeout`.
     NotAccepted,
+    /// `fd` mode: another process sharing the slot's socket (the one being
+    /// replaced), or corral emptying the queue, took the check's connection.
+    TakenByAnother,
 }
 
 impl fmt::Display for CheckFailure {
@@ -56,6 +59,9 @@ impl fmt::Display for CheckFailure {
             CheckFailure::NotAccepted => f.write_str(
                 "the process does not accept connections (its accept queue is not drained)",
             ),
+            CheckFailure::TakenByAnother => {
+                f.write_str("the check's connection was accepted by another process")
+            }
         }
     }
 }
@@ -110,8 +116,79 @@ fn should_check(backend: &Backend) -> bool {
 
 /// One check of one backend.
 pub async fn check(backend: &Backend, health: &HealthConfig) -> Verdict {
+    let instance = backend.instance();
+    if let Some(from) = instance.probe_from {
+        return probe_handed(instance.addr, from, instance.tree(), health).await;
+    }
     let worker = matches!(backend.kind, Kind::Worker(_));
-    probe(backend.instance().addr, health, worker).await
+    probe(instance.addr, health, worker).await
+}
+
+/// One check of a worker that was handed its slot's socket
+/// (`workers.listen = "fd"`), also its readiness test: a connection to the
+/// front end from `from` (the steering program sends it to that slot's
+/// socket) must be accepted by a process of the worker's tree (`tree`;
+/// another process of the slot, or corral emptying the queue, does not
+/// count) within `health.timeout`, and with `health.kind = "http"`, be
+/// answered with a 2xx.
+pub async fn probe_handed(
+    front: SocketAddr,
+    from: Ipv4Addr,
+    tree: Option<u32>,
+    health: &HealthConfig,
+) -> Verdict {
+    let socket = match new_socket(front) {
+        Ok(socket) => socket,
+        Err(error) => return Verdict::Skipped(error),
+    };
+    if let Err(error) = socket.bind(SocketAddr::new(IpAddr::V4(from), 0)) {
+        return if is_local_shortage(&error) || error.kind() == io::ErrorKind::AddrInUse {
+            Verdict::Skipped(error)
+        } else {
+            Verdict::Failed(CheckFailure::Connect(error))
+        };
+    }
+    let stream = match tokio::time::timeout(health.timeout, socket.connect(front)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) if is_local_shortage(&error) => return Verdict::Skipped(error),
+        Ok(Err(error)) => return Verdict::Failed(CheckFailure::Connect(error)),
+        Err(_) => return Verdict::Failed(CheckFailure::Timeout),
+    };
+    let Ok(ours) = stream.local_addr() else {
+        return Verdict::Passed;
+    };
+    let taken = async {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match accept_queue::taken_as(front, ours) {
+                Some(None) => {}
+                Some(Some(inode)) => return Some(inode),
+                None => return None,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let inode = match tokio::time::timeout(health.timeout, taken).await {
+        Ok(inode) => inode,
+        Err(_) => return Verdict::Failed(CheckFailure::NotAccepted),
+    };
+    if let (Some(inode), Some(root)) = (inode, tree) {
+        if !crate::supervisor::resources::tree_holds_socket(root, inode) {
+            return Verdict::Failed(CheckFailure::TakenByAnother);
+        }
+    }
+    match health.kind {
+        HealthKind::Tcp => Verdict::Passed,
+        HealthKind::Http => {
+            let left = health.timeout.saturating_sub(started.elapsed());
+            let host = front.to_string();
+            tokio::time::timeout(left, http_ok(stream, &host, &health.path))
+                .await
+                .unwrap_or(Verdict::Failed(CheckFailure::Timeout))
+        }
+    }
 }
 
 /// One check of an address (also a new worker's readiness test).
@@ -217,7 +294,9 @@ pub fn record(backend: &Backend, verdict: Verdict, health: &HealthConfig) {
             backend.metrics.health_failure.inc();
             tracing::debug!(backend = %backend.label, reason = %why, "health check failed");
             match why {
-                CheckFailure::NotAccepted => backend.stalled(health.fall),
+                CheckFailure::NotAccepted | CheckFailure::TakenByAnother => {
+                    backend.stalled(health.fall)
+                }
                 _ => backend.check_failed(health.fall),
             }
         }

@@ -94,6 +94,10 @@ pub struct Instance {
     /// The root of the process tree its CPU and memory are counted over
     /// (the worker's shim), when it differs from `pid`.
     pub tree_root: Option<u32>,
+    /// `workers.listen = "fd"`: the source address whose connections the
+    /// steering program sends to this worker's slot (`addr` is then the
+    /// front end), for health checks.
+    pub probe_from: Option<std::net::Ipv4Addr>,
     /// When the process was started (for `uptime_seconds`).
     pub started: Instant,
     active: AtomicUsize,
@@ -116,6 +120,26 @@ impl Instance {
             addr,
             pid,
             tree_root,
+            probe_from: None,
+            started: Instant::now(),
+            active: AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A worker process handed slot socket of the front end `front`,
+    /// reached for checks by connecting from `probe_from`.
+    pub fn handed(
+        front: std::net::SocketAddr,
+        probe_from: std::net::Ipv4Addr,
+        pid: u32,
+        tree_root: u32,
+    ) -> Arc<Instance> {
+        Arc::new(Instance {
+            addr: front,
+            pid: Some(pid),
+            tree_root: Some(tree_root),
+            probe_from: Some(probe_from),
             started: Instant::now(),
             active: AtomicUsize::new(0),
             closed: tokio::sync::Notify::new(),

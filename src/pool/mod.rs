@@ -53,7 +53,11 @@ impl Pool {
             for id in 0..workers.count {
                 let label = crate::config::worker_label(id);
                 let backend = keep(&label, None).unwrap_or_else(|| {
-                    let addr = SocketAddr::new(workers.host, workers.port(id, false));
+                    // In fd mode a worker is reached through the front end.
+                    let addr = match (workers.listen, config.listener.binds.first()) {
+                        (crate::config::ListenMode::Fd, Some(&front)) => front,
+                        _ => SocketAddr::new(workers.host, workers.port(id, false)),
+                    };
                     Backend::new(label, Kind::Worker(id), addr, metrics)
                 });
                 backend.set_send_proxy(workers.send_proxy);

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkersConfig;
 use crate::pool::Backend;
 use crate::shared::Shared;
+use crate::steering;
 use ports::PortBook;
 pub use slot::SlotError;
 use slot::{Command, Slot};
@@ -74,6 +75,14 @@ impl Supervisor {
         backends: &[Arc<Backend>],
     ) -> Vec<oneshot::Receiver<()>> {
         let mut slots = self.slots.lock().await;
+        if let Some(steering) = &self.shared.steering {
+            // New slots need their sockets first (they join the group at its
+            // end, so slot i stays index i). A slot without one fails to
+            // start and says why.
+            if let Err(error) = steering.grow_to(backends.len()) {
+                tracing::error!(%error, front = %steering.addr(), "cannot bind the front end for the new workers");
+            }
+        }
         let mut first_starts = Vec::new();
         for backend in backends.iter().skip(slots.len()) {
             let id = slots.len();
@@ -199,6 +208,13 @@ impl Supervisor {
             if let Ok(backend) = done {
                 backends.push(backend);
             }
+        }
+        if let Some(steering) = &self.shared.steering {
+            // The retired slots left rotation when they started draining;
+            // let the steering empty what was still queued on them before
+            // their sockets close.
+            steering::settle().await;
+            steering.shrink_to(count);
         }
         backends
     }

@@ -105,17 +105,40 @@ impl ProcessTable {
 /// children (`/proc/<pid>/task/<tid>/children`): cheap enough to sample
 /// one worker every second. `None` if `root` is gone.
 pub fn tree(root: u32) -> Option<Usage> {
-    let mut processes = HashMap::new();
+    let processes: HashMap<u32, Process> = tree_pids(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parse_stat(&text)?))
+        })
+        .collect();
+    ProcessTable::from_processes(processes).tree(root)
+}
+
+/// Does a process of `root`'s tree hold the socket whose inode is `inode`
+/// (the accepting side of a connection)?
+pub fn tree_holds_socket(root: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    tree_pids(root).into_iter().any(|pid| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+        })
+    })
+}
+
+/// `root` and its descendants, following each process's children
+/// (listed per thread that forked them).
+fn tree_pids(root: u32) -> Vec<u32> {
+    let mut seen = Vec::new();
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
-        let Some(process) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|text| parse_stat(&text))
-        else {
+        if seen.contains(&pid) || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
-        };
-        processes.insert(pid, process);
-        // Children are listed per thread that forked them.
+        }
+        seen.push(pid);
         let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten();
@@ -126,12 +149,11 @@ pub fn tree(root: u32) -> Option<Usage> {
             stack.extend(
                 children
                     .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok())
-                    .filter(|c| !processes.contains_key(c)),
+                    .filter_map(|c| c.parse::<u32>().ok()),
             );
         }
     }
-    ProcessTable::from_processes(processes).tree(root)
+    seen
 }
 
 /// Parent, CPU ticks (utime + stime + cutime + cstime) and RSS pages from

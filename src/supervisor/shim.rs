@@ -19,6 +19,11 @@
 //! and stderr (corral's pipes). The shim reports the worker's pid to corral
 //! on its stdin, which corral hands it as the write end of a pipe.
 //!
+//! With `--handed-socket`, fd 3 is the worker slot's listening socket
+//! (`workers.listen = "fd"`): the shim passes it on and, in the child after
+//! fork, sets `LISTEN_FDS=1`, `LISTEN_FDNAMES=corral` and `LISTEN_PID` to the
+//! child's own pid, which only the child knows and which exec keeps.
+//!
 //! The shim is single-threaded and blocks the signals it handles, then
 //! takes them synchronously with `sigwaitinfo`: no handler runs, nothing is
 //! async-signal-unsafe.
@@ -49,8 +54,9 @@ fn handled() -> SigSet {
 
 /// Runs the shim: starts `program` with `args` and never returns.
 /// `parent` is corral's pid, to detect that corral died before the shim
-/// asked to be told.
-pub fn run(parent: u32, program: OsString, args: Vec<OsString>) -> ! {
+/// asked to be told. `handed_socket`: fd 3 is a listening socket for the
+/// worker.
+pub fn run(parent: u32, handed_socket: bool, program: OsString, args: Vec<OsString>) -> ! {
     let signals = handled();
     if signals.thread_block().is_err() {
         fail("cannot block signals");
@@ -74,7 +80,7 @@ pub fn run(parent: u32, program: OsString, args: Vec<OsString>) -> ! {
     // so the child may run any code until exec.
     let worker = match unsafe { fork() } {
         Err(e) => fail(&format!("cannot fork: {e}")),
-        Ok(ForkResult::Child) => exec_worker(&argv),
+        Ok(ForkResult::Child) => exec_worker(&argv, handed_socket),
         Ok(ForkResult::Parent { child }) => child,
     };
     // Both sides set the group, so neither can signal the wrong one.
@@ -87,9 +93,20 @@ pub fn run(parent: u32, program: OsString, args: Vec<OsString>) -> ! {
 
 /// In the child: its own process group, death with the shim (should the
 /// shim itself be killed), stdin from /dev/null, the signal mask cleared,
-/// then the worker's program.
-fn exec_worker(argv: &[CString]) -> ! {
+/// the handed socket announced, then the worker's program.
+fn exec_worker(argv: &[CString], handed_socket: bool) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if handed_socket {
+        // This process is single-threaded (a fork of the single-threaded
+        // shim): changing the environment races with nothing.
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_FDNAMES", "corral");
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    } else {
+        for name in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] {
+            std::env::remove_var(name);
+        }
+    }
     // SAFETY: prctl only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     let _ = SigSet::all().thread_unblock();

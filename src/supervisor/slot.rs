@@ -21,6 +21,8 @@ use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
 use crate::pool::{Backend, Instance};
 use crate::shared::Shared;
+use crate::steering::{self, Steering};
+use socket2::Socket;
 
 /// The longest pause between two readiness probes of a starting worker
 /// (they start at 2 ms: most workers bind within milliseconds). A process
@@ -46,6 +48,12 @@ pub enum SlotError {
     ExitedEarly(String),
     #[error("stopped while starting")]
     Stopped,
+    #[error("did not accept connections from its handed socket within ready_timeout ({timeout:?}); killed. In fd mode the worker must accept from fd 3 (LISTEN_FDS), not listen on a port of its own")]
+    HandedNotTaken { timeout: Duration },
+    #[error("exited before it was ready ({0}). In fd mode the worker must accept from fd 3 (LISTEN_FDS), not bind the port itself")]
+    HandedExitedEarly(String),
+    #[error("the front end has no socket for this worker: {0}")]
+    NoSocket(String),
 }
 
 /// Asks a running slot to do something.
@@ -66,10 +74,11 @@ pub struct Slot {
     pub ports: Arc<PortBook>,
 }
 
-/// A process that is running and in rotation, with the port it holds.
+/// A process that is running and in rotation, with the port it holds
+/// (none in `fd` mode: it accepts from the slot's socket).
 struct Live {
     process: WorkerProcess,
-    port: u16,
+    port: Option<u16>,
 }
 
 impl Slot {
@@ -140,7 +149,7 @@ impl Slot {
                                     );
                                     self.backend.restarting_unhealthy();
                                     live.process.stop(workers.stop_timeout).await;
-                                    self.ports.release(live.port);
+                                    self.release(&live);
                                     break;
                                 }
                             }
@@ -148,7 +157,7 @@ impl Slot {
                                 self.backend.crashed();
                                 // Whatever it started (npm -> node) went
                                 // too: its shim killed the rest of the tree.
-                                self.ports.release(live.port);
+                                self.release(&live);
                                 if up_since.elapsed() >= workers.min_uptime {
                                     delay = workers.restart_delay;
                                 }
@@ -173,7 +182,7 @@ impl Slot {
                             _ = stop.cancelled() => {
                                 self.backend.stopped();
                                 live.process.stop(workers.stop_timeout).await;
-                                self.ports.release(live.port);
+                                self.release(&live);
                                 tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
                                 return;
                             }
@@ -213,13 +222,41 @@ impl Slot {
 
     /// Puts a ready process in rotation.
     fn go_live(&self, live: &Live, workers: &WorkersConfig) {
-        let addr = SocketAddr::new(workers.host, live.port);
-        self.backend.ready(Instance::with_tree(
-            addr,
-            Some(live.process.pid),
-            Some(live.process.shim),
-        ));
+        let instance = self.instance(&live.process, live.port, workers);
+        let addr = instance.addr;
+        self.backend.ready(instance);
         tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
+    }
+
+    /// What the pool knows of `process`: reached on its own `port`, or in
+    /// `fd` mode through the front end from the slot's probe address.
+    fn instance(
+        &self,
+        process: &WorkerProcess,
+        port: Option<u16>,
+        workers: &WorkersConfig,
+    ) -> Arc<Instance> {
+        match &self.shared.steering {
+            Some(steering) => Instance::handed(
+                steering.target(),
+                steering::probe_source(self.id),
+                process.pid,
+                process.shim,
+            ),
+            // A worker of port mode always holds a port.
+            None => Instance::with_tree(
+                SocketAddr::new(workers.host, port.unwrap_or_default()),
+                Some(process.pid),
+                Some(process.shim),
+            ),
+        }
+    }
+
+    /// Gives back the port a process held.
+    fn release(&self, live: &Live) {
+        if let Some(port) = live.port {
+            self.ports.release(port);
+        }
     }
 
     /// Starts a process and waits until it accepts connections. `avoid` is a
@@ -230,6 +267,13 @@ impl Slot {
         avoid: Option<u16>,
         stop: &CancellationToken,
     ) -> Result<Live, SlotError> {
+        if let Some(steering) = &self.shared.steering {
+            let process = self.start_handed(workers, steering, stop).await?;
+            return Ok(Live {
+                process,
+                port: None,
+            });
+        }
         let primary = workers.port(self.id, false);
         let alternate = workers.port(self.id, true);
         let candidates = if avoid == Some(primary) {
@@ -245,7 +289,58 @@ impl Slot {
         if started.is_err() {
             self.ports.release(port);
         }
-        started.map(|process| Live { process, port })
+        started.map(|process| Live {
+            process,
+            port: Some(port),
+        })
+    }
+
+    /// `fd` mode: starts a process with the slot's socket as fd 3 and waits
+    /// until a process of its own tree accepts a probe from that socket.
+    async fn start_handed(
+        &self,
+        workers: &WorkersConfig,
+        steering: &Steering,
+        stop: &CancellationToken,
+    ) -> Result<WorkerProcess, SlotError> {
+        let socket = steering.socket(self.id).ok_or_else(|| {
+            SlotError::NoSocket(format!("worker {} has no socket of its own", self.id))
+        })?;
+        let front = steering.addr().port();
+        let spec = spec(workers, self.id, front, Some(socket)).map_err(SlotError::Spawn)?;
+        let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
+        tracing::info!(worker = self.id, pid = process.pid, front = %steering.addr(), "worker started with the front end's socket as fd 3");
+        let instance = self.instance(&process, None, workers);
+        let (target, from) = (instance.addr, steering::probe_source(self.id));
+        self.backend.show_starting(instance);
+        let health = self.shared.config().health.clone();
+        let shim = process.shim;
+        let ready = async {
+            let mut pause = Duration::from_millis(2);
+            loop {
+                if let Verdict::Passed =
+                    health::probe_handed(target, from, Some(shim), &health).await
+                {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(READY_PROBE_MAX);
+            }
+        };
+        tokio::select! {
+            ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
+                Ok(()) => Ok(process),
+                Err(_) => {
+                    process.kill().await;
+                    Err(SlotError::HandedNotTaken { timeout: workers.ready_timeout })
+                }
+            },
+            status = process.wait() => Err(SlotError::HandedExitedEarly(describe(status))),
+            _ = stop.cancelled() => {
+                process.stop(workers.stop_timeout).await;
+                Err(SlotError::Stopped)
+            }
+        }
     }
 
     async fn start_on(
@@ -254,7 +349,7 @@ impl Slot {
         port: u16,
         stop: &CancellationToken,
     ) -> Result<WorkerProcess, SlotError> {
-        let spec = spec(workers, self.id, port).map_err(SlotError::Spawn)?;
+        let spec = spec(workers, self.id, port, None).map_err(SlotError::Spawn)?;
         let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
         let addr = SocketAddr::new(workers.host, port);
@@ -301,13 +396,11 @@ impl Slot {
         workers: &Arc<WorkersConfig>,
         stop: &CancellationToken,
     ) -> Result<(), SlotError> {
-        let fresh = self.start(workers, Some(live.port), stop).await?;
+        let fresh = self.start(workers, live.port, stop).await?;
         let old = std::mem::replace(live, fresh);
-        let old_instance = self.backend.ready(Instance::with_tree(
-            SocketAddr::new(workers.host, live.port),
-            Some(live.process.pid),
-            Some(live.process.shim),
-        ));
+        let old_instance = self
+            .backend
+            .ready(self.instance(&live.process, live.port, workers));
         tracing::info!(
             worker = self.id,
             old_pid = old.process.pid,
@@ -327,7 +420,7 @@ impl Slot {
             _ = stop.cancelled() => {}
         }
         old.process.stop(workers.stop_timeout).await;
-        self.ports.release(old.port);
+        self.release(&old);
         Ok(())
     }
 }
@@ -341,8 +434,15 @@ pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut 
     }
 }
 
-/// The argv and environment of worker `id` on `port`.
-fn spec(workers: &WorkersConfig, id: usize, port: u16) -> std::io::Result<WorkerSpec> {
+/// The argv and environment of worker `id` on `port`; in `fd` mode, `port`
+/// is the front end's and `socket` the slot's, and the worker gets no
+/// `PORT` or `HOST` (it has no port of its own).
+fn spec(
+    workers: &WorkersConfig,
+    id: usize,
+    port: u16,
+    socket: Option<Arc<Socket>>,
+) -> std::io::Result<WorkerSpec> {
     let expand = |arg: &String| {
         arg.replace("{port}", &port.to_string())
             .replace("{id}", &id.to_string())
@@ -357,9 +457,13 @@ fn spec(workers: &WorkersConfig, id: usize, port: u16) -> std::io::Result<Worker
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if socket.is_none() {
+        env.extend([
+            ("PORT".to_string(), port.to_string()),
+            ("HOST".to_string(), workers.host.to_string()),
+        ]);
+    }
     env.extend([
-        ("PORT".to_string(), port.to_string()),
-        ("HOST".to_string(), workers.host.to_string()),
         ("CORRAL_WORKER_ID".to_string(), id.to_string()),
         ("CORRAL_WORKER_COUNT".to_string(), workers.count.to_string()),
     ]);
@@ -369,6 +473,7 @@ fn spec(workers: &WorkersConfig, id: usize, port: u16) -> std::io::Result<Worker
         args: workers.command[1..].iter().map(expand).collect(),
         env,
         cwd: workers.cwd.clone(),
+        socket,
     })
 }
 

@@ -13,10 +13,18 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use socket2::Socket;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
+
+/// The descriptor a handed socket gets in the worker (systemd's
+/// `SD_LISTEN_FDS_START`).
+const HANDED_FD: libc::c_int = 3;
 
 /// Longest worker log line kept whole; the rest of a longer line is dropped
 /// and the cut is marked, so a worker printing megabytes cannot hurt corral.
@@ -30,6 +38,9 @@ pub struct WorkerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// `workers.listen = "fd"`: the slot's listening socket, handed to the
+    /// worker as fd 3.
+    pub socket: Option<Arc<Socket>>,
 }
 
 /// A started worker process, under its shim.
@@ -151,6 +162,7 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
         .arg("worker-shim")
         .arg("--parent")
         .arg(corral.to_string())
+        .args(spec.socket.is_some().then_some("--handed-socket"))
         .arg("--")
         .arg(&spec.program)
         .args(&spec.args)
@@ -166,12 +178,27 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
         command.current_dir(&spec.cwd);
     }
     let parent = corral as libc::pid_t;
+    let handed = spec.socket.as_ref().map(|s| s.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec. It makes
-    // only async-signal-safe calls (prctl, getppid), allocates nothing (an
-    // `io::Error` from a raw errno is a plain integer), and touches no
-    // memory shared with other threads. std sends the errno to the parent.
+    // only async-signal-safe calls (prctl, getppid, dup2, fcntl), allocates
+    // nothing (an `io::Error` from a raw errno is a plain integer), and
+    // touches no memory shared with other threads. std sends the errno to
+    // the parent. The handed socket's fd stays open in the parent (`spec`
+    // holds it) until spawn returns.
     unsafe {
         command.pre_exec(move || {
+            if let Some(fd) = handed {
+                // fd 3, without close-on-exec (dup2 clears it; a socket
+                // that already is fd 3 needs it cleared by hand).
+                let moved = if fd == HANDED_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, HANDED_FD)
+                };
+                if moved < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -1,0 +1,307 @@
+//! `workers.listen = "fd"`: the kernel places clients, corral steers it.
+//!
+//! [`Steering`] owns the front end's SO_REUSEPORT group: one listening
+//! socket per worker slot, bound before anything starts and kept for the
+//! slot's whole life (every process of slot i gets socket i as fd 3), and
+//! the classic BPF program attached to the group ([`program`]). Socket i is
+//! index i of the group, because sockets are only ever added at the end
+//! (scale-up) and closed from the end (scale-down): closing another one
+//! would move the last socket into its index.
+//!
+//! [`run`] decides, every [`TICK`], which slots are in rotation from the
+//! pool's states, regenerates the program when that set changes, and hands
+//! the clients queued on a slot that was steered around to [`rescue`].
+
+pub mod program;
+mod rescue;
+pub mod table;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Config, StrategyKind};
+use crate::pool::{DownReason, Kind, State};
+use crate::shared::Shared;
+pub use program::{probe_source, Rule};
+
+/// How often the rotation is recomputed and steered-around queues emptied.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How long a crashed or starting slot stays in rotation: its clients wait
+/// in its socket for the replacement. Past it they are served elsewhere.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// The group of slot sockets on one front-end address, and its program.
+pub struct Steering {
+    /// The bound address (its port resolved when the config said 0).
+    addr: SocketAddr,
+    backlog: u32,
+    group: Mutex<Group>,
+}
+
+struct Group {
+    /// Socket i is slot i's, and index i of the kernel's group.
+    sockets: Vec<Arc<Socket>>,
+    /// What the attached program does.
+    attached: Option<(Rule, Vec<usize>)>,
+}
+
+impl Steering {
+    /// Binds `count` slot sockets on `addr` and attaches a program that
+    /// places clients by `rule` over all of them.
+    pub fn bind(addr: SocketAddr, backlog: u32, count: usize, rule: Rule) -> io::Result<Steering> {
+        // Nobody else may hold the port: with SO_REUSEPORT we would join
+        // another process's group silently.
+        let check = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        check.bind(&addr.into())?;
+        let addr = check
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("the front end is not an IP address"))?;
+        drop(check);
+        let steering = Steering {
+            addr,
+            backlog,
+            group: Mutex::new(Group {
+                sockets: Vec::new(),
+                attached: None,
+            }),
+        };
+        steering.grow_to(count)?;
+        steering.steer(rule, (0..count).collect())?;
+        Ok(steering)
+    }
+
+    /// The front-end address the slots listen on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where corral connects to reach the group (probes, rescued clients).
+    pub fn target(&self) -> SocketAddr {
+        if self.addr.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.addr.port())
+        } else {
+            self.addr
+        }
+    }
+
+    /// Slot `slot`'s socket, to hand to its processes.
+    pub fn socket(&self, slot: usize) -> Option<Arc<Socket>> {
+        self.group().sockets.get(slot).cloned()
+    }
+
+    /// Slots that have a socket.
+    pub fn slots(&self) -> usize {
+        self.group().sockets.len()
+    }
+
+    /// Adds sockets for slots up to `count` (scale-up).
+    pub fn grow_to(&self, count: usize) -> io::Result<()> {
+        let mut group = self.group();
+        while group.sockets.len() < count {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&self.addr.into())?;
+            socket.listen(self.backlog as i32)?;
+            group.sockets.push(Arc::new(socket));
+        }
+        Ok(())
+    }
+
+    /// Closes the sockets of slots `count..`, the highest first (scale-down,
+    /// after their workers stopped). Clients still queued on them are lost:
+    /// the caller steers around and empties them first.
+    pub fn shrink_to(&self, count: usize) {
+        let mut group = self.group();
+        while group.sockets.len() > count {
+            group.sockets.pop();
+        }
+    }
+
+    /// Attaches a program that places clients by `rule` over `slots`,
+    /// unless the attached one already does. True when it changed.
+    pub fn steer(&self, rule: Rule, slots: Vec<usize>) -> io::Result<bool> {
+        let mut group = self.group();
+        let wanted = (rule, slots);
+        if group.attached.as_ref() == Some(&wanted) || wanted.1.is_empty() {
+            return Ok(false);
+        }
+        let Some(first) = group.sockets.first() else {
+            return Ok(false);
+        };
+        program::Program::new(&wanted.0, &wanted.1).attach(first.as_ref())?;
+        group.attached = Some(wanted);
+        Ok(true)
+    }
+
+    /// The slots the attached program places clients on.
+    pub fn in_rotation(&self) -> Vec<usize> {
+        self.group()
+            .attached
+            .as_ref()
+            .map_or_else(Vec::new, |(_, slots)| slots.clone())
+    }
+
+    /// Clients waiting in slot `slot`'s accept queue (TCP_INFO on a
+    /// listening socket reports the queue's length as `tcpi_unacked`).
+    pub fn queue_length(&self, slot: usize) -> Option<u32> {
+        let socket = self.socket(slot)?;
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len`
+        // bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let done = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (done == 0).then_some(info.tcpi_unacked)
+    }
+
+    fn group(&self) -> MutexGuard<'_, Group> {
+        self.group
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Waits long enough for [`run`] to have acted on a change of the pool
+/// (steered around a slot and emptied its queue).
+pub async fn settle() {
+    tokio::time::sleep(TICK * 3).await;
+}
+
+/// The placement rule a config asks for.
+pub fn rule_of(config: &Config) -> Rule {
+    match config.strategy {
+        StrategyKind::Sticky => Rule::Sticky {
+            prefix: config.sticky.ipv4_prefix,
+        },
+        _ => Rule::Spread,
+    }
+}
+
+/// Keeps the program in line with the pool until the front end stops.
+pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
+    let mut down_since: HashMap<usize, Instant> = HashMap::new();
+    let mut rescues = rescue::Rescues::default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stop_accepting.cancelled() => return,
+        }
+        let snapshot = shared.snapshot();
+        let now = Instant::now();
+        let mut serving = Vec::new();
+        let mut any_up = false;
+        let slots = steering.slots();
+        for backend in snapshot.pool.workers() {
+            let Kind::Worker(slot) = backend.kind else {
+                continue;
+            };
+            if slot >= slots {
+                continue;
+            }
+            let (state, reason) = (backend.state(), backend.reason());
+            any_up |= state == State::Up;
+            if state == State::Up {
+                down_since.remove(&slot);
+            } else {
+                down_since.entry(slot).or_insert(now);
+            }
+            let waited = down_since.get(&slot).map(|since| now - *since);
+            if in_rotation(state, reason, waited) {
+                serving.push(slot);
+            }
+        }
+        if serving.is_empty() {
+            // Nowhere better to send them: clients wait in the queues.
+            serving = (0..slots).collect();
+        }
+        match steering.steer(rule_of(&snapshot.config), serving.clone()) {
+            Ok(true) => tracing::info!(workers = ?serving, "steering: workers in rotation"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "cannot attach the steering program"),
+        }
+        if any_up {
+            for slot in (0..slots).filter(|s| !serving.contains(s)) {
+                rescues.take_queued(&shared, &steering, slot);
+            }
+        }
+    }
+}
+
+/// Does a slot in `state` stay in rotation? A slot whose worker is up
+/// does; one that crashed or is starting does for [`GRACE`] (its clients
+/// wait for the replacement); one whose worker runs but does not take
+/// connections, or that is draining or stopped, does not.
+fn in_rotation(state: State, reason: Option<DownReason>, down_for: Option<Duration>) -> bool {
+    let within_grace = down_for.is_none_or(|d| d < GRACE);
+    match state {
+        State::Up => true,
+        State::Starting => within_grace,
+        State::Down => {
+            matches!(reason, Some(DownReason::Crashed | DownReason::NotReady)) && within_grace
+        }
+        State::Draining | State::Stopped => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
+        let crashed = Some(DownReason::Crashed);
+        assert!(in_rotation(
+            State::Down,
+            crashed,
+            Some(Duration::from_millis(200))
+        ));
+        assert!(!in_rotation(State::Down, crashed, Some(GRACE)));
+        assert!(in_rotation(State::Starting, None, Some(Duration::ZERO)));
+        assert!(!in_rotation(State::Starting, None, Some(GRACE * 2)));
+    }
+
+    #[test]
+    fn a_stalled_or_retiring_slot_leaves_at_once() {
+        let now = Some(Duration::ZERO);
+        assert!(!in_rotation(State::Down, Some(DownReason::Stalled), now));
+        assert!(!in_rotation(State::Down, Some(DownReason::Checks), now));
+        assert!(!in_rotation(State::Draining, None, now));
+        assert!(in_rotation(State::Up, None, None));
+    }
+
+    #[test]
+    fn slots_are_the_groups_indexes_as_it_grows_and_shrinks() {
+        let steering = Steering::bind("127.0.0.1:0".parse().unwrap(), 64, 2, Rule::Spread).unwrap();
+        steering.grow_to(4).unwrap();
+        steering.shrink_to(3);
+        for slot in 0..3 {
+            steering.steer(Rule::Spread, vec![slot]).unwrap();
+            let client = std::net::TcpStream::connect(steering.target()).unwrap();
+            let queued: Vec<u32> = (0..3).map(|s| steering.queue_length(s).unwrap()).collect();
+            let mut expected = vec![0, 0, 0];
+            expected[slot] = 1;
+            assert_eq!(queued, expected);
+            let socket = steering.socket(slot).unwrap();
+            socket.accept().unwrap();
+            drop(client);
+        }
+    }
+}
