@@ -185,7 +185,10 @@ pub fn table(status: &serde_json::Value) -> String {
                 .as_f64()
                 .map_or("-".into(), human_duration),
             b["restarts"].as_u64().unwrap_or(0).to_string(),
-            b["active_connections"].as_u64().unwrap_or(0).to_string(),
+            // Unknown in fd mode (the kernel hands clients to the workers).
+            b["active_connections"]
+                .as_u64()
+                .map_or("-".into(), |c| c.to_string()),
             b["cpu_seconds"]
                 .as_f64()
                 .map_or("-".into(), |c| format!("{c:.2}s")),

@@ -456,12 +456,6 @@ fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
             ),
         );
     }
-    if w.metrics_path.is_some() {
-        p.general(
-            Some("workers.metrics_path"),
-            format!("cannot be used {WHY}: workers have no port of their own for corral to scrape. Remove it, or write listen = \"port\""),
-        );
-    }
 }
 
 fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Option<Config> {

@@ -215,7 +215,17 @@ async fn metrics(shared: &Shared) -> Reply {
             Some((b.label.clone(), table.tree(root)?))
         })
         .collect();
-    let (mut body, names) = shared.metrics.render(&usage);
+    let queues: Option<Vec<(String, u32)>> = shared.steering.as_ref().map(|steering| {
+        snapshot
+            .pool
+            .workers()
+            .filter_map(|b| match b.kind {
+                Kind::Worker(slot) => Some((b.label.clone(), steering.queue_length(slot)?)),
+                Kind::Static => None,
+            })
+            .collect()
+    });
+    let (mut body, names) = shared.metrics.render(&usage, queues.as_deref());
     if let Some(path) = snapshot
         .config
         .workers
@@ -228,11 +238,15 @@ async fn metrics(shared: &Shared) -> Reply {
             .iter()
             .filter(|b| b.is_up())
             .filter_map(|b| match b.kind {
-                Kind::Worker(id) => Some(workers::Target {
-                    label: b.label.clone(),
-                    id,
-                    addr: b.instance().addr,
-                }),
+                Kind::Worker(id) => {
+                    let instance = b.instance();
+                    Some(workers::Target {
+                        label: b.label.clone(),
+                        id,
+                        addr: instance.addr,
+                        from: instance.probe_from,
+                    })
+                }
                 Kind::Static => None,
             })
             .collect();
@@ -269,6 +283,15 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "restarts": b.restarts(),
                 "active_connections": b.active(),
             });
+            if let Some(steering) = &shared.steering {
+                // The kernel hands clients to the workers: corral does not
+                // know their connections, only what waits in each socket.
+                entry["active_connections"] = serde_json::Value::Null;
+                entry["accept_queue"] = json!(match b.kind {
+                    Kind::Worker(slot) => steering.queue_length(slot),
+                    Kind::Static => None,
+                });
+            }
             if matches!(b.kind, Kind::Worker(_)) {
                 let usage = instance.tree().and_then(|root| table.tree(root));
                 // A crashed or stopped worker has no uptime, only a last pid.
@@ -288,7 +311,7 @@ fn status(shared: &Shared) -> serde_json::Value {
     json!({
         "strategy": snapshot.config.strategy.as_str(),
         "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
-        "sticky_entries": shared.dispatcher.sticky.len(),
+        "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
         "draining": shared.is_draining(),
         "backends": backends,
     })

@@ -283,12 +283,27 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with what each
     /// worker's process tree costs (read at scrape time, `usage` by label),
-    /// and the names of the families in it.
+    /// and the names of the families in it. In `fd` mode, `queues` are the
+    /// slots' accept-queue lengths by label, and the families corral cannot
+    /// know there ([`UNKNOWN_IN_FD_MODE`]) are left out rather than shown
+    /// as zeros.
     pub fn render(
         &self,
         usage: &[(String, Usage)],
+        queues: Option<&[(String, u32)]>,
     ) -> (Vec<u8>, std::collections::HashSet<String>) {
         let mut families = self.registry.gather();
+        if let Some(queues) = queues {
+            families.retain(|f| !UNKNOWN_IN_FD_MODE.contains(&f.name()));
+            families.push(family(
+                "corral_accept_queue_length",
+                "Clients waiting in each worker slot's socket (workers.listen = \"fd\").",
+                MetricType::GAUGE,
+                queues
+                    .iter()
+                    .map(|(label, n)| (label.as_str(), f64::from(*n))),
+            ));
+        }
         families.push(family(
             "corral_worker_cpu_seconds_total",
             "CPU seconds (user + system) used by each worker's process tree.",
@@ -316,6 +331,23 @@ impl Metrics {
         (out, names)
     }
 }
+
+/// What corral does not see in `fd` mode, where the kernel hands clients
+/// straight to the workers: every front-end and per-backend connection
+/// figure, and the sticky table (placement is computed, not stored).
+pub const UNKNOWN_IN_FD_MODE: &[&str] = &[
+    "corral_connections_accepted_total",
+    "corral_accept_errors_total",
+    "corral_spliced_connections_total",
+    "corral_connections_total",
+    "corral_connections_active",
+    "corral_bytes_received_total",
+    "corral_bytes_sent_total",
+    "corral_backend_connect_duration_seconds",
+    "corral_connection_duration_seconds",
+    "corral_sticky_entries",
+    "corral_sticky_lookups_total",
+];
 
 /// A family of one sample per backend, built at scrape time.
 fn family<'a>(

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +34,9 @@ pub struct Target {
     /// The id, for the `worker` label.
     pub id: usize,
     pub addr: SocketAddr,
+    /// `fd` mode: `addr` is the front end, and a connection from this
+    /// source reaches the worker's slot (see [`crate::steering::program`]).
+    pub from: Option<Ipv4Addr>,
 }
 
 /// What one worker answered: its text, or why there is none.
@@ -45,9 +48,10 @@ pub async fn scrape(targets: Vec<Target>, path: &str) -> Vec<Scraped> {
     for target in targets {
         let path = path.to_string();
         fetches.spawn(async move {
-            let fetched = tokio::time::timeout(SCRAPE_TIMEOUT, fetch(target.addr, &path))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")));
+            let fetched =
+                tokio::time::timeout(SCRAPE_TIMEOUT, fetch(target.addr, target.from, &path))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")));
             (target, fetched)
         });
     }
@@ -61,8 +65,18 @@ pub async fn scrape(targets: Vec<Target>, path: &str) -> Vec<Scraped> {
     answers
 }
 
-async fn fetch(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn fetch(addr: SocketAddr, from: Option<Ipv4Addr>, path: &str) -> Result<String, String> {
+    let stream = match from {
+        None => TcpStream::connect(addr).await,
+        Some(source) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source.into(), 0))
+                .map_err(|e| e.to_string())?;
+            socket.connect(addr).await
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
@@ -256,6 +270,7 @@ mod tests {
             label: format!("worker-{id}"),
             id,
             addr: "127.0.0.1:1".parse().unwrap(),
+            from: None,
         };
         (target, Ok(text.to_string()))
     }

@@ -58,7 +58,10 @@ impl Steering {
     pub fn bind(addr: SocketAddr, backlog: u32, count: usize, rule: Rule) -> io::Result<Steering> {
         // Nobody else may hold the port: with SO_REUSEPORT we would join
         // another process's group silently.
+        // (SO_REUSEADDR: connections of a previous run in TIME_WAIT on the
+        // port do not count; a listener does.)
         let check = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        check.set_reuse_address(true)?;
         check.bind(&addr.into())?;
         let addr = check
             .local_addr()?

@@ -88,7 +88,8 @@ impl Program {
         Program { instructions: code }
     }
 
-    pub fn len(&self) -> usize {
+    /// Its length in instructions.
+    pub fn instructions(&self) -> usize {
         self.instructions.len()
     }
 
@@ -331,7 +332,7 @@ mod tests {
     #[test]
     fn the_largest_table_fits_the_kernels_limit() {
         let slots: Vec<usize> = (0..table::MAX_SLOTS).collect();
-        assert!(Program::new(&Rule::Sticky { prefix: 32 }, &slots).len() <= MAX_INSTRUCTIONS);
-        assert!(Program::new(&Rule::Spread, &slots).len() <= MAX_INSTRUCTIONS);
+        assert!(Program::new(&Rule::Sticky { prefix: 32 }, &slots).instructions() <= MAX_INSTRUCTIONS);
+        assert!(Program::new(&Rule::Spread, &slots).instructions() <= MAX_INSTRUCTIONS);
     }
 }
