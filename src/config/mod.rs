@@ -941,7 +941,11 @@ impl Config {
     /// logged at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if let (Some(w), Some((low, high))) = (&self.workers, ephemeral_ports()) {
+        let port_mode = self
+            .workers
+            .as_ref()
+            .filter(|w| w.listen == ListenMode::Port);
+        if let (Some(w), Some((low, high))) = (port_mode, ephemeral_ports()) {
             let last = w.port_base as usize + 2 * w.count - 1;
             if (w.port_base as usize) <= high as usize && last >= low as usize {
                 warnings.push(format!(

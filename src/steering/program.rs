@@ -332,7 +332,9 @@ mod tests {
     #[test]
     fn the_largest_table_fits_the_kernels_limit() {
         let slots: Vec<usize> = (0..table::MAX_SLOTS).collect();
-        assert!(Program::new(&Rule::Sticky { prefix: 32 }, &slots).instructions() <= MAX_INSTRUCTIONS);
+        assert!(
+            Program::new(&Rule::Sticky { prefix: 32 }, &slots).instructions() <= MAX_INSTRUCTIONS
+        );
         assert!(Program::new(&Rule::Spread, &slots).instructions() <= MAX_INSTRUCTIONS);
     }
 }

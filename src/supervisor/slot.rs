@@ -4,7 +4,10 @@
 //! connections, puts it in rotation, restarts it with exponential backoff
 //! when it dies, swaps it for a fresh process on a rolling restart (new one
 //! ready first, then the old one drained and stopped), and stops it on
-//! shutdown. State goes `starting` → `up` → (`draining` →) `stopped`, or
+//! shutdown. In `fd` mode the process gets no port of its own: it is
+//! handed the slot's socket of the front end ([`crate::steering`]) and is
+//! ready once a process of its own tree accepts a probe steered to that
+//! socket. State goes `starting` → `up` → (`draining` →) `stopped`, or
 //! `down` while it is crashed and waiting for its restart.
 
 use std::net::SocketAddr;
@@ -52,8 +55,8 @@ pub enum SlotError {
     HandedNotTaken { timeout: Duration },
     #[error("exited before it was ready ({0}). In fd mode the worker must accept from fd 3 (LISTEN_FDS), not bind the port itself")]
     HandedExitedEarly(String),
-    #[error("the front end has no socket for this worker: {0}")]
-    NoSocket(String),
+    #[error("the front end has no socket for this worker (binding it failed: see the error logged before)")]
+    NoSocket,
 }
 
 /// Asks a running slot to do something.
@@ -303,9 +306,7 @@ impl Slot {
         steering: &Steering,
         stop: &CancellationToken,
     ) -> Result<WorkerProcess, SlotError> {
-        let socket = steering.socket(self.id).ok_or_else(|| {
-            SlotError::NoSocket(format!("worker {} has no socket of its own", self.id))
-        })?;
+        let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
         let front = steering.addr().port();
         let spec = spec(workers, self.id, front, Some(socket)).map_err(SlotError::Spawn)?;
         let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
