@@ -6,6 +6,8 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +22,10 @@ use tokio_util::task::TaskTracker;
 
 /// The first socket systemd-style socket activation hands over.
 const LISTEN_FDS_START: i32 = 3;
+
+/// How long a connection that has asked nothing yet is given, after
+/// SIGTERM, to send its first request.
+const FIRST_REQUEST: Duration = Duration::from_secs(2);
 
 /// How long open connections may take to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -48,9 +54,14 @@ pub fn run() -> anyhow::Result<()> {
             let body = body.clone();
             let stopping = stopping.clone();
             open.spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let body = body.clone();
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                let asked = Arc::new(AtomicBool::new(false));
+                let service = hyper::service::service_fn({
+                    let asked = Arc::clone(&asked);
+                    move |_request| {
+                        asked.store(true, Ordering::Release);
+                        let body = body.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -58,7 +69,22 @@ pub fn run() -> anyhow::Result<()> {
                 tokio::select! {
                     _ = connection.as_mut() => {}
                     _ = stopping.cancelled() => {
-                        // Finish the request in flight, then close.
+                        // A client accepted just before SIGTERM may not have
+                        // sent its request yet (or hyper has not read it):
+                        // closing now would drop it unanswered. Give it
+                        // FIRST_REQUEST to ask, then finish the request in
+                        // flight and close.
+                        if !asked.load(Ordering::Acquire) {
+                            let first = async {
+                                while !asked.load(Ordering::Acquire) {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            };
+                            tokio::select! {
+                                _ = connection.as_mut() => return,
+                                _ = tokio::time::timeout(FIRST_REQUEST, first) => {}
+                            }
+                        }
                         connection.as_mut().graceful_shutdown();
                         let _ = connection.await;
                     }
