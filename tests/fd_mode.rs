@@ -307,6 +307,10 @@ fn sticky_keeps_each_source_on_one_worker_across_a_restart_of_corral() {
     }
 }
 
+/// One request of a [`MarkedLoad`]: whether the mark was set when it
+/// began, and the answer or why there was none.
+type MarkedRequest = (bool, Result<String, String>);
+
 /// Clients making new connections in a loop, each noting whether `mark` was
 /// already set when it began its request.
 struct MarkedLoad {
@@ -314,7 +318,7 @@ struct MarkedLoad {
     mark: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
     after_mark: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<Vec<(bool, Result<String, String>)>>>,
+    threads: Vec<JoinHandle<Vec<MarkedRequest>>>,
 }
 
 impl MarkedLoad {
