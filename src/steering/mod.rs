@@ -145,14 +145,6 @@ impl Steering {
         Ok(true)
     }
 
-    /// The slots the attached program places clients on.
-    pub fn in_rotation(&self) -> Vec<usize> {
-        self.group()
-            .attached
-            .as_ref()
-            .map_or_else(Vec::new, |(_, slots)| slots.clone())
-    }
-
     /// Clients waiting in slot `slot`'s accept queue (TCP_INFO on a
     /// listening socket reports the queue's length as `tcpi_unacked`).
     pub fn queue_length(&self, slot: usize) -> Option<u32> {
@@ -227,7 +219,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
                 down_since.entry(slot).or_insert(now);
             }
             let waited = down_since.get(&slot).map(|since| now - *since);
-            if in_rotation(state, reason, waited) {
+            if stays_in_rotation(state, reason, waited) {
                 serving.push(slot);
             }
         }
@@ -252,7 +244,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
 /// does; one that crashed or is starting does for [`GRACE`] (its clients
 /// wait for the replacement); one whose worker runs but does not take
 /// connections, or that is draining or stopped, does not.
-fn in_rotation(state: State, reason: Option<DownReason>, down_for: Option<Duration>) -> bool {
+fn stays_in_rotation(state: State, reason: Option<DownReason>, down_for: Option<Duration>) -> bool {
     let within_grace = down_for.is_none_or(|d| d < GRACE);
     match state {
         State::Up => true,
@@ -271,23 +263,35 @@ mod tests {
     #[test]
     fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
         let crashed = Some(DownReason::Crashed);
-        assert!(in_rotation(
+        assert!(stays_in_rotation(
             State::Down,
             crashed,
             Some(Duration::from_millis(200))
         ));
-        assert!(!in_rotation(State::Down, crashed, Some(GRACE)));
-        assert!(in_rotation(State::Starting, None, Some(Duration::ZERO)));
-        assert!(!in_rotation(State::Starting, None, Some(GRACE * 2)));
+        assert!(!stays_in_rotation(State::Down, crashed, Some(GRACE)));
+        assert!(stays_in_rotation(
+            State::Starting,
+            None,
+            Some(Duration::ZERO)
+        ));
+        assert!(!stays_in_rotation(State::Starting, None, Some(GRACE * 2)));
     }
 
     #[test]
     fn a_stalled_or_retiring_slot_leaves_at_once() {
         let now = Some(Duration::ZERO);
-        assert!(!in_rotation(State::Down, Some(DownReason::Stalled), now));
-        assert!(!in_rotation(State::Down, Some(DownReason::Checks), now));
-        assert!(!in_rotation(State::Draining, None, now));
-        assert!(in_rotation(State::Up, None, None));
+        assert!(!stays_in_rotation(
+            State::Down,
+            Some(DownReason::Stalled),
+            now
+        ));
+        assert!(!stays_in_rotation(
+            State::Down,
+            Some(DownReason::Checks),
+            now
+        ));
+        assert!(!stays_in_rotation(State::Draining, None, now));
+        assert!(stays_in_rotation(State::Up, None, None));
     }
 
     #[test]
