@@ -656,6 +656,73 @@ fn a_stopped_worker_is_steered_around_and_its_queued_clients_are_served_by_anoth
     );
 }
 
+/// With `sticky`, clients queued on a stopped worker are relayed to the
+/// worker their own address maps to once it is steered around (the one a
+/// new connection from that address reaches), and no other client moves.
+#[test]
+fn sticky_clients_rescued_from_a_stopped_worker_land_where_their_address_now_maps() {
+    let config = fd_workers(&["corral", "demo-worker"], 3)
+        .strategy("sticky")
+        .set("sticky.ipv4_prefix", 32)
+        .set("health.interval", "200ms")
+        .set("health.timeout", "100ms")
+        .set("health.fall", 2)
+        .set("health.rise", 1);
+    let corral = Corral::start(&config);
+    wait_all_up(&corral, 3);
+    let wait = Duration::from_secs(15);
+    let sources: Vec<IpAddr> = (1..=60u8)
+        .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 3, n)))
+        .collect();
+    let before: Vec<String> = sources
+        .iter()
+        .map(|&s| worker_of(&get(corral.front, Some(s), wait).expect("a request")))
+        .collect();
+    let on_first: Vec<IpAddr> = sources
+        .iter()
+        .zip(&before)
+        .filter(|(_, w)| w.as_str() == "worker=0")
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(!on_first.is_empty(), "no source on worker 0: {before:?}");
+    let stopped = pid_of(&corral, 0);
+    send_signal(stopped, Signal::SIGSTOP);
+    let resume = Resume(stopped);
+    let queued: Vec<JoinHandle<Result<String, String>>> = on_first
+        .iter()
+        .map(|&source| {
+            let front = corral.front;
+            std::thread::spawn(move || get(front, Some(source), wait))
+        })
+        .collect();
+    let rescued: Vec<String> = queued
+        .into_iter()
+        .map(|c| worker_of(&c.join().unwrap().expect("a queued client is served")))
+        .collect();
+    corral.wait_log(
+        "clients queued on a worker out of rotation are served by another",
+        Duration::from_secs(5),
+    );
+    for (source, rescued_on) in on_first.iter().zip(&rescued) {
+        let later = worker_of(&get(corral.front, Some(*source), wait).expect("a request"));
+        assert_ne!(
+            rescued_on, "worker=0",
+            "{source} was answered by the stopped worker"
+        );
+        assert_eq!(
+            rescued_on, &later,
+            "{source} was rescued onto {rescued_on} but its address now maps to {later}"
+        );
+    }
+    for (source, was) in sources.iter().zip(&before) {
+        if was != "worker=0" {
+            let now = worker_of(&get(corral.front, Some(*source), wait).expect("a request"));
+            assert_eq!(&now, was, "{source} moved although its worker stayed up");
+        }
+    }
+    drop(resume);
+}
+
 /// A worker command that leaves `marker` behind if it ever runs.
 fn marking(marker: &Path) -> Vec<String> {
     vec![

@@ -223,6 +223,11 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     notify::stopping();
     shared.set_draining();
     shared.stop_accepting.cancel();
+    if let Some(steering) = &shared.steering {
+        // fd mode: the workers' sockets stop listening (new clients are
+        // refused now rather than queued for workers about to stop).
+        steering.stop_listening();
+    }
     shared.connections.close();
     let limit = shared.config().timeouts.drain;
     let open = shared.connections.len();

@@ -9,6 +9,12 @@
 //! would pass. A local shortage (no file descriptor for the check's socket)
 //! says nothing about the backend: such a check is skipped, not failed.
 //!
+//! In `fd` mode ([`probe_handed`]) a worker has no address of its own: the
+//! check connects to the front end from the slot's probe address, which the
+//! steering program sends to that slot's socket, and passes only when a
+//! process of that worker's own tree accepted it (the kernel names the
+//! accepting socket; its owner is found among the tree's descriptors).
+//!
 //! Workers that are starting, draining or stopped belong to the supervisor
 //! and are not checked; a worker that runs but fails its checks goes down.
 
@@ -92,9 +98,15 @@ pub async fn run(shared: Arc<Shared>) {
             let metrics_errors = shared.metrics.errors.resources.clone();
             checks.spawn(async move {
                 let verdict = check(&backend, &health).await;
-                if let Verdict::Skipped(error) = &verdict {
-                    metrics_errors.inc();
-                    tracing::warn!(backend = %backend.label, %error, "health check skipped: corral is short of resources");
+                match &verdict {
+                    Verdict::Skipped(error) if is_local_shortage(error) => {
+                        metrics_errors.inc();
+                        tracing::warn!(backend = %backend.label, %error, "health check skipped: corral is short of resources");
+                    }
+                    Verdict::Skipped(error) => {
+                        tracing::warn!(backend = %backend.label, %error, "health check skipped");
+                    }
+                    _ => {}
                 }
                 record(&backend, verdict, &health);
             });
@@ -154,8 +166,16 @@ pub async fn probe_handed(
         Ok(Err(error)) => return Verdict::Failed(CheckFailure::Connect(error)),
         Err(_) => return Verdict::Failed(CheckFailure::Timeout),
     };
+    // In fd mode the connect always succeeds (corral holds the socket), so
+    // only the kernel's word that a process of the tree accepted the
+    // connection passes: where it cannot be had, nothing is learnt.
+    let unknown = || {
+        Verdict::Skipped(io::Error::other(
+            "the kernel does not say whether the check's connection was accepted (sock_diag)",
+        ))
+    };
     let Ok(ours) = stream.local_addr() else {
-        return Verdict::Passed;
+        return unknown();
     };
     let taken = async {
         let mut pause = Duration::from_millis(1);
@@ -171,10 +191,11 @@ pub async fn probe_handed(
     };
     let started = tokio::time::Instant::now();
     let inode = match tokio::time::timeout(health.timeout, taken).await {
-        Ok(inode) => inode,
+        Ok(Some(inode)) => inode,
+        Ok(None) => return unknown(),
         Err(_) => return Verdict::Failed(CheckFailure::NotAccepted),
     };
-    if let (Some(inode), Some(root)) = (inode, tree) {
+    if let Some(root) = tree {
         if !crate::supervisor::resources::tree_holds_socket(root, inode) {
             return Verdict::Failed(CheckFailure::TakenByAnother);
         }
@@ -290,13 +311,18 @@ pub fn record(backend: &Backend, verdict: Verdict, health: &HealthConfig) {
             backend.metrics.health_success.inc();
             backend.check_passed(health.rise)
         }
+        Verdict::Failed(CheckFailure::TakenByAnother) => {
+            // Another process of the slot (the one a rolling restart is
+            // replacing) or corral emptying the queue took it: nothing is
+            // learnt about this worker.
+            tracing::debug!(backend = %backend.label, "health check inconclusive: {}", CheckFailure::TakenByAnother);
+            None
+        }
         Verdict::Failed(why) => {
             backend.metrics.health_failure.inc();
             tracing::debug!(backend = %backend.label, reason = %why, "health check failed");
             match why {
-                CheckFailure::NotAccepted | CheckFailure::TakenByAnother => {
-                    backend.stalled(health.fall)
-                }
+                CheckFailure::NotAccepted => backend.stalled(health.fall),
                 _ => backend.check_failed(health.fall),
             }
         }

@@ -1,6 +1,7 @@
 //! The workers' own metrics (`workers.metrics_path`): on each scrape of
-//! corral's `/metrics`, every up worker's `http://HOST:PORT<path>` is
-//! fetched concurrently with a short timeout, parsed (nom-openmetrics),
+//! corral's `/metrics`, every up worker's `http://HOST:PORT<path>` (in `fd`
+//! mode: the front end, from the worker's probe address) is fetched
+//! concurrently with a short timeout, parsed (nom-openmetrics),
 //! and served with a `worker="<id>"` label added, families merged across
 //! workers (one HELP and TYPE per name). A worker that is slow, down or
 //! serves something unparsable is skipped and counted in

@@ -121,11 +121,24 @@ impl Steering {
 
     /// Closes the sockets of slots `count..`, the highest first (scale-down,
     /// after their workers stopped). Clients still queued on them are lost:
-    /// the caller steers around and empties them first.
+    /// the caller steers around and empties them first. A socket leaves the
+    /// kernel's group at once, even if a stray process still holds it.
     pub fn shrink_to(&self, count: usize) {
         let mut group = self.group();
         while group.sockets.len() > count {
-            group.sockets.pop();
+            if let Some(socket) = group.sockets.pop() {
+                let _ = socket.shutdown(std::net::Shutdown::Read);
+            }
+        }
+    }
+
+    /// Stops the front end (graceful stop): every slot socket stops
+    /// listening, so new clients are refused at once instead of queueing
+    /// for workers that are stopping. Connections already accepted by
+    /// workers are not touched.
+    pub fn stop_listening(&self) {
+        for socket in &self.group().sockets {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
         }
     }
 
@@ -188,10 +201,20 @@ pub fn rule_of(config: &Config) -> Rule {
     }
 }
 
+/// What [`run`] remembers of a slot between ticks.
+#[derive(Default)]
+struct Watch {
+    /// Its worker has been up since the slot was created.
+    was_up: bool,
+    /// When it was last seen leave `up`.
+    down_since: Option<Instant>,
+}
+
 /// Keeps the program in line with the pool until the front end stops.
 pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
-    let mut down_since: HashMap<usize, Instant> = HashMap::new();
+    let mut watches: HashMap<usize, Watch> = HashMap::new();
     let mut rescues = rescue::Rescues::default();
+    let mut attach_error: Option<String> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -204,6 +227,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
         let mut serving = Vec::new();
         let mut any_up = false;
         let slots = steering.slots();
+        let mut seen = Vec::new();
         for backend in snapshot.pool.workers() {
             let Kind::Worker(slot) = backend.kind else {
                 continue;
@@ -211,41 +235,64 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
             if slot >= slots {
                 continue;
             }
+            seen.push(slot);
             let (state, reason) = (backend.state(), backend.reason());
-            any_up |= state == State::Up;
+            let watch = watches.entry(slot).or_default();
             if state == State::Up {
-                down_since.remove(&slot);
+                any_up = true;
+                watch.was_up = true;
+                watch.down_since = None;
             } else {
-                down_since.entry(slot).or_insert(now);
+                watch.down_since.get_or_insert(now);
             }
-            let waited = down_since.get(&slot).map(|since| now - *since);
-            if stays_in_rotation(state, reason, waited) {
+            let down_for = watch.down_since.map(|since| now - since);
+            if stays_in_rotation(state, reason, down_for, watch.was_up) {
                 serving.push(slot);
             }
         }
+        // A retired slot's history must not follow a new one with its id.
+        watches.retain(|slot, _| seen.contains(slot));
         if serving.is_empty() {
             // Nowhere better to send them: clients wait in the queues.
             serving = (0..slots).collect();
         }
-        match steering.steer(rule_of(&snapshot.config), serving.clone()) {
-            Ok(true) => tracing::info!(workers = ?serving, "steering: workers in rotation"),
+        let rule = rule_of(&snapshot.config);
+        match steering.steer(rule.clone(), serving.clone()) {
+            Ok(true) => {
+                attach_error = None;
+                tracing::info!(workers = ?serving, "steering: workers in rotation");
+            }
             Ok(false) => {}
-            Err(error) => tracing::error!(%error, "cannot attach the steering program"),
+            Err(error) => {
+                let said = error.to_string();
+                if attach_error.as_ref() != Some(&said) {
+                    tracing::error!(%error, "cannot attach the steering program; the previous one stays");
+                    attach_error = Some(said);
+                }
+            }
         }
+        rescues.tend(&steering);
         if any_up {
             for slot in (0..slots).filter(|s| !serving.contains(s)) {
-                rescues.take_queued(&shared, &steering, slot);
+                rescues.take_queued(&shared, &steering, slot, &rule, &serving);
             }
         }
     }
 }
 
 /// Does a slot in `state` stay in rotation? A slot whose worker is up
-/// does; one that crashed or is starting does for [`GRACE`] (its clients
-/// wait for the replacement); one whose worker runs but does not take
-/// connections, or that is draining or stopped, does not.
-fn stays_in_rotation(state: State, reason: Option<DownReason>, down_for: Option<Duration>) -> bool {
-    let within_grace = down_for.is_none_or(|d| d < GRACE);
+/// does. One whose worker was up and crashed, or is being restarted, does
+/// for [`GRACE`]: its clients wait in its socket for the replacement. A new
+/// slot whose first worker is still starting does not (it gets clients
+/// once it is up), nor does one whose worker runs but does not take
+/// connections or fails its checks, nor one that is draining or stopped.
+fn stays_in_rotation(
+    state: State,
+    reason: Option<DownReason>,
+    down_for: Option<Duration>,
+    was_up: bool,
+) -> bool {
+    let within_grace = was_up && down_for.is_none_or(|d| d < GRACE);
     match state {
         State::Up => true,
         State::Starting => within_grace,
@@ -263,35 +310,37 @@ mod tests {
     #[test]
     fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
         let crashed = Some(DownReason::Crashed);
-        assert!(stays_in_rotation(
-            State::Down,
-            crashed,
-            Some(Duration::from_millis(200))
-        ));
-        assert!(!stays_in_rotation(State::Down, crashed, Some(GRACE)));
-        assert!(stays_in_rotation(
+        let soon = Some(Duration::from_millis(200));
+        assert!(stays_in_rotation(State::Down, crashed, soon, true));
+        assert!(!stays_in_rotation(State::Down, crashed, Some(GRACE), true));
+        assert!(stays_in_rotation(State::Starting, None, soon, true));
+        assert!(!stays_in_rotation(
             State::Starting,
             None,
-            Some(Duration::ZERO)
+            Some(GRACE * 2),
+            true
         ));
-        assert!(!stays_in_rotation(State::Starting, None, Some(GRACE * 2)));
+    }
+
+    #[test]
+    fn a_new_slot_gets_clients_once_its_worker_is_up() {
+        let now = Some(Duration::ZERO);
+        assert!(!stays_in_rotation(State::Starting, None, now, false));
+        assert!(stays_in_rotation(State::Up, None, None, false));
     }
 
     #[test]
     fn a_stalled_or_retiring_slot_leaves_at_once() {
         let now = Some(Duration::ZERO);
-        assert!(!stays_in_rotation(
-            State::Down,
-            Some(DownReason::Stalled),
-            now
-        ));
+        let stalled = Some(DownReason::Stalled);
+        assert!(!stays_in_rotation(State::Down, stalled, now, true));
         assert!(!stays_in_rotation(
             State::Down,
             Some(DownReason::Checks),
-            now
+            now,
+            true
         ));
-        assert!(!stays_in_rotation(State::Draining, None, now));
-        assert!(stays_in_rotation(State::Up, None, None));
+        assert!(!stays_in_rotation(State::Draining, None, now, true));
     }
 
     #[test]

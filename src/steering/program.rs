@@ -39,7 +39,7 @@ const MAX_INSTRUCTIONS: usize = libc::BPF_MAXINSNS as usize;
 const IPV4_SOURCE: i32 = libc::SKF_NET_OFF + 12;
 
 /// corral's probe range: 127.254.0.0/16.
-pub const PROBE_NET: u32 = 0x7ffe_0000;
+const PROBE_NET: u32 = 0x7ffe_0000;
 const PROBE_MASK: u32 = 0xffff_0000;
 
 /// How a program places clients that are not corral's probes.
@@ -128,6 +128,11 @@ impl Program {
 /// The probe source address that the program steers to `slot`.
 pub fn probe_source(slot: usize) -> Ipv4Addr {
     Ipv4Addr::from(PROBE_NET | (slot as u32 & !PROBE_MASK))
+}
+
+/// Is `ip` in corral's probe range?
+pub fn is_probe_source(ip: Ipv4Addr) -> bool {
+    u32::from(ip) & PROBE_MASK == PROBE_NET
 }
 
 /// The network mask of an IPv4 prefix length.

@@ -1,116 +1,189 @@
 //! Clients queued on a slot that was steered around (its worker crashed
 //! for good, stalled, or fails its checks): corral accepts them from the
-//! slot's socket itself and proxies each through the front end, where the
-//! program now places it on a worker in rotation.
+//! slot's socket itself and relays each through the front end, where the
+//! program now places it on a worker in rotation (with `sticky`, on the
+//! worker the client's own address maps to: the relay connects from that
+//! worker's probe address).
 //!
-//! The slot's socket is shared with the slot's processes (one open file),
-//! so its blocking flag is theirs too: corral makes it non-blocking only
-//! while it empties the queue, then puts the flag back.
+//! The slot's socket is one open file shared with the slot's processes, so
+//! corral never changes its flags (a worker may rely on blocking accepts,
+//! or have made it non-blocking itself). It accepts on a blocking thread
+//! instead, one job per slot, while `poll` says a client waits. If a worker
+//! takes that client first, the job's `accept` blocks: [`Rescues::tend`]
+//! then wakes it with a connection from the slot's probe address, which
+//! the job recognises as a probe and closes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use socket2::Socket;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
 
-use super::program::PROBE_NET;
+use super::program::{self, Rule};
 use super::Steering;
 use crate::shared::Shared;
 
-/// At most this many clients are taken from one queue per tick.
-const MAX_PER_TICK: usize = 4096;
+/// A job still running after this long may be blocked in `accept`.
+const STUCK_AFTER: Duration = Duration::from_millis(100);
 
-/// Counts what was rescued, for the log.
+/// The rescue jobs, at most one per slot.
 #[derive(Default)]
 pub struct Rescues {
-    total: u64,
+    jobs: HashMap<usize, Job>,
+    total: Arc<AtomicU64>,
+}
+
+struct Job {
+    task: JoinHandle<()>,
+    started: Instant,
 }
 
 impl Rescues {
-    /// Serves elsewhere every client waiting on `slot`'s socket. corral's
-    /// own probes found there are closed (they were meant for that worker).
-    pub fn take_queued(&mut self, shared: &Arc<Shared>, steering: &Steering, slot: usize) {
-        if steering.queue_length(slot).unwrap_or(0) == 0 {
+    /// Serves elsewhere every client waiting on `slot`'s socket, placing
+    /// them by `rule` over `serving` (the slots in rotation).
+    pub fn take_queued(
+        &mut self,
+        shared: &Arc<Shared>,
+        steering: &Arc<Steering>,
+        slot: usize,
+        rule: &Rule,
+        serving: &[usize],
+    ) {
+        if self.jobs.contains_key(&slot) || steering.queue_length(slot).unwrap_or(0) == 0 {
             return;
         }
         let Some(socket) = steering.socket(slot) else {
             return;
         };
-        let clients = accept_queued(&socket);
-        let mut served = 0;
-        for (client, peer) in clients {
-            if is_probe(peer) {
-                continue;
+        let runtime = tokio::runtime::Handle::current();
+        let shared = Arc::clone(shared);
+        let target = steering.target();
+        let place = Placement {
+            rule: rule.clone(),
+            serving: serving.to_vec(),
+        };
+        let total = Arc::clone(&self.total);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut served = 0u64;
+            while readable(socket.as_raw_fd()) {
+                let (client, peer) = match socket.accept() {
+                    Ok((client, peer)) => (client, peer.as_socket()),
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let Some(peer) = peer.filter(|p| !is_probe(*p)) else {
+                    continue; // corral's own probe (or a wake-up): close it
+                };
+                served += 1;
+                let from = place.source_for(peer);
+                let cut = shared.cut_connections.clone();
+                shared.connections.spawn_on(
+                    async move {
+                        tokio::select! {
+                            _ = relay(client.into(), target, from) => {}
+                            _ = cut.cancelled() => {}
+                        }
+                    },
+                    &runtime,
+                );
             }
-            served += 1;
-            let target = steering.target();
-            let cut = shared.cut_connections.clone();
-            shared.connections.spawn(async move {
-                tokio::select! {
-                    _ = relay(client, target) => {}
-                    _ = cut.cancelled() => {}
-                }
-            });
-        }
-        if served > 0 {
-            self.total += served as u64;
-            tracing::info!(
-                worker = slot,
-                clients = served,
-                rescued_total = self.total,
-                "clients queued on a worker out of rotation are served by another"
-            );
+            if served > 0 {
+                let total = total.fetch_add(served, Ordering::Relaxed) + served;
+                tracing::info!(
+                    worker = slot,
+                    clients = served,
+                    rescued_total = total,
+                    "clients queued on a worker out of rotation are served by another"
+                );
+            }
+        });
+        self.jobs.insert(
+            slot,
+            Job {
+                task,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets finished jobs, and wakes those that may be blocked in
+    /// `accept` with a connection from their slot's probe address.
+    pub fn tend(&mut self, steering: &Steering) {
+        self.jobs.retain(|_, job| !job.task.is_finished());
+        for (&slot, job) in &self.jobs {
+            if job.started.elapsed() >= STUCK_AFTER {
+                tokio::spawn(wake(steering.target(), program::probe_source(slot)));
+            }
         }
     }
 }
 
-/// Takes every connection waiting in `socket`'s accept queue now.
-fn accept_queued(socket: &Socket) -> Vec<(std::net::TcpStream, SocketAddr)> {
-    let fd = socket.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this process holds open.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Vec::new();
-    }
-    let was_blocking = flags & libc::O_NONBLOCK == 0;
-    if was_blocking {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
-    }
-    let mut taken = Vec::new();
-    while taken.len() < MAX_PER_TICK {
-        match socket.accept() {
-            Ok((client, peer)) => {
-                if let Some(peer) = peer.as_socket() {
-                    taken.push((client.into(), peer));
-                }
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+/// How rescued clients are placed.
+struct Placement {
+    rule: Rule,
+    serving: Vec<usize>,
+}
+
+impl Placement {
+    /// The source address to relay `client` from: with `sticky`, the probe
+    /// address of the worker its own address maps to; else corral's own.
+    fn source_for(&self, client: SocketAddr) -> Option<Ipv4Addr> {
+        match (&self.rule, client.ip()) {
+            (Rule::Sticky { prefix }, IpAddr::V4(ip)) if !self.serving.is_empty() => Some(
+                program::probe_source(program::sticky_slot(ip, *prefix, &self.serving)),
+            ),
+            _ => None,
         }
     }
-    if was_blocking {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
-    }
-    taken
+}
+
+/// Does a client wait in the accept queue of listening socket `fd`?
+fn readable(fd: i32) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, a descriptor this process holds, no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & libc::POLLIN != 0
 }
 
 /// corral's own probe connections come from 127.254.0.0/16.
 fn is_probe(peer: SocketAddr) -> bool {
-    matches!(peer.ip(), IpAddr::V4(ip) if u32::from(ip) & 0xffff_0000 == PROBE_NET)
+    matches!(peer.ip(), IpAddr::V4(ip) if program::is_probe_source(ip))
 }
 
-/// Copies bytes both ways between a rescued client and the front end.
-async fn relay(client: std::net::TcpStream, target: SocketAddr) {
+/// A connection to the front end from `from`, closed at once.
+async fn wake(front: SocketAddr, from: Ipv4Addr) {
+    if let Ok(socket) = TcpSocket::new_v4() {
+        if socket.bind(SocketAddr::new(from.into(), 0)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.connect(front)).await;
+        }
+    }
+}
+
+/// Copies bytes both ways between a rescued client and the front end,
+/// connecting from `from` when given.
+async fn relay(client: std::net::TcpStream, target: SocketAddr, from: Option<Ipv4Addr>) {
     if client.set_nonblocking(true).is_err() {
         return;
     }
     let Ok(mut client) = TcpStream::from_std(client) else {
         return;
     };
-    let mut upstream = match TcpStream::connect(target).await {
+    let upstream = async {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(from) = from {
+            socket.bind(SocketAddr::new(from.into(), 0))?;
+        }
+        socket.connect(target).await
+    };
+    let mut upstream = match upstream.await {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::warn!(%error, %target, "cannot pass a rescued client to the front end");

@@ -212,9 +212,11 @@ impl Supervisor {
         if let Some(steering) = &self.shared.steering {
             // The retired slots left rotation when they started draining;
             // let the steering empty what was still queued on them before
-            // their sockets close.
+            // their sockets close. Under the slots' lock, and never below
+            // the slots running now: a scale-up meanwhile keeps its sockets.
             steering::settle().await;
-            steering.shrink_to(count);
+            let slots = self.slots.lock().await;
+            steering.shrink_to(count.max(slots.len()));
         }
         backends
     }

@@ -2,6 +2,8 @@
 //! process tree (the worker and everything it started: `npm start` and
 //! shell wrappers are common), read from `/proc`. One pass over `/proc`
 //! serves every worker, so a scrape costs the same with 2 workers or 200.
+//! Also which tree holds a given socket (the `fd`-mode health check asks
+//! who accepted its connection).
 
 use std::collections::HashMap;
 

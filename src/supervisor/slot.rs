@@ -55,7 +55,7 @@ pub enum SlotError {
     HandedNotTaken { timeout: Duration },
     #[error("exited before it was ready ({0}). In fd mode the worker must accept from fd 3 (LISTEN_FDS), not bind the port itself")]
     HandedExitedEarly(String),
-    #[error("the front end has no socket for this worker (binding it failed: see the error logged before)")]
+    #[error("the front end has no socket for this worker (binding it failed: see the error logged before it)")]
     NoSocket,
 }
 
@@ -306,6 +306,13 @@ impl Slot {
         steering: &Steering,
         stop: &CancellationToken,
     ) -> Result<WorkerProcess, SlotError> {
+        if steering.socket(self.id).is_none() {
+            // Binding it failed when the slot was created (no descriptor,
+            // say): try again on each start.
+            if let Err(error) = steering.grow_to(self.id + 1) {
+                tracing::error!(worker = self.id, %error, "cannot bind the front end for this worker");
+            }
+        }
         let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
         let front = steering.addr().port();
         let spec = spec(workers, self.id, front, Some(socket)).map_err(SlotError::Spawn)?;

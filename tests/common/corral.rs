@@ -56,7 +56,7 @@ impl Corral {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         customize(&mut command);
-        let child = command.spawn().expect("corral starts");
+        let child = spawn_retrying_busy(&mut command);
         let corral = Corral {
             child: Some(child),
             front: config.front,
@@ -238,4 +238,21 @@ pub fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Spawns `command`, retrying while exec says "text file busy": a binary
+/// just copied (the privileges test runs a world-readable copy) stays busy
+/// while any process forked meanwhile by another test thread still holds
+/// the copy's write descriptor, until that child execs.
+fn spawn_retrying_busy(command: &mut Command) -> Child {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => return spawned.expect("corral starts"),
+        }
+    }
 }
