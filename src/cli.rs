@@ -164,14 +164,16 @@ pub fn table(status: &serde_json::Value) -> String {
     let empty = Vec::new();
     let backends = status["backends"].as_array().unwrap_or(&empty);
     let mut rows: Vec<[String; 8]> = Vec::new();
-    let (mut up, mut restarts, mut conns, mut cpu, mut memory) = (0, 0, 0, 0.0, 0u64);
+    let (mut up, mut restarts, mut conns, mut cpu, mut memory) = (0, 0, None, 0.0, 0u64);
     for b in backends {
         let state = b["state"].as_str().unwrap_or("?");
         if state == "up" {
             up += 1;
         }
         restarts += b["restarts"].as_u64().unwrap_or(0);
-        conns += b["active_connections"].as_u64().unwrap_or(0);
+        if let Some(open) = b["active_connections"].as_u64() {
+            conns = Some(conns.unwrap_or(0) + open);
+        }
         cpu += b["cpu_seconds"].as_f64().unwrap_or(0.0);
         memory += b["memory_bytes"].as_u64().unwrap_or(0);
         rows.push([
@@ -201,7 +203,7 @@ pub fn table(status: &serde_json::Value) -> String {
         String::new(),
         String::new(),
         restarts.to_string(),
-        conns.to_string(),
+        conns.map_or("-".into(), |c: u64| c.to_string()),
         format!("{cpu:.2}s"),
         human_bytes(memory),
     ]);
