@@ -1024,3 +1024,52 @@ fn a_node_worker_takes_the_socket_with_listen_fd_3() {
     }
     assert_eq!(seen, pids, "40 connections did not reach both node workers");
 }
+
+/// `corral scale` adds slot sockets at the end of the group and removes
+/// them from the end, so the kernel's index of each socket stays its slot:
+/// with `sticky`, every source is back on its first worker after scaling
+/// 3 → 5 → 3, every request along the way is answered, and at 5 the new
+/// slots get clients.
+#[test]
+fn scaling_up_and_down_keeps_each_slot_its_socket() {
+    let config = fd_workers(&["corral", "demo-worker"], 3)
+        .strategy("sticky")
+        .set("sticky.ipv4_prefix", 32);
+    let corral = Corral::start(&config);
+    wait_all_up(&corral, 3);
+    let wait = Duration::from_secs(15);
+    let sources: Vec<IpAddr> = (1..=48u8)
+        .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n)))
+        .collect();
+    let placements = || -> Vec<String> {
+        sources
+            .iter()
+            .map(|&s| worker_of(&get(corral.front, Some(s), wait).expect("a request")))
+            .collect()
+    };
+    let scale = |count: usize| {
+        let (code, body) = http(
+            corral.admin,
+            "POST",
+            &format!("/workers/scale?count={count}"),
+        );
+        assert_eq!(code, 202, "{body}");
+        wait_all_up(&corral, count);
+    };
+    let first = placements();
+    scale(5);
+    // The new slots enter the program once their workers are up (a tick).
+    let reached_new = eventually(Duration::from_secs(5), || {
+        placements()
+            .iter()
+            .any(|w| w == "worker=3" || w == "worker=4")
+    });
+    assert!(reached_new, "no source reached worker 3 or 4 at 5 workers");
+    scale(3);
+    assert!(
+        eventually(Duration::from_secs(5), || placements() == first),
+        "placements after 3 -> 5 -> 3 differ from the first ones: {:?} vs {first:?}\n{}",
+        placements(),
+        corral.log()
+    );
+}
