@@ -316,39 +316,26 @@ impl Slot {
         let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
         let front = steering.addr().port();
         let spec = spec(workers, self.id, front, Some(socket)).map_err(SlotError::Spawn)?;
-        let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
+        let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         tracing::info!(worker = self.id, pid = process.pid, front = %steering.addr(), "worker started with the front end's socket as fd 3");
         let instance = self.instance(&process, None, workers);
         let (target, from) = (instance.addr, steering::probe_source(self.id));
         self.backend.show_starting(instance);
         let health = self.shared.config().health.clone();
         let shim = process.shim;
-        let ready = async {
-            let mut pause = Duration::from_millis(2);
-            loop {
-                if let Verdict::Passed =
-                    health::probe_handed(target, from, Some(shim), &health).await
-                {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(READY_PROBE_MAX);
-            }
+        let probe = || health::probe_handed(target, from, Some(shim), &health);
+        let not_ready = SlotError::HandedNotTaken {
+            timeout: workers.ready_timeout,
         };
-        tokio::select! {
-            ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
-                Ok(()) => Ok(process),
-                Err(_) => {
-                    process.kill().await;
-                    Err(SlotError::HandedNotTaken { timeout: workers.ready_timeout })
-                }
-            },
-            status = process.wait() => Err(SlotError::HandedExitedEarly(describe(status))),
-            _ = stop.cancelled() => {
-                process.stop(workers.stop_timeout).await;
-                Err(SlotError::Stopped)
-            }
-        }
+        wait_ready(
+            process,
+            workers,
+            stop,
+            probe,
+            not_ready,
+            SlotError::HandedExitedEarly,
+        )
+        .await
     }
 
     async fn start_on(
@@ -358,7 +345,7 @@ impl Slot {
         stop: &CancellationToken,
     ) -> Result<WorkerProcess, SlotError> {
         let spec = spec(workers, self.id, port, None).map_err(SlotError::Spawn)?;
-        let mut process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
+        let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
         let addr = SocketAddr::new(workers.host, port);
         // Nothing may be serving from this slot: then /status shows the
@@ -369,30 +356,20 @@ impl Slot {
             Some(process.shim),
         ));
         let health = self.shared.config().health.clone();
-        let ready = async {
-            let mut pause = Duration::from_millis(2);
-            loop {
-                if let Verdict::Passed = health::probe(addr, &health, false).await {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(READY_PROBE_MAX);
-            }
+        let probe = || health::probe(addr, &health, false);
+        let not_ready = SlotError::NotReady {
+            addr,
+            timeout: workers.ready_timeout,
         };
-        tokio::select! {
-            ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
-                Ok(()) => Ok(process),
-                Err(_) => {
-                    process.kill().await;
-                    Err(SlotError::NotReady { addr, timeout: workers.ready_timeout })
-                }
-            },
-            status = process.wait() => Err(SlotError::ExitedEarly(describe(status))),
-            _ = stop.cancelled() => {
-                process.stop(workers.stop_timeout).await;
-                Err(SlotError::Stopped)
-            }
-        }
+        wait_ready(
+            process,
+            workers,
+            stop,
+            probe,
+            not_ready,
+            SlotError::ExitedEarly,
+        )
+        .await
     }
 
     /// A rolling restart of this slot: the new process must be ready before
@@ -430,6 +407,49 @@ impl Slot {
         old.process.stop(workers.stop_timeout).await;
         self.release(&old);
         Ok(())
+    }
+}
+
+/// Waits until `probe` passes for a starting `process` (probes start 2 ms
+/// apart, doubling up to [`READY_PROBE_MAX`]), for at most
+/// `workers.ready_timeout`: then the process is killed and the error is
+/// `not_ready`. A process that exits first fails with `exited` (its
+/// status); a stop meanwhile stops it.
+async fn wait_ready<Probe, Checked>(
+    mut process: WorkerProcess,
+    workers: &WorkersConfig,
+    stop: &CancellationToken,
+    probe: Probe,
+    not_ready: SlotError,
+    exited: fn(String) -> SlotError,
+) -> Result<WorkerProcess, SlotError>
+where
+    Probe: Fn() -> Checked,
+    Checked: std::future::Future<Output = Verdict>,
+{
+    let ready = async {
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Verdict::Passed = probe().await {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(READY_PROBE_MAX);
+        }
+    };
+    tokio::select! {
+        ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
+            Ok(()) => Ok(process),
+            Err(_) => {
+                process.kill().await;
+                Err(not_ready)
+            }
+        },
+        status = process.wait() => Err(exited(describe(status))),
+        _ = stop.cancelled() => {
+            process.stop(workers.stop_timeout).await;
+            Err(SlotError::Stopped)
+        }
     }
 }
 
