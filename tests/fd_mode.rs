@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,29 +55,9 @@ fn python() -> &'static str {
 /// when None), waiting up to `wait` for the answer; the body of a 200.
 fn get(front: SocketAddr, source: Option<IpAddr>, wait: Duration) -> Result<String, String> {
     let attempt = || -> std::io::Result<(u16, String)> {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        if let Some(ip) = source {
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
-        }
-        socket.connect_timeout(&front.into(), Duration::from_secs(5))?;
-        let mut stream: TcpStream = socket.into();
+        let mut stream = connect_from(front, source)?;
         stream.set_read_timeout(Some(wait))?;
-        stream.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {front}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        exchange(&mut stream, front, "GET", "/", &[])
     };
     match attempt() {
         Ok((200, body)) => Ok(body),
@@ -142,7 +121,7 @@ impl Drop for Resume {
 /// does) and answers with what it was given: what fd 3 is, and its
 /// environment.
 const INSPECTOR: &str = r#"
-import json, os, select, socket, stat
+import json, os, socket, stat
 
 listener = socket.socket(fileno=3)
 
@@ -162,12 +141,7 @@ def facts():
     }
 
 while True:
-    try:
-        conn, _ = listener.accept()
-    except BlockingIOError:
-        # corral may make the shared socket non-blocking for a moment.
-        select.select([listener], [], [], 1)
-        continue
+    conn, _ = listener.accept()
     try:
         conn.settimeout(5)
         data = b""

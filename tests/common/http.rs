@@ -23,6 +23,18 @@ pub fn request_on(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    exchange(stream, addr, method, path, headers)
+}
+
+/// Sends one request on `stream` and reads the answer to its end, with
+/// whatever read timeout the stream has.
+pub fn exchange(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
@@ -46,12 +58,7 @@ pub fn request_on(
 
 /// GET / through the front end from a given local address (127.0.0.x).
 pub fn get_from(front: SocketAddr, source: Option<IpAddr>) -> std::io::Result<String> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    if let Some(ip) = source {
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    socket.connect_timeout(&front.into(), Duration::from_secs(5))?;
-    let mut stream: TcpStream = socket.into();
+    let mut stream = connect_from(front, source)?;
     let (code, body) = request_on(&mut stream, front, "GET", "/", &[])?;
     if code != 200 {
         return Err(std::io::Error::other(format!("status {code}")));
@@ -62,4 +69,14 @@ pub fn get_from(front: SocketAddr, source: Option<IpAddr>) -> std::io::Result<St
 /// The `worker=N` part of a demo worker's answer.
 pub fn worker_of(body: &str) -> String {
     body.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// A connection to `front` from `source` (any local address when None).
+pub fn connect_from(front: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&front.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
 }
