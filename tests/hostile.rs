@@ -300,6 +300,7 @@ fn a_black_hole_backend_costs_first_byte_then_is_down_for_timeouts() {
         .demo_workers(1)
         .backend("hole", hole.addr)
         .set("timeouts.first_byte", "1s")
+        .set("health.observe", true)
         .set("listener.max_connections", 20)
         .set("health.fall", 2)
         // The hole passes TCP checks: keep it out once it is down.

@@ -26,16 +26,23 @@ pub const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WORKERS_RESTART_DELAY: Duration = Duration::from_millis(100);
 pub const WORKERS_RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
 pub const WORKERS_MIN_UPTIME: Duration = Duration::from_secs(5);
+/// Connections stay tied to one worker connection unless the app says it
+/// keeps no state between requests.
+pub const WORKERS_STATELESS: bool = false;
 
 pub const HEALTH_PATH: &str = "/healthz";
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HEALTH_RISE: i64 = 2;
 pub const HEALTH_FALL: i64 = 3;
+/// Passive checks (first-byte timeouts taking a backend down) are opt-in.
+pub const HEALTH_OBSERVE: bool = false;
 
 pub const TIMEOUT_CONNECT: Duration = Duration::from_secs(2);
-/// Like nginx's `proxy_read_timeout`.
-pub const TIMEOUT_FIRST_BYTE: Duration = Duration::from_secs(60);
+/// Off: a backend that has been sent bytes may stay silent as long as it
+/// likes (redis `BLPOP`, long polls), as HAProxy and nginx have no default
+/// server timeout for TCP either.
+pub const TIMEOUT_FIRST_BYTE: Duration = Duration::ZERO;
 pub const TIMEOUT_IDLE: Duration = Duration::from_secs(3600);
 pub const TIMEOUT_DRAIN: Duration = Duration::from_secs(30);
 

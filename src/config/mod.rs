@@ -96,6 +96,10 @@ pub struct WorkersConfig {
     /// Each worker's own metrics, scraped from its port at this path and
     /// served in corral's `/metrics` with a `worker` label.
     pub metrics_path: Option<String>,
+    /// The workers keep no state tied to a connection between requests
+    /// (plain HTTP/1.x): corral may move a client's connection to another
+    /// worker between requests (port mode only).
+    pub stateless: bool,
 }
 
 impl WorkersConfig {
@@ -135,6 +139,9 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Passive checks: `fall` first-byte timeouts in a row take a backend
+    /// down (never more than half of the backends at once).
+    pub observe: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,6 +339,7 @@ fn default_workers(command: Vec<String>) -> WorkersConfig {
         listen: ListenMode::Port,
         max_memory: None,
         metrics_path: None,
+        stateless: defaults::WORKERS_STATELESS,
     }
 }
 
@@ -424,6 +432,12 @@ fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
         p.general(
             Some("listener.proxy_protocol"),
             format!("cannot work {WHY}: corral does not read the clients' bytes, so it cannot take a PROXY header off them. Write proxy_protocol = \"none\", or workers.listen = \"port\""),
+        );
+    }
+    if w.stateless {
+        p.general(
+            Some("workers.stateless"),
+            format!("cannot work {WHY}: the kernel hands each client to a worker and corral never sees its bytes, so it cannot move a connection between requests. Write stateless = false, or listen = \"port\""),
         );
     }
     if !config.backends.is_empty() {
@@ -659,6 +673,7 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
             defaults::HEALTH_FALL,
             p,
         ) as u32,
+        observe: raw.health.observe.unwrap_or(defaults::HEALTH_OBSERVE),
     };
 
     let timeouts = Timeouts {
@@ -867,6 +882,9 @@ fn workers(
             }
         }
     });
+    config.stateless = w
+        .stateless
+        .map_or(defaults::WORKERS_STATELESS, Spanned::into_inner);
     config.metrics_path = w.metrics_path.and_then(|m| match m.get_ref().as_str() {
         "" => None,
         path if path.starts_with('/') => Some(path.to_string()),
@@ -1246,7 +1264,13 @@ mod tests {
         assert_eq!(c.health.rise as i64, defaults::HEALTH_RISE);
         assert_eq!(c.health.fall as i64, defaults::HEALTH_FALL);
         assert_eq!(c.timeouts.connect, defaults::TIMEOUT_CONNECT);
-        assert_eq!(c.timeouts.first_byte, Some(defaults::TIMEOUT_FIRST_BYTE));
+        assert_eq!(c.timeouts.first_byte, None, "0s: off");
+        assert_eq!(defaults::TIMEOUT_FIRST_BYTE, Duration::ZERO);
+        assert_eq!(c.health.observe, defaults::HEALTH_OBSERVE);
+        assert_eq!(
+            c.workers.as_ref().map(|w| w.stateless),
+            Some(defaults::WORKERS_STATELESS)
+        );
         assert_eq!(c.timeouts.idle, defaults::TIMEOUT_IDLE);
         assert_eq!(c.timeouts.drain, defaults::TIMEOUT_DRAIN);
         assert_eq!(c.log.level, defaults::LOG_LEVEL);

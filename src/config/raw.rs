@@ -128,6 +128,7 @@ pub struct RawWorkers {
     pub listen: Option<Spanned<ListenMode>>,
     pub max_memory: Option<Spanned<String>>,
     pub metrics_path: Option<Spanned<String>>,
+    pub stateless: Option<Spanned<bool>>,
 }
 
 /// How workers get their clients.
@@ -176,6 +177,7 @@ pub struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
+    pub observe: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

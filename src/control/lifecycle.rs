@@ -170,6 +170,9 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     drain(&shared, signals).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
+    if let Some(steering) = &shared.steering {
+        steering.close();
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for proxy in proxies {
             let _ = proxy.join();
@@ -224,8 +227,8 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     shared.set_draining();
     shared.stop_accepting.cancel();
     if let Some(steering) = &shared.steering {
-        // fd mode: the workers' sockets stop listening (new clients are
-        // refused now rather than queued for workers about to stop).
+        // fd mode: new clients are no longer queued for workers about to
+        // stop; the workers' own accept keeps working until they stop.
         steering.stop_listening();
     }
     shared.connections.close();

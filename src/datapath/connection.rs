@@ -16,7 +16,8 @@ use super::pump::{self, End, Side};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
 use crate::dispatch::Tried;
 use crate::health;
-use crate::pool::{ActiveGuard, Instance, Snapshot};
+use super::http1::Exchange;
+use crate::pool::{ActiveGuard, Backend, Instance, Snapshot};
 use crate::shared::Shared;
 
 /// Why a connection ended: the log's `end` field.
@@ -105,10 +106,10 @@ impl Client {
 /// Serves one accepted client until it closes or corral cuts it.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    // One snapshot for the whole connection: config and pool belong together.
-    let snapshot = shared.snapshot();
-    let config = &snapshot.config;
-    let client = match config.listener.proxy_protocol {
+    // One snapshot at a time: config and pool belong together. A stateless
+    // connection takes a fresh one each time it moves to another backend.
+    let mut snapshot = shared.snapshot();
+    let client = match snapshot.config.listener.proxy_protocol {
         ProxyProtocolMode::None => Some(Client::new(stream, peer)),
         // Boxed: reading a header takes a large future, and inline it would
         // grow every connection's future, PROXY protocol or not.
@@ -119,20 +120,29 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             reason: Reason::ProxyProtocol,
             by: Side::Client,
         };
-        log_closed(config, peer, "", (0, 0), started, closed);
+        log_closed(&snapshot.config, peer, "", (0, 0), started, closed);
         return;
     };
     let client_key = shared.dispatcher.client_key(client.addr.ip());
+    // `workers.stateless`: the HTTP/1.x view that lets the connection move
+    // between backends. Boxed: other connections carry one pointer.
+    let mut exchange = snapshot
+        .config
+        .workers
+        .as_ref()
+        .filter(|w| w.stateless)
+        .map(|_| Box::new(Exchange::new()));
+    if let Some(exchange) = exchange.as_deref_mut() {
+        exchange.from_client(&client.pending);
+    }
     let mut tried = Tried::default();
-    loop {
+    // Bytes from the client (read once, however often replayed) and to it.
+    let mut bytes = (client.pending.len() as u64, 0u64);
+    let mut last: Option<Arc<Backend>> = None;
+    let closed = loop {
         let attempt = match connect(&shared, &snapshot, client_key, &mut tried).await {
             Ok(attempt) => attempt,
-            Err(reason) => {
-                let sent = client.pending.len() as u64;
-                let closed = Closed::by_corral(reason);
-                log_closed(config, client.addr, "", (sent, 0), started, closed);
-                return;
-            }
+            Err(reason) => break Closed::by_corral(reason),
         };
         let Attempt {
             mut upstream,
@@ -140,32 +150,48 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             index,
         } = attempt;
         let backend = Arc::clone(&guard.backend);
-        if !introduce(&mut client, &mut upstream, backend.send_proxy(), config).await {
+        let instance = Arc::clone(&guard.instance);
+        last = Some(Arc::clone(&backend));
+        let config = Arc::clone(&snapshot.config);
+        if !introduce(&mut client, &mut upstream, backend.send_proxy(), &config).await {
             tried.push(index);
             continue;
         }
+        // A stateless connection stays while its backend is in rotation
+        // and corral is not stopping.
+        let stay = || backend.is_up() && !instance.is_retired() && !shared.is_draining();
         let outcome = pump::pump(
             &mut client.stream,
             &mut upstream,
             pump::Options {
                 idle: config.timeouts.idle,
                 first_byte: config.timeouts.first_byte,
-                replayable: true,
+                replayable: exchange.is_none(),
                 splice: config.runtime.splice,
                 already_sent: !client.pending.is_empty(),
                 meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
                 cut: &shared.cut_connections,
+                stateless: exchange
+                    .as_deref_mut()
+                    .map(|x| (x, &stay as &(dyn Fn() -> bool + Sync))),
             },
         )
         .await;
-        let instance = Arc::clone(&guard.instance);
-        drop(guard);
-        if let End::BackendGaveUp {
-            replay,
-            client_done,
-        } = outcome.end
-        {
-            if replay_allowed(&client, &replay, &instance) {
+        drop((guard, upstream));
+        account(&shared, &client, &backend, &outcome);
+        bytes.0 += outcome.from_client;
+        bytes.1 += outcome.from_backend;
+        match outcome.end {
+            End::BackendGaveUp {
+                replay,
+                client_done,
+            } => {
+                if !replay_allowed(&client, &replay, &instance) {
+                    break Closed {
+                        reason: Reason::BackendClosed,
+                        by: Side::Backend,
+                    };
+                }
                 tracing::warn!(
                     backend = %backend.label,
                     client = %client.addr,
@@ -175,32 +201,103 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 client.pending.extend_from_slice(&replay);
                 client.done_sending = client_done;
                 tried.push(index);
-                continue;
             }
-            let bytes_in = client.pending.len() as u64 + outcome.from_client;
-            let closed = Closed {
-                reason: Reason::BackendClosed,
-                by: Side::Backend,
-            };
-            log_closed(
-                config,
-                client.addr,
-                &backend.label,
-                (bytes_in, 0),
-                started,
-                closed,
-            );
-            return;
+            End::Detached { client_done } => {
+                let Some(exchange) = exchange.as_deref() else {
+                    break Closed::by_corral(Reason::BackendClosed);
+                };
+                match carry_on(&shared, &mut client, exchange, &instance, client_done).await {
+                    Ok(Carry::NextRequest) => tried = Tried::default(),
+                    Ok(Carry::Replay) => tried.push(index),
+                    Err(closed) => break closed,
+                }
+                snapshot = shared.snapshot();
+            }
+            end => break closing(&shared, &snapshot, &backend, &instance, end, outcome.by),
         }
-        let closed = account(
-            &shared, &snapshot, &client, &backend, &instance, &outcome, started,
-        );
-        let bytes = (
-            client.pending.len() as u64 + outcome.from_client,
-            outcome.from_backend,
-        );
-        log_closed(config, client.addr, &backend.label, bytes, started, closed);
-        return;
+    };
+    if let Some(backend) = &last {
+        backend
+            .metrics
+            .connection_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let label = last.as_ref().map_or("", |b| b.label.as_str());
+    log_closed(&snapshot.config, client.addr, label, bytes, started, closed);
+}
+
+/// How a stateless connection goes on once its backend connection ended
+/// between exchanges.
+enum Carry {
+    /// Nothing was unanswered: the client's next request goes to a backend
+    /// in rotation.
+    NextRequest,
+    /// The backend left requests unanswered, and they are sent again.
+    Replay,
+}
+
+/// Step 3, stateless: the backend connection ended with the connection
+/// between exchanges. With nothing unanswered, wait for the client's next
+/// bytes (or close it cleanly if corral is stopping). Unanswered requests
+/// are sent to another backend when that is safe: the worker was stopped
+/// by corral or died (it closed them unread), or every one of them is
+/// idempotent (RFC 9110 9.2.2, what HTTP clients themselves retry). Else
+/// the connection ends as the backend ended it.
+async fn carry_on(
+    shared: &Shared,
+    client: &mut Client,
+    exchange: &Exchange,
+    instance: &Instance,
+    client_done: bool,
+) -> Result<Carry, Closed> {
+    let unanswered = exchange.movable().unwrap_or_default();
+    if unanswered.is_empty() {
+        if shared.is_draining() {
+            // corral's graceful stop, between two requests: a clean close.
+            return Err(Closed::by_corral(Reason::Eof));
+        }
+        next_request(&client.stream, shared).await?;
+        client.pending.clear();
+        client.done_sending = false;
+        return Ok(Carry::NextRequest);
+    }
+    let stopped = instance.is_retired()
+        || instance
+            .pid
+            .is_some_and(crate::supervisor::spawn::is_exiting);
+    if !stopped && !exchange.unanswered_idempotent() {
+        return Err(Closed {
+            reason: Reason::BackendClosed,
+            by: Side::Backend,
+        });
+    }
+    tracing::debug!(
+        client = %client.addr,
+        bytes = unanswered.len(),
+        "backend closed with requests unanswered; sending them to another backend"
+    );
+    client.pending = unanswered.to_vec();
+    client.done_sending = client_done;
+    Ok(Carry::Replay)
+}
+
+/// Waits, holding no backend connection, until the client sends its next
+/// bytes (left in the socket for the next backend), for at most
+/// `timeouts.idle`.
+async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Closed> {
+    let idle = shared.config().timeouts.idle;
+    let mut first = [0u8; 1];
+    tokio::select! {
+        _ = shared.cut_connections.cancelled() => Err(Closed::by_corral(Reason::Cut)),
+        peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => match peeked {
+            Err(_) => {
+                shared.metrics.errors.timeout.inc();
+                Err(Closed::by_corral(Reason::IdleTimeout))
+            }
+            Ok(Ok(0)) => Err(Closed { reason: Reason::Eof, by: Side::Client }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Closed { reason: Reason::Reset, by: Side::Client }),
+        },
     }
 }
 
@@ -359,33 +456,33 @@ fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
     (nothing_sent || worker_died) && within_limit
 }
 
-/// Step 4: the metrics of a pumped connection, and how it closed.
-fn account(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    client: &Client,
-    backend: &crate::pool::Backend,
-    instance: &Arc<Instance>,
-    outcome: &pump::Outcome,
-    started: Instant,
-) -> Closed {
+/// Step 4: the metrics of one backend connection, however it ended.
+fn account(shared: &Shared, client: &Client, backend: &Backend, outcome: &pump::Outcome) {
     // The pump counted bytes as they moved; what this backend was handed
     // before the pump (bytes after a PROXY header, a replay) counts too.
     backend
         .metrics
         .bytes_received
         .inc_by(client.pending.len() as u64);
-    backend
-        .metrics
-        .connection_duration
-        .observe(started.elapsed().as_secs_f64());
     if outcome.spliced {
         shared.metrics.spliced.inc();
     }
     if outcome.from_backend > 0 {
         backend.answered();
     }
-    let reason = match outcome.end {
+}
+
+/// Step 5: how a pumped connection closed, with the passive check of a
+/// first-byte timeout.
+fn closing(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    backend: &Backend,
+    instance: &Arc<Instance>,
+    end: End,
+    by: Side,
+) -> Closed {
+    let reason = match end {
         End::Eof => Reason::Eof,
         End::IdleTimeout => {
             shared.metrics.errors.timeout.inc();
@@ -395,18 +492,15 @@ fn account(
             shared.metrics.errors.timeout.inc();
             let config = &snapshot.config;
             if let Some(limit) = config.timeouts.first_byte {
-                health::first_byte_timed_out(backend, instance, config.health.fall, limit);
+                health::first_byte_timed_out(&snapshot.pool, backend, instance, &config.health, limit);
             }
             Reason::FirstByteTimeout
         }
         End::Reset => Reason::Reset,
         End::Cut => Reason::Cut,
-        End::BackendGaveUp { .. } => Reason::BackendClosed,
+        End::BackendGaveUp { .. } | End::Detached { .. } => Reason::BackendClosed,
     };
-    Closed {
-        reason,
-        by: outcome.by,
-    }
+    Closed { reason, by }
 }
 
 fn log_closed(

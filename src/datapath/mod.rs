@@ -8,6 +8,7 @@
 //! [`Snapshot`]: crate::pool::Snapshot
 
 pub mod connection;
+pub mod http1;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod pump;

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use prometheus::IntCounter;
 
+use super::http1::Exchange;
 use super::splice::Pipe;
 
 /// Per-direction buffer size.
@@ -106,6 +107,12 @@ pub enum End {
     /// The backend closed or reset before sending a single byte; here is
     /// everything the client had sent, and whether it had half-closed.
     BackendGaveUp { replay: Vec<u8>, client_done: bool },
+    /// `workers.stateless`: the backend connection ended between two
+    /// exchanges (the backend closed, or corral left a backend that is out
+    /// of rotation), and the client's connection can carry on with another
+    /// backend. The [`Exchange`] holds what the client sent that was never
+    /// answered; `client_done`: the client had half-closed.
+    Detached { client_done: bool },
 }
 
 /// What a pump moved and how it ended.
@@ -357,6 +364,11 @@ pub struct Options<'m> {
     pub meters: Meters<'m>,
     /// Cancelled when corral cuts every open connection (the drain ended).
     pub cut: &'m CancellationToken,
+    /// `workers.stateless`: the HTTP/1.x view of the client's connection,
+    /// fed every byte, and whether the backend should keep it (false when
+    /// it left rotation): the pump then ends with [`End::Detached`] at the
+    /// first moment nothing is unanswered.
+    pub stateless: Option<(&'m mut Exchange, &'m (dyn Fn() -> bool + Sync))>,
 }
 
 /// Pumps until both directions finish, an error, a timeout, or a cut.
@@ -373,6 +385,7 @@ pub async fn pump(
         already_sent,
         meters,
         cut,
+        mut stateless,
     } = options;
     let (mut client_in, mut client_out) = client.split();
     let (mut backend_in, mut backend_out) = backend.split();
@@ -394,6 +407,13 @@ pub async fn pump(
         if cut_now.as_mut().poll(cx).is_ready() {
             return Poll::Ready((End::Cut, Side::Corral));
         }
+        if let Some((exchange, stay)) = &stateless {
+            // Between exchanges, before the client's next request is read:
+            // a backend leaving rotation lets the connection go.
+            if exchange.is_idle() && !up.read_done && !stay() {
+                return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
+            }
+        }
         let mut progress = false;
         let sent_before = up.total;
         let up_result = up.poll_copy(
@@ -402,6 +422,9 @@ pub async fn pump(
             &mut backend_out,
             &mut progress,
             |chunk| {
+                if let Some((exchange, _)) = &mut stateless {
+                    exchange.from_client(chunk);
+                }
                 if let Some(kept) = &mut replay {
                     if kept.len() + chunk.len() <= REPLAY_LIMIT {
                         kept.extend_from_slice(chunk);
@@ -412,7 +435,31 @@ pub async fn pump(
             },
         );
         let down_result =
-            down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |_| {});
+            down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |chunk| {
+                if let Some((exchange, _)) = &mut stateless {
+                    exchange.from_backend(chunk);
+                }
+            });
+        if let Some((exchange, _)) = &stateless {
+            // The backend is gone (its close passed on in full to nobody
+            // yet, or a reset, or a failed write) at a point where another
+            // backend can take over: the client never sees the close.
+            let backend_failed = matches!(down_result, Poll::Ready(Err(_))) && !down.write_failed;
+            let backend_closed = down.read_done && down_result.is_ready();
+            if backend_failed || up.write_failed || backend_closed {
+                let carry_on = exchange
+                    .movable()
+                    .is_some_and(|unanswered| !unanswered.is_empty() || !up.read_done);
+                if carry_on {
+                    return Poll::Ready((
+                        End::Detached {
+                            client_done: up.read_done,
+                        },
+                        Side::Backend,
+                    ));
+                }
+            }
+        }
         if down.total > 0 {
             replay = None;
             awaiting_since = None;
@@ -545,6 +592,7 @@ mod tests {
             already_sent: false,
             meters: None,
             cut,
+            stateless: None,
         }
     }
 

@@ -357,24 +357,38 @@ pub fn connect_failed(pool: &Pool, backend: &Backend, instance: &Arc<Instance>) 
     }
 }
 
-/// The passive check for silent backends: `instance` was sent a client's
-/// bytes and answered nothing within `timeouts.first_byte`.
+/// The passive check for silent backends (`health.observe`): `instance`
+/// was sent a client's bytes and answered nothing within
+/// `timeouts.first_byte`. `fall` such timeouts in a row take the backend
+/// down, but passive checks never take out more than half of the pool
+/// (Envoy's `max_ejection_percent`), and never the last backend up: when
+/// every backend is quiet, the clients are waiting legitimately more likely
+/// than every backend is broken.
 pub fn first_byte_timed_out(
+    pool: &Pool,
     backend: &Backend,
     instance: &Arc<Instance>,
-    fall: u32,
+    health: &HealthConfig,
     limit: Duration,
 ) {
-    if !Arc::ptr_eq(&backend.instance(), instance) {
+    if !health.observe || !Arc::ptr_eq(&backend.instance(), instance) {
         return;
     }
-    if backend.first_byte_timed_out(fall) {
+    let may_take_out = || {
+        let ejected = pool
+            .backends
+            .iter()
+            .filter(|b| b.reason() == Some(DownReason::Timeouts))
+            .count();
+        (ejected + 1) * 2 <= pool.backends.len() && others_up(pool, backend)
+    };
+    if backend.first_byte_timed_out(health.fall, may_take_out) {
         tracing::warn!(
             backend = %backend.label,
             reason = DownReason::Timeouts.as_str(),
-            timeouts = fall,
+            timeouts = health.fall,
             first_byte = ?limit,
-            "backend is down: it accepted clients and answered nothing"
+            "backend is down: it accepted clients and answered nothing (health.observe)"
         );
     }
 }

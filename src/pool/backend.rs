@@ -103,6 +103,10 @@ pub struct Instance {
     active: AtomicUsize,
     /// Woken whenever a connection to this instance closes.
     closed: tokio::sync::Notify,
+    /// corral is stopping this process (replaced, scaled away, shut
+    /// down): stateless connections leave it between requests, and what
+    /// it leaves unanswered is sent again elsewhere.
+    retired: AtomicBool,
 }
 
 impl Instance {
@@ -124,6 +128,7 @@ impl Instance {
             started: Instant::now(),
             active: AtomicUsize::new(0),
             closed: tokio::sync::Notify::new(),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -143,7 +148,19 @@ impl Instance {
             started: Instant::now(),
             active: AtomicUsize::new(0),
             closed: tokio::sync::Notify::new(),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// corral is about to stop this process.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// True once corral started stopping this process.
+    #[inline]
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// The pid whose tree holds everything this instance runs.
@@ -451,9 +468,11 @@ impl Backend {
     /// The backend was sent a client's bytes and answered nothing within
     /// `timeouts.first_byte`; after `fall` in a row it leaves rotation.
     /// True when this timeout took it out.
-    pub fn first_byte_timed_out(&self, fall: u32) -> bool {
+    /// `may_take_out` is asked only once the streak is long enough (the
+    /// cap on passive ejections).
+    pub fn first_byte_timed_out(&self, fall: u32, may_take_out: impl FnOnce() -> bool) -> bool {
         let silent = self.silent_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        silent >= fall && self.take_out(DownReason::Timeouts)
+        silent >= fall && may_take_out() && self.take_out(DownReason::Timeouts)
     }
 
     fn take_out(&self, reason: DownReason) -> bool {
@@ -592,10 +611,12 @@ mod tests {
     fn first_byte_timeouts_in_a_row_take_it_out_and_an_answer_resets() {
         let b = worker();
         b.ready(b.instance());
-        assert!(!b.first_byte_timed_out(2));
+        assert!(!b.first_byte_timed_out(2, || true));
         b.answered();
-        assert!(!b.first_byte_timed_out(2));
-        assert!(b.first_byte_timed_out(2));
+        assert!(!b.first_byte_timed_out(2, || true));
+        assert!(!b.first_byte_timed_out(2, || false), "the cap said no");
+        assert!(b.is_up());
+        assert!(b.first_byte_timed_out(2, || true));
         assert_eq!(b.reason(), Some(DownReason::Timeouts));
     }
 

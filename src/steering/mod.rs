@@ -112,6 +112,10 @@ impl Steering {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
+            // Accepted sockets inherit it: servers that take the socket as
+            // it is (uvicorn --fd 3) answer small writes without Nagle's
+            // 40 ms delay, as through the port-mode proxy.
+            socket.set_tcp_nodelay(true)?;
             socket.bind(&self.addr.into())?;
             socket.listen(self.backlog as i32)?;
             group.sockets.push(Arc::new(socket));
@@ -132,11 +136,25 @@ impl Steering {
         }
     }
 
-    /// Stops the front end (graceful stop): every slot socket stops
-    /// listening, so new clients are refused at once instead of queueing
-    /// for workers that are stopping. Connections already accepted by
-    /// workers are not touched.
+    /// Stops the front end (graceful stop): a filter on every slot socket
+    /// drops new clients' SYNs, so nobody new queues for workers that are
+    /// stopping, while the sockets stay listening: the clients already
+    /// queued are still accepted, and the workers' own `accept` keeps
+    /// working until they close it themselves. Connections the workers
+    /// accepted are not touched.
     pub fn stop_listening(&self) {
+        for socket in &self.group().sockets {
+            if let Err(error) = program::drop_new_clients(socket.as_ref()) {
+                tracing::warn!(%error, "cannot filter new clients off a slot socket; shutting it down instead");
+                let _ = socket.shutdown(std::net::Shutdown::Read);
+            }
+        }
+    }
+
+    /// Closes the front end once every worker has stopped: each slot socket
+    /// leaves the kernel's group, which also ends a rescue blocked in
+    /// `accept` on it.
+    pub fn close(&self) {
         for socket in &self.group().sockets {
             let _ = socket.shutdown(std::net::Shutdown::Read);
         }

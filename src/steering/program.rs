@@ -125,6 +125,36 @@ impl Program {
     }
 }
 
+/// Attaches a socket filter that drops every packet to `socket` (a
+/// listening slot socket at a graceful stop): new clients' SYNs go
+/// unanswered, while the connections already queued stay for the workers
+/// to accept. Unlike a shutdown of the socket, this leaves the workers'
+/// own `accept` on it working (uvicorn logs `EINVAL` tracebacks when the
+/// socket it accepts from is shut down under it).
+pub fn drop_new_clients(socket: &impl AsRawFd) -> io::Result<()> {
+    let drop_all = [stmt(libc::BPF_RET | libc::BPF_K, 0)];
+    let program = libc::sock_fprog {
+        len: drop_all.len() as u16,
+        filter: drop_all.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: `program` points at `drop_all`, which outlives the call; the
+    // kernel copies the program.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The probe source address that the program steers to `slot`.
 pub fn probe_source(slot: usize) -> Ipv4Addr {
     Ipv4Addr::from(PROBE_NET | (slot as u32 & !PROBE_MASK))

@@ -159,23 +159,53 @@ impl Supervisor {
             .take(limit)
             .map(|(i, s)| (i, s.commands.clone()))
             .collect();
-        tracing::info!(slots = targets.len(), "rolling restart started");
+        let total = targets.len();
+        tracing::info!(slots = total, "rolling restart started");
+        let mut replaced = 0;
+        // Slots that were not replaced: retired by a scale-down, or stopped.
+        let mut left = Vec::new();
         for (id, commands) in targets {
+            if self.shared.is_draining() {
+                left.push(id);
+                continue;
+            }
             let (done, result) = oneshot::channel();
             let command = Command::Replace {
                 workers: Arc::clone(&workers),
                 done,
             };
             if commands.send(command).await.is_err() {
-                continue; // the slot was retired meanwhile
+                left.push(id); // the slot was retired meanwhile
+                continue;
             }
             match result.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => replaced += 1,
+                Ok(Err(SlotError::Stopped)) => left.push(id),
                 Ok(Err(source)) => return Err(RolloutError { slot: id, source }),
-                Err(_) => continue,
+                Err(_) => left.push(id),
             }
         }
-        tracing::info!("rolling restart finished");
+        let names = || {
+            left.iter()
+                .map(|&id| crate::config::worker_label(id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if left.is_empty() {
+            tracing::info!(replaced, "rolling restart finished");
+        } else if self.shared.is_draining() {
+            tracing::warn!(
+                replaced,
+                "rolling restart interrupted by the stop: {replaced} of {total} workers replaced; not replaced: {}",
+                names()
+            );
+        } else {
+            tracing::info!(
+                replaced,
+                "rolling restart finished: {replaced} of {total} workers replaced; the others were retired meanwhile ({})",
+                names()
+            );
+        }
         Ok(())
     }
 
@@ -189,7 +219,13 @@ impl Supervisor {
             }
             slots.drain(count..).collect()
         };
-        let drain = self.shared.config().timeouts.drain;
+        let config = self.shared.config();
+        // Stateless workers are stopped at once: their connections move to
+        // the workers that stay, between requests.
+        let drain = match &config.workers {
+            Some(workers) if workers.stateless => std::time::Duration::ZERO,
+            _ => config.timeouts.drain,
+        };
         // All retired slots drain at once: scaling down by k takes one
         // drain, not k of them.
         let mut draining = tokio::task::JoinSet::new();
@@ -197,6 +233,7 @@ impl Supervisor {
             slot.backend.draining();
             draining.spawn(async move {
                 let instance = slot.backend.instance();
+                instance.retire();
                 let _ = tokio::time::timeout(drain, instance.drained()).await;
                 slot.stop.cancel();
                 let _ = slot.task.await;

@@ -151,6 +151,7 @@ impl Slot {
                                         "worker runs but fails its health checks; restarting it"
                                     );
                                     self.backend.restarting_unhealthy();
+                                    self.backend.instance().retire();
                                     live.process.stop(workers.stop_timeout).await;
                                     self.release(&live);
                                     break;
@@ -184,6 +185,7 @@ impl Slot {
                             },
                             _ = stop.cancelled() => {
                                 self.backend.stopped();
+                                self.backend.instance().retire();
                                 live.process.stop(workers.stop_timeout).await;
                                 self.release(&live);
                                 tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
@@ -386,13 +388,22 @@ impl Slot {
         let old_instance = self
             .backend
             .ready(self.instance(&live.process, live.port, workers));
+        old_instance.retire();
+        // Stateless workers get SIGTERM at once: their own graceful close
+        // ends their connections between requests, and corral carries
+        // each client on to the new process. Others drain first.
+        let drain = if workers.stateless {
+            Duration::ZERO
+        } else {
+            self.shared.config().timeouts.drain
+        };
         tracing::info!(
             worker = self.id,
             old_pid = old.process.pid,
             new_pid = live.process.pid,
+            drain = ?drain,
             "worker replaced; draining the old process"
         );
-        let drain = self.shared.config().timeouts.drain;
         let mut old = old;
         // While the old process drains, a crash of the new one or a stop
         // must not wait for the drain to end.
