@@ -1039,6 +1039,7 @@ fn optional_duration(
 ) -> Option<Duration> {
     match value {
         Some(v) if humantime::parse_duration(v.get_ref().trim()).is_ok_and(|d| d.is_zero()) => None,
+        None if default.is_zero() => None,
         other => Some(duration(other, key, default, p)),
     }
 }
@@ -1229,6 +1230,19 @@ mod tests {
         assert_eq!(c.strategy, StrategyKind::RoundRobin);
         assert!(!c.log.connections);
         assert_eq!(c.workers.as_ref().map(|w| w.count), Some(2));
+    }
+
+    #[test]
+    fn passive_checks_are_off_unless_asked_for() {
+        let c = parse("[workers]\ncommand = [\"corral\", \"demo-worker\"]\n").unwrap();
+        assert_eq!(c.timeouts.first_byte, None, "no first-byte timeout by default");
+        assert!(!c.health.observe);
+        let c = parse(
+            "[workers]\ncommand = [\"corral\", \"demo-worker\"]\n[timeouts]\nfirst_byte = \"5s\"\n[health]\nobserve = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.first_byte, Some(Duration::from_secs(5)));
+        assert!(c.health.observe);
     }
 
     #[test]
