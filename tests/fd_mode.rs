@@ -771,6 +771,10 @@ fn check_and_run_refuse_what_fd_mode_cannot_do_naming_the_key() {
         ),
         ("listener.bind", good.clone().set("listener.bind", &two)),
         ("workers.count", good.clone().set("workers.count", 513)),
+        (
+            "workers.stateless",
+            good.clone().set("workers.stateless", true),
+        ),
     ];
     for (i, (key, config)) in bad.iter().enumerate() {
         let file = dir.path().join(format!("bad-{i}.toml"));
@@ -1045,5 +1049,38 @@ fn scaling_up_and_down_keeps_each_slot_its_socket() {
         "placements after 3 -> 5 -> 3 differ from the first ones: {:?} vs {first:?}\n{}",
         placements(),
         corral.log()
+    );
+}
+
+/// A graceful stop leaves the workers' `accept` on fd 3 working until they
+/// stop (it used to shut the shared socket down under them: uvicorn
+/// printed `OSError: [Errno 22] Invalid argument` from `accept`), and new
+/// clients are no longer taken meanwhile.
+#[test]
+fn a_graceful_stop_does_not_fail_the_workers_accept() {
+    let worker = support("blocking_accept_worker.py");
+    let config = fd_workers(&[python(), &worker], 2)
+        .strategy("round-robin")
+        .set("workers.stop_timeout", "5s");
+    let mut corral = Corral::start(&config);
+    wait_all_up(&corral, 2);
+    for _ in 0..4 {
+        get(corral.front, None, Duration::from_secs(5)).expect("served before the stop");
+    }
+    corral.signal(Signal::SIGTERM);
+    assert_eq!(
+        corral.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        corral.log()
+    );
+    let log = corral.log();
+    assert!(
+        log.matches("stopping after SIGTERM").count() >= 2,
+        "the workers did not report a graceful stop:\n{log}"
+    );
+    assert!(
+        !log.contains("accept failed"),
+        "a worker's accept failed during the graceful stop:\n{log}"
     );
 }
