@@ -8,7 +8,8 @@ It listens on $HOST:$PORT and tells connections apart by their first bytes:
   `worker=<CORRAL_WORKER_ID> pid=<pid> stream=<id>`;
 - an HTTP/1.1 request with `Upgrade: echo`: answered `101 Switching
   Protocols`, then one line `worker=<id> pid=<pid>`, then every byte echoed;
-- any other HTTP/1.x request: `200` with `worker=<id> pid=<pid>`, keep-alive;
+- any other HTTP/1.x request: `200` with `worker=<id> pid=<pid>`, kept
+  alive unless the request says `Connection: close`;
 - anything else is what a worker sees when someone else's stream is handed
   to it mid-way (h2 frames without the preface, bytes of an upgraded
   connection): it prints `FOREIGN first bytes ...` (to corral's log) and
@@ -133,6 +134,8 @@ class Connection:
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
             )
             await self.writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                return
             if not data:
                 chunk = await self.reader.read(65536)
                 if not chunk:
