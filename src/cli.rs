@@ -227,7 +227,48 @@ pub fn table(status: &serde_json::Value) -> String {
         line(row.iter().map(String::as_str).collect());
     }
     out.truncate(out.trim_end().len());
+    // What workers say of themselves (workers.notify's STATUS=), if any.
+    let said: Vec<(&str, &str)> = backends
+        .iter()
+        .filter_map(|b| Some((b["name"].as_str()?, b["status"].as_str()?)))
+        .collect();
+    if !said.is_empty() {
+        let width = said.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+        let _ = write!(out, "\n\n{:<width$}  STATUS", "NAME");
+        for (name, text) in said {
+            let _ = write!(out, "\n{name:<width$}  {text}");
+        }
+    }
     out
+}
+
+/// `corral signal NAME|all SIG`: a signal to one worker or all.
+pub fn signal(target: &Target, name: &str, signal: &str) -> Result<String, ClientError> {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", name)
+        .append_pair("signal", signal)
+        .finish();
+    let path = format!("/workers/signal?{query}");
+    let answer = runtime()?.block_on(ask(target, "POST", &path))?;
+    match answer.status {
+        202 => {
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+            let sent = body["signal"].as_str().unwrap_or(signal);
+            let reached: Vec<&str> = body["workers"]
+                .as_array()
+                .map(|all| all.iter().filter_map(|w| w.as_str()).collect())
+                .unwrap_or_default();
+            if reached.is_empty() {
+                Ok(format!("{sent}: no running worker to send it to"))
+            } else {
+                Ok(format!("{sent} sent to {}", reached.join(", ")))
+            }
+        }
+        _ => Err(ClientError::Refused(format!(
+            "signal refused: {}",
+            refusal(&answer)
+        ))),
+    }
 }
 
 /// Where the corral that runs `file` listens for admin requests, and its

@@ -69,6 +69,17 @@ enum Command {
     Restart(Find),
     /// Ask the running corral to reload its config file.
     Reload(Find),
+    /// Send a signal (USR1, HUP, ...; not KILL or STOP) to one worker or all.
+    Signal {
+        /// A worker's name (worker-0, ...) or `all`.
+        #[arg(value_name = "NAME|all")]
+        name: String,
+        /// The signal, such as USR1 or SIGHUP.
+        #[arg(value_name = "SIGNAL")]
+        signal: String,
+        #[command(flatten)]
+        find: Find,
+    },
     /// Set the running corral's worker count (until the next reload from file).
     Scale {
         #[arg(value_name = "N", value_parser = parse_count)]
@@ -196,6 +207,9 @@ fn main() -> ExitCode {
         Command::Restart(find) => client(&find, cli::restart),
         Command::Reload(find) => client(&find, cli::reload),
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
+        Command::Signal { name, signal, find } => {
+            client(&find, |target| cli::signal(target, &name, &signal))
+        }
         Command::WorkerShim {
             parent,
             handed_socket,

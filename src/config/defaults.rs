@@ -29,6 +29,8 @@ pub const WORKERS_MIN_UPTIME: Duration = Duration::from_secs(5);
 /// Connections stay tied to one worker connection unless the app says it
 /// keeps no state between requests.
 pub const WORKERS_STATELESS: bool = false;
+/// Ready when the worker accepts connections, not when it says so.
+pub const WORKERS_NOTIFY: bool = false;
 
 pub const HEALTH_PATH: &str = "/healthz";
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);

@@ -100,6 +100,12 @@ pub struct WorkersConfig {
     /// (plain HTTP/1.x): corral may move a client's connection to another
     /// worker between requests (port mode only).
     pub stateless: bool,
+    /// systemd's notify protocol: each worker gets a `NOTIFY_SOCKET` and
+    /// is ready only once it sends `READY=1`.
+    pub notify: bool,
+    /// With `notify`: a worker that sends no `WATCHDOG=1` this long is
+    /// down and replaced.
+    pub watchdog: Option<Duration>,
 }
 
 impl WorkersConfig {
@@ -340,6 +346,8 @@ fn default_workers(command: Vec<String>) -> WorkersConfig {
         max_memory: None,
         metrics_path: None,
         stateless: defaults::WORKERS_STATELESS,
+        notify: defaults::WORKERS_NOTIFY,
+        watchdog: None,
     }
 }
 
@@ -885,6 +893,22 @@ fn workers(
     config.stateless = w
         .stateless
         .map_or(defaults::WORKERS_STATELESS, Spanned::into_inner);
+    config.notify = w.notify.as_ref().map_or(defaults::WORKERS_NOTIFY, |n| *n.get_ref());
+    config.watchdog = w
+        .watchdog
+        .filter(|d| !d.get_ref().trim().is_empty())
+        .and_then(|d| {
+        let span = d.span();
+        let watchdog = optional_duration(Some(d), "workers.watchdog", Duration::ZERO, p)?;
+        if !config.notify {
+            p.at(
+                span,
+                "workers.watchdog",
+                "needs workers.notify = true: the watchdog is fed with WATCHDOG=1 on the worker's NOTIFY_SOCKET",
+            );
+        }
+        Some(watchdog)
+    });
     config.metrics_path = w.metrics_path.and_then(|m| match m.get_ref().as_str() {
         "" => None,
         path if path.starts_with('/') => Some(path.to_string()),

@@ -129,6 +129,8 @@ pub struct RawWorkers {
     pub max_memory: Option<Spanned<String>>,
     pub metrics_path: Option<Spanned<String>>,
     pub stateless: Option<Spanned<bool>>,
+    pub notify: Option<Spanned<bool>>,
+    pub watchdog: Option<Spanned<String>>,
 }
 
 /// How workers get their clients.

@@ -163,6 +163,12 @@ async fn route(
                 None => stopping(),
             }
         }
+        (&Method::POST, "/workers/signal") => {
+            if let Err(denied) = authorize(shared, &request) {
+                return *denied;
+            }
+            signal_workers(shared, &request)
+        }
         (&Method::GET, "/sticky") => sticky_lookup(shared, &request),
         (&Method::DELETE, "/sticky") => {
             if let Err(denied) = authorize(shared, &request) {
@@ -173,7 +179,7 @@ async fn route(
         (
             _,
             "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
-            | "/workers/scale" | "/reload" | "/sticky",
+            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -304,6 +310,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                     .map(|_| instance.started.elapsed().as_secs_f64()));
                 entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
                 entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
+                entry["status"] = json!(b.status_text().as_deref());
             }
             entry
         })
@@ -315,6 +322,65 @@ fn status(shared: &Shared) -> serde_json::Value {
         "draining": shared.is_draining(),
         "backends": backends,
     })
+}
+
+/// Signals corral passes on to workers: not KILL or STOP (corral stops
+/// and kills workers itself: `corral restart`, `corral scale`).
+const PASSED_ON: [&str; 13] = [
+    "HUP", "INT", "QUIT", "ABRT", "USR1", "USR2", "ALRM", "TERM", "CONT", "WINCH", "TTIN", "TTOU",
+    "PROF",
+];
+
+/// `POST /workers/signal?name=NAME|all&signal=SIG`: the signal to the
+/// named worker's process group (or every worker's), as pm2's
+/// `sendSignal`; 202 with whom it reached.
+fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
+    let bad = |why: String| json_reply(StatusCode::BAD_REQUEST, json!({"signal": "refused", "error": why}));
+    let Some(name) = query_param(request, "name") else {
+        return bad("missing ?name=NAME (a worker, such as worker-0, or all)".into());
+    };
+    let Some(given) = query_param(request, "signal") else {
+        return bad("missing &signal=SIG (such as USR1 or HUP)".into());
+    };
+    let short = given.trim().to_ascii_uppercase();
+    let short = short.strip_prefix("SIG").unwrap_or(&short).to_string();
+    if !PASSED_ON.contains(&short.as_str()) {
+        return bad(format!(
+            "corral does not pass on {given}: give one of {} (KILL and STOP are corral's own: use corral restart, corral scale)",
+            PASSED_ON.join(", ")
+        ));
+    }
+    let signal: nix::sys::signal::Signal = match format!("SIG{short}").parse() {
+        Ok(signal) => signal,
+        Err(_) => return bad(format!("{given} is not a signal of this system")),
+    };
+    let snapshot = shared.snapshot();
+    let targets: Vec<_> = snapshot
+        .pool
+        .workers()
+        .filter(|b| name == "all" || b.label == name)
+        .collect();
+    if targets.is_empty() {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"signal": "refused", "error": format!("no worker named {name:?}: name one from corral status (worker-0, worker-1, ...) or all")}),
+        );
+    }
+    let mut reached = Vec::new();
+    for backend in targets {
+        let Some(pid) = backend.instance().pid.filter(|_| backend.state() != State::Stopped) else {
+            continue;
+        };
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        if nix::sys::signal::killpg(group, signal).is_ok() {
+            reached.push(backend.label.clone());
+        }
+    }
+    tracing::info!(signal = %signal, workers = ?reached, "admin request: signal");
+    json_reply(
+        StatusCode::ACCEPTED,
+        json!({"signal": signal.as_str(), "workers": reached}),
+    )
 }
 
 /// `?count=N` of `POST /workers/scale`.

@@ -157,9 +157,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             tried.push(index);
             continue;
         }
-        // A stateless connection stays while its backend is in rotation
-        // and corral is not stopping.
-        let stay = || backend.is_up() && !instance.is_retired() && !shared.is_draining();
+        // A stateless connection stays while its backend is in rotation.
+        let stay = || backend.is_up() && !instance.is_retired();
         let outcome = pump::pump(
             &mut client.stream,
             &mut upstream,
@@ -171,9 +170,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 already_sent: !client.pending.is_empty(),
                 meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
                 cut: &shared.cut_connections,
-                stateless: exchange
-                    .as_deref_mut()
-                    .map(|x| (x, &stay as &(dyn Fn() -> bool + Sync))),
+                stateless: exchange.as_deref_mut().map(|exchange| pump::Stateless {
+                    exchange,
+                    stay: &stay,
+                    leave: &shared.stop_accepting,
+                }),
             },
         )
         .await;
@@ -288,6 +289,8 @@ async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Closed>
     let idle = shared.config().timeouts.idle;
     let mut first = [0u8; 1];
     tokio::select! {
+        // corral's graceful stop: between two requests, a clean close.
+        _ = shared.stop_accepting.cancelled() => Err(Closed::by_corral(Reason::Eof)),
         _ = shared.cut_connections.cancelled() => Err(Closed::by_corral(Reason::Cut)),
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => match peeked {
             Err(_) => {

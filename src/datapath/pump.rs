@@ -365,10 +365,21 @@ pub struct Options<'m> {
     /// Cancelled when corral cuts every open connection (the drain ended).
     pub cut: &'m CancellationToken,
     /// `workers.stateless`: the HTTP/1.x view of the client's connection,
-    /// fed every byte, and whether the backend should keep it (false when
-    /// it left rotation): the pump then ends with [`End::Detached`] at the
-    /// first moment nothing is unanswered.
-    pub stateless: Option<(&'m mut Exchange, &'m (dyn Fn() -> bool + Sync))>,
+    /// fed every byte.
+    pub stateless: Option<Stateless<'m>>,
+}
+
+/// What a stateless connection's pump needs besides the sockets.
+pub struct Stateless<'m> {
+    /// The HTTP/1.x view, fed every byte.
+    pub exchange: &'m mut Exchange,
+    /// Whether the backend should keep the connection (false once it left
+    /// rotation): if not, the pump ends with [`End::Detached`] before the
+    /// client's next request is read.
+    pub stay: &'m (dyn Fn() -> bool + Sync),
+    /// Cancelled when corral stops: the pump ends with
+    /// [`End::Detached`] as soon as nothing is unanswered.
+    pub leave: &'m CancellationToken,
 }
 
 /// Pumps until both directions finish, an error, a timeout, or a cut.
@@ -403,14 +414,21 @@ pub async fn pump(
         });
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
     let mut cut_now = std::pin::pin!(cut.cancelled());
+    // Boxed, and only for stateless connections: the others' futures stay
+    // as small as they were.
+    let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
     let (end, by) = poll_fn(|cx| {
         if cut_now.as_mut().poll(cx).is_ready() {
             return Poll::Ready((End::Cut, Side::Corral));
         }
-        if let Some((exchange, stay)) = &stateless {
+        let leaving = leave_now
+            .as_mut()
+            .is_some_and(|leave| leave.as_mut().poll(cx).is_ready());
+        if let Some(s) = &stateless {
             // Between exchanges, before the client's next request is read:
-            // a backend leaving rotation lets the connection go.
-            if exchange.is_idle() && !up.read_done && !stay() {
+            // a backend leaving rotation, or corral stopping, lets the
+            // connection go.
+            if s.exchange.is_idle() && !up.read_done && (leaving || !(s.stay)()) {
                 return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
             }
         }
@@ -422,8 +440,8 @@ pub async fn pump(
             &mut backend_out,
             &mut progress,
             |chunk| {
-                if let Some((exchange, _)) = &mut stateless {
-                    exchange.from_client(chunk);
+                if let Some(s) = &mut stateless {
+                    s.exchange.from_client(chunk);
                 }
                 if let Some(kept) = &mut replay {
                     if kept.len() + chunk.len() <= REPLAY_LIMIT {
@@ -436,11 +454,15 @@ pub async fn pump(
         );
         let down_result =
             down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |chunk| {
-                if let Some((exchange, _)) = &mut stateless {
-                    exchange.from_backend(chunk);
+                if let Some(s) = &mut stateless {
+                    s.exchange.from_backend(chunk);
                 }
             });
-        if let Some((exchange, _)) = &stateless {
+        if let Some(Stateless { exchange, .. }) = &stateless {
+            if leaving && exchange.is_idle() && !up.read_done && down_result.is_pending() {
+                // corral is stopping and the answer just went out in full.
+                return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
+            }
             // The backend is gone (its close passed on in full to nobody
             // yet, or a reset, or a failed write) at a point where another
             // backend can take over: the client never sees the close.

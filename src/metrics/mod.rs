@@ -40,6 +40,9 @@ pub struct Metrics {
     pub reload_failure: IntCounter,
     /// Log lines not written because the log sink was not keeping up.
     pub log_lines_dropped: IntCounter,
+    /// Datagrams on the workers' notify socket that were ignored: from a
+    /// process outside every worker's tree, or malformed.
+    pub notify_ignored: IntCounter,
     connections: IntCounterVec,
     active: IntGaugeVec,
     bytes_received: IntCounterVec,
@@ -172,6 +175,11 @@ impl Metrics {
                 &r,
                 "corral_log_lines_dropped_total",
                 "Log lines not written because the log sink was not keeping up.",
+            ),
+            notify_ignored: counter(
+                &r,
+                "corral_worker_notify_ignored_total",
+                "Datagrams on the workers' NOTIFY_SOCKET that were ignored (sent by a process outside every worker's tree, or malformed).",
             ),
             sticky_entries,
             sticky_hit: sticky_lookups.with_label_values(&["hit"]),

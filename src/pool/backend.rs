@@ -60,6 +60,11 @@ pub enum DownReason {
     Timeouts,
     /// Its process stopped taking connections from its accept queue.
     Stalled,
+    /// It said `STOPPING=1` on its notify socket.
+    Stopping,
+    /// It sent no `WATCHDOG=1` within `workers.watchdog` (or asked with
+    /// `WATCHDOG=trigger`); it is being replaced.
+    Watchdog,
 }
 
 impl DownReason {
@@ -71,6 +76,8 @@ impl DownReason {
             DownReason::ConnectFailed => "connect_failed",
             DownReason::Timeouts => "timeouts",
             DownReason::Stalled => "stalled",
+            DownReason::Stopping => "stopping",
+            DownReason::Watchdog => "watchdog",
         }
     }
 }
@@ -257,6 +264,8 @@ pub struct Backend {
     silent_in_a_row: AtomicU32,
     /// Which PROXY header this backend is sent (a `SendProxy` as u8).
     send_proxy: AtomicU8,
+    /// The last `STATUS=` text its processes sent (`workers.notify`).
+    status_text: Mutex<Option<Arc<str>>>,
     pub metrics: BackendMetrics,
 }
 
@@ -287,6 +296,7 @@ impl Backend {
             active: AtomicUsize::new(0),
             silent_in_a_row: AtomicU32::new(0),
             send_proxy: AtomicU8::new(SendProxy::None as u8),
+            status_text: Mutex::new(None),
         };
         backend.publish(&backend.machine());
         Arc::new(backend)
@@ -396,6 +406,21 @@ impl Backend {
         self.transition(|m| m.phase = Phase::Draining);
     }
 
+    /// Its process said `STOPPING=1`: out of rotation at once, until a
+    /// process of the slot is ready again.
+    pub fn stopping_by_itself(&self) {
+        self.transition(|m| {
+            if m.phase == Phase::Running {
+                m.phase = Phase::Down(DownReason::Stopping);
+            }
+        });
+    }
+
+    /// Its watchdog expired: out of rotation while it is replaced.
+    pub fn watchdog_expired(&self) {
+        self.transition(|m| m.phase = Phase::Down(DownReason::Watchdog));
+    }
+
     /// Stopped on purpose.
     pub fn stopped(&self) {
         self.transition(|m| m.phase = Phase::Stopped);
@@ -499,6 +524,20 @@ impl Backend {
 
     pub fn set_send_proxy(&self, version: SendProxy) {
         self.send_proxy.store(version as u8, Ordering::Relaxed);
+    }
+
+    /// The last `STATUS=` text the worker sent.
+    pub fn status_text(&self) -> Option<Arc<str>> {
+        self.status_text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps the worker's latest `STATUS=` text (already bounded and
+    /// escaped by the notify socket's reader).
+    pub fn set_status_text(&self, text: String) {
+        *self.status_text.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.into());
     }
 
     /// The instance new connections go to.

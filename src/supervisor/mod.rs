@@ -3,6 +3,7 @@
 //! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
 //! long-lived thread is in [`spawn`].
 
+pub mod notify;
 mod ports;
 pub mod resources;
 pub mod shim;
@@ -52,17 +53,22 @@ pub struct Supervisor {
     /// A restart asked for by a signal or the admin API is pending or
     /// running: further requests merge into it.
     restart_requested: AtomicBool,
+    /// The workers' notify socket (`workers.notify`), shared by every slot.
+    notifier: Arc<notify::Notifier>,
 }
 
 impl Supervisor {
     pub fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
         Arc::new(Supervisor {
-            shared,
             spawner,
             ports: Arc::new(PortBook::default()),
             slots: Mutex::new(Vec::new()),
             rollout: Mutex::new(()),
             restart_requested: AtomicBool::new(false),
+            notifier: Arc::new(notify::Notifier::new(
+                shared.metrics.notify_ignored.clone(),
+            )),
+            shared,
         })
     }
 
@@ -96,6 +102,7 @@ impl Supervisor {
                 spawner: self.spawner.clone(),
                 shared: Arc::clone(&self.shared),
                 ports: Arc::clone(&self.ports),
+                notifier: Arc::clone(&self.notifier),
             };
             let task =
                 tokio::spawn(slot.run(Arc::clone(workers), incoming, stop.clone(), first_start));

@@ -107,6 +107,13 @@ fn exec_worker(argv: &[CString], handed_socket: bool) -> ! {
             std::env::remove_var(name);
         }
     }
+    if std::env::var_os("WATCHDOG_USEC").is_some() {
+        // systemd's rule: the watchdog is the main process's, not its
+        // children's, and only the worker knows its own pid.
+        std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+    } else {
+        std::env::remove_var("WATCHDOG_PID");
+    }
     // SAFETY: prctl only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     let _ = SigSet::all().thread_unblock();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::resources;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
@@ -57,6 +58,10 @@ pub enum SlotError {
     HandedExitedEarly(String),
     #[error("the front end has no socket for this worker (binding it failed: see the error logged before it)")]
     NoSocket,
+    #[error("accepts connections but sent no READY=1 on its NOTIFY_SOCKET within ready_timeout ({timeout:?}); killed. With workers.notify = true the worker must send READY=1 once it is ready (sd_notify), or set notify = false")]
+    NoReadyNotice { timeout: Duration },
+    #[error("workers.notify is set but the notify socket could not be created (see the error logged before)")]
+    NoNotifySocket,
 }
 
 /// Asks a running slot to do something.
@@ -75,13 +80,33 @@ pub struct Slot {
     pub spawner: Spawner,
     pub shared: Arc<Shared>,
     pub ports: Arc<PortBook>,
+    /// The workers' notify socket (`workers.notify`).
+    pub notifier: Arc<Notifier>,
 }
 
 /// A process that is running and in rotation, with the port it holds
-/// (none in `fd` mode: it accepts from the slot's socket).
+/// (none in `fd` mode: it accepts from the slot's socket) and, with
+/// `workers.notify`, what its tree says on the notify socket.
 struct Live {
     process: WorkerProcess,
     port: Option<u16>,
+    notices: Option<Registration>,
+}
+
+/// The next notice from a process, or never (no notify socket).
+async fn next_notice(notices: &mut Option<Registration>) -> Notice {
+    match notices {
+        Some(registration) => match registration.notices.recv().await {
+            Some(notice) => notice,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A deadline far enough away to mean "never".
+fn never() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 impl Slot {
@@ -116,8 +141,35 @@ impl Slot {
                     let up_since = Instant::now();
                     let mut hang_check = tokio::time::interval(Duration::from_secs(1));
                     let mut over_memory = 0u32;
+                    let watchdog = tokio::time::sleep_until(watchdog_deadline(&workers));
+                    tokio::pin!(watchdog);
                     loop {
                         tokio::select! {
+                            notice = next_notice(&mut live.notices) => match notice {
+                                Notice::Status(text) => self.backend.set_status_text(text),
+                                Notice::Stopping => {
+                                    self.backend.stopping_by_itself();
+                                    tracing::info!(worker = self.id, pid = live.process.pid, "worker said STOPPING=1; out of rotation");
+                                }
+                                Notice::Watchdog => watchdog.as_mut().reset(watchdog_deadline(&workers)),
+                                Notice::WatchdogTrigger => {
+                                    if !self.hung(&mut live, &workers, &stop, "worker sent WATCHDOG=trigger").await {
+                                        break;
+                                    }
+                                    watchdog.as_mut().reset(watchdog_deadline(&workers));
+                                }
+                                Notice::Ready | Notice::ExtendTimeout(_) => {}
+                            },
+                            () = &mut watchdog => {
+                                let why = format!(
+                                    "worker sent no WATCHDOG=1 for {:?} (workers.watchdog)",
+                                    workers.watchdog.unwrap_or_default()
+                                );
+                                if !self.hung(&mut live, &workers, &stop, &why).await {
+                                    break;
+                                }
+                                watchdog.as_mut().reset(watchdog_deadline(&workers));
+                            }
                             _ = hang_check.tick() => {
                                 if let Some(limit) = workers.max_memory {
                                     let resident = resources::tree(live.process.shim)
@@ -179,6 +231,7 @@ impl Slot {
                                     let result = self.replace(&mut live, &fresh, &stop).await;
                                     if result.is_ok() {
                                         workers = fresh;
+                                        watchdog.as_mut().reset(watchdog_deadline(&workers));
                                     }
                                     let _ = done.send(result);
                                 }
@@ -223,6 +276,33 @@ impl Slot {
             delay = (delay * 2).min(workers.restart_delay_max);
         }
         self.backend.stopped();
+    }
+
+    /// A worker its watchdog calls hung: out of rotation, and replaced the
+    /// rolling way (its replacement ready first). False when the
+    /// replacement failed: the hung process is stopped and the slot
+    /// restarts after its backoff.
+    async fn hung(
+        &self,
+        live: &mut Live,
+        workers: &Arc<WorkersConfig>,
+        stop: &CancellationToken,
+        why: &str,
+    ) -> bool {
+        tracing::warn!(worker = self.id, pid = live.process.pid, reason = "watchdog", "{why}; replacing it");
+        self.backend.watchdog_expired();
+        match self.replace(live, workers, stop).await {
+            Ok(()) => {
+                self.backend.count_restart();
+                true
+            }
+            Err(error) => {
+                tracing::error!(worker = self.id, %error, "the hung worker's replacement failed; stopping it");
+                live.process.stop(workers.stop_timeout).await;
+                self.release(live);
+                false
+            }
+        }
     }
 
     /// Puts a ready process in rotation.
@@ -273,10 +353,11 @@ impl Slot {
         stop: &CancellationToken,
     ) -> Result<Live, SlotError> {
         if let Some(steering) = &self.shared.steering {
-            let process = self.start_handed(workers, steering, stop).await?;
+            let (process, notices) = self.start_handed(workers, steering, stop).await?;
             return Ok(Live {
                 process,
                 port: None,
+                notices,
             });
         }
         let primary = workers.port(self.id, false);
@@ -294,9 +375,10 @@ impl Slot {
         if started.is_err() {
             self.ports.release(port);
         }
-        started.map(|process| Live {
+        started.map(|(process, notices)| Live {
             process,
             port: Some(port),
+            notices,
         })
     }
 
@@ -307,7 +389,7 @@ impl Slot {
         workers: &WorkersConfig,
         steering: &Steering,
         stop: &CancellationToken,
-    ) -> Result<WorkerProcess, SlotError> {
+    ) -> Result<(WorkerProcess, Option<Registration>), SlotError> {
         if steering.socket(self.id).is_none() {
             // Binding it failed when the slot was created (no descriptor,
             // say): try again on each start.
@@ -317,8 +399,10 @@ impl Slot {
         }
         let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
         let front = steering.addr().port();
-        let spec = spec(workers, self.id, front, Some(socket)).map_err(SlotError::Spawn)?;
+        let notify = self.notify_socket(workers)?;
+        let spec = spec(workers, self.id, front, Some(socket), notify).map_err(SlotError::Spawn)?;
         let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
+        let notices = self.listen_to(workers, &process);
         tracing::info!(worker = self.id, pid = process.pid, front = %steering.addr(), "worker started with the front end's socket as fd 3");
         let instance = self.instance(&process, None, workers);
         let (target, from) = (instance.addr, steering::probe_source(self.id));
@@ -329,15 +413,28 @@ impl Slot {
         let not_ready = SlotError::HandedNotTaken {
             timeout: workers.ready_timeout,
         };
-        wait_ready(
-            process,
+        let waiting = Waiting {
             workers,
             stop,
-            probe,
             not_ready,
-            SlotError::HandedExitedEarly,
-        )
-        .await
+            exited: SlotError::HandedExitedEarly,
+        };
+        self.wait_ready(process, notices, waiting, probe).await
+    }
+
+    /// The notify socket's path for a new process, when `workers.notify`.
+    fn notify_socket(&self, workers: &WorkersConfig) -> Result<Option<&std::path::Path>, SlotError> {
+        if !workers.notify {
+            return Ok(None);
+        }
+        let hub = self.notifier.hub().ok_or(SlotError::NoNotifySocket)?;
+        Ok(Some(hub.path()))
+    }
+
+    /// Starts hearing what `process`'s tree says on the notify socket.
+    fn listen_to(&self, workers: &WorkersConfig, process: &WorkerProcess) -> Option<Registration> {
+        let hub = self.notifier.hub().filter(|_| workers.notify)?;
+        Some(hub.register(process.shim))
     }
 
     async fn start_on(
@@ -345,9 +442,11 @@ impl Slot {
         workers: &WorkersConfig,
         port: u16,
         stop: &CancellationToken,
-    ) -> Result<WorkerProcess, SlotError> {
-        let spec = spec(workers, self.id, port, None).map_err(SlotError::Spawn)?;
+    ) -> Result<(WorkerProcess, Option<Registration>), SlotError> {
+        let notify = self.notify_socket(workers)?;
+        let spec = spec(workers, self.id, port, None, notify).map_err(SlotError::Spawn)?;
         let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
+        let notices = self.listen_to(workers, &process);
         tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
         let addr = SocketAddr::new(workers.host, port);
         // Nothing may be serving from this slot: then /status shows the
@@ -363,15 +462,13 @@ impl Slot {
             addr,
             timeout: workers.ready_timeout,
         };
-        wait_ready(
-            process,
+        let waiting = Waiting {
             workers,
             stop,
-            probe,
             not_ready,
-            SlotError::ExitedEarly,
-        )
-        .await
+            exited: SlotError::ExitedEarly,
+        };
+        self.wait_ready(process, notices, waiting, probe).await
     }
 
     /// A rolling restart of this slot: the new process must be ready before
@@ -421,46 +518,94 @@ impl Slot {
     }
 }
 
-/// Waits until `probe` passes for a starting `process` (probes start 2 ms
-/// apart, doubling up to [`READY_PROBE_MAX`]), for at most
-/// `workers.ready_timeout`: then the process is killed and the error is
-/// `not_ready`. A process that exits first fails with `exited` (its
-/// status); a stop meanwhile stops it.
-async fn wait_ready<Probe, Checked>(
-    mut process: WorkerProcess,
-    workers: &WorkersConfig,
-    stop: &CancellationToken,
-    probe: Probe,
+/// How a starting process is waited for, and the errors it can end with.
+struct Waiting<'a> {
+    workers: &'a WorkersConfig,
+    stop: &'a CancellationToken,
+    /// It never accepted within `ready_timeout`.
     not_ready: SlotError,
+    /// It exited first (with its status).
     exited: fn(String) -> SlotError,
-) -> Result<WorkerProcess, SlotError>
-where
-    Probe: Fn() -> Checked,
-    Checked: std::future::Future<Output = Verdict>,
-{
-    let ready = async {
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if let Verdict::Passed = probe().await {
-                return;
+}
+
+impl Slot {
+    /// Waits until `probe` passes for a starting `process` (probes start
+    /// 2 ms apart, doubling up to [`READY_PROBE_MAX`]) and, with
+    /// `workers.notify`, until it sent `READY=1` (`EXTEND_TIMEOUT_USEC`
+    /// extends the wait, as under systemd), for at most
+    /// `workers.ready_timeout`: then the process is killed. A process that
+    /// exits first fails with `exited`; a stop meanwhile stops it.
+    async fn wait_ready<Probe, Checked>(
+        &self,
+        mut process: WorkerProcess,
+        mut notices: Option<Registration>,
+        waiting: Waiting<'_>,
+        probe: Probe,
+    ) -> Result<(WorkerProcess, Option<Registration>), SlotError>
+    where
+        Probe: Fn() -> Checked,
+        Checked: std::future::Future<Output = Verdict>,
+    {
+        let Waiting {
+            workers,
+            stop,
+            not_ready,
+            exited,
+        } = waiting;
+        let accepting = async {
+            let mut pause = Duration::from_millis(2);
+            loop {
+                if let Verdict::Passed = probe().await {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(READY_PROBE_MAX);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(READY_PROBE_MAX);
-        }
-    };
-    tokio::select! {
-        ready = tokio::time::timeout(workers.ready_timeout, ready) => match ready {
-            Ok(()) => Ok(process),
-            Err(_) => {
-                process.kill().await;
-                Err(not_ready)
+        };
+        tokio::pin!(accepting);
+        let deadline = tokio::time::sleep(workers.ready_timeout);
+        tokio::pin!(deadline);
+        let mut accepts = false;
+        let mut said_ready = notices.is_none();
+        while !(accepts && said_ready) {
+            tokio::select! {
+                () = &mut accepting, if !accepts => accepts = true,
+                notice = next_notice(&mut notices), if !said_ready => match notice {
+                    Notice::Ready => said_ready = true,
+                    Notice::ExtendTimeout(more) => {
+                        let later = tokio::time::Instant::now() + more;
+                        if later > deadline.deadline() {
+                            deadline.as_mut().reset(later);
+                        }
+                    }
+                    Notice::Status(text) => self.backend.set_status_text(text),
+                    _ => {}
+                },
+                () = &mut deadline => {
+                    process.kill().await;
+                    return Err(if accepts {
+                        SlotError::NoReadyNotice { timeout: workers.ready_timeout }
+                    } else {
+                        not_ready
+                    });
+                }
+                status = process.wait() => return Err(exited(describe(status))),
+                _ = stop.cancelled() => {
+                    process.stop(workers.stop_timeout).await;
+                    return Err(SlotError::Stopped);
+                }
             }
-        },
-        status = process.wait() => Err(exited(describe(status))),
-        _ = stop.cancelled() => {
-            process.stop(workers.stop_timeout).await;
-            Err(SlotError::Stopped)
         }
+        Ok((process, notices))
+    }
+}
+
+/// When the watchdog of a process ready now expires (never without
+/// `workers.watchdog`).
+fn watchdog_deadline(workers: &WorkersConfig) -> tokio::time::Instant {
+    match workers.watchdog.filter(|_| workers.notify) {
+        Some(limit) => tokio::time::Instant::now() + limit,
+        None => never(),
     }
 }
 
@@ -481,6 +626,7 @@ fn spec(
     id: usize,
     port: u16,
     socket: Option<Arc<Socket>>,
+    notify: Option<&std::path::Path>,
 ) -> std::io::Result<WorkerSpec> {
     let expand = |arg: &String| {
         arg.replace("{port}", &port.to_string())
@@ -506,6 +652,14 @@ fn spec(
         ("CORRAL_WORKER_ID".to_string(), id.to_string()),
         ("CORRAL_WORKER_COUNT".to_string(), workers.count.to_string()),
     ]);
+    if let Some(path) = notify {
+        env.push(("NOTIFY_SOCKET".to_string(), path.display().to_string()));
+        if let Some(limit) = workers.watchdog {
+            // The shim adds WATCHDOG_PID (the worker's pid, known only
+            // after its fork), as systemd does.
+            env.push(("WATCHDOG_USEC".to_string(), limit.as_micros().to_string()));
+        }
+    }
     Ok(WorkerSpec {
         id,
         program,
