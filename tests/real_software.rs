@@ -85,7 +85,12 @@ fn require_pip(module: &str, tool: Option<&str>) {
 /// Fails unless node and the npm packages of tests/support/node are there.
 fn require_node_packages() {
     require("node", "nodejs");
-    for package in ["socket.io", "socket.io-client", "@socket.io/redis-adapter", "redis"] {
+    for package in [
+        "socket.io",
+        "socket.io-client",
+        "@socket.io/redis-adapter",
+        "redis",
+    ] {
         let manifest = Path::new(&support("node"))
             .join("node_modules")
             .join(package)
@@ -368,13 +373,19 @@ fn blocked_redis_clients_are_kept_and_take_no_worker_down() {
         for w in &workers {
             let name = w["name"].as_str().unwrap();
             assert_eq!(
-                w["state"], "up",
+                w["state"],
+                "up",
                 "{name} left rotation after {:?} with BLPOP clients waiting: {status}\nlog:\n{}",
                 started.elapsed(),
                 corral.log()
             );
             let up = corral.metric(&format!("corral_backend_up{{backend=\"{name}\"}}"));
-            assert_eq!(up, 1.0, "corral_backend_up of {name} after {:?}", started.elapsed());
+            assert_eq!(
+                up,
+                1.0,
+                "corral_backend_up of {name} after {:?}",
+                started.elapsed()
+            );
         }
         let pong = redis_command(corral.front, &["PING"], Duration::from_secs(5));
         assert!(
@@ -472,7 +483,10 @@ fn with_observe_a_black_hole_goes_down_and_healthy_redis_workers_stay_up() {
         corral.status(),
         corral.log()
     );
-    assert!(timed_out >= 2, "only {timed_out} clients met the black hole");
+    assert!(
+        timed_out >= 2,
+        "only {timed_out} clients met the black hole"
+    );
     assert_eq!(
         corral.metric("corral_backend_up{backend=\"hole\"}"),
         0.0,
@@ -684,7 +698,9 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
     let corral = Corral::start(&config);
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(20), || all_up_and_none_of(&corral, 3, &none)),
+        eventually(Duration::from_secs(20), || all_up_and_none_of(
+            &corral, 3, &none
+        )),
         "3 node workers never up: {}\n{}",
         corral.status(),
         corral.log()
@@ -703,7 +719,11 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
             corral.status(),
             corral.log()
         );
-        assert_gone([first_of_2], Duration::from_secs(10), "the self-exited worker");
+        assert_gone(
+            [first_of_2],
+            Duration::from_secs(10),
+            "the self-exited worker",
+        );
     });
     results.push(("worker exits by itself".to_string(), run));
 
@@ -728,7 +748,11 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
             corral.status(),
             corral.log()
         );
-        assert_gone([hog], Duration::from_secs(20), "the worker above max_memory");
+        assert_gone(
+            [hog],
+            Duration::from_secs(20),
+            "the worker above max_memory",
+        );
     });
     results.push(("max_memory replacement".to_string(), run));
 
@@ -747,7 +771,11 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
                     .map(|p| p as u32)
             })
             .collect();
-        let kept: Vec<u32> = before.iter().copied().filter(|p| !retired.contains(p)).collect();
+        let kept: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|p| !retired.contains(p))
+            .collect();
         let scaled = eventually(Duration::from_secs(30), || {
             let w = workers_of(&corral);
             w.len() == 1 && w[0]["state"] == "up"
@@ -758,7 +786,11 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
             corral.status(),
             corral.log()
         );
-        assert_gone(retired.iter().copied(), Duration::from_secs(30), "a scaled-away worker");
+        assert_gone(
+            retired.iter().copied(),
+            Duration::from_secs(30),
+            "a scaled-away worker",
+        );
         let _ = kept;
     });
     results.push(("scale 3 -> 1".to_string(), run));
@@ -769,7 +801,8 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
 /// no socket error and no failed status across everything that replaces or
 /// removes a worker.
 #[test]
-fn stateless_node_keep_alive_clients_see_no_error_through_restarts_scale_in_max_memory_and_self_exit() {
+fn stateless_node_keep_alive_clients_see_no_error_through_restarts_scale_in_max_memory_and_self_exit(
+) {
     let results = node_app_through_everything(true);
     let mut failures = Vec::new();
     for (event, run) in &results {
@@ -777,7 +810,10 @@ fn stateless_node_keep_alive_clients_see_no_error_through_restarts_scale_in_max_
         if run.socket_errors() > 0 || run.non_2xx > 0 {
             failures.push(format!("{event}: {run}\n{}", run.text));
         }
-        assert!(run.requests >= 500, "{event}: too little load to tell: {run}");
+        assert!(
+            run.requests >= 500,
+            "{event}: too little load to tell: {run}"
+        );
     }
     assert!(
         failures.is_empty(),
@@ -837,7 +873,9 @@ fn serves_in_fd_mode(command: &[&str], server: &str) {
     let corral = Corral::start(&fd_workers(command, 2));
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(30), || all_up_and_none_of(&corral, 2, &none)),
+        eventually(Duration::from_secs(30), || all_up_and_none_of(
+            &corral, 2, &none
+        )),
         "{server} workers never up in fd mode: {}\n{}",
         corral.status(),
         corral.log()
@@ -885,13 +923,19 @@ fn a_graceful_stop_in_fd_mode_leaves_uvicorns_accept_alone() {
     let mut corral = Corral::start(&fd_workers(&["uvicorn", "asgi_app:app", "--fd", "3"], 2));
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(30), || all_up_and_none_of(&corral, 2, &none)),
+        eventually(Duration::from_secs(30), || all_up_and_none_of(
+            &corral, 2, &none
+        )),
         "{}\n{}",
         corral.status(),
         corral.log()
     );
     let load = Load::start(corral.front, 4);
-    assert!(load.serves_more(200), "no load through uvicorn: {}", corral.log());
+    assert!(
+        load.serves_more(200),
+        "no load through uvicorn: {}",
+        corral.log()
+    );
     corral.signal(Signal::SIGTERM);
     let code = corral.wait_exit(Duration::from_secs(60));
     let _ = load.finish();
@@ -912,7 +956,9 @@ fn fd_mode_sockets_and_accepted_connections_have_tcp_nodelay() {
     let corral = Corral::start(&fd_workers(&[python(), &support("nodelay_worker.py")], 2));
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(20), || all_up_and_none_of(&corral, 2, &none)),
+        eventually(Duration::from_secs(20), || all_up_and_none_of(
+            &corral, 2, &none
+        )),
         "{}\n{}",
         corral.status(),
         corral.log()
@@ -921,11 +967,14 @@ fn fd_mode_sockets_and_accepted_connections_have_tcp_nodelay() {
     let mut requests = 0;
     let both = eventually(Duration::from_secs(10), || {
         requests += 1;
-        let body = get_body(corral.front, None)
-            .unwrap_or_else(|e| panic!("request {requests}: {e}"));
+        let body =
+            get_body(corral.front, None).unwrap_or_else(|e| panic!("request {requests}: {e}"));
         let facts: serde_json::Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        assert_eq!(facts["fd3_nodelay"], true, "fd 3 without TCP_NODELAY: {facts}");
+        assert_eq!(
+            facts["fd3_nodelay"], true,
+            "fd 3 without TCP_NODELAY: {facts}"
+        );
         assert_eq!(
             facts["accepted_nodelay"], true,
             "an accepted connection without TCP_NODELAY: {facts}"
@@ -933,7 +982,10 @@ fn fd_mode_sockets_and_accepted_connections_have_tcp_nodelay() {
         slots.insert(facts["worker"].to_string());
         slots.len() == 2
     });
-    assert!(both, "{requests} connections did not reach both workers: {slots:?}");
+    assert!(
+        both,
+        "{requests} connections did not reach both workers: {slots:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -963,7 +1015,9 @@ fn socketio_through_a_rolling_restart(fd: bool) {
     let corral = Corral::start(&config);
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(30), || all_up_and_none_of(&corral, 4, &none)),
+        eventually(Duration::from_secs(30), || all_up_and_none_of(
+            &corral, 4, &none
+        )),
         "socket.io workers never up: {}\n{}",
         corral.status(),
         corral.log()
@@ -999,7 +1053,10 @@ fn socketio_through_a_rolling_restart(fd: bool) {
         "a worker saw an unknown session:\n{log}"
     );
     assert_eq!(report["connected"], clients, "{report}");
-    assert_eq!(report["upgraded"], clients, "not all on websocket again: {report}");
+    assert_eq!(
+        report["upgraded"], clients,
+        "not all on websocket again: {report}"
+    );
     let seen = report["workers_seen"].as_array().unwrap();
     assert_eq!(seen.len(), clients, "{report}");
     let mut slots = BTreeSet::new();
@@ -1056,13 +1113,18 @@ fn upgraded_echo(front: SocketAddr, ready: std::sync::mpsc::Sender<()>) -> Upgra
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream
-        .write_all(b"GET /echo HTTP/1.1\r\nHost: corral\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        .write_all(
+            b"GET /echo HTTP/1.1\r\nHost: corral\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+        )
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "closed in the head: {head:?}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed in the head: {head:?}"
+        );
         head.push_str(&line);
         if line == "\r\n" {
             break;
@@ -1119,7 +1181,9 @@ fn stateless_never_moves_upgraded_or_http2_connections() {
     let corral = Corral::start(&config);
     let none: [u32; 0] = [];
     assert!(
-        eventually(Duration::from_secs(20), || all_up_and_none_of(&corral, 2, &none)),
+        eventually(Duration::from_secs(20), || all_up_and_none_of(
+            &corral, 2, &none
+        )),
         "{}\n{}",
         corral.status(),
         corral.log()
@@ -1185,9 +1249,15 @@ fn stateless_never_moves_upgraded_or_http2_connections() {
         "HTTP/2 answers from more than one worker: {h2_report}"
     );
     assert_eq!(h2_report["unanswered"], 0, "{h2_report}");
-    assert!(h2_report["responses"].as_u64().unwrap_or(0) >= 1, "{h2_report}");
+    assert!(
+        h2_report["responses"].as_u64().unwrap_or(0) >= 1,
+        "{h2_report}"
+    );
     // New connections of both kinds work on the new workers.
     let body = get_body(corral.front, None).expect("GET / after the restart");
     let pid: u32 = body.trim().rsplit("pid=").next().unwrap().parse().unwrap();
-    assert!(!before.contains(&pid), "{body} from an old worker {before:?}");
+    assert!(
+        !before.contains(&pid),
+        "{body} from an old worker {before:?}"
+    );
 }
