@@ -233,7 +233,11 @@ pub fn table(status: &serde_json::Value) -> String {
         .filter_map(|b| Some((b["name"].as_str()?, b["status"].as_str()?)))
         .collect();
     if !said.is_empty() {
-        let width = said.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+        let width = said
+            .iter()
+            .map(|(name, _)| name.chars().count())
+            .max()
+            .unwrap_or(0);
         let _ = write!(out, "\n\n{:<width$}  STATUS", "NAME");
         for (name, text) in said {
             let _ = write!(out, "\n{name:<width$}  {text}");

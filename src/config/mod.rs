@@ -893,7 +893,10 @@ fn workers(
     config.stateless = w
         .stateless
         .map_or(defaults::WORKERS_STATELESS, Spanned::into_inner);
-    config.notify = w.notify.as_ref().map_or(defaults::WORKERS_NOTIFY, |n| *n.get_ref());
+    config.notify = w
+        .notify
+        .as_ref()
+        .map_or(defaults::WORKERS_NOTIFY, |n| *n.get_ref());
     config.watchdog = w
         .watchdog
         .filter(|d| !d.get_ref().trim().is_empty())
@@ -1259,7 +1262,10 @@ mod tests {
     #[test]
     fn passive_checks_are_off_unless_asked_for() {
         let c = parse("[workers]\ncommand = [\"corral\", \"demo-worker\"]\n").unwrap();
-        assert_eq!(c.timeouts.first_byte, None, "no first-byte timeout by default");
+        assert_eq!(
+            c.timeouts.first_byte, None,
+            "no first-byte timeout by default"
+        );
         assert!(!c.health.observe);
         let c = parse(
             "[workers]\ncommand = [\"corral\", \"demo-worker\"]\n[timeouts]\nfirst_byte = \"5s\"\n[health]\nobserve = true\n",

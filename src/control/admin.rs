@@ -335,7 +335,12 @@ const PASSED_ON: [&str; 13] = [
 /// named worker's process group (or every worker's), as pm2's
 /// `sendSignal`; 202 with whom it reached.
 fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
-    let bad = |why: String| json_reply(StatusCode::BAD_REQUEST, json!({"signal": "refused", "error": why}));
+    let bad = |why: String| {
+        json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"signal": "refused", "error": why}),
+        )
+    };
     let Some(name) = query_param(request, "name") else {
         return bad("missing ?name=NAME (a worker, such as worker-0, or all)".into());
     };
@@ -368,7 +373,11 @@ fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
     }
     let mut reached = Vec::new();
     for backend in targets {
-        let Some(pid) = backend.instance().pid.filter(|_| backend.state() != State::Stopped) else {
+        let Some(pid) = backend
+            .instance()
+            .pid
+            .filter(|_| backend.state() != State::Stopped)
+        else {
             continue;
         };
         let group = nix::unistd::Pid::from_raw(pid as i32);

@@ -11,12 +11,12 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::http1::Exchange;
 use super::proxy_protocol;
 use super::pump::{self, End, Side};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
 use crate::dispatch::Tried;
 use crate::health;
-use super::http1::Exchange;
 use crate::pool::{ActiveGuard, Backend, Instance, Snapshot};
 use crate::shared::Shared;
 
@@ -495,7 +495,13 @@ fn closing(
             shared.metrics.errors.timeout.inc();
             let config = &snapshot.config;
             if let Some(limit) = config.timeouts.first_byte {
-                health::first_byte_timed_out(&snapshot.pool, backend, instance, &config.health, limit);
+                health::first_byte_timed_out(
+                    &snapshot.pool,
+                    backend,
+                    instance,
+                    &config.health,
+                    limit,
+                );
             }
             Reason::FirstByteTimeout
         }

@@ -28,18 +28,27 @@ const MAX_HEADERS: usize = 96;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
     /// Reading the hex size of the next chunk.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Skipping a chunk extension up to the end of the size line.
-    Extension { size: u64 },
+    Extension {
+        size: u64,
+    },
     /// The size line's CR was seen; its LF comes next.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// In a chunk's data: bytes left.
     Data(u64),
     /// After a chunk's data: its CRLF.
     DataCr,
     DataLf,
     /// After the last chunk: trailer lines until an empty one.
-    Trailer { line_start: bool },
+    Trailer {
+        line_start: bool,
+    },
     /// The empty line's CR was seen.
     TrailerLf,
 }
@@ -415,7 +424,8 @@ impl Exchange {
         }
         if let Some(request) = self.pending.pop_front() {
             if !self.overflow {
-                self.unanswered.drain(..request.len.min(self.unanswered.len()));
+                self.unanswered
+                    .drain(..request.len.min(self.unanswered.len()));
             }
         }
         if self.pending.is_empty() && self.requests.at_rest() {
@@ -650,9 +660,7 @@ mod tests {
         x.from_client(b"HEAD / HTTP/1.1\r\n\r\n");
         x.from_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
         assert!(x.is_idle());
-        x.from_client(
-            b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
-        );
+        x.from_client(b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
         x.from_backend(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert!(!x.is_idle());
         x.from_client(b"ok");

@@ -452,12 +452,17 @@ pub async fn pump(
                 }
             },
         );
-        let down_result =
-            down.poll_copy(cx, &mut backend_in, &mut client_out, &mut progress, |chunk| {
+        let down_result = down.poll_copy(
+            cx,
+            &mut backend_in,
+            &mut client_out,
+            &mut progress,
+            |chunk| {
                 if let Some(s) = &mut stateless {
                     s.exchange.from_backend(chunk);
                 }
-            });
+            },
+        );
         if let Some(Stateless { exchange, .. }) = &stateless {
             if leaving && exchange.is_idle() && !up.read_done && down_result.is_pending() {
                 // corral is stopping and the answer just went out in full.

@@ -65,9 +65,7 @@ impl Supervisor {
             slots: Mutex::new(Vec::new()),
             rollout: Mutex::new(()),
             restart_requested: AtomicBool::new(false),
-            notifier: Arc::new(notify::Notifier::new(
-                shared.metrics.notify_ignored.clone(),
-            )),
+            notifier: Arc::new(notify::Notifier::new(shared.metrics.notify_ignored.clone())),
             shared,
         })
     }

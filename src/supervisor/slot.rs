@@ -289,7 +289,12 @@ impl Slot {
         stop: &CancellationToken,
         why: &str,
     ) -> bool {
-        tracing::warn!(worker = self.id, pid = live.process.pid, reason = "watchdog", "{why}; replacing it");
+        tracing::warn!(
+            worker = self.id,
+            pid = live.process.pid,
+            reason = "watchdog",
+            "{why}; replacing it"
+        );
         self.backend.watchdog_expired();
         match self.replace(live, workers, stop).await {
             Ok(()) => {
@@ -423,7 +428,10 @@ impl Slot {
     }
 
     /// The notify socket's path for a new process, when `workers.notify`.
-    fn notify_socket(&self, workers: &WorkersConfig) -> Result<Option<&std::path::Path>, SlotError> {
+    fn notify_socket(
+        &self,
+        workers: &WorkersConfig,
+    ) -> Result<Option<&std::path::Path>, SlotError> {
         if !workers.notify {
             return Ok(None);
         }
