@@ -133,7 +133,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         .filter(|w| w.stateless)
         .map(|_| Box::new(Exchange::new()));
     if let Some(exchange) = exchange.as_deref_mut() {
-        exchange.from_client(&client.pending);
+        exchange.client_sent(&client.pending);
     }
     let mut tried = Tried::default();
     // Bytes from the client (read once, however often replayed) and to it.

@@ -231,7 +231,7 @@ impl Exchange {
     }
 
     /// Client bytes, as they are read.
-    pub fn from_client(&mut self, mut bytes: &[u8]) {
+    pub fn client_sent(&mut self, mut bytes: &[u8]) {
         if self.opaque {
             return;
         }
@@ -263,7 +263,7 @@ impl Exchange {
     }
 
     /// Backend bytes, as they are read.
-    pub fn from_backend(&mut self, mut bytes: &[u8]) {
+    pub fn backend_sent(&mut self, mut bytes: &[u8]) {
         if self.opaque {
             return;
         }
@@ -574,10 +574,10 @@ mod tests {
     fn a_kept_alive_exchange_comes_back_to_idle() {
         let mut x = Exchange::new();
         assert!(x.is_idle());
-        x.from_client(GET);
+        x.client_sent(GET);
         assert!(!x.is_idle());
         assert_eq!(x.movable(), Some(GET), "unanswered: the whole request");
-        x.from_backend(OK);
+        x.backend_sent(OK);
         assert!(x.is_idle());
         assert_eq!(x.movable(), Some(&b""[..]));
     }
@@ -589,12 +589,12 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: v\r\n\r\n";
         for cut in 1..request.len() {
             let mut x = Exchange::new();
-            x.from_client(&request[..cut]);
-            x.from_client(&request[cut..]);
+            x.client_sent(&request[..cut]);
+            x.client_sent(&request[cut..]);
             assert_eq!(x.movable(), Some(&request[..]), "cut at {cut}");
             for byte in response.iter() {
                 assert!(!x.is_idle());
-                x.from_backend(std::slice::from_ref(byte));
+                x.backend_sent(std::slice::from_ref(byte));
             }
             assert!(x.is_idle(), "cut at {cut}");
         }
@@ -604,67 +604,67 @@ mod tests {
     fn pipelined_requests_are_answered_in_order() {
         let mut x = Exchange::new();
         let two = [GET, b"DELETE /a HTTP/1.1\r\n\r\n"].concat();
-        x.from_client(&two);
-        x.from_backend(OK);
+        x.client_sent(&two);
+        x.backend_sent(OK);
         assert_eq!(x.movable(), Some(&b"DELETE /a HTTP/1.1\r\n\r\n"[..]));
         assert!(x.unanswered_idempotent());
-        x.from_client(b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        x.client_sent(b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(!x.unanswered_idempotent());
     }
 
     #[test]
     fn a_response_cut_short_or_ended_by_the_close_is_not_movable() {
         let mut x = Exchange::new();
-        x.from_client(GET);
-        x.from_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhel");
+        x.client_sent(GET);
+        x.backend_sent(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhel");
         assert_eq!(x.movable(), None);
         let mut until_close = Exchange::new();
-        until_close.from_client(GET);
-        until_close.from_backend(b"HTTP/1.1 200 OK\r\n\r\nall of it");
+        until_close.client_sent(GET);
+        until_close.backend_sent(b"HTTP/1.1 200 OK\r\n\r\nall of it");
         assert_eq!(until_close.movable(), None);
     }
 
     #[test]
     fn connection_close_and_http_1_0_end_with_the_connection() {
         let mut x = Exchange::new();
-        x.from_client(GET);
-        x.from_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        x.client_sent(GET);
+        x.backend_sent(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(x.movable(), None);
         let mut old = Exchange::new();
-        old.from_client(b"GET / HTTP/1.0\r\n\r\n");
-        old.from_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        old.client_sent(b"GET / HTTP/1.0\r\n\r\n");
+        old.backend_sent(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(old.movable(), None);
     }
 
     #[test]
     fn upgrades_http2_and_other_protocols_are_opaque() {
         let mut ws = Exchange::new();
-        ws.from_client(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-        ws.from_backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+        ws.client_sent(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        ws.backend_sent(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
         assert!(ws.is_opaque());
         assert_eq!(ws.movable(), None);
         let mut h2 = Exchange::new();
-        h2.from_client(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        h2.client_sent(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert!(h2.is_opaque());
         let mut redis = Exchange::new();
-        redis.from_client(b"*1\r\n$4\r\nPING\r\n");
+        redis.client_sent(b"*1\r\n$4\r\nPING\r\n");
         assert!(redis.is_opaque());
         let mut unasked = Exchange::new();
-        unasked.from_backend(b"+PONG\r\n");
+        unasked.backend_sent(b"+PONG\r\n");
         assert!(unasked.is_opaque());
     }
 
     #[test]
     fn interim_answers_and_bodiless_responses() {
         let mut x = Exchange::new();
-        x.from_client(b"HEAD / HTTP/1.1\r\n\r\n");
-        x.from_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+        x.client_sent(b"HEAD / HTTP/1.1\r\n\r\n");
+        x.backend_sent(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
         assert!(x.is_idle());
-        x.from_client(b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
-        x.from_backend(b"HTTP/1.1 100 Continue\r\n\r\n");
+        x.client_sent(b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+        x.backend_sent(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert!(!x.is_idle());
-        x.from_client(b"ok");
-        x.from_backend(b"HTTP/1.1 204 No Content\r\n\r\n");
+        x.client_sent(b"ok");
+        x.backend_sent(b"HTTP/1.1 204 No Content\r\n\r\n");
         assert!(x.is_idle());
     }
 
@@ -672,21 +672,21 @@ mod tests {
     fn past_the_replay_limit_nothing_moves_until_all_is_answered() {
         let mut x = Exchange::new();
         let big = REPLAY_LIMIT as u64 + 10;
-        x.from_client(format!("POST / HTTP/1.1\r\nContent-Length: {big}\r\n\r\n").as_bytes());
-        x.from_client(&vec![b'x'; big as usize]);
+        x.client_sent(format!("POST / HTTP/1.1\r\nContent-Length: {big}\r\n\r\n").as_bytes());
+        x.client_sent(&vec![b'x'; big as usize]);
         assert_eq!(x.movable(), None);
-        x.from_backend(OK);
+        x.backend_sent(OK);
         assert!(x.is_idle());
         assert_eq!(x.movable(), Some(&b""[..]));
-        x.from_client(GET);
+        x.client_sent(GET);
         assert_eq!(x.movable(), Some(GET));
     }
 
     #[test]
     fn an_overlong_head_is_opaque() {
         let mut x = Exchange::new();
-        x.from_client(b"GET / HTTP/1.1\r\n");
-        x.from_client(&vec![b'a'; MAX_HEAD + 2]);
+        x.client_sent(b"GET / HTTP/1.1\r\n");
+        x.client_sent(&vec![b'a'; MAX_HEAD + 2]);
         assert!(x.is_opaque());
     }
 }

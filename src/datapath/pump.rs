@@ -441,7 +441,7 @@ pub async fn pump(
             &mut progress,
             |chunk| {
                 if let Some(s) = &mut stateless {
-                    s.exchange.from_client(chunk);
+                    s.exchange.client_sent(chunk);
                 }
                 if let Some(kept) = &mut replay {
                     if kept.len() + chunk.len() <= REPLAY_LIMIT {
@@ -459,7 +459,7 @@ pub async fn pump(
             &mut progress,
             |chunk| {
                 if let Some(s) = &mut stateless {
-                    s.exchange.from_backend(chunk);
+                    s.exchange.backend_sent(chunk);
                 }
             },
         );
