@@ -1,7 +1,8 @@
 //! The worker slots as a whole: starting them, rolling restarts one slot at
 //! a time, scaling on reload, and stopping them all on shutdown. Each slot's
 //! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
-//! long-lived thread is in [`spawn`].
+//! long-lived thread is in [`spawn`]; what workers say on their notify
+//! socket (`workers.notify`) is read in [`notify`].
 
 pub mod notify;
 mod ports;
