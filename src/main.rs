@@ -76,6 +76,14 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
+    /// Show the clients holding the most connections now.
+    Clients {
+        /// How many clients to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+        #[command(flatten)]
+        find: Find,
+    },
     /// Run the built-in demo HTTP backend on $PORT.
     DemoWorker,
     /// (internal) The process between corral and one worker: starts the
@@ -196,6 +204,7 @@ fn main() -> ExitCode {
         Command::Restart(find) => client(&find, cli::restart),
         Command::Reload(find) => client(&find, cli::reload),
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
+        Command::Clients { top, find } => client(&find, |target| cli::clients(target, top)),
         Command::WorkerShim {
             parent,
             handed_socket,
