@@ -83,6 +83,11 @@ impl Shared {
     pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
         self.dispatcher.sticky.configure(&config.sticky);
         self.clients.configure(&config.clients);
+        if let Some(steering) = &self.steering {
+            if let Err(error) = steering.set_access(&config.clients) {
+                tracing::error!(%error, "cannot apply clients.allow/deny to the front-end sockets");
+            }
+        }
         let next = self.current.load().next(config, &self.metrics);
         self.current.swap(Arc::new(next))
     }

@@ -689,3 +689,79 @@ fn deny_and_allow_change_on_reload_and_open_connections_stay() {
     assert!(out.contains("key `clients.max_connections`"), "{out}");
     assert!(out.contains("key `clients.max_rate`"), "{out}");
 }
+
+/// Does a connection from 127.0.0.`from` get through the handshake within
+/// a second? (A SYN that a socket filter drops is retried by the client's
+/// kernel and never answered.)
+fn handshake_from(front: SocketAddr, from: u8) -> bool {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(source(from).unwrap(), 0).into())
+        .unwrap();
+    socket
+        .connect_timeout(&front.into(), std::time::Duration::from_secs(1))
+        .is_ok()
+}
+
+#[test]
+fn fd_mode_drops_denied_clients_in_the_kernel_and_follows_a_reload() {
+    let config = Config::new()
+        .set("workers.command", &["corral", "demo-worker"])
+        .set("workers.count", 2)
+        .set("workers.listen", "fd")
+        .set("clients.deny", &["127.0.0.10"]);
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    let front = corral.front;
+    assert!(
+        get_from(front, source(11)).is_ok(),
+        "an allowed client was not served"
+    );
+    assert!(
+        !handshake_from(front, 10),
+        "a denied client got through the kernel"
+    );
+    // The workers stay up (corral's probes are never filtered).
+    assert_eq!(corral.backends_in("up"), 2);
+
+    corral.rewrite(
+        &config
+            .clone()
+            .unset("clients.deny")
+            .set("clients.allow", &["127.0.0.10/32"]),
+    );
+    let (code, body) = http(corral.admin, "POST", "/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        get_from(front, source(10)).is_ok(),
+        "an allowed client was not served"
+    );
+    assert!(
+        !handshake_from(front, 11),
+        "a client outside allow got through"
+    );
+    assert_eq!(corral.backends_in("up"), 2);
+}
+
+#[test]
+fn a_process_joining_the_front_end_with_so_reuseport_gets_no_client() {
+    let config = Config::new().demo_workers(2).set("runtime.threads", 2);
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    let front = corral.front;
+    // Another process of the same user joins the address's group.
+    let intruder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    intruder.set_reuse_address(true).unwrap();
+    intruder.set_reuse_port(true).unwrap();
+    intruder.bind(&front.into()).unwrap();
+    intruder.listen(1024).unwrap();
+    intruder.set_nonblocking(true).unwrap();
+    let served = (0..100).filter(|_| get_from(front, None).is_ok()).count();
+    let mut stolen = 0;
+    while intruder.accept().is_ok() {
+        stolen += 1;
+    }
+    assert_eq!(stolen, 0, "the intruder took {stolen} clients");
+    assert_eq!(served, 100);
+}

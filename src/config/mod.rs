@@ -575,6 +575,17 @@ fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
             format!("cannot work {WHY}: the kernel hands clients to the workers, so corral cannot count a client's connections. Write max_connections = 0, or workers.listen = \"port\""),
         );
     }
+    if config.clients.allow.len() + config.clients.deny.len()
+        > crate::steering::program::MAX_ACCESS_NETWORKS
+    {
+        p.general(
+            Some("clients.allow"),
+            format!(
+                "{WHY} clients.allow and clients.deny are enforced in the kernel and may list at most {} networks together",
+                crate::steering::program::MAX_ACCESS_NETWORKS
+            ),
+        );
+    }
     if config.clients.max_rate.is_some() {
         p.general(
             Some("clients.max_rate"),
@@ -1588,6 +1599,16 @@ mod tests {
         assert_eq!(c.log.level, defaults::LOG_LEVEL);
         assert_eq!(c.log.connections, defaults::LOG_CONNECTIONS);
         assert_eq!(c.runtime.splice, defaults::RUNTIME_SPLICE);
+        assert!(c.listener.proxy_protocol_from.is_empty());
+        assert_eq!(c.clients.ipv4_prefix as i64, defaults::CLIENTS_IPV4_PREFIX);
+        assert_eq!(c.clients.ipv6_prefix as i64, defaults::CLIENTS_IPV6_PREFIX);
+        assert_eq!(
+            c.clients.max_connections as i64,
+            defaults::CLIENTS_MAX_CONNECTIONS
+        );
+        assert_eq!(c.clients.max_rate, None);
+        assert!(c.clients.allow.is_empty() && c.clients.deny.is_empty());
+        assert_eq!(c.clients.max_tracked as i64, defaults::CLIENTS_MAX_TRACKED);
     }
 
     #[test]

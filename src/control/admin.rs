@@ -1,5 +1,5 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
-//! `/sticky`, the dashboard at `/`, and the mutations `POST /reload`,
+//! `/sticky`, `/clients`, the dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
 //! hands to the control loop.
 //!

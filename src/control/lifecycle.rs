@@ -77,6 +77,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
                 config.listener.backlog,
                 workers.count,
                 steering::rule_of(&config),
+                &config.clients,
             )
             .map_err(|source| Fatal::Bind {
                 what: "front end (one socket per worker)",
