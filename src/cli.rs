@@ -1,7 +1,8 @@
 //! The client side of the admin API, for `corral status`, `restart`,
 //! `reload` and `scale`: find the running instance (by `--admin ADDR` or
 //! the `admin.bind` of `-c FILE`), ask it over HTTP, and print what a
-//! person reads at a glance.
+//! person reads at a glance. Every text the instance sends is escaped
+//! before it is printed ([`crate::terminal`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::terminal::{escape, escape_keeping};
 
 /// How long the client waits for the running corral.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,12 +98,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
         .map_err(|e| ClientError::Refused(format!("cannot start a runtime: {e}")))
 }
 
-/// The reason in a refusal's JSON body, or the body itself.
+/// The reason in a refusal's JSON body, or the body itself, safe to print
+/// (its lines kept, every other control character escaped).
 fn refusal(answer: &Answer) -> String {
-    serde_json::from_str::<serde_json::Value>(&answer.body)
+    let text = serde_json::from_str::<serde_json::Value>(&answer.body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| answer.body.trim().to_string())
+        .unwrap_or_else(|| answer.body.trim().to_string());
+    escape_keeping(&text, &['\n']).into_owned()
+}
+
+/// A string field of the instance's answer, safe to print.
+fn field(value: &serde_json::Value) -> Option<String> {
+    value.as_str().map(|s| escape(s).into_owned())
 }
 
 /// `corral status`: the table of backends.
@@ -156,6 +166,64 @@ pub fn scale(target: &Target, count: usize) -> Result<String, ClientError> {
     }
 }
 
+/// `corral clients [--top N]`: who holds the most connections now.
+pub fn clients(target: &Target, top: usize) -> Result<String, ClientError> {
+    let answer = runtime()?.block_on(ask(target, "GET", &format!("/clients?top={top}")))?;
+    if answer.status != 200 {
+        return Err(ClientError::Refused(refusal(&answer)));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&answer.body).map_err(|e| ClientError::BadAnswer {
+            addr: target.admin,
+            why: format!("/clients is not JSON: {e}"),
+        })?;
+    Ok(clients_table(&value))
+}
+
+/// The `/clients` document as an aligned table.
+pub fn clients_table(value: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let rows: Vec<[String; 4]> = value["clients"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|c| {
+            [
+                field(&c["client"]).unwrap_or_else(|| "?".into()),
+                c["connections"].as_u64().unwrap_or(0).to_string(),
+                format!("{:.2}/s", c["rate"].as_f64().unwrap_or(0.0)),
+                c["rejected"].as_u64().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    aligned(&["CLIENT", "CONNS", "RATE", "REJECTED"], &rows)
+}
+
+/// Rows under headers, each column as wide as its widest cell.
+fn aligned<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = headers.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
 /// The `/status` document as an aligned table with a totals line.
 pub fn table(status: &serde_json::Value) -> String {
     let headers = [
@@ -166,7 +234,7 @@ pub fn table(status: &serde_json::Value) -> String {
     let mut rows: Vec<[String; 8]> = Vec::new();
     let (mut up, mut restarts, mut conns, mut cpu, mut memory) = (0, 0, None, 0.0, 0u64);
     for b in backends {
-        let state = b["state"].as_str().unwrap_or("?");
+        let state = field(&b["state"]).unwrap_or_else(|| "?".into());
         if state == "up" {
             up += 1;
         }
@@ -177,10 +245,10 @@ pub fn table(status: &serde_json::Value) -> String {
         cpu += b["cpu_seconds"].as_f64().unwrap_or(0.0);
         memory += b["memory_bytes"].as_u64().unwrap_or(0);
         rows.push([
-            b["name"].as_str().unwrap_or("?").to_string(),
-            match b["reason"].as_str() {
+            field(&b["name"]).unwrap_or_else(|| "?".into()),
+            match field(&b["reason"]) {
                 Some(reason) => format!("{state} ({reason})"),
-                None => state.to_string(),
+                None => state.clone(),
             },
             b["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
             b["uptime_seconds"]
@@ -207,30 +275,12 @@ pub fn table(status: &serde_json::Value) -> String {
         format!("{cpu:.2}s"),
         human_bytes(memory),
     ]);
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(headers.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out.truncate(out.trim_end().len());
-    // What workers say of themselves (workers.notify's STATUS=), if any.
-    let said: Vec<(&str, &str)> = backends
+    let mut out = aligned(&headers, &rows);
+    // What workers say of themselves (workers.notify's STATUS=), if any,
+    // escaped like every text from the instance.
+    let said: Vec<(String, String)> = backends
         .iter()
-        .filter_map(|b| Some((b["name"].as_str()?, b["status"].as_str()?)))
+        .filter_map(|b| Some((field(&b["name"])?, field(&b["status"])?)))
         .collect();
     if !said.is_empty() {
         let width = said
@@ -257,10 +307,10 @@ pub fn signal(target: &Target, name: &str, signal: &str) -> Result<String, Clien
     match answer.status {
         202 => {
             let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
-            let sent = body["signal"].as_str().unwrap_or(signal);
-            let reached: Vec<&str> = body["workers"]
+            let sent = field(&body["signal"]).unwrap_or_else(|| escape(signal).into_owned());
+            let reached: Vec<String> = body["workers"]
                 .as_array()
-                .map(|all| all.iter().filter_map(|w| w.as_str()).collect())
+                .map(|all| all.iter().filter_map(field).collect())
                 .unwrap_or_default();
             if reached.is_empty() {
                 Ok(format!("{sent}: no running worker to send it to"))
@@ -279,8 +329,8 @@ pub fn signal(target: &Target, name: &str, signal: &str) -> Result<String, Clien
 /// token, read leniently: a file being edited may be invalid, and `corral
 /// reload` must still reach the running corral to hear why it refuses it.
 pub fn target_of_file(file: &std::path::Path) -> Result<Target, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: cannot read the file: {e}", file.display()))?;
+    let text =
+        crate::config::read_file(file).map_err(|why| format!("{}: {why}", file.display()))?;
     let (bind, token_file) = admin_keys(&text);
     let admin = match bind {
         Some(bind) => crate::config::parse_addr(&bind).ok_or_else(|| {
@@ -293,7 +343,7 @@ pub fn target_of_file(file: &std::path::Path) -> Result<Target, String> {
     };
     let token = token_file
         .filter(|f| !f.is_empty())
-        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|f| crate::config::read_file(std::path::Path::new(&f)).ok())
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
     Ok(Target {

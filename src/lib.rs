@@ -11,6 +11,9 @@
 //!   path: the slot sockets handed to workers and the kernel program that
 //!   places clients on them.
 //!
+//! - [`clients`]: the per-client table: limits and access lists at the
+//!   front door.
+//!
 //! The state they read:
 //! - [`shared`]: the one shared view: the config-and-pool snapshot, the
 //!   dispatcher, the metrics, the process's stop tokens.
@@ -25,10 +28,12 @@
 //!   the admin HTTP server, systemd notifications.
 //!
 //! Around them: [`config`] (the file, raw then validated), [`cli`] (the
-//! client side of the admin API), [`logging`], [`privileges`], [`clock`]
-//! and [`demo_worker`].
+//! client side of the admin API), [`terminal`] (text from elsewhere made
+//! safe to print), [`logging`], [`privileges`], [`clock`] and
+//! [`demo_worker`].
 
 pub mod cli;
+pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -43,6 +48,7 @@ pub(crate) mod privileges;
 pub(crate) mod shared;
 pub mod steering;
 pub mod supervisor;
+pub mod terminal;
 
 // The public API: what `main.rs`, the benches and the tests use. The data
 // path, health checks, logging and the shared state stay inside the crate.

@@ -87,6 +87,14 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
+    /// Show the clients holding the most connections now.
+    Clients {
+        /// How many clients to show.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+        #[command(flatten)]
+        find: Find,
+    },
     /// Run the built-in demo HTTP backend on $PORT.
     DemoWorker,
     /// (internal) The process between corral and one worker: starts the
@@ -210,6 +218,7 @@ fn main() -> ExitCode {
         Command::Signal { name, signal, find } => {
             client(&find, |target| cli::signal(target, &name, &signal))
         }
+        Command::Clients { top, find } => client(&find, |target| cli::clients(target, top)),
         Command::WorkerShim {
             parent,
             handed_socket,

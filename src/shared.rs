@@ -3,6 +3,7 @@
 //! - the [`Snapshot`] (config and pool, swapped together): published only
 //!   by [`Shared::publish`], which start-up and reloads call;
 //! - the dispatcher (round-robin counter, sticky table): dispatch's own;
+//! - the per-client table: [`crate::clients`]' own;
 //! - the metrics registry: written through the handles it hands out;
 //! - in `fd` mode, the front end's socket group and its steering program:
 //!   [`Steering`]'s own;
@@ -17,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clients::ClientTable;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -26,7 +28,12 @@ use crate::steering::Steering;
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub dispatcher: Dispatcher,
+    /// The per-client table (`[clients]`).
+    pub clients: ClientTable,
     pub metrics: Metrics,
+    /// The fetch of the workers' own metrics that concurrent `/metrics`
+    /// requests share.
+    pub worker_metrics: crate::metrics::workers::SingleFlight,
     /// `workers.listen = "fd"`: the slot sockets the workers accept from.
     pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
@@ -48,8 +55,10 @@ impl Shared {
         Arc::new(Shared {
             steering,
             dispatcher: Dispatcher::new(&config.sticky),
+            clients: ClientTable::new(&config.clients),
             current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
             metrics,
+            worker_metrics: Default::default(),
             connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             cut_connections: CancellationToken::new(),
@@ -73,6 +82,12 @@ impl Shared {
     /// Returns the snapshot it replaced.
     pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
         self.dispatcher.sticky.configure(&config.sticky);
+        self.clients.configure(&config.clients);
+        if let Some(steering) = &self.steering {
+            if let Err(error) = steering.set_access(&config.clients) {
+                tracing::error!(%error, "cannot apply clients.allow/deny to the front-end sockets");
+            }
+        }
         let next = self.current.load().next(config, &self.metrics);
         self.current.swap(Arc::new(next))
     }

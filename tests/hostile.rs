@@ -447,7 +447,10 @@ impl KeepAlive {
     }
 
     fn get(&mut self, path: &str) -> (u16, String) {
-        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: corral\r\n\r\n").unwrap();
+        // The admin port's own address as Host: on loopback it refuses a
+        // name (DNS rebinding).
+        let host = self.writer.peer_addr().unwrap();
+        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
         let mut status = String::new();
         self.reader.read_line(&mut status).unwrap();
         let code = status

@@ -17,6 +17,12 @@ pub const STICKY_MAX_ENTRIES: i64 = 1_000_000;
 pub const STICKY_IPV4_PREFIX: i64 = 32;
 pub const STICKY_IPV6_PREFIX: i64 = 64;
 
+pub const CLIENTS_IPV4_PREFIX: i64 = 32;
+pub const CLIENTS_IPV6_PREFIX: i64 = 64;
+/// 0: no limit.
+pub const CLIENTS_MAX_CONNECTIONS: i64 = 0;
+pub const CLIENTS_MAX_TRACKED: i64 = 1_000_000;
+
 pub const WORKERS_COUNT: usize = 4;
 pub const WORKERS_MAX_COUNT: i64 = 1024;
 pub const WORKERS_HOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
@@ -37,6 +38,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub strategy: StrategyKind,
     pub sticky: StickyConfig,
+    pub clients: ClientsConfig,
     pub workers: Option<WorkersConfig>,
     pub backends: Vec<StaticBackend>,
     pub health: HealthConfig,
@@ -51,6 +53,86 @@ pub struct ListenerConfig {
     pub backlog: u32,
     pub max_connections: usize,
     pub proxy_protocol: ProxyProtocolMode,
+    /// The peers allowed to send a PROXY header; empty: any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+impl ListenerConfig {
+    /// May `peer` send a PROXY header (`listener.proxy_protocol_from`)?
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from.is_empty()
+            || self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
+    }
+}
+
+/// `[clients]`: per-client limits and access lists. A client is its
+/// address masked by the prefixes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientsConfig {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Open connections one client may hold; 0: no limit.
+    pub max_connections: u32,
+    /// New connections one client may open per period; `None`: no limit.
+    pub max_rate: Option<Rate>,
+    /// When not empty, only clients inside these are served.
+    pub allow: Vec<IpNet>,
+    /// Never served (deny wins over allow).
+    pub deny: Vec<IpNet>,
+    /// The most clients the table remembers.
+    pub max_tracked: usize,
+}
+
+impl ClientsConfig {
+    /// Is a client at `ip` let in by `allow` and `deny`?
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !self.deny.iter().any(|net| net.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// A rate such as `"20/s"`: `count` new connections per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `"20/s"`, `"600/m"`, `"1000/h"`; `""` is no limit (`Ok(None)`).
+    pub fn parse(text: &str) -> Result<Option<Rate>, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let (count, unit) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}` is not a rate: write max_rate = \"20/s\" (per s, m or h), or \"\" for none"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                format!("`{text}`: the count must be a whole number of at least 1, as in \"20/s\"")
+            })?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a period: write s, m or h, as in \"20/s\" or \"600/m\""
+                ))
+            }
+        };
+        Ok(Some(Rate { count, per }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,8 +293,7 @@ impl Config {
     /// worker command (`-- PROGRAM ARGS`): `[workers]` may then leave
     /// `command` out.
     pub fn load_with(path: &Path, command: Option<&[String]>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
+        let text = read_file(path).map_err(|why| ConfigError::whole_file(path, why))?;
         let mut config = Config::parse_with(&text, path, command)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -320,6 +401,68 @@ impl Config {
                 .join("; "))
         }
     }
+}
+
+/// The largest config (or token) file corral reads.
+pub const MAX_FILE: u64 = 1024 * 1024;
+
+/// Reads a config or token file: a regular file (after symlinks) of at most
+/// [`MAX_FILE`] bytes, in UTF-8. Anything else is refused with its reason,
+/// never read: the file is opened with `O_NONBLOCK` (a FIFO without a
+/// writer never blocks the open), its kind and size come from `fstat` of
+/// the opened descriptor (not the path, which may change meanwhile), and
+/// at most `MAX_FILE + 1` bytes are read (a file that grows is caught).
+pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "refused: it is {what}; a config file must be a regular file (of at most 1 MiB)"
+        ));
+    }
+    let too_large = |size: u64| {
+        format!("refused: it is {size} bytes; a config file is at most {MAX_FILE} bytes (1 MiB)")
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "cannot read the file: it is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// The metric label and `/status` name of worker slot `id`.
@@ -448,6 +591,29 @@ fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
             format!("cannot work {WHY}: the kernel hands each client to a worker and corral never sees its bytes, so it cannot move a connection between requests. Write stateless = false, or listen = \"port\""),
         );
     }
+    if config.clients.max_connections != 0 {
+        p.general(
+            Some("clients.max_connections"),
+            format!("cannot work {WHY}: the kernel hands clients to the workers, so corral cannot count a client's connections. Write max_connections = 0, or workers.listen = \"port\""),
+        );
+    }
+    if config.clients.allow.len() + config.clients.deny.len()
+        > crate::steering::program::MAX_ACCESS_NETWORKS
+    {
+        p.general(
+            Some("clients.allow"),
+            format!(
+                "{WHY} clients.allow and clients.deny are enforced in the kernel and may list at most {} networks together",
+                crate::steering::program::MAX_ACCESS_NETWORKS
+            ),
+        );
+    }
+    if config.clients.max_rate.is_some() {
+        p.general(
+            Some("clients.max_rate"),
+            format!("cannot work {WHY}: the kernel hands clients to the workers, so corral cannot count a client's new connections. Write max_rate = \"\", or workers.listen = \"port\""),
+        );
+    }
     if !config.backends.is_empty() {
         p.general(
             Some("backends"),
@@ -530,6 +696,58 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
             .proxy_protocol
             .map(Spanned::into_inner)
             .unwrap_or_default(),
+        proxy_protocol_from: cidrs(
+            raw.listener.proxy_protocol_from,
+            "listener.proxy_protocol_from",
+            p,
+        ),
+    };
+
+    let clients = ClientsConfig {
+        ipv4_prefix: int(
+            raw.clients.ipv4_prefix,
+            "clients.ipv4_prefix",
+            0,
+            32,
+            defaults::CLIENTS_IPV4_PREFIX,
+            p,
+        ) as u8,
+        ipv6_prefix: int(
+            raw.clients.ipv6_prefix,
+            "clients.ipv6_prefix",
+            0,
+            128,
+            defaults::CLIENTS_IPV6_PREFIX,
+            p,
+        ) as u8,
+        max_connections: int(
+            raw.clients.max_connections,
+            "clients.max_connections",
+            0,
+            u32::MAX as i64,
+            defaults::CLIENTS_MAX_CONNECTIONS,
+            p,
+        ) as u32,
+        max_rate: raw
+            .clients
+            .max_rate
+            .and_then(|r| match Rate::parse(r.get_ref()) {
+                Ok(rate) => rate,
+                Err(why) => {
+                    p.at(r.span(), "clients.max_rate", why);
+                    None
+                }
+            }),
+        allow: cidrs(raw.clients.allow, "clients.allow", p),
+        deny: cidrs(raw.clients.deny, "clients.deny", p),
+        max_tracked: int(
+            raw.clients.max_tracked,
+            "clients.max_tracked",
+            1,
+            100_000_000,
+            defaults::CLIENTS_MAX_TRACKED,
+            p,
+        ) as usize,
     };
 
     let admin = AdminConfig {
@@ -589,6 +807,17 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
             let name = match b.name {
                 Some(n) if n.get_ref().trim().is_empty() => {
                     p.at(n.span(), "backends.name", "must not be empty");
+                    None
+                }
+                Some(n) if n.get_ref().chars().any(crate::terminal::is_unsafe) => {
+                    p.at(
+                        n.span(),
+                        "backends.name",
+                        format!(
+                            "`{}` contains a control character: names are printable text (no escape sequences, bidi overrides or line breaks)",
+                            crate::terminal::escape(n.get_ref())
+                        ),
+                    );
                     None
                 }
                 Some(n) if n.get_ref().starts_with("worker-") => {
@@ -752,6 +981,7 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
         admin,
         strategy: raw.balance.strategy.unwrap_or_default(),
         sticky,
+        clients,
         workers,
         backends,
         health,
@@ -833,6 +1063,14 @@ fn workers(
     if let Some((program, span)) = command.as_ref().zip(command_span.clone()) {
         if let Err(why) = runnable(&program[0], &cwd) {
             p.at(span, "workers.command", why);
+        }
+    }
+    if let Some(command) = &command {
+        if let Err((key, why)) = within_exec_limits(command, &w.env) {
+            match (key, &command_span) {
+                ("workers.command", Some(span)) => p.at(span.clone(), key, why),
+                _ => p.general(Some(key), why),
+            }
         }
     }
     let mut config = default_workers(command?);
@@ -974,6 +1212,81 @@ fn runnable(program: &str, cwd: &Path) -> Result<(), String> {
     }
 }
 
+/// The longest single argument or environment string the kernel takes
+/// (`MAX_ARG_STRLEN`: 32 pages), its NUL included.
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Room kept for what corral adds to a worker's exec: the shim's own
+/// arguments, `PORT`, `HOST`, `CORRAL_WORKER_*`, `LISTEN_*`, and a longer
+/// program path.
+const EXEC_MARGIN: usize = 8 * 1024;
+
+/// Can the kernel exec `command` with `env` added to corral's own
+/// environment? Each string must be shorter than `MAX_ARG_STRLEN`, and
+/// every string with its pointer must fit in `sysconf(ARG_MAX)` (a quarter
+/// of the stack limit). Else every spawn would fail with `E2BIG`
+/// ("Argument list too long"): refused, naming the key to shorten.
+fn within_exec_limits(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), (&'static str, String)> {
+    const POINTER: usize = std::mem::size_of::<usize>();
+    if let Some(long) = command.iter().find(|a| a.len() + 1 > MAX_ARG_STRLEN) {
+        return Err((
+            "workers.command",
+            format!(
+                "an argument of {} bytes is longer than the kernel takes ({} bytes per argument)",
+                long.len(),
+                MAX_ARG_STRLEN - 1
+            ),
+        ));
+    }
+    if let Some((name, value)) = env
+        .iter()
+        .find(|(k, v)| k.len() + 1 + v.len() + 1 > MAX_ARG_STRLEN)
+    {
+        return Err((
+            "workers.env",
+            format!(
+                "{name} is {} bytes long: the kernel takes at most {} bytes per variable",
+                name.len() + 1 + value.len(),
+                MAX_ARG_STRLEN - 1
+            ),
+        ));
+    }
+    // SAFETY: sysconf reads a limit; it has no preconditions.
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    let arg_max = if arg_max > 0 {
+        arg_max as usize
+    } else {
+        128 * 1024
+    };
+    let args: usize = command.iter().map(|a| a.len() + 1 + POINTER).sum();
+    let given: usize = env
+        .iter()
+        .map(|(k, v)| k.len() + 1 + v.len() + 1 + POINTER)
+        .sum();
+    let inherited: usize = std::env::vars_os()
+        .filter(|(k, _)| k.to_str().is_none_or(|k| !env.contains_key(k)))
+        .map(|(k, v)| k.len() + 1 + v.len() + 1 + POINTER)
+        .sum();
+    let total = args + given + inherited + EXEC_MARGIN;
+    if total > arg_max {
+        let key = if given >= args {
+            "workers.env"
+        } else {
+            "workers.command"
+        };
+        return Err((
+            key,
+            format!(
+                "the worker's arguments and environment take {total} bytes ({args} for the command, {given} for workers.env, {inherited} inherited from corral's environment), past the kernel's limit of {arg_max} (ARG_MAX): every start would fail with \"Argument list too long\""
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
 fn ephemeral_ports() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -998,6 +1311,15 @@ impl Config {
                     w.port_base, last
                 ));
             }
+        }
+        let exposed = self.listener.binds.iter().find(|b| !b.ip().is_loopback());
+        if let Some(bind) = exposed.filter(|_| {
+            self.listener.proxy_protocol != ProxyProtocolMode::None
+                && self.listener.proxy_protocol_from.is_empty()
+        }) {
+            warnings.push(format!(
+                "key `listener.proxy_protocol_from`: PROXY headers are accepted from any peer on {bind}, so anyone who can reach it can claim any client address (and pass [clients] limits and lists as that address); list the balancers that send them, e.g. proxy_protocol_from = [\"10.0.0.0/8\"]"
+            ));
         }
         warnings
     }
@@ -1111,6 +1433,31 @@ pub fn parse_addr(text: &str) -> Option<SocketAddr> {
     text.parse().ok()
 }
 
+/// A list of networks: `"10.0.0.0/8"`, `"2001:db8::/32"`, or a bare
+/// address (`"192.0.2.7"`: that address alone).
+fn cidrs(value: Option<Spanned<Vec<String>>>, key: &str, p: &mut Problems) -> Vec<IpNet> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let span = value.span();
+    let mut nets = Vec::new();
+    for text in value.into_inner() {
+        let text = text.trim();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => p.at(
+                span.clone(),
+                key,
+                format!("`{text}` is not a network such as \"10.0.0.0/8\", \"2001:db8::/32\" or an address"),
+            ),
+        }
+    }
+    nets
+}
+
 fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
     let parsed = parse_addr(value.get_ref());
     if parsed.is_none() {
@@ -1220,7 +1567,7 @@ fn privileges(
 
 fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {
     let path = PathBuf::from(file.get_ref());
-    match std::fs::read_to_string(&path) {
+    match read_file(&path) {
         Ok(text) if text.trim().is_empty() => {
             p.at(
                 file.span(),
@@ -1230,11 +1577,11 @@ fn read_token(file: &Spanned<String>, p: &mut Problems) -> Option<String> {
             None
         }
         Ok(text) => Some(text.trim().to_string()),
-        Err(e) => {
+        Err(why) => {
             p.at(
                 file.span(),
                 "admin.token_file",
-                format!("cannot read {}: {e}", path.display()),
+                format!("{}: {why}", path.display()),
             );
             None
         }
@@ -1320,6 +1667,59 @@ mod tests {
         assert_eq!(c.log.level, defaults::LOG_LEVEL);
         assert_eq!(c.log.connections, defaults::LOG_CONNECTIONS);
         assert_eq!(c.runtime.splice, defaults::RUNTIME_SPLICE);
+        assert!(c.listener.proxy_protocol_from.is_empty());
+        assert_eq!(c.clients.ipv4_prefix as i64, defaults::CLIENTS_IPV4_PREFIX);
+        assert_eq!(c.clients.ipv6_prefix as i64, defaults::CLIENTS_IPV6_PREFIX);
+        assert_eq!(
+            c.clients.max_connections as i64,
+            defaults::CLIENTS_MAX_CONNECTIONS
+        );
+        assert_eq!(c.clients.max_rate, None);
+        assert!(c.clients.allow.is_empty() && c.clients.deny.is_empty());
+        assert_eq!(c.clients.max_tracked as i64, defaults::CLIENTS_MAX_TRACKED);
+    }
+
+    #[test]
+    fn only_a_small_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.toml");
+        std::fs::write(&small, "[admin]\n").unwrap();
+        assert_eq!(read_file(&small).unwrap(), "[admin]\n");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; 2 * 1024 * 1024]).unwrap();
+        assert!(read_file(&big).unwrap_err().contains("at most"));
+        let zero = dir.path().join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_file(&zero).unwrap_err().contains("character device"));
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_file(&fifo).unwrap_err().contains("FIFO"));
+        assert!(read_file(dir.path()).unwrap_err().contains("directory"));
+    }
+
+    #[test]
+    fn a_command_past_the_kernel_argument_limits_is_refused() {
+        let command = vec!["sh".to_string()];
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), "x".repeat(200 * 1024));
+        let (key, why) = within_exec_limits(&command, &env).unwrap_err();
+        assert_eq!(key, "workers.env");
+        assert!(why.contains('A'), "{why}");
+        let long = vec!["sh".to_string(), "y".repeat(MAX_ARG_STRLEN)];
+        assert_eq!(
+            within_exec_limits(&long, &BTreeMap::new()).unwrap_err().0,
+            "workers.command"
+        );
+        // SAFETY: sysconf has no preconditions.
+        let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) } as usize;
+        let many: BTreeMap<String, String> = (0..arg_max / 64)
+            .map(|i| (format!("V{i}"), "z".repeat(64)))
+            .collect();
+        let (key, why) = within_exec_limits(&command, &many).unwrap_err();
+        assert_eq!(key, "workers.env");
+        assert!(why.contains("ARG_MAX"), "{why}");
+        let few = BTreeMap::from([("NODE_ENV".to_string(), "production".to_string())]);
+        assert!(within_exec_limits(&command, &few).is_ok());
     }
 
     #[test]
@@ -1352,6 +1752,15 @@ mod tests {
     fn nothing_to_balance_is_an_error() {
         let err = parse("[listener]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("nothing to balance"), "{err}");
+    }
+
+    #[test]
+    fn a_backend_name_with_control_characters_is_refused() {
+        let err = parse("[[backends]]\nname = \"app\\u001b[2J\"\naddress = \"127.0.0.1:3\"\n")
+            .unwrap_err();
+        assert_eq!(err.problems[0].key.as_deref(), Some("backends.name"));
+        assert!(err.to_string().contains("\\u{1b}[2J"), "{err}");
+        assert!(!err.to_string().contains('\u{1b}'), "{err}");
     }
 
     #[test]

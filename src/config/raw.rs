@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub balance: RawBalance,
     #[serde(default)]
     pub sticky: RawSticky,
+    #[serde(default)]
+    pub clients: RawClients,
     pub workers: Option<Spanned<RawWorkers>>,
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
@@ -40,6 +42,7 @@ pub struct RawListener {
     pub backlog: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub proxy_protocol: Option<Spanned<ProxyProtocolMode>>,
+    pub proxy_protocol_from: Option<Spanned<Vec<String>>>,
 }
 
 /// Which PROXY protocol header the front end accepts from an upstream balancer.
@@ -105,6 +108,18 @@ pub struct RawSticky {
     pub max_entries: Option<Spanned<i64>>,
     pub ipv4_prefix: Option<Spanned<i64>>,
     pub ipv6_prefix: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClients {
+    pub ipv4_prefix: Option<Spanned<i64>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_rate: Option<Spanned<String>>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub deny: Option<Spanned<Vec<String>>>,
+    pub max_tracked: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,5 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
-//! `/sticky`, the dashboard at `/`, and the mutations `POST /reload`,
+//! `/sticky`, `/clients`, the dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
 //! hands to the control loop.
 //!
@@ -7,6 +7,11 @@
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when
 //! `admin.token_file` is set; without a token they are allowed only when the
 //! admin port is bound to loopback.
+//!
+//! A web page in a browser cannot drive it: a mutation whose `Origin` is
+//! not the admin address's own gets 403 (token or not), and on a loopback
+//! bind a `Host` that is neither an IP address nor `localhost` gets 403
+//! (DNS rebinding). See [`screen`].
 //!
 //! The port bounds what it is sent: a request head must arrive within
 //! [`HEADER_READ_TIMEOUT`] and fit in [`MAX_HEAD`] (else 431), and at most
@@ -22,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
@@ -75,7 +80,13 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |request| {
                 let shared = Arc::clone(&shared);
                 let control = control.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &control, request).await) }
+                async move {
+                    let reply = match screen(&shared, &request) {
+                        Some(refused) => *refused,
+                        None => route(&shared, &control, request).await,
+                    };
+                    Ok::<_, Infallible>(reply)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -89,7 +100,7 @@ pub async fn serve(
 }
 
 async fn route(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     control: &mpsc::Sender<ControlRequest>,
     request: Request<Incoming>,
 ) -> Reply {
@@ -170,6 +181,7 @@ async fn route(
             signal_workers(shared, &request)
         }
         (&Method::GET, "/sticky") => sticky_lookup(shared, &request),
+        (&Method::GET, "/clients") => clients(shared, &request),
         (&Method::DELETE, "/sticky") => {
             if let Err(denied) = authorize(shared, &request) {
                 return *denied;
@@ -179,7 +191,7 @@ async fn route(
         (
             _,
             "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
-            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky",
+            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -201,7 +213,7 @@ fn stopping() -> Reply {
 }
 
 /// `/metrics`: corral's own registry, then what the workers' processes cost.
-async fn metrics(shared: &Shared) -> Reply {
+async fn metrics(shared: &Arc<Shared>) -> Reply {
     shared
         .metrics
         .sticky_entries
@@ -256,13 +268,20 @@ async fn metrics(shared: &Shared) -> Reply {
                 Kind::Static => None,
             })
             .collect();
-        let answers = workers::scrape(targets, path).await;
-        let (text, failed) = workers::merge(&answers, &names);
-        for (label, why) in failed {
-            shared.metrics.worker_scrape_failed(&label);
-            tracing::debug!(backend = %label, %why, "worker metrics skipped");
-        }
-        body.extend_from_slice(text.as_bytes());
+        let counted = Arc::clone(shared);
+        let merged = shared
+            .worker_metrics
+            .fetch(targets, path, names, move |merged| {
+                for (label, why) in &merged.failed {
+                    counted.metrics.worker_scrape_failed(label);
+                    tracing::debug!(backend = %label, %why, "worker metrics skipped");
+                }
+                for (label, skipped) in &merged.skipped {
+                    counted.metrics.worker_series_skipped(label, *skipped);
+                }
+            })
+            .await;
+        body.extend_from_slice(merged.text.as_bytes());
     }
     with_type(
         Response::new(Full::new(Bytes::from(body))),
@@ -410,6 +429,30 @@ fn count_param(request: &Request<Incoming>) -> Result<usize, Refusal> {
     }
 }
 
+/// The most rows `GET /clients` gives.
+const MAX_TOP: usize = 10_000;
+
+/// `GET /clients?top=N` (default 10): the clients holding the most
+/// connections now, from the per-client table.
+fn clients(shared: &Shared, request: &Request<Incoming>) -> Reply {
+    let top = match query_param(request, "top")
+        .as_deref()
+        .map(str::parse::<usize>)
+    {
+        None => 10,
+        Some(Ok(n)) if (1..=MAX_TOP).contains(&n) => n,
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "top must be a whole number from 1 to 10000\n",
+            )
+        }
+    };
+    let config = shared.config();
+    let rows = shared.clients.top(top, &config.clients);
+    json_reply(StatusCode::OK, json!({ "clients": rows }))
+}
+
 /// `GET /sticky?ip=ADDR`: where that client goes now, and why.
 fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
     let ip = match ip_param(request) {
@@ -494,7 +537,8 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim());
+                // Exactly the token: a trailing space is another token.
+                .map(|(_, token)| token);
             match given {
                 Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
                 _ => Err(Box::new(with_header(
@@ -510,6 +554,114 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal
             "admin.token_file is not set and the admin port is not on loopback\n",
         ))),
     }
+}
+
+/// What every request passes before it is routed: a head within
+/// [`MAX_HEAD`] (431), a `Host` that a DNS-rebinding page cannot send when
+/// the admin port is on loopback (403), and, for a mutation, no `Origin`
+/// but the admin address's own (403): a web page in a browser cannot
+/// drive the admin port, token or not.
+fn screen<B>(shared: &Shared, request: &Request<B>) -> Option<Refusal> {
+    if head_size(request) > MAX_HEAD {
+        return Some(Box::new(text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is larger than 64 KiB\n",
+        )));
+    }
+    let bind = shared.config().admin.bind;
+    let host = request
+        .headers()
+        .get(HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    if is_loopback(bind) && host.is_some_and(|h| !is_literal_or_localhost(h)) {
+        return Some(Box::new(text(
+            StatusCode::FORBIDDEN,
+            "the admin port is on loopback and answers only requests for an IP address or localhost (Host)\n",
+        )));
+    }
+    let mutation = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if mutation {
+        for origin in request.headers().get_all(ORIGIN) {
+            let same = origin.to_str().is_ok_and(|o| is_own_origin(bind, host, o));
+            if !same {
+                return Some(Box::new(text(
+                    StatusCode::FORBIDDEN,
+                    "a request from a web page of another origin cannot change corral (Origin)\n",
+                )));
+            }
+        }
+    }
+    None
+}
+
+/// The size of a request head as it came: request line, header lines and
+/// the blank line. hyper bounds its read buffer, but a head that arrives in
+/// large reads can pass that bound; this one is exact.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + 1 + request.uri().to_string().len() + 1 + 8 + 2;
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// Splits `host[:port]` (with `[v6]` brackets) into host and port text.
+fn split_host(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        _ => (authority, None),
+    }
+}
+
+/// A `Host` a browser sends only for a page served from an IP address or
+/// from localhost: never one whose name an attacker's DNS controls.
+fn is_literal_or_localhost(host: &str) -> bool {
+    let (name, port) = split_host(host.trim());
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    port_ok && (name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok())
+}
+
+/// Is `origin` the admin address's own: `http://<admin.bind>`, or on a
+/// loopback bind `http://localhost:<port>`, `http://127.0.0.1:<port>` and
+/// `http://[::1]:<port>`; on an unspecified bind (`0.0.0.0`), the IP
+/// address the request was sent to (`Host`). `null` never is.
+fn is_own_origin(bind: SocketAddr, host: Option<&str>, origin: &str) -> bool {
+    let Some(authority) = origin
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &origin[7..])
+    else {
+        return false;
+    };
+    let (name, port) = split_host(authority);
+    if port.and_then(|p| p.parse::<u16>().ok()) != Some(bind.port()) {
+        return false;
+    }
+    let ip = name.parse::<IpAddr>().ok();
+    if ip == Some(bind.ip()) {
+        return true;
+    }
+    if is_loopback(bind) {
+        return name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+    }
+    if bind.ip().is_unspecified() {
+        let sent_to = host
+            .map(split_host)
+            .and_then(|(h, _)| h.parse::<IpAddr>().ok());
+        return ip.is_some() && ip == sent_to;
+    }
+    false
 }
 
 fn is_loopback(addr: SocketAddr) -> bool {
@@ -541,4 +693,71 @@ fn with_header(mut reply: Reply, name: &'static str, value: &'static str) -> Rep
         .headers_mut()
         .insert(name, HeaderValue::from_static(value));
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn hosts_a_rebinding_page_can_send_are_refused() {
+        for ok in [
+            "127.0.0.1:9090",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9090",
+            "10.1.2.3",
+        ] {
+            assert!(is_literal_or_localhost(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9090",
+            "evil.example",
+            "localhost.evil:9090",
+            "127.0.0.1:x",
+            "",
+        ] {
+            assert!(!is_literal_or_localhost(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_admin_address_is_its_own_origin() {
+        let b = bind("127.0.0.1:9090");
+        for ok in [
+            "http://127.0.0.1:9090",
+            "http://localhost:9090",
+            "HTTP://[::1]:9090",
+        ] {
+            assert!(is_own_origin(b, None, ok), "{ok}");
+        }
+        for bad in [
+            "null",
+            "http://evil.example:9090",
+            "http://127.0.0.1:9091",
+            "https://127.0.0.1:9090",
+            "http://127.0.0.1",
+            "",
+        ] {
+            assert!(!is_own_origin(b, None, bad), "{bad}");
+        }
+        let any = bind("0.0.0.0:9090");
+        assert!(is_own_origin(
+            any,
+            Some("10.0.0.5:9090"),
+            "http://10.0.0.5:9090"
+        ));
+        assert!(!is_own_origin(
+            any,
+            Some("10.0.0.5:9090"),
+            "http://10.0.0.6:9090"
+        ));
+        let public = bind("10.0.0.5:9090");
+        assert!(is_own_origin(public, None, "http://10.0.0.5:9090"));
+        assert!(!is_own_origin(public, None, "http://localhost:9090"));
+    }
 }

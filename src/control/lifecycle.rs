@@ -77,6 +77,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
                 config.listener.backlog,
                 workers.count,
                 steering::rule_of(&config),
+                &config.clients,
             )
             .map_err(|source| Fatal::Bind {
                 what: "front end (one socket per worker)",
@@ -129,6 +130,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     ));
     tokio::spawn(crate::health::run(Arc::clone(&shared)));
     tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared)));
+    tokio::spawn(crate::clients::sweep(Arc::clone(&shared)));
     if let Some(steering) = &steering {
         tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
     }

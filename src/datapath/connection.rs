@@ -109,6 +109,14 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     // One snapshot at a time: config and pool belong together. A stateless
     // connection takes a fresh one each time it moves to another backend.
     let mut snapshot = shared.snapshot();
+    if snapshot.config.listener.proxy_protocol != ProxyProtocolMode::None
+        && !snapshot.config.listener.trusts(peer.ip())
+    {
+        // Only the listed balancers may say who the client is: anyone else
+        // is closed before a byte of its header is read.
+        shared.metrics.rejected.untrusted_proxy.inc();
+        return;
+    }
     let client = match snapshot.config.listener.proxy_protocol {
         ProxyProtocolMode::None => Some(Client::new(stream, peer)),
         // Boxed: reading a header takes a large future, and inline it would
@@ -122,6 +130,16 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         };
         log_closed(&snapshot.config, peer, "", (0, 0), started, closed);
         return;
+    };
+    // The front door: allow/deny and the per-client limits, before any
+    // backend is chosen (so a refused client makes no sticky entry).
+    // Refusals are counted, never logged one by one.
+    let _admitted = match shared.clients.admit(client.addr.ip(), &snapshot.config.clients) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            shared.metrics.rejected.of(refused).inc();
+            return;
+        }
     };
     let client_key = shared.dispatcher.client_key(client.addr.ip());
     // `workers.stateless`: the HTTP/1.x view that lets the connection move

@@ -6,10 +6,12 @@
 //!
 //! Each proxy thread runs its own single-threaded runtime with its own
 //! SO_REUSEPORT socket per front-end address: the kernel spreads new
-//! connections over the threads and a connection lives on one thread from
-//! accept to close, with no cross-thread wake-ups (measured faster than one
-//! acceptor feeding a work-stealing runtime; see the README's Performance
-//! section).
+//! connections over the threads (at random, by a program attached to the
+//! group that picks only corral's own sockets: another process that joins
+//! the address with SO_REUSEPORT gets no client), and a connection lives on
+//! one thread from accept to close, with no cross-thread wake-ups (measured
+//! faster than one acceptor feeding a work-stealing runtime; see the
+//! README's Performance section).
 
 use std::io;
 use std::net::SocketAddr;
@@ -68,6 +70,14 @@ pub fn bind_all(
                 })
                 .map_err(|e| (wanted, e))?;
             sockets.push(listener);
+        }
+        // The front end is corral's alone: the group's program picks only
+        // among these sockets, so a process that joins the address later
+        // with SO_REUSEPORT gets no client.
+        if let Some(first) = per_thread.first().and_then(|s| s.last()) {
+            crate::steering::program::only_own(per_thread.len())
+                .attach(first)
+                .map_err(|e| (wanted, e))?;
         }
     }
     Ok(FrontEnd { per_thread })

@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Registry,
     pub accepted: IntCounter,
     pub errors: ErrorCounters,
+    pub rejected: RejectedCounters,
     pub accept_errors: IntCounter,
     pub spliced: IntCounter,
     pub sticky_entries: IntGauge,
@@ -53,6 +54,7 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     restarts: IntCounterVec,
     worker_scrape_errors: IntCounterVec,
+    worker_series_skipped: IntCounterVec,
 }
 
 /// `corral_connection_errors_total`, one handle per reason.
@@ -64,6 +66,30 @@ pub struct ErrorCounters {
     pub proxy_protocol: IntCounter,
     /// corral ran short of file descriptors or memory (never a backend's fault).
     pub resources: IntCounter,
+}
+
+/// `corral_connections_rejected_total`, one handle per reason: connections
+/// closed at the front door before any backend was chosen.
+pub struct RejectedCounters {
+    /// Outside `clients.allow`, or inside `clients.deny`.
+    pub denied: IntCounter,
+    /// The client held `clients.max_connections` already.
+    pub client_connections: IntCounter,
+    /// The client opened `clients.max_rate` connections in the period.
+    pub client_rate: IntCounter,
+    /// A peer outside `listener.proxy_protocol_from` with PROXY headers on.
+    pub untrusted_proxy: IntCounter,
+}
+
+impl RejectedCounters {
+    /// The counter of a `[clients]` refusal.
+    pub fn of(&self, refused: crate::clients::Refused) -> &IntCounter {
+        match refused {
+            crate::clients::Refused::Denied => &self.denied,
+            crate::clients::Refused::Connections => &self.client_connections,
+            crate::clients::Refused::Rate => &self.client_rate,
+        }
+    }
 }
 
 /// One backend's metric handles, resolved once when the backend is created.
@@ -131,6 +157,12 @@ impl Metrics {
             "Client connections that failed, by reason.",
             &["reason"],
         );
+        let rejected = counter_vec(
+            &r,
+            "corral_connections_rejected_total",
+            "Client connections closed at the front door before reaching a backend, by reason.",
+            &["reason"],
+        );
         let sticky_lookups = counter_vec(
             &r,
             "corral_sticky_lookups_total",
@@ -170,6 +202,12 @@ impl Metrics {
                 limit: errors.with_label_values(&["limit"]),
                 proxy_protocol: errors.with_label_values(&["proxy_protocol"]),
                 resources: errors.with_label_values(&["resources"]),
+            },
+            rejected: RejectedCounters {
+                denied: rejected.with_label_values(&["denied"]),
+                client_connections: rejected.with_label_values(&["client_connections"]),
+                client_rate: rejected.with_label_values(&["client_rate"]),
+                untrusted_proxy: rejected.with_label_values(&["untrusted_proxy"]),
             },
             log_lines_dropped: counter(
                 &r,
@@ -247,8 +285,21 @@ impl Metrics {
                 "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
                 &["backend"],
             ),
+            worker_series_skipped: counter_vec(
+                &r,
+                "corral_worker_metrics_series_skipped_total",
+                "Series of a worker's own metrics left out because the worker exported more than the cap per scrape.",
+                &["backend"],
+            ),
             registry: r,
         }
+    }
+
+    /// `skipped` series of a worker's metrics were past the cap.
+    pub fn worker_series_skipped(&self, label: &str, skipped: u64) {
+        self.worker_series_skipped
+            .with_label_values(&[label])
+            .inc_by(skipped);
     }
 
     /// A worker's metrics could not be used for this scrape.
@@ -287,6 +338,7 @@ impl Metrics {
         let _ = self.health_checks.remove_label_values(&[label, "failure"]);
         let _ = self.restarts.remove_label_values(l);
         let _ = self.worker_scrape_errors.remove_label_values(l);
+        let _ = self.worker_series_skipped.remove_label_values(l);
     }
 
     /// The Prometheus text exposition of every metric, with what each

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +28,9 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The most a worker's answer may weigh.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The most series one worker's answer contributes; the rest are skipped.
+pub const MAX_SERIES: usize = 10_000;
 
 /// One worker to scrape.
 pub struct Target {
@@ -114,12 +118,22 @@ struct Merged {
     samples: String,
 }
 
+/// What one round of fetching the workers gave: the exposition text, the
+/// workers whose answer could not be used (label, why), and the workers
+/// whose series past [`MAX_SERIES`] were skipped (label, how many).
+#[derive(Debug, Default)]
+pub struct Merge {
+    pub text: String,
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<(String, u64)>,
+}
+
 /// Merges the workers' answers into exposition text, leaving out families
-/// named in `reserved` or with a reserved prefix. Returns the text and the
-/// labels of the workers whose answer could not be used, with why.
-pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(String, String)>) {
+/// named in `reserved` or with a reserved prefix.
+pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> Merge {
     let mut families: BTreeMap<String, Merged> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut skipped = Vec::new();
     for (target, answer) in answers {
         let text = match answer {
             Ok(text) => text,
@@ -148,6 +162,8 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
             }
         };
         let worker = target.id.to_string();
+        let mut kept = 0usize;
+        let mut over = 0u64;
         for family in &parsed {
             let described = family.descriptors.first().map(|d| d.metric());
             if let Some(name) = described.filter(|n| !is_reserved(n, reserved)) {
@@ -174,6 +190,11 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
                 if is_reserved(name, reserved) {
                     continue;
                 }
+                if kept >= MAX_SERIES {
+                    over += 1;
+                    continue;
+                }
+                kept += 1;
                 let merged = families.entry(name.to_string()).or_default();
                 let _ = write!(merged.samples, "{}{{", sample.name());
                 for label in sample.labels().iter().filter(|l| l.name != "worker") {
@@ -191,6 +212,9 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
                 );
             }
         }
+        if over > 0 {
+            skipped.push((target.label.clone(), over));
+        }
     }
     let mut out = String::new();
     for (name, merged) in families {
@@ -205,7 +229,11 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> (String, Vec<(S
         }
         out.push_str(&merged.samples);
     }
-    (out, failed)
+    Merge {
+        text: out,
+        failed,
+        skipped,
+    }
 }
 
 /// Is `sample` a line of the family `family` (itself, or a histogram's or
@@ -234,13 +262,17 @@ fn type_name(kind: &MetricType) -> &'static str {
     }
 }
 
-/// A label value (quotes too) or HELP text, escaped for the text format.
+/// A label value (quotes too) or HELP text, escaped for the text format:
+/// backslash, newline and (in a label value) double quote. The format has
+/// no escape for a carriage return, and a raw one would end the line for
+/// some readers: it is dropped.
 fn escape(text: &str, quotes: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => {}
             '"' if quotes => out.push_str("\\\""),
             c => out.push(c),
         }
@@ -248,13 +280,73 @@ fn escape(text: &str, quotes: bool) -> String {
     out
 }
 
+/// A sample value in its shortest round-trip form: the shorter of the
+/// plain (`0.25`, `3`) and the exponent (`1e308`) spellings, so a number is
+/// never printed longer than the worker wrote it.
 fn number(value: f64) -> String {
     if value.is_nan() {
         "NaN".into()
     } else if value.is_infinite() {
         if value > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
-        value.to_string()
+        let plain = value.to_string();
+        let exponent = format!("{value:e}");
+        if exponent.len() < plain.len() {
+            exponent
+        } else {
+            plain
+        }
+    }
+}
+
+/// One fetch of the workers' metrics shared by every `/metrics` request
+/// that comes while it runs (a single flight): N concurrent scrapes cost
+/// one fetch and one merged text, not N.
+#[derive(Default)]
+pub struct SingleFlight {
+    running: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Option<Arc<Merge>>>>>,
+}
+
+impl SingleFlight {
+    /// The merged metrics of `targets`: from the fetch running now, or from
+    /// a new one (run as a task of its own, so a scrape that gives up does
+    /// not cancel it for the others). `account` runs once per fetch.
+    pub async fn fetch(
+        &self,
+        targets: Vec<Target>,
+        path: &str,
+        reserved: HashSet<String>,
+        account: impl FnOnce(&Merge) + Send + 'static,
+    ) -> Arc<Merge> {
+        let mut waiting = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match running.as_ref() {
+                Some(receiver) => receiver.clone(),
+                None => {
+                    let (sender, receiver) = tokio::sync::watch::channel(None);
+                    *running = Some(receiver.clone());
+                    let path = path.to_string();
+                    tokio::spawn(async move {
+                        let answers = scrape(targets, &path).await;
+                        let merged = Arc::new(merge(&answers, &reserved));
+                        account(&merged);
+                        let _ = sender.send(Some(merged));
+                    });
+                    receiver
+                }
+            }
+        };
+        let merged = match waiting.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            Err(_) => None,
+        };
+        // The first to see the answer ends this flight; the next scrape
+        // starts a fresh one.
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.as_ref().is_some_and(|r| r.same_channel(&waiting)) {
+            *running = None;
+        }
+        merged.unwrap_or_default()
     }
 }
 
@@ -280,7 +372,9 @@ mod tests {
     fn families_merge_with_one_help_and_type_and_a_worker_label() {
         let text = "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total{path=\"/\"} 3\n\n# a comment\n# TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.5\nlat_count 1\n";
         let answers = vec![answer(0, text), answer(1, text)];
-        let (out, failed) = merge(&answers, &HashSet::new());
+        let Merge {
+            text: out, failed, ..
+        } = merge(&answers, &HashSet::new());
         assert!(failed.is_empty());
         assert_eq!(
             out.matches("# TYPE demo_requests_total counter").count(),
@@ -307,10 +401,41 @@ mod tests {
             ),
         ];
         let reserved = HashSet::from(["process_open_fds".to_string()]);
-        let (out, failed) = merge(&answers, &reserved);
+        let Merge {
+            text: out, failed, ..
+        } = merge(&answers, &reserved);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, "worker-0");
         assert!(!out.contains("process_open_fds"), "{out}");
         assert!(out.contains("up_things{worker=\"1\"} 1"), "{out}");
+    }
+
+    #[test]
+    fn numbers_are_never_printed_longer_than_they_came() {
+        assert_eq!(number(1e308), "1e308");
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(1e-9), "1e-9");
+        assert_eq!(number(123456.0), "123456");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        let body = "x 1e308\n".repeat(100);
+        let Merge { text, .. } = merge(&[answer(0, &body)], &HashSet::new());
+        assert!(text.contains("x{worker=\"0\"} 1e308\n"), "{text}");
+    }
+
+    #[test]
+    fn a_worker_past_the_series_cap_is_cut_and_counted() {
+        let body: String = (0..MAX_SERIES + 5)
+            .map(|i| format!("s{{i=\"{i}\"}} 1\n"))
+            .collect();
+        let merged = merge(&[answer(3, &body)], &HashSet::new());
+        assert_eq!(merged.skipped, vec![("worker-3".to_string(), 5)]);
+        assert_eq!(merged.text.matches("worker=\"3\"").count(), MAX_SERIES);
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_a_carriage_return_dropped() {
+        assert_eq!(escape("a\\b\"c\nd\re", true), "a\\\\b\\\"c\\nde");
+        assert_eq!(escape("say \"hi\"", false), "say \"hi\"");
     }
 }

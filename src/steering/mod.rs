@@ -50,12 +50,22 @@ struct Group {
     sockets: Vec<Arc<Socket>>,
     /// What the attached program does.
     attached: Option<(Rule, Vec<usize>)>,
+    /// The socket filter every slot socket carries (`clients.allow` and
+    /// `deny`), when there is one.
+    access: Option<program::Program>,
 }
 
 impl Steering {
     /// Binds `count` slot sockets on `addr` and attaches a program that
-    /// places clients by `rule` over all of them.
-    pub fn bind(addr: SocketAddr, backlog: u32, count: usize, rule: Rule) -> io::Result<Steering> {
+    /// places clients by `rule` over all of them. Each socket carries the
+    /// access filter of `clients` (allow, deny) before it listens.
+    pub fn bind(
+        addr: SocketAddr,
+        backlog: u32,
+        count: usize,
+        rule: Rule,
+        clients: &crate::config::ClientsConfig,
+    ) -> io::Result<Steering> {
         // Nobody else may hold the port: with SO_REUSEPORT we would join
         // another process's group silently.
         // (SO_REUSEADDR: connections of a previous run in TIME_WAIT on the
@@ -74,6 +84,7 @@ impl Steering {
             group: Mutex::new(Group {
                 sockets: Vec::new(),
                 attached: None,
+                access: program::access_filter(&clients.allow, &clients.deny),
             }),
         };
         steering.grow_to(count)?;
@@ -117,6 +128,11 @@ impl Steering {
             // 40 ms delay, as through the port-mode proxy.
             socket.set_tcp_nodelay(true)?;
             socket.bind(&self.addr.into())?;
+            // The access filter is on before the socket listens: no
+            // denied client reaches its queue.
+            if let Some(access) = &group.access {
+                access.attach_filter(&socket)?;
+            }
             socket.listen(self.backlog as i32)?;
             group.sockets.push(Arc::new(socket));
         }
@@ -174,6 +190,21 @@ impl Steering {
         program::Program::new(&wanted.0, &wanted.1).attach(first.as_ref())?;
         group.attached = Some(wanted);
         Ok(true)
+    }
+
+    /// Enforces `clients.allow` and `clients.deny` in the kernel on every
+    /// slot socket, now and for slots added later (start and reload).
+    pub fn set_access(&self, clients: &crate::config::ClientsConfig) -> io::Result<()> {
+        let mut group = self.group();
+        let access = program::access_filter(&clients.allow, &clients.deny);
+        for socket in &group.sockets {
+            match &access {
+                Some(filter) => filter.attach_filter(socket.as_ref())?,
+                None => program::detach_filter(socket.as_ref())?,
+            }
+        }
+        group.access = access;
+        Ok(())
     }
 
     /// Clients waiting in slot `slot`'s accept queue (TCP_INFO on a
@@ -363,7 +394,15 @@ mod tests {
 
     #[test]
     fn slots_are_the_groups_indexes_as_it_grows_and_shrinks() {
-        let steering = Steering::bind("127.0.0.1:0".parse().unwrap(), 64, 2, Rule::Spread).unwrap();
+        let clients = crate::config::Config::embedded().clients;
+        let steering = Steering::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            64,
+            2,
+            Rule::Spread,
+            &clients,
+        )
+        .unwrap();
         steering.grow_to(4).unwrap();
         steering.shrink_to(3);
         for slot in 0..3 {

@@ -19,6 +19,12 @@
 //!
 //! A bucket becomes a slot through a binary search tree of compare-and-jump
 //! instructions over the table's runs (classic BPF cannot index memory).
+//!
+//! [`access_filter`] is the other kind: a socket filter (`SO_ATTACH_FILTER`)
+//! on every slot socket that enforces `clients.allow` and `clients.deny` in
+//! the kernel. A listening socket's filter sees each incoming SYN: a denied
+//! client's is dropped (returns 0) before any worker hears of it, and its
+//! connection attempt times out. corral's probes always pass.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -96,9 +102,86 @@ impl Program {
     /// Makes this the program of the SO_REUSEPORT group `socket` belongs
     /// to (it replaces the group's previous one).
     pub fn attach(&self, socket: &impl AsRawFd) -> io::Result<()> {
+        self.set(socket, SO_ATTACH_REUSEPORT_CBPF)
+    }
+}
+
+/// The port-mode front end's program: a random one of the group's first
+/// `sockets` sockets, which are corral's own (one per proxy thread, bound
+/// before anyone else can join). A process that joins the group later with
+/// SO_REUSEPORT gets a higher index, which this program never returns: it
+/// gets no client.
+pub fn only_own(sockets: usize) -> Program {
+    Program {
+        instructions: vec![
+            load_abs(libc::BPF_W, libc::SKF_AD_OFF + libc::SKF_AD_RANDOM),
+            alu_k(libc::BPF_MOD, sockets.max(1) as u32),
+            ret_a(),
+        ],
+    }
+}
+
+/// `SO_ATTACH_FILTER`/`SO_DETACH_FILTER` (socket filters).
+const SO_ATTACH_FILTER: libc::c_int = libc::SO_ATTACH_FILTER;
+const SO_DETACH_FILTER: libc::c_int = libc::SO_DETACH_FILTER;
+
+/// The most networks `allow` and `deny` may list together in fd mode (4
+/// instructions each within the kernel's 4096).
+pub const MAX_ACCESS_NETWORKS: usize = 1000;
+
+/// The socket filter for `allow` and `deny` (IPv4 networks; the fd-mode
+/// front end is IPv4), or `None` when both are empty (no filter). Deny
+/// wins; a non-empty allow lets only its networks in; corral's probe range
+/// always passes.
+pub fn access_filter(allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) -> Option<Program> {
+    if allow.is_empty() && deny.is_empty() {
+        return None;
+    }
+    const KEEP: u32 = u32::MAX;
+    const DROP: u32 = 0;
+    let v4 = |nets: &[ipnet::IpNet]| -> Vec<(u32, u32)> {
+        nets.iter()
+            .filter_map(|net| match net {
+                ipnet::IpNet::V4(v4) => Some((u32::from(v4.network()), mask(v4.prefix_len()))),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect()
+    };
+    // if (source & mask) == network: return verdict
+    let check = |(network, net_mask): (u32, u32), verdict: u32| {
+        [
+            load_abs(libc::BPF_W, IPV4_SOURCE),
+            alu_k(libc::BPF_AND, net_mask),
+            jump(libc::BPF_JEQ, network & net_mask, 0, 1),
+            stmt(libc::BPF_RET | libc::BPF_K, verdict),
+        ]
+    };
+    let mut code = Vec::new();
+    code.extend(check((PROBE_NET, PROBE_MASK), KEEP));
+    for net in v4(deny) {
+        code.extend(check(net, DROP));
+    }
+    if allow.is_empty() {
+        code.push(stmt(libc::BPF_RET | libc::BPF_K, KEEP));
+    } else {
+        for net in v4(allow) {
+            code.extend(check(net, KEEP));
+        }
+        code.push(stmt(libc::BPF_RET | libc::BPF_K, DROP));
+    }
+    Some(Program { instructions: code })
+}
+
+impl Program {
+    /// Makes this the socket filter of `socket` (replacing any).
+    pub fn attach_filter(&self, socket: &impl AsRawFd) -> io::Result<()> {
+        self.set(socket, SO_ATTACH_FILTER)
+    }
+
+    fn set(&self, socket: &impl AsRawFd, option: libc::c_int) -> io::Result<()> {
         if self.instructions.len() > MAX_INSTRUCTIONS {
             return Err(io::Error::other(format!(
-                "the steering program has {} instructions, more than the kernel's {MAX_INSTRUCTIONS}",
+                "the program has {} instructions, more than the kernel's {MAX_INSTRUCTIONS}",
                 self.instructions.len()
             )));
         }
@@ -112,7 +195,7 @@ impl Program {
             libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
-                SO_ATTACH_REUSEPORT_CBPF,
+                option,
                 (&program as *const libc::sock_fprog).cast(),
                 std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
             )
@@ -152,6 +235,29 @@ pub fn drop_new_clients(socket: &impl AsRawFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes `socket`'s filter; having none is fine.
+pub fn detach_filter(socket: &impl AsRawFd) -> io::Result<()> {
+    let nothing: libc::c_int = 0;
+    // SAFETY: SO_DETACH_FILTER reads no option value; a valid pointer and
+    // length are given anyway.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_DETACH_FILTER,
+            (&nothing as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            e => Err(e),
+        },
     }
 }
 
@@ -362,6 +468,53 @@ mod tests {
         for slot in [2, 1, 0, 2] {
             assert_eq!(landed(&sockets, addr, probe_source(slot)), slot);
         }
+    }
+
+    /// Does a connection from `source` reach the listening socket?
+    fn reaches(socket: &Socket, addr: SocketAddr, source: Ipv4Addr) -> bool {
+        let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        client
+            .bind(&SocketAddr::new(source.into(), 0).into())
+            .unwrap();
+        let connected = client
+            .connect_timeout(&addr.into(), std::time::Duration::from_millis(300))
+            .is_ok();
+        while socket.accept().is_ok() {}
+        connected
+    }
+
+    #[test]
+    fn the_access_filter_drops_denied_and_unlisted_clients_in_the_kernel() {
+        let (sockets, addr) = group(1);
+        let net = |t: &str| t.parse::<ipnet::IpNet>().unwrap();
+        access_filter(&[net("127.0.2.0/24")], &[net("127.0.2.9/32")])
+            .unwrap()
+            .attach_filter(&sockets[0])
+            .unwrap();
+        assert!(reaches(&sockets[0], addr, Ipv4Addr::new(127, 0, 2, 8)));
+        assert!(!reaches(&sockets[0], addr, Ipv4Addr::new(127, 0, 2, 9)));
+        assert!(!reaches(&sockets[0], addr, Ipv4Addr::new(127, 0, 3, 1)));
+        assert!(reaches(&sockets[0], addr, probe_source(0)));
+        detach_filter(&sockets[0]).unwrap();
+        assert!(reaches(&sockets[0], addr, Ipv4Addr::new(127, 0, 2, 9)));
+        assert!(access_filter(&[], &[]).is_none());
+        let many: Vec<_> = (0..MAX_ACCESS_NETWORKS as u32)
+            .map(|i| ipnet::IpNet::from(std::net::IpAddr::V4(Ipv4Addr::from(i))))
+            .collect();
+        assert!(access_filter(&many, &[]).unwrap().instructions() <= MAX_INSTRUCTIONS);
+    }
+
+    #[test]
+    fn a_latecomer_to_the_group_gets_nothing() {
+        let (mut sockets, addr) = group(3);
+        only_own(2).attach(&sockets[0]).unwrap();
+        let mut seen = [0usize; 3];
+        for _ in 0..60 {
+            seen[landed(&sockets, addr, Ipv4Addr::LOCALHOST)] += 1;
+        }
+        assert_eq!(seen[2], 0, "{seen:?}");
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        sockets.truncate(2);
     }
 
     #[test]

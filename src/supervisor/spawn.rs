@@ -292,17 +292,10 @@ async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: 
 /// One worker line in the log, as pm2 shows it: `worker-0 | text` for
 /// stdout, `worker-0 ! text` for stderr (and the `stream` field).
 fn emit(worker: usize, stream: Stream, line: &[u8], dropped: usize) {
-    let text: String = String::from_utf8_lossy(line)
-        .trim_end_matches('\r')
-        .chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let lossy = String::from_utf8_lossy(line);
+    // Control and bidi characters (ESC, U+202E, U+2028...) are escaped:
+    // a worker's output cannot rewrite the terminal that shows the log.
+    let text = crate::terminal::escape_keeping(lossy.trim_end_matches('\r'), &['\t']);
     let (name, mark) = match stream {
         Stream::Stdout => ("stdout", '|'),
         Stream::Stderr => ("stderr", '!'),

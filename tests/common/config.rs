@@ -30,8 +30,20 @@ impl Toml for Raw<'_> {
     }
 }
 
+/// A TOML basic string: backslash, quote and control characters escaped
+/// (TOML takes no raw control character in a string).
 fn quoted(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl Toml for &str {

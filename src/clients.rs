@@ -1,0 +1,504 @@
+//! The per-client table (`[clients]`): how many connections each client
+//! holds open now, how fast it opens new ones, and how many of its
+//! connections were refused. It owns the admission of a client at the
+//! front end (after `allow`/`deny`, which need no table): past
+//! `max_connections` or `max_rate` a connection is refused before any
+//! backend is chosen, so a refused client makes no sticky entry.
+//!
+//! A client is its address masked by `clients.ipv4_prefix` and
+//! `ipv6_prefix`. Counts are exact across proxy threads: an entry is only
+//! changed under its shard's lock (a [`DashMap`] cut into [`SHARDS`]
+//! shards). The table is bounded: past `max_tracked` entries the sweeper
+//! forgets the clients least recently seen that hold no connection, down
+//! to 95% of the bound. An entry is 24 bytes beside its 16-byte key.
+//!
+//! The new-connection rate is HAProxy's sliding window: the count of the
+//! current period plus the previous period's, weighted by how much of it
+//! still lies within one period of now. Only admitted connections count,
+//! so a client that keeps knocking is served at the rate and no faster, and
+//! one that stops is served again within a period.
+
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::config::ClientsConfig;
+use crate::dispatch::sticky::client_key;
+
+/// Shards of the map: a sweep locks one at a time.
+const SHARDS: usize = 256;
+
+/// Time in the table: tenths of a second since the table was made (a u32
+/// lasts 13 years).
+type Tick = u32;
+const TICKS_PER_SECOND: u64 = 10;
+
+/// A client: its masked address, as two words (8-byte alignment keeps a
+/// map slot at 40 bytes, where a `u128` would pad it to 48).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key([u64; 2]);
+
+impl Key {
+    fn of(ip: IpAddr, config: &ClientsConfig) -> Key {
+        let bits = client_key(
+            ip,
+            u32::from(config.ipv4_prefix),
+            u32::from(config.ipv6_prefix),
+        );
+        Key([(bits >> 64) as u64, bits as u64])
+    }
+
+    fn bits(self) -> u128 {
+        (u128::from(self.0[0]) << 64) | u128::from(self.0[1])
+    }
+}
+
+/// One client.
+#[derive(Debug, Default)]
+struct Entry {
+    connections: u32,
+    rejected: u32,
+    last_seen: Tick,
+    /// Start of the current rate period.
+    window: Tick,
+    /// Connections admitted in the current period and the one before.
+    current: u32,
+    previous: u32,
+}
+
+impl Entry {
+    /// Moves the rate window up to `now` for periods of `period` ticks.
+    fn roll(&mut self, now: Tick, period: Tick) {
+        let elapsed = now.wrapping_sub(self.window);
+        if elapsed >= period {
+            self.previous = if elapsed < 2 * period {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.window = now - elapsed % period;
+        }
+    }
+
+    /// New connections in the last `period` ticks (sliding estimate), in
+    /// thousandths.
+    fn rate_milli(&self, now: Tick, period: Tick) -> u64 {
+        let elapsed = u64::from(now.wrapping_sub(self.window).min(period));
+        let period = u64::from(period.max(1));
+        u64::from(self.previous) * 1000 * (period - elapsed) / period
+            + u64::from(self.current) * 1000
+    }
+}
+
+/// Why a client's connection was refused: the `reason` label of
+/// `corral_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Outside `allow`, or inside `deny`.
+    Denied,
+    /// It holds `max_connections` already.
+    Connections,
+    /// It opened `max_rate` connections within the period.
+    Rate,
+}
+
+/// One row of `GET /clients`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// The masked address, with its prefix when it is not a whole address.
+    pub client: String,
+    pub connections: u32,
+    /// New connections per second, over the last `max_rate` period (one
+    /// second when there is no rate limit).
+    pub rate: f64,
+    pub rejected: u32,
+}
+
+/// The table; one per process, shared by every proxy thread.
+pub struct ClientTable {
+    map: DashMap<Key, Entry>,
+    /// Entries, kept by inserts and made exact by every sweep
+    /// (`DashMap::len` locks every shard).
+    approximate_len: AtomicUsize,
+    max_tracked: AtomicUsize,
+    /// Woken when an insert takes the table past `max_tracked`.
+    pub over_limit: Notify,
+    started: Instant,
+    /// Refusals since the last summary, by reason (denied, connections,
+    /// rate), for the periodic log line.
+    since_summary: [AtomicU64; 3],
+}
+
+/// An admitted connection's place in the table: dropping it gives the
+/// connection back.
+pub struct Admitted<'a> {
+    table: &'a ClientTable,
+    key: Key,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let now = self.table.now();
+        if let Some(mut entry) = self.table.map.get_mut(&self.key) {
+            entry.connections = entry.connections.saturating_sub(1);
+            entry.last_seen = now;
+        }
+    }
+}
+
+impl ClientTable {
+    pub fn new(config: &ClientsConfig) -> ClientTable {
+        ClientTable {
+            map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
+            approximate_len: AtomicUsize::new(0),
+            max_tracked: AtomicUsize::new(config.max_tracked),
+            over_limit: Notify::new(),
+            started: Instant::now(),
+            since_summary: Default::default(),
+        }
+    }
+
+    /// Takes a reload's `max_tracked`.
+    pub fn configure(&self, config: &ClientsConfig) {
+        self.max_tracked
+            .store(config.max_tracked, Ordering::Relaxed);
+        if self.approximate_len.load(Ordering::Relaxed) > config.max_tracked {
+            self.over_limit.notify_one();
+        }
+    }
+
+    fn now(&self) -> Tick {
+        (self.started.elapsed().as_millis() as u64 / (1000 / TICKS_PER_SECOND)) as Tick
+    }
+
+    /// Admits a new connection from `ip` under `config`, or says why not.
+    /// The connection counts as the client's until the guard is dropped.
+    pub fn admit(&self, ip: IpAddr, config: &ClientsConfig) -> Result<Admitted<'_>, Refused> {
+        if !config.admits(ip) {
+            self.note(Refused::Denied);
+            return Err(Refused::Denied);
+        }
+        let key = Key::of(ip, config);
+        let now = self.now();
+        let period = rate_period(config);
+        let mut inserted = false;
+        let verdict = {
+            let mut entry = self.map.entry(key).or_insert_with(|| {
+                inserted = true;
+                Entry {
+                    window: now,
+                    ..Entry::default()
+                }
+            });
+            entry.last_seen = now;
+            entry.roll(now, period);
+            let rate_full = config.max_rate.is_some_and(|rate| {
+                entry.rate_milli(now, period) + 1000 > u64::from(rate.count) * 1000
+            });
+            if config.max_connections != 0 && entry.connections >= config.max_connections {
+                entry.rejected = entry.rejected.saturating_add(1);
+                Err(Refused::Connections)
+            } else if rate_full {
+                entry.rejected = entry.rejected.saturating_add(1);
+                Err(Refused::Rate)
+            } else {
+                entry.connections += 1;
+                entry.current = entry.current.saturating_add(1);
+                Ok(())
+            }
+        };
+        if inserted {
+            let len = self.approximate_len.fetch_add(1, Ordering::Relaxed) + 1;
+            if len > self.max_tracked.load(Ordering::Relaxed) {
+                self.over_limit.notify_one();
+            }
+        }
+        match verdict {
+            Ok(()) => Ok(Admitted { table: self, key }),
+            Err(refused) => {
+                self.note(refused);
+                Err(refused)
+            }
+        }
+    }
+
+    fn note(&self, refused: Refused) {
+        let index = match refused {
+            Refused::Denied => 0,
+            Refused::Connections => 1,
+            Refused::Rate => 2,
+        };
+        self.since_summary[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals since the last call (denied, connections, rate): for one
+    /// summary line instead of a line per refused connection.
+    pub fn take_summary(&self) -> [u64; 3] {
+        self.since_summary
+            .each_ref()
+            .map(|n| n.swap(0, Ordering::Relaxed))
+    }
+
+    /// Clients in the table.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Past `max_tracked`, forgets the clients least recently seen that
+    /// hold no connection, down to 95% of it. Two passes, no copy of the
+    /// table: one finds the age that cuts enough, one removes what is older.
+    pub fn sweep(&self) {
+        let limit = self.max_tracked.load(Ordering::Relaxed);
+        let len = self.map.len();
+        self.approximate_len.store(len, Ordering::Relaxed);
+        if len <= limit {
+            return;
+        }
+        let excess = len - limit * 95 / 100;
+        let now = self.now();
+        // Ages in ticks, in buckets that double: enough to pick a cut.
+        let mut buckets = [0usize; 34];
+        let bucket = |age: u32| (32 - age.leading_zeros()) as usize;
+        for entry in self.map.iter() {
+            if entry.connections == 0 {
+                buckets[bucket(now.wrapping_sub(entry.last_seen))] += 1;
+            }
+        }
+        // The oldest buckets first, until enough are cut.
+        let mut cut = 0;
+        let mut oldest_kept = buckets.len();
+        for (i, count) in buckets.iter().enumerate().rev() {
+            if cut >= excess {
+                break;
+            }
+            cut += count;
+            oldest_kept = i;
+        }
+        self.map.retain(|_, entry| {
+            entry.connections > 0 || bucket(now.wrapping_sub(entry.last_seen)) < oldest_kept
+        });
+        self.approximate_len
+            .store(self.map.len(), Ordering::Relaxed);
+    }
+
+    /// The `top` clients holding the most connections now (then the
+    /// fastest), as `GET /clients` shows them.
+    pub fn top(&self, top: usize, config: &ClientsConfig) -> Vec<Row> {
+        let now = self.now();
+        let period = rate_period(config);
+        let mut best: BinaryHeap<std::cmp::Reverse<(u32, u64, u32, Key)>> = BinaryHeap::new();
+        for entry in self.map.iter() {
+            let item = std::cmp::Reverse((
+                entry.connections,
+                entry.rate_milli(now, period),
+                entry.rejected,
+                *entry.key(),
+            ));
+            if best.len() < top {
+                best.push(item);
+            } else if best.peek().is_some_and(|least| item < *least) {
+                best.pop();
+                best.push(item);
+            }
+        }
+        let seconds = f64::from(period) / TICKS_PER_SECOND as f64;
+        let mut rows: Vec<_> = best.into_iter().map(|r| r.0).collect();
+        rows.sort_by(|a, b| b.cmp(a));
+        rows.into_iter()
+            .map(|(connections, rate, rejected, key)| Row {
+                client: show(key, config),
+                connections,
+                rate: (rate as f64 / 1000.0 / seconds * 100.0).round() / 100.0,
+                rejected,
+            })
+            .collect()
+    }
+}
+
+/// Keeps the table within `max_tracked` (woken when an insert passes it)
+/// and logs one summary line a minute of the connections refused, never
+/// one per connection.
+pub async fn sweep(shared: std::sync::Arc<crate::shared::Shared>) {
+    use std::time::Duration;
+    const SUMMARY: Duration = Duration::from_secs(60);
+    let mut summary = tokio::time::interval(SUMMARY);
+    summary.tick().await;
+    loop {
+        tokio::select! {
+            _ = shared.clients.over_limit.notified() => {
+                let table = std::sync::Arc::clone(&shared);
+                let _ = tokio::task::spawn_blocking(move || table.clients.sweep()).await;
+                // At most ten sweeps a second, however fast clients come.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = summary.tick() => {
+                let [denied, connections, rate] = shared.clients.take_summary();
+                if denied + connections + rate > 0 {
+                    tracing::info!(
+                        denied,
+                        client_connections = connections,
+                        client_rate = rate,
+                        "[clients] refused connections in the last minute"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The rate period in ticks: `max_rate`'s, or one second.
+fn rate_period(config: &ClientsConfig) -> Tick {
+    let seconds = config.max_rate.map_or(1, |rate| rate.per.as_secs().max(1));
+    (seconds * TICKS_PER_SECOND) as Tick
+}
+
+/// A key as an address, with the prefix when the address is masked.
+fn show(key: Key, config: &ClientsConfig) -> String {
+    let bits = key.bits();
+    if bits >> 32 == 0xffff {
+        let ip = Ipv4Addr::from(bits as u32);
+        match config.ipv4_prefix {
+            32 => ip.to_string(),
+            prefix => format!("{ip}/{prefix}"),
+        }
+    } else {
+        let ip = Ipv6Addr::from(bits);
+        match config.ipv6_prefix {
+            128 => ip.to_string(),
+            prefix => format!("{ip}/{prefix}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rate;
+    use std::time::Duration;
+
+    fn config() -> ClientsConfig {
+        ClientsConfig {
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            max_connections: 0,
+            max_rate: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_tracked: 1000,
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn connections_past_the_limit_are_refused_and_given_back() {
+        let table = ClientTable::new(&config());
+        let limited = ClientsConfig {
+            max_connections: 2,
+            ..config()
+        };
+        let a = table.admit(ip("10.0.0.1"), &limited).unwrap();
+        let _b = table.admit(ip("10.0.0.1"), &limited).unwrap();
+        assert_eq!(
+            table.admit(ip("10.0.0.1"), &limited).err(),
+            Some(Refused::Connections)
+        );
+        assert!(table.admit(ip("10.0.0.2"), &limited).is_ok());
+        drop(a);
+        let _c = table.admit(ip("10.0.0.1"), &limited).unwrap();
+        let rows = table.top(10, &limited);
+        assert_eq!(rows[0].client, "10.0.0.1");
+        assert_eq!((rows[0].connections, rows[0].rejected), (2, 1));
+    }
+
+    #[test]
+    fn a_rate_refuses_past_the_count_within_the_period() {
+        let table = ClientTable::new(&config());
+        let limited = ClientsConfig {
+            max_rate: Some(Rate {
+                count: 3,
+                per: Duration::from_secs(60),
+            }),
+            ..config()
+        };
+        for _ in 0..3 {
+            drop(table.admit(ip("10.0.0.1"), &limited).unwrap());
+        }
+        assert_eq!(
+            table.admit(ip("10.0.0.1"), &limited).err(),
+            Some(Refused::Rate)
+        );
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let mut entry = Entry {
+            current: 10,
+            ..Entry::default()
+        };
+        entry.roll(15, 10);
+        assert_eq!((entry.previous, entry.current, entry.window), (10, 0, 10));
+        assert_eq!(entry.rate_milli(15, 10), 5000);
+        entry.roll(40, 10);
+        assert_eq!((entry.previous, entry.current), (0, 0));
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_prefixes_group_clients() {
+        let mut listed = config();
+        listed.allow = vec!["10.0.0.0/8".parse().unwrap()];
+        listed.deny = vec!["10.0.0.7/32".parse().unwrap()];
+        listed.ipv4_prefix = 24;
+        let table = ClientTable::new(&listed);
+        assert_eq!(
+            table.admit(ip("10.0.0.7"), &listed).err(),
+            Some(Refused::Denied)
+        );
+        assert_eq!(
+            table.admit(ip("192.0.2.1"), &listed).err(),
+            Some(Refused::Denied)
+        );
+        let _a = table.admit(ip("10.0.0.8"), &listed).unwrap();
+        let _b = table.admit(ip("::ffff:10.0.0.9"), &listed).unwrap();
+        let rows = table.top(10, &listed);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].client, "10.0.0.0/24");
+        assert_eq!(rows[0].connections, 2);
+    }
+
+    #[test]
+    fn the_table_forgets_idle_clients_past_its_bound() {
+        let bounded = ClientsConfig {
+            max_tracked: 100,
+            ..config()
+        };
+        let table = ClientTable::new(&bounded);
+        let held = table.admit(ip("10.1.0.0"), &bounded).unwrap();
+        for i in 1..300u32 {
+            drop(table.admit(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)), &bounded));
+        }
+        table.sweep();
+        assert!(table.len() <= 100, "{} entries", table.len());
+        assert!(table
+            .top(1, &bounded)
+            .first()
+            .is_some_and(|r| r.client == "10.1.0.0" && r.connections == 1));
+        drop(held);
+    }
+
+    #[test]
+    fn an_entry_is_small() {
+        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 40);
+    }
+}
