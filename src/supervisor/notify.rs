@@ -54,6 +54,9 @@ pub enum Notice {
     WatchdogTrigger,
     /// `EXTEND_TIMEOUT_USEC=…`: its start-up needs this much longer.
     ExtendTimeout(Duration),
+    /// Another well-formed line of the protocol (`RELOADING=1`,
+    /// `MAINPID=…`, …): understood, and nothing for corral to do.
+    Other,
 }
 
 /// The registered worker trees: shim pid to the slot's queue.
@@ -124,6 +127,7 @@ impl NotifyHub {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("corral-{}-{nanos:08x}", std::process::id()));
+        remove_stale(&base);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("notify");
         let socket = UnixDatagram::bind(&path)?;
@@ -210,6 +214,30 @@ impl Notifier {
 impl Drop for NotifyHub {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes what corrals killed before they could clean up left in `base`
+/// (`corral-<pid>-…` directories whose process is gone).
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("corral-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = !Path::new(&format!("/proc/{pid}")).exists();
+        let ours = entry.path().join("notify").exists();
+        if gone && ours {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -346,6 +374,12 @@ pub fn parse(datagram: &[u8]) -> Vec<Notice> {
                     .parse()
                     .ok()
                     .map(|usec| Notice::ExtendTimeout(Duration::from_micros(usec))),
+                (key, _)
+                    if !key.is_empty()
+                        && key.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') =>
+                {
+                    Some(Notice::Other)
+                }
                 _ => None,
             }
         })
@@ -384,7 +418,11 @@ mod tests {
     fn the_protocol_lines_are_read() {
         assert_eq!(
             parse(b"READY=1\nSTATUS=warming caches\nMAINPID=1\n"),
-            vec![Notice::Ready, Notice::Status("warming caches".into())]
+            vec![
+                Notice::Ready,
+                Notice::Status("warming caches".into()),
+                Notice::Other
+            ]
         );
         assert_eq!(
             parse(b"WATCHDOG=1"),
@@ -396,7 +434,7 @@ mod tests {
             parse(b"EXTEND_TIMEOUT_USEC=5000000"),
             vec![Notice::ExtendTimeout(Duration::from_secs(5))]
         );
-        assert_eq!(parse(b"READY=0\nnonsense"), vec![]);
+        assert_eq!(parse(b"READY=0\nnonsense\nlower=1"), vec![]);
         assert_eq!(parse(&[0xff, 0xfe]), vec![]);
     }
 

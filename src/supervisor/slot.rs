@@ -158,7 +158,7 @@ impl Slot {
                                     }
                                     watchdog.as_mut().reset(watchdog_deadline(&workers));
                                 }
-                                Notice::Ready | Notice::ExtendTimeout(_) => {}
+                                Notice::Ready | Notice::ExtendTimeout(_) | Notice::Other => {}
                             },
                             () = &mut watchdog => {
                                 let why = format!(

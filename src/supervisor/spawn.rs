@@ -166,8 +166,11 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
         .arg("--")
         .arg(&spec.program)
         .args(&spec.args)
-        // systemd's socket is corral's to use, not the workers'.
+        // systemd's socket and watchdog are corral's, not the workers'
+        // (with workers.notify, the spec gives them corral's own).
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(reported))
         .stdout(Stdio::piped())
