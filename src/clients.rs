@@ -10,7 +10,9 @@
 //! changed under its shard's lock (a [`DashMap`] cut into [`SHARDS`]
 //! shards). The table is bounded: past `max_tracked` entries the sweeper
 //! forgets the clients least recently seen that hold no connection, down
-//! to 95% of the bound. An entry is 24 bytes beside its 16-byte key.
+//! to 95% of the bound. An entry is 16 bytes beside its 16-byte key (a map
+//! slot of 32 bytes and a control byte; with the hash table's slack, 38 to
+//! 75 bytes a client, see `benches/clients_scale.rs`).
 //!
 //! The new-connection rate is HAProxy's sliding window: the count of the
 //! current period plus the previous period's, weighted by how much of it
@@ -38,7 +40,7 @@ type Tick = u32;
 const TICKS_PER_SECOND: u64 = 10;
 
 /// A client: its masked address, as two words (8-byte alignment keeps a
-/// map slot at 40 bytes, where a `u128` would pad it to 48).
+/// map slot at 32 bytes, where a `u128` would pad it to 48).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key([u64; 2]);
 
@@ -57,23 +59,40 @@ impl Key {
     }
 }
 
-/// One client.
+/// One client, in 16 bytes.
 #[derive(Debug, Default)]
 struct Entry {
     connections: u32,
-    rejected: u32,
+    /// When it last tried to connect (admitted or not).
     last_seen: Tick,
-    /// Start of the current rate period.
-    window: Tick,
-    /// Connections admitted in the current period and the one before.
-    current: u32,
-    previous: u32,
+    /// Start of the current rate period, in ticks modulo 2^16: the window
+    /// is rolled on every attempt, so it is never far behind `last_seen`.
+    window: u16,
+    /// Connections admitted in the current period and the one before
+    /// (`max_rate` counts are at most 65,535 a period).
+    current: u16,
+    previous: u16,
+    /// Connections refused by the limits (it stops counting at 65,535).
+    rejected: u16,
 }
 
+/// The longest rate period in ticks (an hour).
+const MAX_PERIOD: Tick = 3600 * TICKS_PER_SECOND as Tick;
+
 impl Entry {
-    /// Moves the rate window up to `now` for periods of `period` ticks.
+    /// Moves the rate window up to `now` for periods of `period` ticks;
+    /// call before `last_seen` is set to `now`.
     fn roll(&mut self, now: Tick, period: Tick) {
-        let elapsed = now.wrapping_sub(self.window);
+        let idle = now.wrapping_sub(self.last_seen);
+        // Idle past two periods, or so long that the 16-bit window could
+        // have wrapped: nothing counts any more.
+        if idle >= 2 * period || idle + period >= 1 << 16 {
+            self.previous = 0;
+            self.current = 0;
+            self.window = now as u16;
+            return;
+        }
+        let elapsed = Tick::from((now as u16).wrapping_sub(self.window));
         if elapsed >= period {
             self.previous = if elapsed < 2 * period {
                 self.current
@@ -81,14 +100,15 @@ impl Entry {
                 0
             };
             self.current = 0;
-            self.window = now - elapsed % period;
+            self.window = (now - elapsed % period) as u16;
         }
     }
 
     /// New connections in the last `period` ticks (sliding estimate), in
     /// thousandths.
     fn rate_milli(&self, now: Tick, period: Tick) -> u64 {
-        let elapsed = u64::from(now.wrapping_sub(self.window).min(period));
+        let elapsed = Tick::from((now as u16).wrapping_sub(self.window));
+        let elapsed = u64::from(elapsed.min(period));
         let period = u64::from(period.max(1));
         u64::from(self.previous) * 1000 * (period - elapsed) / period
             + u64::from(self.current) * 1000
@@ -116,7 +136,7 @@ pub struct Row {
     /// New connections per second, over the last `max_rate` period (one
     /// second when there is no rate limit).
     pub rate: f64,
-    pub rejected: u32,
+    pub rejected: u16,
 }
 
 /// The table; one per process, shared by every proxy thread.
@@ -143,10 +163,8 @@ pub struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let now = self.table.now();
         if let Some(mut entry) = self.table.map.get_mut(&self.key) {
             entry.connections = entry.connections.saturating_sub(1);
-            entry.last_seen = now;
         }
     }
 }
@@ -191,12 +209,13 @@ impl ClientTable {
             let mut entry = self.map.entry(key).or_insert_with(|| {
                 inserted = true;
                 Entry {
-                    window: now,
+                    last_seen: now,
+                    window: now as u16,
                     ..Entry::default()
                 }
             });
-            entry.last_seen = now;
             entry.roll(now, period);
+            entry.last_seen = now;
             let rate_full = config.max_rate.is_some_and(|rate| {
                 entry.rate_milli(now, period) + 1000 > u64::from(rate.count) * 1000
             });
@@ -295,7 +314,7 @@ impl ClientTable {
     pub fn top(&self, top: usize, config: &ClientsConfig) -> Vec<Row> {
         let now = self.now();
         let period = rate_period(config);
-        let mut best: BinaryHeap<std::cmp::Reverse<(u32, u64, u32, Key)>> = BinaryHeap::new();
+        let mut best: BinaryHeap<std::cmp::Reverse<(u32, u64, u16, Key)>> = BinaryHeap::new();
         for entry in self.map.iter() {
             let item = std::cmp::Reverse((
                 entry.connections,
@@ -358,7 +377,7 @@ pub async fn sweep(shared: std::sync::Arc<crate::shared::Shared>) {
 /// The rate period in ticks: `max_rate`'s, or one second.
 fn rate_period(config: &ClientsConfig) -> Tick {
     let seconds = config.max_rate.map_or(1, |rate| rate.per.as_secs().max(1));
-    (seconds * TICKS_PER_SECOND) as Tick
+    ((seconds * TICKS_PER_SECOND) as Tick).min(MAX_PERIOD)
 }
 
 /// A key as an address, with the prefix when the address is masked.
@@ -450,8 +469,20 @@ mod tests {
         entry.roll(15, 10);
         assert_eq!((entry.previous, entry.current, entry.window), (10, 0, 10));
         assert_eq!(entry.rate_milli(15, 10), 5000);
+        entry.last_seen = 15;
         entry.roll(40, 10);
         assert_eq!((entry.previous, entry.current), (0, 0));
+        // Across the 16-bit wrap of the window.
+        let mut entry = Entry {
+            last_seen: 65_530,
+            window: 65_530,
+            current: 4,
+            ..Entry::default()
+        };
+        entry.roll(65_545, 10);
+        assert_eq!((entry.previous, entry.current), (4, 0));
+        assert_eq!(entry.window, 4);
+        assert_eq!(entry.rate_milli(65_545, 10), 2000);
     }
 
     #[test]
@@ -499,6 +530,7 @@ mod tests {
 
     #[test]
     fn an_entry_is_small() {
-        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 32);
     }
 }

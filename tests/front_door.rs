@@ -765,3 +765,62 @@ fn a_process_joining_the_front_end_with_so_reuseport_gets_no_client() {
     assert_eq!(stolen, 0, "the intruder took {stolen} clients");
     assert_eq!(served, 100);
 }
+
+#[test]
+fn fd_mode_names_a_process_joining_the_front_end_and_gives_it_no_slot() {
+    let config = Config::new()
+        .set("workers.command", &["corral", "demo-worker"])
+        .set("workers.count", 2)
+        .set("workers.listen", "fd")
+        .set("workers.restart_delay_max", "500ms");
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    let front = corral.front;
+    let intruder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    intruder.set_reuse_address(true).unwrap();
+    intruder.set_reuse_port(true).unwrap();
+    intruder.bind(&front.into()).unwrap();
+    intruder.listen(1024).unwrap();
+    intruder.set_nonblocking(true).unwrap();
+
+    // Named with its pid in the log and in /status.
+    let me = std::process::id();
+    corral.wait_log(
+        "another process listens on the front end",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(
+        corral.log().contains(&format!("pid {me}")),
+        "{}",
+        corral.log()
+    );
+    assert_eq!(
+        corral.status()["intruders"][0]["pid"],
+        me,
+        "{}",
+        corral.status()
+    );
+
+    // A scale-up adds no slot whose clients would go to it.
+    let (code, body) = http(corral.admin, "POST", "/workers/scale?count=3");
+    assert_eq!(code, 202, "{body}");
+    corral.wait_log(
+        "no worker slot is added",
+        std::time::Duration::from_secs(10),
+    );
+    let served = (0..30).filter(|_| get_from(front, None).is_ok()).count();
+    let mut stolen = 0;
+    while intruder.accept().is_ok() {
+        stolen += 1;
+    }
+    assert_eq!((served, stolen), (30, 0));
+    assert_eq!(corral.backends_in("up"), 2);
+
+    // Once it is gone, the third slot starts.
+    drop(intruder);
+    corral.wait_up(3);
+    assert!(corral.status()["intruders"]
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+}

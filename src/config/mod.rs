@@ -117,9 +117,11 @@ impl Rate {
             .trim()
             .parse()
             .ok()
-            .filter(|&n| n > 0)
+            .filter(|&n| (1..=65_535).contains(&n))
             .ok_or_else(|| {
-                format!("`{text}`: the count must be a whole number of at least 1, as in \"20/s\"")
+                format!(
+                    "`{text}`: the count must be a whole number from 1 to 65535, as in \"20/s\""
+                )
             })?;
         let per = match unit.trim() {
             "s" | "sec" | "second" => Duration::from_secs(1),

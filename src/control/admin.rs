@@ -340,6 +340,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
         "draining": shared.is_draining(),
         "backends": backends,
+        "intruders": shared.steering.as_ref().map(|s| s.intruders()),
     })
 }
 

@@ -133,6 +133,10 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     tokio::spawn(crate::clients::sweep(Arc::clone(&shared)));
     if let Some(steering) = &steering {
         tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
+        tokio::spawn(steering::watch_intruders(
+            Arc::clone(&shared),
+            Arc::clone(steering),
+        ));
     }
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);

@@ -11,7 +11,12 @@
 //! [`run`] decides, every [`TICK`], which slots are in rotation from the
 //! pool's states, regenerates the program when that set changes, and hands
 //! the clients queued on a slot that was steered around to [`rescue`].
+//! [`watch_intruders`] looks for other processes listening on the front end
+//! ([`intruders`]): they are logged with their pid and shown in `/status`,
+//! and while one is there no slot is added (its socket would take a place
+//! in the group after the intruder's).
 
+pub mod intruders;
 pub mod program;
 mod rescue;
 pub mod table;
@@ -43,6 +48,8 @@ pub struct Steering {
     addr: SocketAddr,
     backlog: u32,
     group: Mutex<Group>,
+    /// Other processes' listening sockets on the front end, as last seen.
+    intruders: Mutex<Vec<intruders::Intruder>>,
 }
 
 struct Group {
@@ -86,6 +93,7 @@ impl Steering {
                 attached: None,
                 access: program::access_filter(&clients.allow, &clients.deny),
             }),
+            intruders: Mutex::new(Vec::new()),
         };
         steering.grow_to(count)?;
         steering.steer(rule, (0..count).collect())?;
@@ -116,9 +124,22 @@ impl Steering {
         self.group().sockets.len()
     }
 
-    /// Adds sockets for slots up to `count` (scale-up).
+    /// Adds sockets for slots up to `count` (scale-up). Refused while
+    /// another process listens on the front end: a new socket would join
+    /// the group after the intruder's, and the program would steer the new
+    /// slot's clients to the intruder.
     pub fn grow_to(&self, count: usize) -> io::Result<()> {
         let mut group = self.group();
+        if group.sockets.len() < count {
+            let intruders = self.intruders();
+            if !intruders.is_empty() {
+                let named: Vec<String> = intruders.iter().map(|i| i.to_string()).collect();
+                return Err(io::Error::other(format!(
+                    "another process listens on the front end ({}): no worker slot is added while it is there, or its clients would go to that process",
+                    named.join(", ")
+                )));
+            }
+        }
         while group.sockets.len() < count {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
@@ -227,6 +248,23 @@ impl Steering {
         (done == 0).then_some(info.tcpi_unacked)
     }
 
+    /// The inodes of corral's slot sockets.
+    pub fn own_inodes(&self) -> std::collections::HashSet<u64> {
+        self.group()
+            .sockets
+            .iter()
+            .filter_map(|s| intruders::inode_of(s.as_ref()))
+            .collect()
+    }
+
+    /// Other processes listening on the front end, as last seen.
+    pub fn intruders(&self) -> Vec<intruders::Intruder> {
+        self.intruders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     fn group(&self) -> MutexGuard<'_, Group> {
         self.group
             .lock()
@@ -247,6 +285,64 @@ pub fn rule_of(config: &Config) -> Rule {
             prefix: config.sticky.ipv4_prefix,
         },
         _ => Rule::Spread,
+    }
+}
+
+/// How often [`watch_intruders`] looks.
+const INTRUDER_CHECK: Duration = Duration::from_secs(2);
+
+/// Looks for other processes listening on the front end every
+/// [`INTRUDER_CHECK`] until the front end stops; logs each one that comes
+/// (with its pid) and goes.
+pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
+    let mut tick = tokio::time::interval(INTRUDER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stop_accepting.cancelled() => return,
+        }
+        let looking = Arc::clone(&steering);
+        let found = tokio::task::spawn_blocking(move || {
+            intruders::find(looking.addr(), &looking.own_inodes())
+        })
+        .await;
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                if !failed {
+                    tracing::warn!(%error, "cannot list the front end's listening sockets (sock_diag); intruders go unseen");
+                    failed = true;
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut known = steering
+            .intruders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for intruder in found
+            .iter()
+            .filter(|i| !known.iter().any(|k| k.inode == i.inode))
+        {
+            tracing::warn!(
+                pid = intruder.pid,
+                front = %steering.addr(),
+                "another process listens on the front end: {intruder}; it gets no worker slot's clients, and no slot is added while it is there"
+            );
+        }
+        for gone in known
+            .iter()
+            .filter(|k| !found.iter().any(|i| i.inode == k.inode))
+        {
+            tracing::info!(
+                pid = gone.pid,
+                "the other process on the front end is gone: {gone}"
+            );
+        }
+        *known = found;
     }
 }
 

@@ -1,0 +1,273 @@
+//! Other processes listening on the fd-mode front end. A process of the
+//! same user may bind the front-end address with SO_REUSEPORT and join the
+//! slots' group at its end; the steering program never picks an index past
+//! corral's slots, but a slot added later (scale-up) would get the index
+//! after the intruder's, and the intruder the new slot's clients and
+//! probes. So corral looks: the kernel's listening TCP sockets (sock_diag
+//! over netlink, the source `ss -tl` reads) on the front end's port that are
+//! none of corral's slot sockets (compared by inode) are intruders, named
+//! with the pid that holds them (from `/proc/<pid>/fd`).
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Another process's listening socket on the front end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Intruder {
+    /// A process holding it (the first found), if it can be seen.
+    pub pid: Option<u32>,
+    /// That process's name (`/proc/<pid>/comm`).
+    pub command: Option<String>,
+    /// The address it listens on.
+    pub address: String,
+    #[serde(skip)]
+    pub inode: u64,
+}
+
+impl std::fmt::Display for Intruder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, &self.command) {
+            (Some(pid), Some(command)) => write!(
+                f,
+                "pid {pid} ({}) on {}",
+                crate::terminal::escape(command),
+                self.address
+            ),
+            (Some(pid), None) => write!(f, "pid {pid} on {}", self.address),
+            _ => write!(f, "socket inode {} on {}", self.inode, self.address),
+        }
+    }
+}
+
+/// The inode of a socket, as sock_diag and `/proc/<pid>/fd` name it.
+pub fn inode_of(socket: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: fstat writes a `stat` into the zeroed buffer and reads
+    // nothing else; the descriptor is borrowed and stays open.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let done = unsafe { libc::fstat(socket.as_raw_fd(), &mut stat) };
+    (done == 0).then_some(stat.st_ino)
+}
+
+/// Listening IPv4 TCP sockets on `front`'s port (its address, or any
+/// address when one of the two is unspecified) that are not in `own`.
+pub fn find(front: SocketAddr, own: &HashSet<u64>) -> io::Result<Vec<Intruder>> {
+    let front_ip = match front.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => return Ok(Vec::new()),
+    };
+    let mut found: Vec<Intruder> = listeners()?
+        .into_iter()
+        .filter(|(addr, inode)| {
+            addr.port() == front.port()
+                && (addr.ip() == &front_ip
+                    || addr.ip().is_unspecified()
+                    || front_ip.is_unspecified())
+                && !own.contains(inode)
+        })
+        .map(|(addr, inode)| Intruder {
+            pid: None,
+            command: None,
+            address: addr.to_string(),
+            inode,
+        })
+        .collect();
+    if !found.is_empty() {
+        name_holders(&mut found);
+    }
+    Ok(found)
+}
+
+/// Fills in the pid and command of each intruder from `/proc/*/fd`.
+fn name_holders(found: &mut [Intruder]) {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            for intruder in found
+                .iter_mut()
+                .filter(|i| i.inode == inode && i.pid.is_none())
+            {
+                intruder.pid = Some(pid);
+                intruder.command = std::fs::read_to_string(process.path().join("comm"))
+                    .ok()
+                    .map(|c| c.trim().to_string());
+            }
+        }
+        if found.iter().all(|i| i.pid.is_some()) {
+            return;
+        }
+    }
+}
+
+/// `SOCK_DIAG_BY_FAMILY` from `<linux/sock_diag.h>`.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCP_LISTEN` from `<net/tcp_states.h>`.
+const TCP_LISTEN: u32 = 10;
+/// Bytes of `struct nlmsghdr`.
+const HEADER: usize = 16;
+/// Bytes of `struct inet_diag_msg` before its attributes.
+const DIAG_MSG: usize = 72;
+
+/// Every listening IPv4 TCP socket of this network namespace: its local
+/// address and inode (one sock_diag dump over netlink).
+fn listeners() -> io::Result<Vec<(std::net::SocketAddrV4, u64)>> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: the option value is a valid timeval of the given size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
+    // and a zero inet_diag_sockid (48 bytes): dump them all.
+    let mut request = Vec::with_capacity(HEADER + 56);
+    request.extend_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    request.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    request.extend_from_slice(&[0u8; 48]);
+    // SAFETY: a zeroed sockaddr_nl with the family set addresses the
+    // kernel; `request` is valid for its length.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        libc::sendto(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: recv writes at most `buffer.len()` bytes into it.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut rest = &buffer[..got as usize];
+        while rest.len() >= HEADER {
+            let word = |at: usize| {
+                u32::from_ne_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]])
+            };
+            let length = word(0) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if length < HEADER || length > rest.len() {
+                return Err(io::Error::other("a malformed sock_diag answer"));
+            }
+            match kind as libc::c_int {
+                libc::NLMSG_DONE => return Ok(found),
+                libc::NLMSG_ERROR => {
+                    let errno = if length >= HEADER + 4 {
+                        word(HEADER) as i32
+                    } else {
+                        0
+                    };
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ if kind == SOCK_DIAG_BY_FAMILY && length >= HEADER + DIAG_MSG => {
+                    let msg = &rest[HEADER..length];
+                    let port = u16::from_be_bytes([msg[4], msg[5]]);
+                    let ip = Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]);
+                    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
+                    found.push((std::net::SocketAddrV4::new(ip, port), u64::from(inode)));
+                }
+                _ => {}
+            }
+            // Messages are aligned to 4 bytes.
+            let step = (length + 3) & !3;
+            rest = &rest[step.min(rest.len())..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stranger_on_the_port_is_found_and_named_and_our_own_is_not() {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let front = own.local_addr().unwrap();
+        let ours = HashSet::from([inode_of(&own).unwrap()]);
+        assert_eq!(find(front, &ours).unwrap(), Vec::new());
+        let other =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        other.set_reuse_address(true).unwrap();
+        // Not joined by SO_REUSEPORT here: a plain listener on the same
+        // port at another address of the same machine.
+        other
+            .bind(&SocketAddr::new("127.0.0.2".parse().unwrap(), front.port()).into())
+            .unwrap();
+        other.listen(8).unwrap();
+        let found = find(
+            SocketAddr::new("0.0.0.0".parse().unwrap(), front.port()),
+            &ours,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, Some(std::process::id()));
+        assert_eq!(found[0].address, format!("127.0.0.2:{}", front.port()));
+    }
+}
