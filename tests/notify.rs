@@ -312,3 +312,47 @@ fn check_refuses_a_watchdog_without_notify_naming_the_key() {
         "{text}"
     );
 }
+
+#[test]
+fn a_node_worker_with_the_sd_notify_package_is_ready_when_it_says_so() {
+    require("node", "nodejs");
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/node/node_modules");
+    assert!(
+        modules.join("sd-notify").exists(),
+        "the sd-notify npm package is missing: run scripts/test (apt-get install libsystemd-dev g++ make; cd tests/support/node && npm ci)"
+    );
+    let script = support("notify_worker.js");
+    let modules = modules.display().to_string();
+    let config = Config::new()
+        .workers(&["node", script.as_str()], 2)
+        .set("workers.notify", true)
+        .set("workers.watchdog", "2s")
+        .set(
+            "workers.env",
+            Raw(&format!(
+                "{{ NODE_PATH = {modules:?}, READY_DELAY = \"1\" }}"
+            )),
+        )
+        .strategy("round-robin");
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    for slot in 0..2 {
+        let w = worker(&corral, slot);
+        assert_eq!(w["status"], "serving", "{w}");
+    }
+    // The package feeds the watchdog: nobody is replaced for a while.
+    std::thread::sleep(Duration::from_secs(5));
+    for slot in 0..2 {
+        let w = worker(&corral, slot);
+        assert_eq!(
+            w["restarts"],
+            0,
+            "the watchdog fired: {w}\n{}",
+            corral.log()
+        );
+        assert_eq!(w["state"], "up", "{w}");
+    }
+    let answer = get(corral.front).expect("served");
+    assert!(answer.starts_with("worker="), "{answer}");
+}
