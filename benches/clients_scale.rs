@@ -10,10 +10,12 @@
 //!    and after 1,000,000 distinct IPv4 clients each open and close one
 //!    connection through a [`ClientTable`] (`max_tracked` 2,000,000, so
 //!    nothing is forgotten); growth in MiB and bytes per client. Target:
-//!    64 bytes per client. A map slot is 32 bytes and a control byte; at a
-//!    million the 256 shards have just doubled (48% full), so this is the
-//!    worst point of the curve: measured 74.7 bytes (300 ns per admission,
-//!    with or without limits, on a loaded 2-CPU machine).
+//!    64 bytes per client. An IPv4 client's map slot is 20 bytes (a 4-byte
+//!    key) and a control byte; at a million the 256 shards have just
+//!    doubled (48% full), so this is the worst point of the curve: measured
+//!    49 bytes (74.7 with the 16-byte key of every client before); 200 to
+//!    290 ns per admission, with or without limits, as before, on a loaded
+//!    2-CPU machine.
 //! 2. **Admission.** Nanoseconds per admit-and-release of a connection by a
 //!    client already in the table, with `max_connections` and `max_rate`
 //!    set (not hit), and with no limits: the cost the limits add per new

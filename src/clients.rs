@@ -7,12 +7,17 @@
 //!
 //! A client is its address masked by `clients.ipv4_prefix` and
 //! `ipv6_prefix`. Counts are exact across proxy threads: an entry is only
-//! changed under its shard's lock (a [`DashMap`] cut into [`SHARDS`]
-//! shards). The table is bounded: past `max_tracked` entries the sweeper
+//! changed under its shard's lock (each map below is a [`DashMap`] cut
+//! into [`SHARDS`] shards). The table is bounded: past `max_tracked` entries the sweeper
 //! forgets the clients least recently seen that hold no connection, down
-//! to 95% of the bound. An entry is 16 bytes beside its 16-byte key (a map
-//! slot of 32 bytes and a control byte; with the hash table's slack, 38 to
-//! 75 bytes a client, see `benches/clients_scale.rs`).
+//! to 95% of the bound.
+//!
+//! An entry is 16 bytes beside the smallest key that holds the client, in
+//! one of three maps: IPv4 clients under a 4-byte key (a map slot of 20
+//! bytes), IPv6 clients under 8 bytes while `ipv6_prefix` is at most 64
+//! (the default; a 24-byte slot), and under 16 bytes past it (32). With a
+//! control byte a slot and the hash table's slack, an IPv4 client takes 24
+//! to 49 bytes (49 at a million, see `benches/clients_scale.rs`).
 //!
 //! The new-connection rate is HAProxy's sliding window: the count of the
 //! current period plus the previous period's, weighted by how much of it
@@ -21,6 +26,7 @@
 //! one that stops is served again within a period.
 
 use std::collections::BinaryHeap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -39,23 +45,36 @@ const SHARDS: usize = 256;
 type Tick = u32;
 const TICKS_PER_SECOND: u64 = 10;
 
-/// A client: its masked address, as two words (8-byte alignment keeps a
-/// map slot at 32 bytes, where a `u128` would pad it to 48).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Key([u64; 2]);
+/// A client: its masked address, in the map that fits it. IPv6 keys
+/// past a /64 are two words (8-byte alignment keeps their map slot at 32
+/// bytes, where a `u128` would pad it to 48).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    V4(u32),
+    /// The top 64 bits of an address masked to `ipv6_prefix` <= 64.
+    V6(u64),
+    /// An address masked to `ipv6_prefix` > 64.
+    Wide([u64; 2]),
+}
 
 impl Key {
     fn of(ip: IpAddr, config: &ClientsConfig) -> Key {
+        let v4 = match ip {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+        };
         let bits = client_key(
             ip,
             u32::from(config.ipv4_prefix),
             u32::from(config.ipv6_prefix),
         );
-        Key([(bits >> 64) as u64, bits as u64])
-    }
-
-    fn bits(self) -> u128 {
-        (u128::from(self.0[0]) << 64) | u128::from(self.0[1])
+        if v4 {
+            Key::V4(bits as u32)
+        } else if config.ipv6_prefix <= 64 {
+            Key::V6((bits >> 64) as u64)
+        } else {
+            Key::Wide([(bits >> 64) as u64, bits as u64])
+        }
     }
 }
 
@@ -141,7 +160,10 @@ pub struct Row {
 
 /// The table; one per process, shared by every proxy thread.
 pub struct ClientTable {
-    map: DashMap<Key, Entry>,
+    /// One map per kind of [`Key`], the entries the same.
+    v4: DashMap<u32, Entry>,
+    v6: DashMap<u64, Entry>,
+    wide: DashMap<[u64; 2], Entry>,
     /// Entries, kept by inserts and made exact by every sweep
     /// (`DashMap::len` locks every shard).
     approximate_len: AtomicUsize,
@@ -163,16 +185,62 @@ pub struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        if let Some(mut entry) = self.table.map.get_mut(&self.key) {
-            entry.connections = entry.connections.saturating_sub(1);
+        fn release<K: Hash + Eq>(map: &DashMap<K, Entry>, key: &K) {
+            if let Some(mut entry) = map.get_mut(key) {
+                entry.connections = entry.connections.saturating_sub(1);
+            }
+        }
+        match &self.key {
+            Key::V4(key) => release(&self.table.v4, key),
+            Key::V6(key) => release(&self.table.v6, key),
+            Key::Wide(key) => release(&self.table.wide, key),
         }
     }
+}
+
+/// Counts an attempt by the client `key` of `map` at `now`, and admits it
+/// or says why not; also says whether the client is new to the table.
+fn attempt<K: Hash + Eq>(
+    map: &DashMap<K, Entry>,
+    key: K,
+    now: Tick,
+    period: Tick,
+    config: &ClientsConfig,
+) -> (Result<(), Refused>, bool) {
+    let mut inserted = false;
+    let mut entry = map.entry(key).or_insert_with(|| {
+        inserted = true;
+        Entry {
+            last_seen: now,
+            window: now as u16,
+            ..Entry::default()
+        }
+    });
+    entry.roll(now, period);
+    entry.last_seen = now;
+    let rate_full = config
+        .max_rate
+        .is_some_and(|rate| entry.rate_milli(now, period) + 1000 > u64::from(rate.count) * 1000);
+    let verdict = if config.max_connections != 0 && entry.connections >= config.max_connections {
+        entry.rejected = entry.rejected.saturating_add(1);
+        Err(Refused::Connections)
+    } else if rate_full {
+        entry.rejected = entry.rejected.saturating_add(1);
+        Err(Refused::Rate)
+    } else {
+        entry.connections += 1;
+        entry.current = entry.current.saturating_add(1);
+        Ok(())
+    };
+    (verdict, inserted)
 }
 
 impl ClientTable {
     pub fn new(config: &ClientsConfig) -> ClientTable {
         ClientTable {
-            map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
+            v4: DashMap::with_capacity_and_shard_amount(0, SHARDS),
+            v6: DashMap::with_capacity_and_shard_amount(0, SHARDS),
+            wide: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             approximate_len: AtomicUsize::new(0),
             max_tracked: AtomicUsize::new(config.max_tracked),
             over_limit: Notify::new(),
@@ -204,32 +272,10 @@ impl ClientTable {
         let key = Key::of(ip, config);
         let now = self.now();
         let period = rate_period(config);
-        let mut inserted = false;
-        let verdict = {
-            let mut entry = self.map.entry(key).or_insert_with(|| {
-                inserted = true;
-                Entry {
-                    last_seen: now,
-                    window: now as u16,
-                    ..Entry::default()
-                }
-            });
-            entry.roll(now, period);
-            entry.last_seen = now;
-            let rate_full = config.max_rate.is_some_and(|rate| {
-                entry.rate_milli(now, period) + 1000 > u64::from(rate.count) * 1000
-            });
-            if config.max_connections != 0 && entry.connections >= config.max_connections {
-                entry.rejected = entry.rejected.saturating_add(1);
-                Err(Refused::Connections)
-            } else if rate_full {
-                entry.rejected = entry.rejected.saturating_add(1);
-                Err(Refused::Rate)
-            } else {
-                entry.connections += 1;
-                entry.current = entry.current.saturating_add(1);
-                Ok(())
-            }
+        let (verdict, inserted) = match key {
+            Key::V4(k) => attempt(&self.v4, k, now, period, config),
+            Key::V6(k) => attempt(&self.v6, k, now, period, config),
+            Key::Wide(k) => attempt(&self.wide, k, now, period, config),
         };
         if inserted {
             let len = self.approximate_len.fetch_add(1, Ordering::Relaxed) + 1;
@@ -265,11 +311,31 @@ impl ClientTable {
 
     /// Clients in the table.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.v4.len() + self.v6.len() + self.wide.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.v4.is_empty() && self.v6.is_empty() && self.wide.is_empty()
+    }
+
+    /// Calls `f` with every client, one shard locked at a time.
+    fn each(&self, mut f: impl FnMut(Key, &Entry)) {
+        for entry in self.v4.iter() {
+            f(Key::V4(*entry.key()), entry.value());
+        }
+        for entry in self.v6.iter() {
+            f(Key::V6(*entry.key()), entry.value());
+        }
+        for entry in self.wide.iter() {
+            f(Key::Wide(*entry.key()), entry.value());
+        }
+    }
+
+    /// Keeps the clients for which `keep` says so.
+    fn retain(&self, keep: impl Fn(&Entry) -> bool) {
+        self.v4.retain(|_, entry| keep(entry));
+        self.v6.retain(|_, entry| keep(entry));
+        self.wide.retain(|_, entry| keep(entry));
     }
 
     /// Past `max_tracked`, forgets the clients least recently seen that
@@ -277,7 +343,7 @@ impl ClientTable {
     /// table: one finds the age that cuts enough, one removes what is older.
     pub fn sweep(&self) {
         let limit = self.max_tracked.load(Ordering::Relaxed);
-        let len = self.map.len();
+        let len = self.len();
         self.approximate_len.store(len, Ordering::Relaxed);
         if len <= limit {
             return;
@@ -287,11 +353,11 @@ impl ClientTable {
         // Ages in ticks, in buckets that double: enough to pick a cut.
         let mut buckets = [0usize; 34];
         let bucket = |age: u32| (32 - age.leading_zeros()) as usize;
-        for entry in self.map.iter() {
+        self.each(|_, entry| {
             if entry.connections == 0 {
                 buckets[bucket(now.wrapping_sub(entry.last_seen))] += 1;
             }
-        }
+        });
         // The oldest buckets first, until enough are cut.
         let mut cut = 0;
         let mut oldest_kept = buckets.len();
@@ -302,11 +368,10 @@ impl ClientTable {
             cut += count;
             oldest_kept = i;
         }
-        self.map.retain(|_, entry| {
+        self.retain(|entry| {
             entry.connections > 0 || bucket(now.wrapping_sub(entry.last_seen)) < oldest_kept
         });
-        self.approximate_len
-            .store(self.map.len(), Ordering::Relaxed);
+        self.approximate_len.store(self.len(), Ordering::Relaxed);
     }
 
     /// The `top` clients holding the most connections now (then the
@@ -315,12 +380,12 @@ impl ClientTable {
         let now = self.now();
         let period = rate_period(config);
         let mut best: BinaryHeap<std::cmp::Reverse<(u32, u64, u16, Key)>> = BinaryHeap::new();
-        for entry in self.map.iter() {
+        self.each(|key, entry| {
             let item = std::cmp::Reverse((
                 entry.connections,
                 entry.rate_milli(now, period),
                 entry.rejected,
-                *entry.key(),
+                key,
             ));
             if best.len() < top {
                 best.push(item);
@@ -328,7 +393,7 @@ impl ClientTable {
                 best.pop();
                 best.push(item);
             }
-        }
+        });
         let seconds = f64::from(period) / TICKS_PER_SECOND as f64;
         let mut rows: Vec<_> = best.into_iter().map(|r| r.0).collect();
         rows.sort_by(|a, b| b.cmp(a));
@@ -382,19 +447,21 @@ fn rate_period(config: &ClientsConfig) -> Tick {
 
 /// A key as an address, with the prefix when the address is masked.
 fn show(key: Key, config: &ClientsConfig) -> String {
-    let bits = key.bits();
-    if bits >> 32 == 0xffff {
-        let ip = Ipv4Addr::from(bits as u32);
-        match config.ipv4_prefix {
-            32 => ip.to_string(),
-            prefix => format!("{ip}/{prefix}"),
+    let bits = match key {
+        Key::V4(bits) => {
+            let ip = Ipv4Addr::from(bits);
+            return match config.ipv4_prefix {
+                32 => ip.to_string(),
+                prefix => format!("{ip}/{prefix}"),
+            };
         }
-    } else {
-        let ip = Ipv6Addr::from(bits);
-        match config.ipv6_prefix {
-            128 => ip.to_string(),
-            prefix => format!("{ip}/{prefix}"),
-        }
+        Key::V6(top) => u128::from(top) << 64,
+        Key::Wide([top, bottom]) => (u128::from(top) << 64) | u128::from(bottom),
+    };
+    let ip = Ipv6Addr::from(bits);
+    match config.ipv6_prefix {
+        128 => ip.to_string(),
+        prefix => format!("{ip}/{prefix}"),
     }
 }
 
@@ -531,6 +598,51 @@ mod tests {
     #[test]
     fn an_entry_is_small() {
         assert_eq!(std::mem::size_of::<Entry>(), 16);
-        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 32);
+        assert_eq!(std::mem::size_of::<(u32, Entry)>(), 20);
+        assert_eq!(std::mem::size_of::<(u64, Entry)>(), 24);
+        assert_eq!(std::mem::size_of::<([u64; 2], Entry)>(), 32);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_clients_are_kept_apart_at_every_prefix() {
+        // 0:ffff:a00:1::/64 would be 10.0.0.1's key if both shared a word.
+        for ipv6_prefix in [48, 64, 65, 96, 128] {
+            let prefixed = ClientsConfig {
+                ipv6_prefix,
+                max_connections: 1,
+                ..config()
+            };
+            let table = ClientTable::new(&prefixed);
+            let _v4 = table.admit(ip("10.0.0.1"), &prefixed).unwrap();
+            let _v6 = table.admit(ip("0:ffff:a00:1::"), &prefixed).unwrap();
+            let _low = table.admit(ip("::a00:1"), &prefixed).unwrap();
+            assert_eq!(table.len(), 3, "/{ipv6_prefix}");
+            let _long = table.admit(ip("2001:db8::1"), &prefixed).unwrap();
+            let other = table.admit(ip("2001:db8::2"), &prefixed);
+            assert_eq!(other.is_ok(), ipv6_prefix == 128, "/{ipv6_prefix}");
+            let rows = table.top(10, &prefixed);
+            let shown = match ipv6_prefix {
+                128 => "2001:db8::1".to_string(),
+                prefix => format!("2001:db8::/{prefix}"),
+            };
+            assert!(rows.iter().any(|r| r.client == "10.0.0.1"), "{rows:?}");
+            assert!(rows.iter().any(|r| r.client == shown), "{rows:?}");
+            if ipv6_prefix == 64 {
+                assert!(
+                    rows.iter().any(|r| r.client == "0:ffff:a00:1::/64"),
+                    "{rows:?}"
+                );
+            }
+            drop(other);
+            drop(_long);
+            assert_eq!(
+                table
+                    .top(10, &prefixed)
+                    .iter()
+                    .map(|r| r.connections)
+                    .sum::<u32>(),
+                3
+            );
+        }
     }
 }
