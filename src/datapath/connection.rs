@@ -134,7 +134,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     // The front door: allow/deny and the per-client limits, before any
     // backend is chosen (so a refused client makes no sticky entry).
     // Refusals are counted, never logged one by one.
-    let _admitted = match shared.clients.admit(client.addr.ip(), &snapshot.config.clients) {
+    let _admitted = match shared
+        .clients
+        .admit(client.addr.ip(), &snapshot.config.clients)
+    {
         Ok(admitted) => admitted,
         Err(refused) => {
             shared.metrics.rejected.of(refused).inc();

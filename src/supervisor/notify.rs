@@ -434,7 +434,11 @@ mod tests {
             parse(b"EXTEND_TIMEOUT_USEC=5000000"),
             vec![Notice::ExtendTimeout(Duration::from_secs(5))]
         );
-        assert_eq!(parse(b"READY=0"), vec![Notice::Other], "well-formed, no use");
+        assert_eq!(
+            parse(b"READY=0"),
+            vec![Notice::Other],
+            "well-formed, no use"
+        );
         assert_eq!(parse(b"nonsense\nlower=1\n=1"), vec![]);
         assert_eq!(parse(&[0xff, 0xfe]), vec![]);
     }
