@@ -16,6 +16,11 @@ Rows:
   corral          corral, [[backends]] for the two ports, [runtime] threads = N
   corral-before   a second corral binary (--corral-before), configured the same,
                   so that a before/after comparison comes from one run
+  haproxy-stick   HAProxy with a per-client stick table (type ip size 1m,
+                  track-sc0 src, reject on sc0_conn_cur / sc0_conn_rate)
+  corral-limits   corral with [clients] max_connections and max_rate set; both
+                  limits are far above what the benchmark's one client reaches,
+                  so the rows show what tracking every client costs
 
 Figures, for each row (measured after --warmup seconds of unmeasured load):
   ka req/s        wrk -t1 -c64 (--connections) keep-alive request rate
@@ -93,8 +98,18 @@ PROXY_PORTS = {  # row: (http front end, bulk front end, corral admin, corral bu
     "nginx": (18081, 18091, None, None),
     "corral": (18082, 18092, 19190, 19191),
     "corral-before": (18083, 18093, 19192, 19193),
+    # The front door's cost: per-client limits set (not hit) in both.
+    "haproxy-stick": (18084, 18094, None, None),
+    "corral-limits": (18085, 18095, 19197, 19198),
 }
 PEERS = ("haproxy", "nginx")
+# corral's [clients] limits and HAProxy's equivalent stick table: set high
+# enough that the benchmark's one client never reaches them.
+CLIENT_LIMITS = """
+[clients]
+max_connections = 1000000
+max_rate = "65000/s"
+"""
 CORRALS = ("corral", "corral-before")
 
 # Node scenario ports.
@@ -516,6 +531,35 @@ frontend fe_bulk
 backend be_bulk
   server i1 {HOST}:{IPERF}
 """)
+    sp, sb = PROXY_PORTS["haproxy-stick"][:2]
+    stick = write(f"{d}/haproxy-stick.cfg", f"""
+global
+  maxconn 8000
+  nbthread {threads}
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind {HOST}:{sp}
+  stick-table type ip size 1m expire 60s store conn_cur,conn_rate(1s)
+  tcp-request connection track-sc0 src
+  tcp-request connection reject if {{ sc0_conn_cur gt 1000000 }} || {{ sc0_conn_rate gt 65000 }}
+  default_backend be
+backend be
+  balance roundrobin
+  server s1 {HOST}:{BACKENDS[0]}
+  server s2 {HOST}:{BACKENDS[1]}
+frontend fe_bulk
+  bind {HOST}:{sb}
+  stick-table type ip size 1m expire 60s store conn_cur,conn_rate(1s)
+  tcp-request connection track-sc0 src
+  tcp-request connection reject if {{ sc0_conn_cur gt 1000000 }} || {{ sc0_conn_rate gt 65000 }}
+  default_backend be_bulk
+backend be_bulk
+  server i1 {HOST}:{IPERF}
+""")
     np_, nb = PROXY_PORTS["nginx"][:2]
     nginx = write(f"{d}/stream.conf", f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -528,12 +572,13 @@ stream {{
   server {{ listen {HOST}:{np_}; proxy_pass be; }}
   server {{ listen {HOST}:{nb}; proxy_pass be_bulk; }}
 }}""")
-    return backend, haproxy, nginx
+    return backend, haproxy, nginx, stick
 
 
 def corral_proxy_configs(d, name, threads):
     http, bulk, admin, admin_bulk = PROXY_PORTS[name]
-    main = corral_config(f"{d}/{name}.toml", http, admin, threads, f"""
+    limits = CLIENT_LIMITS if name == "corral-limits" else ""
+    main = corral_config(f"{d}/{name}.toml", http, admin, threads, f"""{limits}
 [[backends]]
 name = "s1"
 address = "{HOST}:{BACKENDS[0]}"
@@ -542,7 +587,7 @@ name = "s2"
 address = "{HOST}:{BACKENDS[1]}"
 """)
     # corral has one front end per instance, so bulk gets an instance of its own.
-    bulk_cfg = corral_config(f"{d}/{name}-bulk.toml", bulk, admin_bulk, threads, f"""
+    bulk_cfg = corral_config(f"{d}/{name}-bulk.toml", bulk, admin_bulk, threads, f"""{limits}
 [[backends]]
 name = "bulk"
 address = "{HOST}:{IPERF}"
@@ -556,8 +601,8 @@ def proxy_scenario(a, names, d, procs):
             raise Failure(f"{tool} is not installed: {INSTALL}")
     if "nginx" in names and not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
         raise Failure(f"nginx's stream module is missing: {INSTALL}")
-    backend, haproxy, nginx = proxy_configs(d, a.threads)
-    binaries = {"corral": a.corral, "corral-before": a.corral_before}
+    backend, haproxy, nginx, stick = proxy_configs(d, a.threads)
+    binaries = {"corral": a.corral, "corral-before": a.corral_before, "corral-limits": a.corral}
 
     procs.start("backend", ["nginx", "-c", backend, "-p", d + "/", "-e", f"{d}/backend.err"],
                 BACKENDS[1])
@@ -569,7 +614,10 @@ def proxy_scenario(a, names, d, procs):
     if "nginx" in names:
         pids["nginx"] = [procs.start("nginx", ["nginx", "-c", nginx, "-p", d + "/", "-e",
                                                f"{d}/stream.err"], PROXY_PORTS["nginx"][0]).pid]
-    for n in CORRALS:
+    if "haproxy-stick" in names:
+        pids["haproxy-stick"] = [procs.start("haproxy-stick", ["haproxy", "-db", "-f", stick],
+                                             PROXY_PORTS["haproxy-stick"][0]).pid]
+    for n in CORRALS + ("corral-limits",):
         if n in names:
             main, bulk = corral_proxy_configs(d, n, a.threads)
             pids[n] = [start_corral(procs, n, binaries[n], main, PROXY_PORTS[n][0]).pid]
@@ -629,6 +677,14 @@ def proxy_scenario(a, names, d, procs):
         ("cpu ka", lambda r: r["keepalive"]["cpu_us_per_req"], False),
         ("cpu close", lambda r: r["close"]["cpu_us_per_req"], False),
     ])
+    for limited, plain in (("corral-limits", "corral"), ("haproxy-stick", "haproxy")):
+        if limited in rows and plain in rows:
+            lr, pr = rows[limited], rows[plain]
+            print(f"{limited} / {plain} (client limits set, not hit): "
+                  f"ka req/s {fmt(ratio(lr['keepalive']['rps'], pr['keepalive']['rps']), '.3f')}  "
+                  f"close req/s {fmt(ratio(lr['close']['rps'], pr['close']['rps']), '.3f')}  "
+                  f"cpu ka {fmt(ratio(lr['keepalive']['cpu_us_per_req'], pr['keepalive']['cpu_us_per_req']), '.3f')}  "
+                  f"cpu close {fmt(ratio(lr['close']['cpu_us_per_req'], pr['close']['cpu_us_per_req']), '.3f')}")
     return rows
 
 
@@ -763,7 +819,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     ap.add_argument("--idle", type=int, default=2000,
                     help="idle connections for the memory figure, 0 to skip it (default 2000)")
-    ap.add_argument("--only", help="comma-separated rows; proxy: direct,haproxy,nginx,corral,corral-before; "
+    ap.add_argument("--only", help="comma-separated rows; proxy: direct,haproxy,nginx,corral,corral-before,"
+                                   "haproxy-stick,corral-limits; "
                                    "node: corral,corral-before,corral-fd,haproxy,node-cluster")
     ap.add_argument("--json", metavar="FILE", help="also write every figure here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs and logs)")
@@ -777,7 +834,8 @@ def main():
                 ap.error(f"--{opt.replace('_', '-')} {path}: not an executable file")
             setattr(a, opt, path)
     if a.scenario == "proxy":
-        known = ["direct", "haproxy", "nginx", "corral", "corral-before"]
+        known = ["direct", "haproxy", "nginx", "corral", "corral-before", "haproxy-stick",
+                 "corral-limits"]
     else:
         known = ["corral", "corral-before", "corral-fd", "haproxy", "node-cluster"]
     names = a.only.split(",") if a.only else list(known)
@@ -785,7 +843,8 @@ def main():
     if unknown:
         ap.error(f"unknown rows for --scenario {a.scenario}: {', '.join(unknown)} (known: {', '.join(known)})")
     names = [n for n in known if n in names]  # a fixed order
-    for n, path in (("corral", a.corral), ("corral-fd", a.corral), ("corral-before", a.corral_before)):
+    for n, path in (("corral", a.corral), ("corral-fd", a.corral), ("corral-limits", a.corral),
+                    ("corral-before", a.corral_before)):
         if n in names and not path:
             if a.only:
                 ap.error(f"row {n} needs --{'corral-before' if n == 'corral-before' else 'corral'}")
