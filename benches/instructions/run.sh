@@ -45,7 +45,7 @@ total() { # binary mode requests
     python3 "$here/client.py" "$3" "$2"
     kill -TERM "$corral"; wait "$corral" || true
     kill "$backend"; wait "$backend" 2>/dev/null || true
-    callgrind_annotate "$work/cg" 2>/dev/null | grep -m1 "PROGRAM TOTALS" | awk '{gsub(",", "", $1); print $1}'
+    callgrind_annotate "$work/cg" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}'
 }
 
 for binary in "$@"; do
