@@ -256,8 +256,10 @@ impl Exchange {
                 }
             };
             match result {
-                Ok(used) => bytes = &bytes[used..],
-                Err(Opaque) => return self.give_up(),
+                // Every step takes at least one byte; one that took none
+                // would loop for ever, so the framing is given up instead.
+                Ok(used) if used > 0 => bytes = &bytes[used.min(bytes.len())..],
+                Ok(_) | Err(Opaque) => return self.give_up(),
             }
         }
     }
@@ -280,8 +282,10 @@ impl Exchange {
                 }
             };
             match result {
-                Ok(used) => bytes = &bytes[used..],
-                Err(Opaque) => return self.give_up(),
+                // Every step takes at least one byte; one that took none
+                // would loop for ever, so the framing is given up instead.
+                Ok(used) if used > 0 => bytes = &bytes[used.min(bytes.len())..],
+                Ok(_) | Err(Opaque) => return self.give_up(),
             }
         }
     }
@@ -680,6 +684,43 @@ mod tests {
         assert_eq!(x.movable(), Some(&b""[..]));
         x.client_sent(GET);
         assert_eq!(x.movable(), Some(GET));
+    }
+
+    #[test]
+    fn any_bytes_split_anywhere_end_without_a_panic_or_a_hang() {
+        // A small deterministic generator: HTTP-looking pieces and noise.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces: [&[u8]; 8] = [
+            GET,
+            OK,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"\x00\xff garbage",
+        ];
+        for _ in 0..2000 {
+            let mut x = Exchange::new();
+            for _ in 0..(next() % 8) {
+                let piece = pieces[(next() % 8) as usize];
+                let cut = (next() as usize) % (piece.len() + 1);
+                if next() % 2 == 0 {
+                    x.client_sent(&piece[..cut]);
+                    x.client_sent(&piece[cut..]);
+                } else {
+                    x.backend_sent(&piece[..cut]);
+                    x.backend_sent(&piece[cut..]);
+                }
+            }
+            let _ = (x.movable(), x.is_idle(), x.unanswered_idempotent());
+        }
     }
 
     #[test]
