@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,25 +30,6 @@ fn fd_workers(command: &[&str], count: usize) -> Config {
 /// `count` demo workers in fd mode, round-robin.
 fn fd_demo(count: usize) -> Config {
     fd_workers(&["corral", "demo-worker"], count).strategy("round-robin")
-}
-
-/// The real Python interpreter (not a wrapper script such as a pyenv shim,
-/// which could give the worker a pid other than the one corral started).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        require("python3", "python3");
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap();
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "python3 does not say where it is: {out:?}"
-        );
-        path
-    })
 }
 
 /// One `GET /` with `Connection: close` from `source` (any local address

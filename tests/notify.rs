@@ -7,25 +7,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-
-/// The real Python interpreter (not a wrapper such as a pyenv shim, whose
-/// pid would not be the worker's: WATCHDOG_PID names the worker's own).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        require("python3", "python3");
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
-}
 
 /// `count` notify workers (port mode, round-robin) with `env` added.
 fn notify_workers(count: usize, env: &[(&str, &str)]) -> Config {

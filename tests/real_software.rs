@@ -29,32 +29,13 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 // ---------------------------------------------------------------------------
 // Peers: are they there?
-
-/// The real Python interpreter behind `python3` (not a wrapper such as a
-/// pyenv shim, which would stand between corral and the worker).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        require("python3", "python3");
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap();
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "python3 does not say where it is: {out:?}"
-        );
-        path
-    })
-}
 
 /// Fails unless `python3` can import `module` (and, when given, `tool` is
 /// on the PATH), naming the pip command that installs it.
@@ -867,35 +848,49 @@ fn get_body(front: SocketAddr, source: Option<IpAddr>) -> Result<String, String>
     }
 }
 
-/// Both workers of an fd-mode corral running `command` answer `GET /` with
-/// a body naming `server`.
-fn serves_in_fd_mode(command: &[&str], server: &str) {
+/// An fd-mode corral running 2 workers of `command`, both up.
+fn fd_pair(command: &[&str], what: &str) -> Corral {
     let corral = Corral::start(&fd_workers(command, 2));
     let none: [u32; 0] = [];
     assert!(
         eventually(Duration::from_secs(30), || all_up_and_none_of(
             &corral, 2, &none
         )),
-        "{server} workers never up in fd mode: {}\n{}",
+        "{what} workers never up in fd mode: {}\n{}",
         corral.status(),
         corral.log()
     );
-    // A slot enters the kernel's program a tick after it is up: requests
-    // until both answered.
+    corral
+}
+
+/// `GET /` through `corral` until both workers answered and at least
+/// `at_least` requests were made; `check` judges each body and names the
+/// worker it came from. A slot enters the kernel's program a tick after it
+/// is up, hence the repeats.
+fn from_both_workers(corral: &Corral, at_least: usize, mut check: impl FnMut(&str) -> String) {
     let mut slots = BTreeSet::new();
     let mut requests = 0;
     let both = eventually(Duration::from_secs(10), || {
         requests += 1;
         let body = get_body(corral.front, None)
-            .unwrap_or_else(|e| panic!("request {requests} to {server}: {e}\n{}", corral.log()));
-        assert!(body.contains(&format!("server={server}")), "{body:?}");
-        slots.insert(worker_of(&body));
-        slots.len() == 2 && requests >= 20
+            .unwrap_or_else(|e| panic!("request {requests}: {e}\n{}", corral.log()));
+        slots.insert(check(&body));
+        slots.len() == 2 && requests >= at_least
     });
     assert!(
         both,
-        "{requests} connections did not reach both {server} workers: {slots:?}"
+        "{requests} connections did not reach both workers: {slots:?}"
     );
+}
+
+/// Both workers of an fd-mode corral running `command` answer `GET /` with
+/// a body naming `server`.
+fn serves_in_fd_mode(command: &[&str], server: &str) {
+    let corral = fd_pair(command, server);
+    from_both_workers(&corral, 20, |body| {
+        assert!(body.contains(&format!("server={server}")), "{body:?}");
+        worker_of(body)
+    });
 }
 
 /// `command = ["uvicorn", "app:app", "--fd", "3"]`, as docs/fd-mode.md.
@@ -953,24 +948,10 @@ fn a_graceful_stop_in_fd_mode_leaves_uvicorns_accept_alone() {
 /// carry `TCP_NODELAY` (the worker sets nothing itself).
 #[test]
 fn fd_mode_sockets_and_accepted_connections_have_tcp_nodelay() {
-    let corral = Corral::start(&fd_workers(&[python(), &support("nodelay_worker.py")], 2));
-    let none: [u32; 0] = [];
-    assert!(
-        eventually(Duration::from_secs(20), || all_up_and_none_of(
-            &corral, 2, &none
-        )),
-        "{}\n{}",
-        corral.status(),
-        corral.log()
-    );
-    let mut slots = BTreeSet::new();
-    let mut requests = 0;
-    let both = eventually(Duration::from_secs(10), || {
-        requests += 1;
-        let body =
-            get_body(corral.front, None).unwrap_or_else(|e| panic!("request {requests}: {e}"));
+    let corral = fd_pair(&[python(), &support("nodelay_worker.py")], "nodelay");
+    from_both_workers(&corral, 1, |body| {
         let facts: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
         assert_eq!(
             facts["fd3_nodelay"], true,
             "fd 3 without TCP_NODELAY: {facts}"
@@ -979,13 +960,8 @@ fn fd_mode_sockets_and_accepted_connections_have_tcp_nodelay() {
             facts["accepted_nodelay"], true,
             "an accepted connection without TCP_NODELAY: {facts}"
         );
-        slots.insert(facts["worker"].to_string());
-        slots.len() == 2
+        facts["worker"].to_string()
     });
-    assert!(
-        both,
-        "{requests} connections did not reach both workers: {slots:?}"
-    );
 }
 
 // ---------------------------------------------------------------------------

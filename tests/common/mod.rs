@@ -159,6 +159,27 @@ pub fn corral_cmd(args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// The real Python interpreter behind `python3` (not a wrapper such as a
+/// pyenv shim, which would stand between corral and the worker and give
+/// it a pid other than the worker's: `LISTEN_PID` and `WATCHDOG_PID` name
+/// the worker's own).
+pub fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        require("python3", "python3");
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && !path.is_empty(),
+            "python3 does not say where it is: {out:?}"
+        );
+        path
+    })
+}
+
 /// Fails the test unless `tool` is on the PATH, naming the Debian package.
 pub fn require(tool: &str, package: &str) {
     let found = Command::new("sh")
