@@ -13,27 +13,10 @@ import sys
 import threading
 import time
 
+from worker_answer import serve  # beside this file
+
 listener = socket.socket(fileno=3)
 listener.setblocking(True)
-body = ("worker=%s pid=%d\n" % (os.environ["CORRAL_WORKER_ID"], os.getpid())).encode()
-answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-          % len(body)) + body
-
-
-def serve(conn):
-    try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(answer)
-    except OSError:
-        pass
-    finally:
-        conn.close()
 
 
 def accept_loop():

@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from worker_answer import serve  # beside this file
+
 worker_id = os.environ["CORRAL_WORKER_ID"]
 pid = os.getpid()
 
@@ -40,25 +42,6 @@ else:
     listener.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
     listener.listen(128)
 listener.setblocking(False)
-body = ("worker=%s pid=%d\n" % (worker_id, pid)).encode()
-answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-          % len(body)) + body
-
-
-def serve(conn):
-    try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(answer)
-    except OSError:
-        pass
-    finally:
-        conn.close()
 
 
 def accept_loop():
