@@ -508,8 +508,11 @@ http {{
   server {{ listen {HOST}:{BACKENDS[0]} backlog=4096; location / {{ return 200 "hello from {BACKENDS[0]}\\n"; }} }}
   server {{ listen {HOST}:{BACKENDS[1]} backlog=4096; location / {{ return 200 "hello from {BACKENDS[1]}\\n"; }} }}
 }}""")
-    hp, hb = PROXY_PORTS["haproxy"][:2]
-    haproxy = write(f"{d}/haproxy.cfg", f"""
+    def haproxy_cfg(name, frontend_extra=""):
+        """HAProxy in TCP mode on row `name`'s two ports, with
+        `frontend_extra` lines in both frontends."""
+        http, bulk = PROXY_PORTS[name][:2]
+        return write(f"{d}/{name}.cfg", f"""
 global
   maxconn 8000
   nbthread {threads}
@@ -519,47 +522,24 @@ defaults
   timeout client 60s
   timeout server 60s
 frontend fe
-  bind {HOST}:{hp}
+  bind {HOST}:{http}{frontend_extra}
   default_backend be
 backend be
   balance roundrobin
   server s1 {HOST}:{BACKENDS[0]}
   server s2 {HOST}:{BACKENDS[1]}
 frontend fe_bulk
-  bind {HOST}:{hb}
+  bind {HOST}:{bulk}{frontend_extra}
   default_backend be_bulk
 backend be_bulk
   server i1 {HOST}:{IPERF}
 """)
-    sp, sb = PROXY_PORTS["haproxy-stick"][:2]
-    stick = write(f"{d}/haproxy-stick.cfg", f"""
-global
-  maxconn 8000
-  nbthread {threads}
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind {HOST}:{sp}
+    haproxy = haproxy_cfg("haproxy")
+    # The per-client stick table that [clients] is compared with.
+    stick = haproxy_cfg("haproxy-stick", """
   stick-table type ip size 1m expire 60s store conn_cur,conn_rate(1s)
   tcp-request connection track-sc0 src
-  tcp-request connection reject if {{ sc0_conn_cur gt 1000000 }} || {{ sc0_conn_rate gt 65000 }}
-  default_backend be
-backend be
-  balance roundrobin
-  server s1 {HOST}:{BACKENDS[0]}
-  server s2 {HOST}:{BACKENDS[1]}
-frontend fe_bulk
-  bind {HOST}:{sb}
-  stick-table type ip size 1m expire 60s store conn_cur,conn_rate(1s)
-  tcp-request connection track-sc0 src
-  tcp-request connection reject if {{ sc0_conn_cur gt 1000000 }} || {{ sc0_conn_rate gt 65000 }}
-  default_backend be_bulk
-backend be_bulk
-  server i1 {HOST}:{IPERF}
-""")
+  tcp-request connection reject if { sc0_conn_cur gt 1000000 } || { sc0_conn_rate gt 65000 }""")
     np_, nb = PROXY_PORTS["nginx"][:2]
     nginx = write(f"{d}/stream.conf", f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
