@@ -12,8 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,39 +45,6 @@ fn get(front: SocketAddr, source: Option<IpAddr>, wait: Duration) -> Result<Stri
     }
 }
 
-/// The /status entry of worker `slot`.
-fn worker(corral: &Corral, slot: usize) -> serde_json::Value {
-    let name = format!("worker-{slot}");
-    corral.status()["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} in /status: {}", corral.status()))
-}
-
-fn pid_of(corral: &Corral, slot: usize) -> u32 {
-    worker(corral, slot)["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("worker-{slot} has no pid: {}", corral.status())) as u32
-}
-
-/// Waits until exactly `n` workers are in /status, every one up.
-fn wait_all_up(corral: &Corral, n: usize) {
-    let ok = eventually(Duration::from_secs(20), || {
-        let status = corral.status();
-        let backends = status["backends"].as_array().cloned().unwrap_or_default();
-        backends.len() == n && backends.iter().all(|b| b["state"] == "up")
-    });
-    assert!(
-        ok,
-        "{n} workers never were all up: {}\nlog:\n{}",
-        corral.status(),
-        corral.log()
-    );
-}
-
 /// Is there a line in corral's log that contains every one of `parts`?
 fn log_has_line(corral: &Corral, parts: &[&str]) -> bool {
     corral
@@ -88,69 +53,12 @@ fn log_has_line(corral: &Corral, parts: &[&str]) -> bool {
         .any(|line| parts.iter().all(|p| line.contains(p)))
 }
 
-/// Sends SIGCONT to a stopped worker when dropped, so that a failing test
-/// still leaves a process that corral's cleanup can stop.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
-    }
-}
-
-/// Serves `GET` on fd 3 (accepting from it, as a socket-activated server
-/// does) and answers with what it was given: what fd 3 is, and its
-/// environment.
-const INSPECTOR: &str = r#"
-import json, os, socket, stat
-
-listener = socket.socket(fileno=3)
-
-def facts():
-    st = os.fstat(3)
-    host, port = listener.getsockname()[:2]
-    return {
-        "pid": os.getpid(),
-        "fd3_is_socket": stat.S_ISSOCK(st.st_mode),
-        "family": int(listener.family),
-        "type": int(listener.type),
-        "sockname": [host, port],
-        "accepting": listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
-        "env": {k: os.environ.get(k) for k in [
-            "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
-            "CORRAL_WORKER_ID", "CORRAL_WORKER_COUNT", "PORT", "HOST"]},
-    }
-
-while True:
-    conn, _ = listener.accept()
-    try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        if b"\r\n\r\n" in data:
-            body = json.dumps(facts()).encode()
-            head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    "Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-            conn.sendall(head.encode() + body)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-"#;
-
 #[test]
 fn each_worker_accepts_from_fd_3_on_the_front_port_with_the_systemd_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("inspector.py");
-    std::fs::write(&script, INSPECTOR).unwrap();
-    let script = script.display().to_string();
+    let script = support("fd_inspector.py");
     let corral = Corral::start(&fd_workers(&[python(), &script], 2).strategy("round-robin"));
-    wait_all_up(&corral, 2);
-    let pids: BTreeMap<u32, usize> = (0..2).map(|slot| (pid_of(&corral, slot), slot)).collect();
+    corral.wait_all_up(2);
+    let pids: BTreeMap<u32, usize> = (0..2).map(|slot| (corral.pid_of(slot), slot)).collect();
     let mut seen = BTreeSet::new();
     for _ in 0..60 {
         let body = get(corral.front, None, Duration::from_secs(10)).expect("a request");
@@ -196,7 +104,7 @@ fn each_worker_accepts_from_fd_3_on_the_front_port_with_the_systemd_environment(
 #[test]
 fn round_robin_reaches_every_worker() {
     let corral = Corral::start(&fd_demo(3));
-    wait_all_up(&corral, 3);
+    corral.wait_all_up(3);
     assert_eq!(corral.status()["mode"], "fd");
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..60 {
@@ -237,7 +145,7 @@ fn sticky_keeps_each_source_on_one_worker_across_a_restart_of_corral() {
             .collect()
     };
     let mut corral = Corral::start(&config);
-    wait_all_up(&corral, 4);
+    corral.wait_all_up(4);
     let first = placements(&corral, 3);
     let used: BTreeSet<&String> = first.iter().collect();
     assert!(used.len() >= 2, "64 sources all on {used:?}");
@@ -251,7 +159,7 @@ fn sticky_keeps_each_source_on_one_worker_across_a_restart_of_corral() {
     );
     drop(corral);
     let corral = Corral::start(&config);
-    wait_all_up(&corral, 4);
+    corral.wait_all_up(4);
     let second = placements(&corral, 1);
     for (i, (before, after)) in first.iter().zip(&second).enumerate() {
         assert_eq!(
@@ -262,86 +170,12 @@ fn sticky_keeps_each_source_on_one_worker_across_a_restart_of_corral() {
     }
 }
 
-/// One request of a [`MarkedLoad`]: whether the mark was set when it
-/// began, and the answer or why there was none.
-type MarkedRequest = (bool, Result<String, String>);
-
-/// Clients making new connections in a loop, each noting whether `mark` was
-/// already set when it began its request.
-struct MarkedLoad {
-    stop: Arc<AtomicBool>,
-    mark: Arc<AtomicBool>,
-    served: Arc<AtomicUsize>,
-    after_mark: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<Vec<MarkedRequest>>>,
-}
-
-impl MarkedLoad {
-    fn start(front: SocketAddr, clients: usize) -> MarkedLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mark = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicUsize::new(0));
-        let after_mark = Arc::new(AtomicUsize::new(0));
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, mark) = (stop.clone(), mark.clone());
-                let (served, after_mark) = (served.clone(), after_mark.clone());
-                std::thread::spawn(move || {
-                    let mut results = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        let after = mark.load(Ordering::SeqCst);
-                        let result = get(front, None, Duration::from_secs(15));
-                        if result.is_ok() {
-                            served.fetch_add(1, Ordering::SeqCst);
-                            if after {
-                                after_mark.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        results.push((after, result));
-                    }
-                    results
-                })
-            })
-            .collect();
-        MarkedLoad {
-            stop,
-            mark,
-            served,
-            after_mark,
-            threads,
-        }
-    }
-
-    fn set_mark(&self) {
-        self.mark.store(true, Ordering::SeqCst);
-    }
-
-    /// Requests served so far.
-    fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
-    }
-
-    /// Requests begun after the mark and served so far.
-    fn served_after_mark(&self) -> usize {
-        self.after_mark.load(Ordering::SeqCst)
-    }
-
-    /// Stops the clients; every request's (begun after the mark, result).
-    fn finish(self) -> Vec<(bool, Result<String, String>)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect()
-    }
-}
-
 #[test]
 fn kill_9_of_a_worker_under_load_fails_no_request_begun_afterwards() {
     let corral = Corral::start(&fd_demo(2));
-    wait_all_up(&corral, 2);
-    let victim = pid_of(&corral, 0);
-    let load = MarkedLoad::start(corral.front, 4);
+    corral.wait_all_up(2);
+    let victim = corral.pid_of(0);
+    let load = Load::start(corral.front, 4);
     assert!(
         eventually(Duration::from_secs(15), || load.served() > 100),
         "the clients were not served before the kill"
@@ -356,14 +190,14 @@ fn kill_9_of_a_worker_under_load_fails_no_request_begun_afterwards() {
     );
     load.set_mark();
     let back = eventually(Duration::from_secs(20), || {
-        let slot = worker(&corral, 0);
+        let slot = corral.worker(0);
         slot["state"] == "up" && slot["pid"].as_u64().is_some_and(|p| p != victim as u64)
     });
     let now = load.served_after_mark();
     let went_on = eventually(Duration::from_secs(20), || {
         load.served_after_mark() >= now + 100
     });
-    let results = load.finish();
+    let results = load.report().requests;
     assert!(
         back,
         "slot 0 never came back: {}\n{}",
@@ -371,15 +205,15 @@ fn kill_9_of_a_worker_under_load_fails_no_request_begun_afterwards() {
         corral.log()
     );
     assert!(went_on, "the clients stalled after the restart");
-    let before = results.iter().filter(|(after, _)| !after).count();
+    let before = results.iter().filter(|r| !r.after_mark).count();
     let before_failed = results
         .iter()
-        .filter(|(after, r)| !after && r.is_err())
+        .filter(|r| !r.after_mark && r.answer.is_err())
         .count();
     let after: Vec<&Result<String, String>> = results
         .iter()
-        .filter(|(after, _)| *after)
-        .map(|(_, r)| r)
+        .filter(|r| r.after_mark)
+        .map(|r| &r.answer)
         .collect();
     let failed: Vec<&String> = after.iter().filter_map(|r| r.as_ref().err()).collect();
     eprintln!(
@@ -401,61 +235,14 @@ fn kill_9_of_a_worker_under_load_fails_no_request_begun_afterwards() {
             .any(|body| worker_of(body) == "worker=0"),
         "no request after the kill reached the new worker 0"
     );
-    assert_eq!(worker(&corral, 0)["restarts"], 1, "{}", corral.status());
+    assert_eq!(corral.worker(0)["restarts"], 1, "{}", corral.status());
 }
-
-/// Accepts from fd 3 one connection at a time and answers every request
-/// as the demo worker does (`worker=<id> pid=<pid>`). On SIGTERM it
-/// finishes the connection it has, accepts no more (clients still queued in
-/// the socket are left to the other processes holding it) and exits 0.
-const GRACEFUL: &str = r#"
-import os, select, signal, socket
-
-listener = socket.socket(fileno=3)
-listener.setblocking(False)
-stopping = False
-
-def stop(*_):
-    global stopping
-    stopping = True
-
-signal.signal(signal.SIGTERM, stop)
-body = ("worker=%s pid=%d\n" % (os.environ["CORRAL_WORKER_ID"], os.getpid())).encode()
-answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-          % len(body)) + body
-
-def serve(conn):
-    try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(answer)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-
-while not stopping:
-    ready, _, _ = select.select([listener], [], [], 0.2)
-    if not ready or stopping:
-        continue
-    try:
-        conn, _ = listener.accept()
-    except (BlockingIOError, InterruptedError):
-        # Another process holding the socket took the client first.
-        continue
-    serve(conn)
-"#;
 
 /// A rolling restart (SIGUSR2) of `count` workers under new-connection
 /// load: every worker is replaced, and no request fails.
 fn rolling_restart_under_load(config: &Config, count: usize) {
     let corral = Corral::start(config);
-    wait_all_up(&corral, count);
+    corral.wait_all_up(count);
     let before = corral.worker_pids();
     assert_eq!(before.len(), count);
     let load = Load::start(corral.front, 4);
@@ -509,10 +296,7 @@ fn rolling_restart_under_load(config: &Config, count: usize) {
 
 #[test]
 fn sigusr2_replaces_every_worker_under_load_without_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("graceful.py");
-    std::fs::write(&script, GRACEFUL).unwrap();
-    let script = script.display().to_string();
+    let script = support("fd_graceful_worker.py");
     let config = fd_workers(&[python(), &script], 3).strategy("round-robin");
     rolling_restart_under_load(&config, 3);
 }
@@ -534,8 +318,8 @@ fn a_stopped_worker_is_steered_around_and_its_queued_clients_are_served_by_anoth
         .set("health.fall", 2)
         .set("health.rise", 1);
     let corral = Corral::start(&config);
-    wait_all_up(&corral, 2);
-    let stopped = pid_of(&corral, 0);
+    corral.wait_all_up(2);
+    let stopped = corral.pid_of(0);
     send_signal(stopped, Signal::SIGSTOP);
     let resume = Resume(stopped);
     // Clients that the kernel puts in worker 0's queue wait there until
@@ -571,14 +355,14 @@ fn a_stopped_worker_is_steered_around_and_its_queued_clients_are_served_by_anoth
     );
     assert!(
         eventually(Duration::from_secs(10), || {
-            let w = worker(&corral, 0);
+            let w = corral.worker(0);
             w["state"] == "down" && w["reason"] == "stalled"
         }),
         "worker-0 is not down as stalled: {}",
         corral.status()
     );
     assert_eq!(
-        worker(&corral, 0)["pid"],
+        corral.worker(0)["pid"],
         stopped,
         "the stopped worker was replaced"
     );
@@ -588,7 +372,7 @@ fn a_stopped_worker_is_steered_around_and_its_queued_clients_are_served_by_anoth
     }
     drop(resume);
     assert!(
-        eventually(Duration::from_secs(15), || worker(&corral, 0)["state"]
+        eventually(Duration::from_secs(15), || corral.worker(0)["state"]
             == "up"),
         "worker-0 never came back after SIGCONT: {}\n{}",
         corral.status(),
@@ -624,7 +408,7 @@ fn sticky_clients_rescued_from_a_stopped_worker_land_where_their_address_now_map
         .set("health.fall", 2)
         .set("health.rise", 1);
     let corral = Corral::start(&config);
-    wait_all_up(&corral, 3);
+    corral.wait_all_up(3);
     let wait = Duration::from_secs(15);
     let sources: Vec<IpAddr> = (1..=60u8)
         .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 3, n)))
@@ -640,7 +424,7 @@ fn sticky_clients_rescued_from_a_stopped_worker_land_where_their_address_now_map
         .map(|(s, _)| *s)
         .collect();
     assert!(!on_first.is_empty(), "no source on worker 0: {before:?}");
-    let stopped = pid_of(&corral, 0);
+    let stopped = corral.pid_of(0);
     send_signal(stopped, Signal::SIGSTOP);
     let resume = Resume(stopped);
     let queued: Vec<JoinHandle<Result<String, String>>> = on_first
@@ -851,7 +635,7 @@ fn run_with_the_listen_fd_flag_hands_the_workers_the_socket() {
         "corral run --listen fd never answered: {}",
         corral.log()
     );
-    wait_all_up(&corral, 2);
+    corral.wait_all_up(2);
     assert_eq!(corral.status()["mode"], "fd", "{}", corral.status());
     let pids: BTreeSet<String> = corral
         .worker_pids()
@@ -902,7 +686,7 @@ fn a_worker_that_binds_the_front_port_itself_is_told_to_accept_from_fd_3() {
         "no log line says the worker must accept from fd 3 (LISTEN_FDS):\n{}",
         corral.log()
     );
-    assert_ne!(worker(&corral, 0)["state"], "up", "{}", corral.status());
+    assert_ne!(corral.worker(0)["state"], "up", "{}", corral.status());
 }
 
 #[test]
@@ -922,19 +706,19 @@ fn a_worker_listening_on_a_port_of_its_own_is_told_to_accept_from_fd_3() {
         "no log line says the worker must accept from fd 3 (LISTEN_FDS):\n{}",
         corral.log()
     );
-    assert_ne!(worker(&corral, 0)["state"], "up", "{}", corral.status());
+    assert_ne!(corral.worker(0)["state"], "up", "{}", corral.status());
 }
 
 #[test]
 fn metrics_give_each_workers_accept_queue_and_status_says_fd() {
     let corral = Corral::start(&fd_demo(2));
-    wait_all_up(&corral, 2);
+    corral.wait_all_up(2);
     get(corral.front, None, Duration::from_secs(10)).expect("a request");
     let status = corral.status();
     assert_eq!(status["mode"], "fd", "{status}");
     for slot in 0..2 {
         assert!(
-            worker(&corral, slot)["accept_queue"].is_u64(),
+            corral.worker(slot)["accept_queue"].is_u64(),
             "worker-{slot} has no accept_queue in /status: {status}"
         );
     }
@@ -966,7 +750,7 @@ fn a_node_worker_takes_the_socket_with_listen_fd_3() {
         .display()
         .to_string();
     let corral = Corral::start(&fd_workers(&["node", &app], 2).strategy("round-robin"));
-    wait_all_up(&corral, 2);
+    corral.wait_all_up(2);
     let pids: BTreeSet<String> = corral.worker_pids().iter().map(u32::to_string).collect();
     assert_eq!(pids.len(), 2, "{}", corral.status());
     let mut seen = BTreeSet::new();
@@ -995,7 +779,7 @@ fn scaling_up_and_down_keeps_each_slot_its_socket() {
         .strategy("sticky")
         .set("sticky.ipv4_prefix", 32);
     let corral = Corral::start(&config);
-    wait_all_up(&corral, 3);
+    corral.wait_all_up(3);
     let wait = Duration::from_secs(15);
     let sources: Vec<IpAddr> = (1..=48u8)
         .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n)))
@@ -1013,7 +797,7 @@ fn scaling_up_and_down_keeps_each_slot_its_socket() {
             &format!("/workers/scale?count={count}"),
         );
         assert_eq!(code, 202, "{body}");
-        wait_all_up(&corral, count);
+        corral.wait_all_up(count);
     };
     let first = placements();
     scale(5);
@@ -1044,7 +828,7 @@ fn a_graceful_stop_does_not_fail_the_workers_accept() {
         .strategy("round-robin")
         .set("workers.stop_timeout", "5s");
     let mut corral = Corral::start(&config);
-    wait_all_up(&corral, 2);
+    corral.wait_all_up(2);
     for _ in 0..4 {
         get(corral.front, None, Duration::from_secs(5)).expect("served before the stop");
     }

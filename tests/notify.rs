@@ -32,15 +32,6 @@ fn notify_workers(count: usize, env: &[(&str, &str)]) -> Config {
         .strategy("round-robin")
 }
 
-/// The /status entry of worker `slot`.
-fn worker(corral: &Corral, slot: usize) -> serde_json::Value {
-    let name = format!("worker-{slot}");
-    corral.status()["backends"]
-        .as_array()
-        .and_then(|all| all.iter().find(|b| b["name"] == name.as_str()).cloned())
-        .unwrap_or_else(|| panic!("no {name} in /status: {}", corral.status()))
-}
-
 fn get(front: SocketAddr) -> Result<String, String> {
     get_from(front, None).map_err(|e| e.to_string())
 }
@@ -54,7 +45,7 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
     assert_eq!(code, 202, "{body}");
     // worker-1 listens at once but says READY=1 only 3 s later.
     assert!(
-        eventually(Duration::from_secs(10), || worker(&corral, 1)["pid"]
+        eventually(Duration::from_secs(10), || corral.worker(1)["pid"]
             .as_u64()
             .is_some()),
         "worker-1 never started: {}",
@@ -71,7 +62,7 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
         "worker-1 does not accept on its own port before it is ready: {direct:?}"
     );
     assert_eq!(worker_of(&direct.unwrap_or_default()), "worker=1");
-    let starting = worker(&corral, 1);
+    let starting = corral.worker(1);
     assert_eq!(starting["state"], "starting", "{starting}");
     assert_eq!(starting["status"], "warming caches", "{starting}");
     let (code, table) = corral_cmd(&["status", "--admin", &corral.admin.to_string()]);
@@ -86,7 +77,7 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
     let mut answers = Vec::new();
     loop {
         let answer = worker_of(&get(corral.front).expect("a client failed"));
-        if worker(&corral, 1)["state"] == "up" {
+        if corral.worker(1)["state"] == "up" {
             break;
         }
         answers.push(answer);
@@ -99,9 +90,9 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
     );
     // STATUS=serving came with READY=1; the slot reads it once it is up.
     let serving = eventually(Duration::from_secs(5), || {
-        worker(&corral, 1)["status"] == "serving"
+        corral.worker(1)["status"] == "serving"
     });
-    assert!(serving, "{}", worker(&corral, 1));
+    assert!(serving, "{}", corral.worker(1));
     let reached_1 = (0..20).any(|_| get(corral.front).is_ok_and(|b| worker_of(&b) == "worker=1"));
     assert!(reached_1, "worker-1 gets no client once it is ready");
 }
@@ -110,7 +101,7 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
 fn eventually_value(corral: &Corral) -> SocketAddr {
     let mut found = None;
     eventually(Duration::from_secs(10), || {
-        found = worker(corral, 1)["address"]
+        found = corral.worker(1)["address"]
             .as_str()
             .and_then(|a| a.parse().ok());
         found.is_some()
@@ -130,7 +121,7 @@ fn a_worker_that_never_says_ready_is_killed_naming_workers_notify() {
             && l.contains("workers.notify")),
         "no line says the worker sent no READY=1:\n{log}"
     );
-    assert_ne!(worker(&corral, 0)["state"], "up");
+    assert_ne!(corral.worker(0)["state"], "up");
 }
 
 #[test]
@@ -144,13 +135,13 @@ fn a_worker_whose_watchdog_stops_is_down_for_watchdog_and_replaced() {
     corral.wait_up(2);
     // Alive workers feed their watchdogs: nothing happens for a while.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(worker(&corral, 0)["restarts"], 0, "{}", corral.status());
-    let hung = worker(&corral, 0)["pid"].as_u64().unwrap();
-    let other = worker(&corral, 1)["pid"].as_u64().unwrap();
+    assert_eq!(corral.worker(0)["restarts"], 0, "{}", corral.status());
+    let hung = corral.worker(0)["pid"].as_u64().unwrap();
+    let other = corral.worker(1)["pid"].as_u64().unwrap();
     std::fs::write(&stop_file, hung.to_string()).unwrap();
     corral.wait_log("watchdog pings stopped", Duration::from_secs(5));
     let replaced = eventually(Duration::from_secs(10), || {
-        let w = worker(&corral, 0);
+        let w = corral.worker(0);
         w["state"] == "up" && w["pid"].as_u64() != Some(hung)
     });
     assert!(replaced, "worker-0 was not replaced: {}", corral.status());
@@ -163,11 +154,11 @@ fn a_worker_whose_watchdog_stops_is_down_for_watchdog_and_replaced() {
     );
     // Counted once the hung process has been stopped.
     let counted = eventually(Duration::from_secs(10), || {
-        worker(&corral, 0)["restarts"] == 1
+        corral.worker(0)["restarts"] == 1
     });
     assert!(counted, "the restart was not counted: {}", corral.status());
     assert_eq!(
-        worker(&corral, 1)["pid"].as_u64(),
+        corral.worker(1)["pid"].as_u64(),
         Some(other),
         "the other worker was touched"
     );
@@ -206,7 +197,7 @@ fn a_datagram_from_an_unrelated_process_is_ignored_and_counted() {
         corral.metric("corral_worker_notify_ignored_total") > before
     });
     assert!(counted, "the stranger's datagram was not counted");
-    let w = worker(&corral, 0);
+    let w = corral.worker(0);
     assert_eq!(w["state"], "up", "a stranger took the worker out: {w}");
     assert_ne!(w["status"], "owned", "a stranger set the status: {w}");
 }
@@ -266,8 +257,8 @@ fn corral_signal_reaches_the_named_worker_only() {
     let (code, text) = corral_cmd(&["signal", "worker-1", "USR1", "--admin", &admin]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("worker-1"), "{text}");
-    let one = worker(&corral, 1)["pid"].as_u64().unwrap();
-    let zero = worker(&corral, 0)["pid"].as_u64().unwrap();
+    let one = corral.worker(1)["pid"].as_u64().unwrap();
+    let zero = corral.worker(0)["pid"].as_u64().unwrap();
     corral.wait_log(&format!("got SIGUSR1 pid={one}"), Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -333,14 +324,14 @@ fn a_node_worker_with_the_sd_notify_package_is_ready_when_it_says_so() {
     corral.wait_up(2);
     for slot in 0..2 {
         let serving = eventually(Duration::from_secs(5), || {
-            worker(&corral, slot)["status"] == "serving"
+            corral.worker(slot)["status"] == "serving"
         });
-        assert!(serving, "{}", worker(&corral, slot));
+        assert!(serving, "{}", corral.worker(slot));
     }
     // The package feeds the watchdog: nobody is replaced for a while.
     std::thread::sleep(Duration::from_secs(5));
     for slot in 0..2 {
-        let w = worker(&corral, slot);
+        let w = corral.worker(slot);
         assert_eq!(
             w["restarts"],
             0,

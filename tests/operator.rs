@@ -73,105 +73,6 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Runs `corral run ARGS...` in a fresh directory (no config file unless
-/// the arguments name one), its output to a log file; `front` and `admin`
-/// are where the arguments put it. Killed with its workers when dropped.
-fn run_corral(args: &[&str], front: SocketAddr, admin: SocketAddr) -> Corral {
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("corral.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(CORRAL)
-        .arg("run")
-        .args(args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("corral starts");
-    let config_path = dir.path().join("no-config-file");
-    let mut corral = Corral {
-        child: Some(child),
-        front,
-        admin,
-        dir,
-        config_path,
-        log_path,
-    };
-    let mut exited = None;
-    let answers = eventually(Duration::from_secs(20), || {
-        exited = corral.child.as_mut().unwrap().try_wait().unwrap();
-        exited.is_some() || matches!(try_http(admin, "GET", "/healthz"), Ok((200, _)))
-    });
-    assert!(
-        answers && exited.is_none(),
-        "corral run {} never answered on {admin} (exited: {exited:?}); log:\n{}",
-        args.join(" "),
-        corral.log()
-    );
-    corral
-}
-
-/// The /status entries of the workers.
-fn workers(corral: &Corral) -> Vec<serde_json::Value> {
-    corral.status()["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["name"].as_str().unwrap_or("").starts_with("worker-"))
-        .cloned()
-        .collect()
-}
-
-/// Exactly `n` workers, every one up.
-fn exactly_up(corral: &Corral, n: usize) -> bool {
-    let w = workers(corral);
-    w.len() == n && w.iter().all(|b| b["state"] == "up")
-}
-
-/// Writes a script into `dir` and returns its path.
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-/// The samples of metric `name` in an exposition, as (labels, value).
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, labels) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            (metric == name).then_some(())?;
-            let labels = labels
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    Some((k.to_string(), v.trim_matches('"').to_string()))
-                })
-                .collect();
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Is there a sample of `name` with exactly these labels (in any order)?
-fn sample_of(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    samples(text, name)
-        .into_iter()
-        .find(|(l, _)| *l == want)
-        .map(|(_, v)| v)
-}
-
 /// The cells of a table line (separated by two or more spaces), each with
 /// the column where it starts.
 fn cells(line: &str) -> Vec<(usize, String)> {
@@ -359,7 +260,7 @@ fn scale_up_then_down_stops_the_retired_workers() {
 
     cli_ok(&["scale", "4", "--admin", &admin]);
     assert!(
-        eventually(Duration::from_secs(20), || exactly_up(&corral, 4)),
+        eventually(Duration::from_secs(20), || corral.all_up(4)),
         "never 4 workers up: {}",
         corral.status()
     );
@@ -370,7 +271,7 @@ fn scale_up_then_down_stops_the_retired_workers() {
     let config = corral.config_path.display().to_string();
     cli_ok(&["scale", "2", "-c", &config]);
     assert!(
-        eventually(Duration::from_secs(20), || exactly_up(&corral, 2)),
+        eventually(Duration::from_secs(20), || corral.all_up(2)),
         "never back to 2 workers: {}",
         corral.status()
     );
@@ -404,7 +305,7 @@ fn restart_command_replaces_every_worker_under_load_without_errors() {
     let out = cli(&["restart", "--admin", &admin]);
     let replaced = eventually(Duration::from_secs(30), || {
         let now = corral.worker_pids();
-        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && exactly_up(&corral, 2)
+        now.len() == 2 && now.iter().all(|p| !before.contains(p)) && corral.all_up(2)
     });
     let went_on = load.serves_more(100);
     let (served, failed, errors) = load.finish();
@@ -431,13 +332,13 @@ fn reload_applies_a_new_count_and_refuses_a_bad_file_with_its_reason() {
     corral.rewrite(&config.clone().set("workers.count", 3));
     cli_ok(&["reload", "-c", &path]);
     assert_eq!(
-        workers(&corral).len(),
+        corral.workers().len(),
         3,
         "corral reload returned before the count applied: {}",
         corral.status()
     );
     assert!(
-        eventually(Duration::from_secs(20), || exactly_up(&corral, 3)),
+        eventually(Duration::from_secs(20), || corral.all_up(3)),
         "{}",
         corral.status()
     );
@@ -468,7 +369,7 @@ fn reload_applies_a_new_count_and_refuses_a_bad_file_with_its_reason() {
     );
 
     // The old config stays.
-    assert!(exactly_up(&corral, 3), "{}", corral.status());
+    assert!(corral.all_up(3), "{}", corral.status());
     assert_eq!(corral.worker_pids(), three);
     assert!(get_from(corral.front, None).is_ok());
 
@@ -492,13 +393,14 @@ fn status_and_metrics_give_each_worker_its_resources() {
         get_from(corral.front, None).unwrap();
     }
     let positive_uptime = eventually(Duration::from_secs(10), || {
-        workers(&corral)
+        corral
+            .workers()
             .iter()
             .all(|w| w["uptime_seconds"].as_f64().unwrap_or(0.0) > 0.0)
     });
     let status = corral.status();
     assert!(positive_uptime, "{status}");
-    for w in workers(&corral) {
+    for w in corral.workers() {
         let cpu = w["cpu_seconds"].as_f64();
         assert!(cpu.is_some_and(|c| c >= 0.0), "cpu_seconds: {w}");
         let memory = w["memory_bytes"].as_u64().unwrap_or(0);
@@ -512,9 +414,9 @@ fn status_and_metrics_give_each_worker_its_resources() {
     for id in 0..2 {
         let backend = [("backend", format!("worker-{id}"))];
         let backend: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let cpu = sample_of(&text, "corral_worker_cpu_seconds_total", &backend);
+        let cpu = sample(&text, "corral_worker_cpu_seconds_total", &backend);
         assert!(cpu.is_some_and(|c| c >= 0.0), "cpu of worker-{id}:\n{text}");
-        let memory = sample_of(&text, "corral_worker_resident_memory_bytes", &backend);
+        let memory = sample(&text, "corral_worker_resident_memory_bytes", &backend);
         assert!(
             memory.is_some_and(|m| m > (1 << 20) as f64 && m < (4u64 << 30) as f64),
             "memory of worker-{id}: {memory:?}\n{text}"
@@ -586,11 +488,11 @@ fn assert_no_connection_lines(corral: &Corral) {
 }
 
 /// Runs the one-liner `corral run FLAGS... -i COUNT -- corral demo-worker`
-/// (as [`run_corral`] does).
+/// (as [`Corral::start_flags`] does).
 fn run_demo_one_liner(flags: &[&str], count: &str, front: SocketAddr, admin: SocketAddr) -> Corral {
     let mut args = flags.to_vec();
     args.extend(["-i", count, "--", "corral", "demo-worker"]);
-    run_corral(&args, front, admin)
+    Corral::start_flags(&args, front, admin)
 }
 
 /// Writes `config` to a file in a fresh directory; returns the directory
@@ -601,17 +503,6 @@ fn config_file(config: &Config) -> (tempfile::TempDir, String) {
     config.write(&file);
     let path = file.display().to_string();
     (dir, path)
-}
-
-/// Waits until exactly `n` workers are up, every one; fails the test with
-/// the status and the log if they never are.
-fn wait_exactly_up(corral: &Corral, n: usize) {
-    assert!(
-        eventually(Duration::from_secs(20), || exactly_up(corral, n)),
-        "{}\n{}",
-        corral.status(),
-        corral.log()
-    );
 }
 
 /// Three workers take 30 requests ten each, and log no per-connection line.
@@ -632,7 +523,7 @@ fn the_one_liner_without_a_config_file_round_robins_over_three_workers() {
     let (front, admin) = (addr(free_port()), addr(free_port()));
     let (bind, admin_arg) = (front.to_string(), admin.to_string());
     let corral = run_demo_one_liner(&["--bind", &bind, "--admin", &admin_arg], "3", front, admin);
-    wait_exactly_up(&corral, 3);
+    corral.wait_all_up(3);
     assert_eq!(corral.status()["strategy"], "round-robin");
     assert_round_robin_over_three(&corral);
 }
@@ -654,14 +545,15 @@ fn the_one_liner_supplies_the_command_a_file_without_one_lacks() {
         front,
         admin,
     );
-    wait_exactly_up(&corral, 3);
+    corral.wait_all_up(3);
     // The flags won over the file's addresses.
     assert!(
         try_http(config.admin, "GET", "/healthz").is_err(),
         "the file's admin.bind answers too"
     );
     assert!(TcpStream::connect(config.front).is_err());
-    let addresses: BTreeSet<String> = workers(&corral)
+    let addresses: BTreeSet<String> = corral
+        .workers()
         .iter()
         .map(|w| w["address"].as_str().unwrap().to_string())
         .collect();
@@ -737,17 +629,7 @@ fn the_startup_line_says_where_corral_serves_and_which_workers_run() {
 
 #[test]
 fn worker_stdout_and_stderr_lines_are_tagged_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(
-        dir.path(),
-        "talk.py",
-        "import os, socket, sys\n\
-print('hello on stdout', flush=True)\n\
-print('hello on stderr', file=sys.stderr, flush=True)\n\
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
-while True: s.accept()[0].close()\n",
-    );
+    let path = support("talk_worker.py");
     let corral = Corral::start(&Config::new().workers(&["python3", &path], 1));
     corral.wait_up(1);
     corral.wait_log("worker-0 | hello on stdout", Duration::from_secs(10));
@@ -762,26 +644,7 @@ fn a_worker_above_max_memory_is_replaced_and_the_new_one_serves() {
     let dir = tempfile::tempdir().unwrap();
     // The slot's first process grows to ~100 MiB a second after it starts;
     // its replacement (the marker file exists by then) stays small.
-    let path = script(
-        dir.path(),
-        "hog.py",
-        r#"import os, socket, sys, threading, time
-hog = []
-def grow():
-    time.sleep(1)
-    hog.append(bytearray(b'x') * (100 * 1024 * 1024))
-    print('grown', flush=True)
-if not os.path.exists(sys.argv[1]):
-    open(sys.argv[1], 'w').close()
-    threading.Thread(target=grow, daemon=True).start()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(64)
-while True:
-    c = s.accept()[0]
-    c.sendall(b'pid=%d\n' % os.getpid())
-    c.close()
-"#,
-    );
+    let path = support("hog_worker.py");
     let marker = dir.path().join("grown-once").display().to_string();
     let corral = Corral::start(
         &Config::new()
@@ -791,7 +654,7 @@ while True:
     corral.wait_up(1);
     let first = corral.worker_pids()[0];
     let replaced = eventually(Duration::from_secs(30), || {
-        let w = &workers(&corral)[0];
+        let w = &corral.workers()[0];
         w["state"] == "up" && w["pid"].as_u64().is_some_and(|p| p != first as u64)
     });
     let status = corral.status();
@@ -826,28 +689,7 @@ while True:
 
 #[test]
 fn worker_metrics_are_merged_into_corrals_with_a_worker_label() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(
-        dir.path(),
-        "metrics.py",
-        r#"import os, http.server
-BODY = b'''# HELP demo_requests_total Requests served.
-# TYPE demo_requests_total counter
-demo_requests_total{path="/"} 3
-'''
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = BODY if self.path == '/metrics' else b'hi\n'
-        self.send_response(200 if self.path in ('/', '/metrics') else 404)
-        self.send_header('Content-Type', 'text/plain; version=0.0.4')
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
-"#,
-    );
+    let path = support("small_metrics_worker.py");
     let corral = Corral::start(
         &Config::new()
             .workers(&["python3", &path], 2)
@@ -857,7 +699,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
     let merged = |text: &str| {
         (0..2).all(|id| {
             let id = id.to_string();
-            sample_of(
+            sample(
                 text,
                 "demo_requests_total",
                 &[("path", "/"), ("worker", id.as_str())],

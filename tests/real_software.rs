@@ -91,37 +91,9 @@ fn require_redis() {
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// The worker entries of /status.
-fn workers_of(corral: &Corral) -> Vec<serde_json::Value> {
-    corral.status()["backends"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| b["name"].as_str().unwrap_or("").starts_with("worker-"))
-        .collect()
-}
-
-/// The /status entry named `name`.
-fn backend_named(corral: &Corral, name: &str) -> serde_json::Value {
-    corral.status()["backends"]
-        .as_array()
-        .and_then(|b| b.iter().find(|b| b["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no {name} in /status: {}", corral.status()))
-}
-
-/// The pid of worker `slot`.
-fn pid_of(corral: &Corral, slot: usize) -> Option<u32> {
-    workers_of(corral)
-        .iter()
-        .find(|w| w["name"] == format!("worker-{slot}").as_str())
-        .and_then(|w| w["pid"].as_u64())
-        .map(|p| p as u32)
-}
-
 /// Exactly `count` workers, all up, none of them one of `old`?
 fn all_up_and_none_of(corral: &Corral, count: usize, old: &[u32]) -> bool {
-    let workers = workers_of(corral);
+    let workers = corral.workers();
     workers.len() == count
         && workers.iter().all(|w| {
             w["state"] == "up"
@@ -349,7 +321,7 @@ fn blocked_redis_clients_are_kept_and_take_no_worker_down() {
     let mut polls = 0;
     while started.elapsed() < Duration::from_secs(70) {
         let status = corral.status();
-        let workers = workers_of(&corral);
+        let workers = corral.workers();
         assert_eq!(workers.len(), 2, "{status}");
         for w in &workers {
             let name = w["name"].as_str().unwrap();
@@ -393,7 +365,7 @@ fn blocked_redis_clients_are_kept_and_take_no_worker_down() {
         client.set_nonblocking(false).unwrap();
     }
     // Each worker's own port: six elements each, enough for every client.
-    for w in workers_of(&corral) {
+    for w in corral.workers() {
         let addr: SocketAddr = w["address"].as_str().unwrap().parse().unwrap();
         let reply = redis_command(
             addr,
@@ -447,7 +419,7 @@ fn with_observe_a_black_hole_goes_down_and_healthy_redis_workers_stay_up() {
                 _ => timed_out += 1,
             }
         }
-        for w in workers_of(&corral) {
+        for w in corral.workers() {
             assert_eq!(
                 w["state"],
                 "up",
@@ -456,7 +428,7 @@ fn with_observe_a_black_hole_goes_down_and_healthy_redis_workers_stay_up() {
                 corral.log()
             );
         }
-        hole_down = backend_named(&corral, "hole")["state"] == "down";
+        hole_down = corral.backend("hole")["state"] == "down";
     }
     assert!(
         hole_down,
@@ -480,7 +452,7 @@ fn with_observe_a_black_hole_goes_down_and_healthy_redis_workers_stay_up() {
         let reply = reply.unwrap_or_else(|e| panic!("PING with the hole down: {e}"));
         assert_eq!(reply, "+PONG\r\n");
     }
-    for w in workers_of(&corral) {
+    for w in corral.workers() {
         assert_eq!(w["state"], "up", "{}", corral.status());
     }
 }
@@ -688,10 +660,10 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
     );
     let mut results = Vec::new();
 
-    let first_of_2 = pid_of(&corral, 2).unwrap();
+    let first_of_2 = corral.try_pid_of(2).unwrap();
     let run = under_load(corral.front, || {
         let exited = eventually(Duration::from_secs(30), || {
-            pid_of(&corral, 2).is_some_and(|p| p != first_of_2)
+            corral.try_pid_of(2).is_some_and(|p| p != first_of_2)
                 && all_up_and_none_of(&corral, 3, &[first_of_2])
         });
         assert!(
@@ -718,10 +690,10 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
     }
 
     let run = under_load(corral.front, || {
-        let hog = pid_of(&corral, 0).unwrap();
+        let hog = corral.try_pid_of(0).unwrap();
         send_signal(hog, Signal::SIGUSR2);
         let replaced = eventually(Duration::from_secs(30), || {
-            pid_of(&corral, 0).is_some_and(|p| p != hog) && all_up_and_none_of(&corral, 3, &[hog])
+            corral.try_pid_of(0).is_some_and(|p| p != hog) && all_up_and_none_of(&corral, 3, &[hog])
         });
         assert!(
             replaced,
@@ -745,7 +717,8 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
             .iter()
             .filter_map(|&slot| {
                 let name = format!("worker-{slot}");
-                workers_of(&corral)
+                corral
+                    .workers()
                     .iter()
                     .find(|w| w["name"] == name.as_str())
                     .and_then(|w| w["pid"].as_u64())
@@ -758,7 +731,7 @@ fn node_app_through_everything(stateless: bool) -> Vec<(String, WrkResult)> {
             .filter(|p| !retired.contains(p))
             .collect();
         let scaled = eventually(Duration::from_secs(30), || {
-            let w = workers_of(&corral);
+            let w = corral.workers();
             w.len() == 1 && w[0]["state"] == "up"
         });
         assert!(

@@ -271,17 +271,8 @@ fn a_listener_change_on_reload_is_refused() {
 
 #[test]
 fn worker_output_reaches_the_log_tagged_even_when_it_is_huge() {
-    let script = "import os,sys,socket\n\
-sys.stdout.write('x' * 3000000 + '\\n')\n\
-sys.stdout.write('\\x1b[31mbinary\\x00junk\\n')\n\
-print('after the flood', flush=True)\n\
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
-while True: s.accept()[0].close()\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("loud.py");
-    std::fs::write(&path, script).unwrap();
-    let corral = Corral::start(&round_robin(&["python3", path.to_str().unwrap()], 1));
+    let path = support("loud_worker.py");
+    let corral = Corral::start(&round_robin(&["python3", &path], 1));
     corral.wait_up(1);
     corral.wait_log("after the flood", Duration::from_secs(10));
     let log = corral.log();
@@ -303,21 +294,10 @@ while True: s.accept()[0].close()\n";
 fn workers_get_their_environment_and_expanded_arguments() {
     let dir = tempfile::tempdir().unwrap();
     // A worker that writes its environment and arguments, then serves.
-    let py = "import os,sys,socket\n\
-open(sys.argv[1], 'w').write('\\n'.join([sys.argv[2], os.environ['PORT'], os.environ['HOST'], os.environ['CORRAL_WORKER_ID'], os.environ['CORRAL_WORKER_COUNT'], os.environ['GREETING']]))\n\
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)\n\
-while True: s.accept()[0].close()\n";
-    let script_path = dir.path().join("env.py");
-    std::fs::write(&script_path, py).unwrap();
+    let script_path = support("env_worker.py");
     let base = free_port_range(4);
     let out = format!("{}/out-{{id}}.txt", dir.path().display());
-    let command = [
-        "python3",
-        script_path.to_str().unwrap(),
-        &out,
-        "port={port}",
-    ];
+    let command = ["python3", &script_path, &out, "port={port}"];
     let corral = Corral::start(
         &Config::new()
             .workers(&command, 2)
@@ -343,23 +323,9 @@ while True: s.accept()[0].close()\n";
 #[test]
 fn a_worker_that_runs_but_fails_its_checks_is_restarted_after_unhealthy_restart() {
     // Healthy for its first three requests (readiness and two checks), then 500s.
-    let script = r#"import os, http.server
-class H(http.server.BaseHTTPRequestHandler):
-    served = 0
-    def do_GET(self):
-        H.served += 1
-        self.send_response(200 if H.served <= 3 else 500)
-        self.send_header('Content-Length', '0')
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
-"#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sickly.py");
-    std::fs::write(&path, script).unwrap();
+    let path = support("sickly_worker.py");
     let corral = Corral::start(
-        &round_robin(&["python3", path.to_str().unwrap()], 1)
+        &round_robin(&["python3", &path], 1)
             .set("workers.unhealthy_restart", "1s")
             .set("health.kind", "http")
             .set("health.path", "/")
@@ -384,16 +350,8 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
 
 #[test]
 fn a_sighup_while_workers_boot_does_not_kill_corral() {
-    let script = r#"import os, socket, time
-time.sleep(1.5)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(8)
-while True: s.accept()[0].close()
-"#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("slow.py");
-    std::fs::write(&path, script).unwrap();
-    let mut corral = Corral::start(&round_robin(&["python3", path.to_str().unwrap()], 1));
+    let path = support("slow_boot_worker.py");
+    let mut corral = Corral::start(&round_robin(&["python3", &path], 1));
     // The admin port answers while the worker is still booting.
     assert_eq!(corral.backends_in("up"), 0);
     corral.signal(Signal::SIGHUP);

@@ -6,7 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{eventually, http, require, send_signal, try_http, Config, Signal, CORRAL};
+use super::{
+    eventually, http, metric_value, require, send_signal, try_http, try_metric_value, Config,
+    Signal, CORRAL,
+};
+
+/// Where a corral started by the kit writes its output, in its directory.
+const LOG_FILE: &str = "corral.log";
+
+/// Sends `command`'s output to [`LOG_FILE`] in `dir`.
+fn log_to(command: &mut Command, dir: &Path) {
+    let log = std::fs::File::create(dir.join(LOG_FILE)).unwrap();
+    command.stdout(log.try_clone().unwrap()).stderr(log);
+}
 
 /// A running corral process; killed (with its workers) when dropped.
 pub struct Corral {
@@ -42,25 +54,44 @@ impl Corral {
         Corral::launch(Path::new(CORRAL), config, customize)
     }
 
+    /// Runs `corral run ARGS...` in a fresh directory with no config file
+    /// (unless the arguments name one): the one-liner form. `front` and
+    /// `admin` are where the arguments put them.
+    pub fn start_flags(args: &[&str], front: SocketAddr, admin: SocketAddr) -> Corral {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(CORRAL);
+        command.arg("run").args(args).current_dir(dir.path());
+        log_to(&mut command, dir.path());
+        let config_path = dir.path().join("no-config-file");
+        Corral::spawn(command, dir, config_path, front, admin)
+    }
+
     fn launch(binary: &Path, config: &Config, customize: impl FnOnce(&mut Command)) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
         config.write(&config_path);
-        let log_path = dir.path().join("corral.log");
-        let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(binary);
-        command
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        command.arg("run").arg("-c").arg(&config_path);
+        log_to(&mut command, dir.path());
         customize(&mut command);
+        Corral::spawn(command, dir, config_path, config.front, config.admin)
+    }
+
+    /// Starts `command` and waits until the admin port answers; fails the
+    /// test with the log if corral exits first.
+    fn spawn(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        front: SocketAddr,
+        admin: SocketAddr,
+    ) -> Corral {
+        let log_path = dir.path().join(LOG_FILE);
         let child = spawn_retrying_busy(&mut command);
-        let corral = Corral {
+        let mut corral = Corral {
             child: Some(child),
-            front: config.front,
-            admin: config.admin,
+            front,
+            admin,
             dir,
             config_path,
             log_path,
@@ -69,13 +100,19 @@ impl Corral {
         corral
     }
 
-    fn wait_admin(&self) {
+    fn wait_admin(&mut self) {
+        let admin = self.admin;
+        let mut exited = None;
         let answers = eventually(Duration::from_secs(20), || {
-            matches!(try_http(self.admin, "GET", "/healthz"), Ok((200, _)))
+            exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            exited.is_some() || matches!(try_http(admin, "GET", "/healthz"), Ok((200, _)))
         });
         assert!(
-            answers,
-            "corral's admin port never answered; log:\n{}",
+            answers && exited.is_none(),
+            "corral's admin port {admin} never answered (exited: {exited:?}); log:\n{}",
             self.log()
         );
     }
@@ -158,13 +195,65 @@ impl Corral {
         code
     }
 
-    /// The pids of the worker processes in /status.
-    pub fn worker_pids(&self) -> Vec<u32> {
+    /// The /status entry of the backend named `name` (`worker-1`, or a
+    /// static backend's name); panics with /status when there is none.
+    pub fn backend(&self, name: &str) -> serde_json::Value {
+        let status = self.status();
+        status["backends"]
+            .as_array()
+            .and_then(|all| all.iter().find(|b| b["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no {name} in /status: {status}"))
+    }
+
+    /// The /status entry of worker `slot`.
+    pub fn worker(&self, slot: usize) -> serde_json::Value {
+        self.backend(&format!("worker-{slot}"))
+    }
+
+    /// The pid of worker `slot`, if it has a process now.
+    pub fn try_pid_of(&self, slot: usize) -> Option<u32> {
+        self.worker(slot)["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// The pid of worker `slot`; panics with /status when it has none.
+    pub fn pid_of(&self, slot: usize) -> u32 {
+        self.try_pid_of(slot)
+            .unwrap_or_else(|| panic!("worker-{slot} has no pid: {}", self.status()))
+    }
+
+    /// The /status entries of the workers (not the static backends).
+    pub fn workers(&self) -> Vec<serde_json::Value> {
         self.status()["backends"]
             .as_array()
-            .unwrap()
-            .iter()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
             .filter(|b| b["name"].as_str().unwrap_or("").starts_with("worker-"))
+            .collect()
+    }
+
+    /// Does /status hold exactly `n` backends, every one up?
+    pub fn all_up(&self, n: usize) -> bool {
+        let status = self.status();
+        let backends = status["backends"].as_array().cloned().unwrap_or_default();
+        backends.len() == n && backends.iter().all(|b| b["state"] == "up")
+    }
+
+    /// Waits until /status holds exactly `n` backends, every one up.
+    pub fn wait_all_up(&self, n: usize) {
+        let ok = eventually(Duration::from_secs(20), || self.all_up(n));
+        assert!(
+            ok,
+            "{n} backends never were all up: {}\nlog:\n{}",
+            self.status(),
+            self.log()
+        );
+    }
+
+    /// The pids of the worker processes in /status.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers()
+            .iter()
             .filter_map(|b| b["pid"].as_u64().map(|p| p as u32))
             .collect()
     }
@@ -183,35 +272,6 @@ impl Drop for Corral {
             let _ = child.wait();
         }
     }
-}
-
-/// The value of `series` (a metric name with its labels, as /metrics writes
-/// them) in a Prometheus text exposition, or None when there is no such sample.
-pub fn try_metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
-}
-
-/// As [`try_metric_value`], but a missing sample (a typo, a wrong label) is
-/// an error: it panics and lists the samples of that metric that do exist.
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    try_metric_value(text, series).unwrap_or_else(|| {
-        let name = series.split('{').next().unwrap_or(series);
-        let existing: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .collect();
-        if existing.is_empty() {
-            panic!("no series {series} in /metrics: there is no metric {name} at all")
-        }
-        panic!(
-            "no series {series} in /metrics; the {name} series are:\n  {}",
-            existing.join("\n  ")
-        )
-    })
 }
 
 /// Runs `promtool check metrics` on `text` (a Prometheus text exposition);

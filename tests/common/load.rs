@@ -1,5 +1,6 @@
 //! Load: clients making new connections through corral's front end in a
-//! loop until stopped.
+//! loop until stopped, each request noted with whether a mark the test sets
+//! (at a kill, say) was already set when the request began.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,12 +10,51 @@ use std::time::Duration;
 
 use super::{eventually, get_from};
 
+/// One request of a [`Load`]: whether the mark was set when it began, and
+/// the answer's body or why there was none.
+pub struct Request {
+    pub after_mark: bool,
+    pub answer: Result<String, String>,
+}
+
+/// What the clients of a [`Load`] saw, once stopped.
+pub struct Report {
+    pub requests: Vec<Request>,
+}
+
+impl Report {
+    pub fn served(&self) -> usize {
+        self.requests.iter().filter(|r| r.answer.is_ok()).count()
+    }
+
+    /// The reasons of every failed request.
+    pub fn errors(&self) -> Vec<String> {
+        self.requests
+            .iter()
+            .filter_map(|r| r.answer.as_ref().err().cloned())
+            .collect()
+    }
+
+    /// (served, failed, error texts), the summary most tests assert on.
+    pub fn summary(&self) -> (usize, usize, Vec<String>) {
+        let errors = self.errors();
+        (self.served(), errors.len(), errors)
+    }
+}
+
+/// Counters shared by the clients and the test.
+#[derive(Default)]
+struct Counters {
+    stop: AtomicBool,
+    mark: AtomicBool,
+    served: AtomicUsize,
+    served_after_mark: AtomicUsize,
+}
+
 /// Clients making new connections in a loop until stopped.
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<Vec<String>>>,
+    counters: Arc<Counters>,
+    threads: Vec<JoinHandle<Vec<Request>>>,
 }
 
 impl Load {
@@ -31,43 +71,29 @@ impl Load {
     }
 
     fn spawn(front: SocketAddr, clients: usize, stop_at_error: bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(Counters::default());
         let threads = (0..clients)
             .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let mut errors = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match get_from(front, None) {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                errors.push(e.to_string());
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                if stop_at_error {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    errors
-                })
+                let counters = counters.clone();
+                std::thread::spawn(move || client(front, &counters, stop_at_error))
             })
             .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            threads,
-        }
+        Load { counters, threads }
+    }
+
+    /// Marks every request begun from now on as begun after the mark.
+    pub fn set_mark(&self) {
+        self.counters.mark.store(true, Ordering::SeqCst);
     }
 
     /// How many requests have been served so far.
     pub fn served(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
+        self.counters.served.load(Ordering::SeqCst)
+    }
+
+    /// How many requests begun after the mark have been served so far.
+    pub fn served_after_mark(&self) -> usize {
+        self.counters.served_after_mark.load(Ordering::SeqCst)
     }
 
     /// Waits until `n` more requests have been served than now: the clients
@@ -85,16 +111,39 @@ impl Load {
 
     /// Stops the clients; returns (served, failed, error texts).
     pub fn finish(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self
+        self.report().summary()
+    }
+
+    /// Stops the clients; returns every request they made.
+    pub fn report(self) -> Report {
+        self.counters.stop.store(true, Ordering::SeqCst);
+        let requests = self
             .threads
             .into_iter()
-            .flat_map(|t| t.join().unwrap())
+            .flat_map(|t| t.join().expect("a load client panicked"))
             .collect();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
+        Report { requests }
     }
+}
+
+/// One client: requests until told to stop (or, with `stop_at_error`, until
+/// its first failure), counting what was served.
+fn client(front: SocketAddr, counters: &Counters, stop_at_error: bool) -> Vec<Request> {
+    let mut requests = Vec::new();
+    while !counters.stop.load(Ordering::SeqCst) {
+        let after_mark = counters.mark.load(Ordering::SeqCst);
+        let answer = get_from(front, None).map_err(|e| e.to_string());
+        if answer.is_ok() {
+            counters.served.fetch_add(1, Ordering::SeqCst);
+            if after_mark {
+                counters.served_after_mark.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let failed = answer.is_err();
+        requests.push(Request { after_mark, answer });
+        if failed && stop_at_error {
+            break;
+        }
+    }
+    requests
 }

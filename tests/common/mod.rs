@@ -7,6 +7,7 @@
 //! - [`backends`]: the one kit of hand-rolled backends ([`Backend`]).
 //! - [`http`]: HTTP/1.1 requests to the front end and the admin port.
 //! - [`load`]: clients in a loop through the front end ([`Load`]).
+//! - [`metrics`]: samples of a Prometheus exposition, one parser.
 //!
 //! This file: free ports, waiting, signals, processes.
 
@@ -17,12 +18,14 @@ pub mod config;
 pub mod corral;
 pub mod http;
 pub mod load;
+pub mod metrics;
 
 pub use backends::*;
 pub use config::*;
 pub use corral::*;
 pub use http::*;
 pub use load::*;
+pub use metrics::*;
 pub use nix::sys::signal::Signal;
 
 use std::net::TcpListener;
@@ -203,5 +206,16 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGCONT to a process when dropped, so that a worker a test stopped
+/// with SIGSTOP never stays stopped, even when the test fails first.
+pub struct Resume(pub u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // The process may be gone already: nothing to resume then.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
     }
 }
