@@ -59,6 +59,8 @@ pub async fn run(
                     return signals;
                 }
                 Asked::Reload => {
+                    // SIGHUP also reopens log.file (external rotation).
+                    crate::logging::reopen();
                     notify::reloading();
                     if let Err(error) = reload::from_file(&shared, &supervisor, &source).await {
                         tracing::error!("reload refused, the old config stays: {error}");
