@@ -67,7 +67,11 @@ pub fn init(config: &LogConfig) -> std::io::Result<Guards> {
     let (writer, guard) = queue(std::io::stderr(), "corral-log");
     let mut queues = vec![writer.error_counter()];
     let mut guards = vec![guard];
-    let mut layers = vec![layer(writer, config.format, std::io::stderr().is_terminal())];
+    let mut layers = vec![layer(
+        writer,
+        config.format,
+        std::io::stderr().is_terminal(),
+    )];
     let mut file_errors = None;
     if let Some((file, errors)) = file {
         let (writer, guard) = queue(file, "corral-log-file");

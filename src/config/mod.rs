@@ -1774,7 +1774,10 @@ mod tests {
         assert_eq!((c.log.max_size, c.log.keep), (64 * 1024, 2));
         let err = parse(&format!("[log]\nmax_size = \"1KiB\"\nkeep = 0\n{base}")).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("log.max_size") && text.contains("4KiB"), "{text}");
+        assert!(
+            text.contains("log.max_size") && text.contains("4KiB"),
+            "{text}"
+        );
         assert!(text.contains("log.keep"), "{text}");
     }
 

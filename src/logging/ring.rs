@@ -308,8 +308,13 @@ mod tests {
         output.record(1, false, "short", 20);
         let line = &output.tail(Some(0), 1)[0];
         assert!(line.text.len() < MAX_LINE + 40, "{}", line.text.len());
-        assert!(line.text.ends_with(&format!("[... {} bytes cut]", MAX_LINE)));
-        assert_eq!(&*output.tail(Some(1), 1)[0].text, "short [... 20 bytes cut]");
+        assert!(line
+            .text
+            .ends_with(&format!("[... {} bytes cut]", MAX_LINE)));
+        assert_eq!(
+            &*output.tail(Some(1), 1)[0].text,
+            "short [... 20 bytes cut]"
+        );
     }
 
     #[tokio::test]
@@ -346,7 +351,11 @@ mod tests {
             seen += 1;
         }
         assert!(missed_total > 0);
-        assert_eq!(seen + missed_total, total / 2, "worker-0's lines, shown or counted");
+        assert_eq!(
+            seen + missed_total,
+            total / 2,
+            "worker-0's lines, shown or counted"
+        );
         let (mut seen, mut missed_total) = (0, 0);
         while let Some(Next::Line { missed, .. }) = all.try_next() {
             missed_total += missed;

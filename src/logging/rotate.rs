@@ -146,10 +146,12 @@ impl Write for RotatingFile {
     /// Writes one log line whole; never fails (a line it cannot write is
     /// dropped and counted).
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let written = self.ready_for(line.len() as u64).and_then(|()| match &mut self.file {
-            Some(file) => file.write_all(line),
-            None => Err(io::Error::other("no file")),
-        });
+        let written = self
+            .ready_for(line.len() as u64)
+            .and_then(|()| match &mut self.file {
+                Some(file) => file.write_all(line),
+                None => Err(io::Error::other("no file")),
+            });
         match written {
             Ok(()) => {
                 self.size += line.len() as u64;
@@ -187,12 +189,21 @@ mod tests {
             let line = format!("line {i:05} {}\n", "x".repeat(90));
             file.write_all(line.as_bytes()).unwrap();
         }
-        assert_eq!(names(dir.path()), ["corral.log", "corral.log.1", "corral.log.2"]);
+        assert_eq!(
+            names(dir.path()),
+            ["corral.log", "corral.log.1", "corral.log.2"]
+        );
         for name in names(dir.path()) {
             let text = std::fs::read_to_string(dir.path().join(&name)).unwrap();
-            assert!(text.len() <= 4096 && !text.is_empty(), "{name}: {}", text.len());
+            assert!(
+                text.len() <= 4096 && !text.is_empty(),
+                "{name}: {}",
+                text.len()
+            );
             assert!(text.ends_with('\n'));
-            assert!(text.lines().all(|l| l.len() == 101 && l.starts_with("line ")));
+            assert!(text
+                .lines()
+                .all(|l| l.len() == 101 && l.starts_with("line ")));
         }
         let newest = std::fs::read_to_string(&path).unwrap();
         assert!(newest.ends_with(&format!("line 00999 {}\n", "x".repeat(90))));
