@@ -179,6 +179,22 @@ fn a_follower_that_does_not_read_holds_up_no_one() {
         corral.admin
     );
     stuck.write_all(head.as_bytes()).unwrap();
+    // It follows once its answer has begun.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !String::from_utf8_lossy(&text).contains("\r\n\r\n") {
+        let n = stuck.read(&mut chunk).expect("the follower's answer");
+        assert!(n > 0, "the admin port closed the follower");
+        text.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        text.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
 
     // Another follower, which reads.
     let admin = corral.admin.to_string();
@@ -213,20 +229,17 @@ fn a_follower_that_does_not_read_holds_up_no_one() {
     );
 
     // The stuck follower, read at last, was told what it skipped.
-    stuck
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 65536];
-    while let Ok(n) = stuck.read(&mut chunk) {
-        if n == 0 {
-            break;
+    let notice = "lines skipped here: this reader fell behind";
+    let mut chunk = vec![0u8; 65536];
+    while !String::from_utf8_lossy(&text).contains(notice) {
+        match stuck.read(&mut chunk) {
+            Ok(n) if n > 0 => text.extend_from_slice(&chunk[..n]),
+            _ => break,
         }
-        text.extend_from_slice(&chunk[..n]);
     }
     let text = String::from_utf8_lossy(&text);
     assert!(
-        text.contains("lines skipped here: this reader fell behind"),
+        text.contains(notice),
         "no skip notice in {} bytes",
         text.len()
     );
@@ -256,8 +269,12 @@ fn the_log_file_is_rotated_by_size() {
     let (status, _) = http(corral.front, "GET", "/rotated");
     assert_eq!(status, 200);
     let rotated = eventually(PATIENCE, || {
-        let newest = std::fs::read_to_string(&path).unwrap_or_default();
-        files(dir.path()).contains("corral.log.2") && newest.contains(" /rotated")
+        let names = files(dir.path());
+        let all: String = names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap_or_default())
+            .collect();
+        names.contains("corral.log.2") && all.contains(" /rotated")
     });
     assert!(rotated, "files: {:?}", files(dir.path()));
     let names = files(dir.path());
