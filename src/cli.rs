@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::terminal::{escape, escape_keeping};
 
+pub mod logs;
+
 /// How long the client waits for the running corral.
 const TIMEOUT: Duration = Duration::from_secs(30);
 

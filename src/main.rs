@@ -95,6 +95,21 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
+    /// Show the workers' last output lines (`worker-0 | text`); with -f, then
+    /// new lines as they come.
+    Logs {
+        /// Keep following: print new lines as the workers write them.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the last lines to show first.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        lines: usize,
+        /// One worker (worker-0, ...); all workers when left out.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        #[command(flatten)]
+        find: Find,
+    },
     /// Run the built-in demo HTTP backend on $PORT.
     DemoWorker,
     /// (internal) The process between corral and one worker: starts the
@@ -219,6 +234,22 @@ fn main() -> ExitCode {
             client(&find, |target| cli::signal(target, &name, &signal))
         }
         Command::Clients { top, find } => client(&find, |target| cli::clients(target, top)),
+        Command::Logs {
+            follow,
+            lines,
+            name,
+            find,
+        } => {
+            let asked = cli::logs::Asked {
+                name: name.as_deref(),
+                lines,
+                follow,
+            };
+            match target(&find) {
+                Ok(target) => finish(cli::logs::show(&target, &asked).map(|()| None)),
+                Err(code) => code,
+            }
+        }
         Command::WorkerShim {
             parent,
             handed_socket,
@@ -258,7 +289,15 @@ fn client(
     find: &Find,
     command: impl FnOnce(&Target) -> Result<String, cli::ClientError>,
 ) -> ExitCode {
-    let target = match (&find.admin, &find.config) {
+    match target(find) {
+        Ok(target) => finish(command(&target).map(Some)),
+        Err(code) => code,
+    }
+}
+
+/// The corral that `find` names; exit code 2 when its file is unusable.
+fn target(find: &Find) -> Result<Target, ExitCode> {
+    Ok(match (&find.admin, &find.config) {
         (Some(admin), _) => Target {
             admin: *admin,
             token: None,
@@ -267,17 +306,24 @@ fn client(
             Ok(target) => target,
             Err(error) => {
                 eprintln!("corral: error: {error}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         },
         (None, None) => Target {
             admin: config::defaults::ADMIN_BIND,
             token: None,
         },
-    };
-    match command(&target) {
+    })
+}
+
+/// Prints a client command's outcome (its text, if it has one left to
+/// print) and gives the exit code.
+fn finish(outcome: Result<Option<String>, cli::ClientError>) -> ExitCode {
+    match outcome {
         Ok(text) => {
-            println!("{text}");
+            if let Some(text) = text {
+                println!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

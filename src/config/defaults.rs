@@ -56,6 +56,12 @@ pub const TIMEOUT_DRAIN: Duration = Duration::from_secs(30);
 
 pub const LOG_LEVEL: &str = "info";
 pub const LOG_CONNECTIONS: bool = false;
+/// `log.max_size`: the log file is rotated past this size.
+pub const LOG_MAX_SIZE: u64 = 100 * 1024 * 1024;
+/// `log.max_size` below this is refused (a file of a few lines).
+pub const LOG_MIN_SIZE: u64 = 4 * 1024;
+/// `log.keep`: rotated files kept.
+pub const LOG_KEEP: i64 = 5;
 
 /// 0: one proxy thread per CPU.
 pub const RUNTIME_THREADS: i64 = 0;

@@ -249,6 +249,13 @@ pub struct LogConfig {
     /// A tracing filter directive such as `info` or `corral=debug`.
     pub level: String,
     pub connections: bool,
+    /// `log.file`: corral's log and the workers' output also go here;
+    /// `None` for `""`.
+    pub file: Option<PathBuf>,
+    /// `log.max_size` in bytes: the file is rotated past it.
+    pub max_size: u64,
+    /// `log.keep`: rotated files kept (`file.1` .. `file.<keep>`).
+    pub keep: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -961,6 +968,14 @@ fn validate(raw: RawConfig, command: Option<&[String]>, p: &mut Problems) -> Opt
             None => defaults::LOG_LEVEL.to_string(),
         },
         connections: raw.log.connections.unwrap_or(defaults::LOG_CONNECTIONS),
+        file: raw
+            .log
+            .file
+            .map(Spanned::into_inner)
+            .filter(|f| !f.trim().is_empty())
+            .map(PathBuf::from),
+        max_size: log_max_size(raw.log.max_size, p),
+        keep: int(raw.log.keep, "log.keep", 1, 1000, defaults::LOG_KEEP, p) as u32,
     };
 
     let threads = int(
@@ -1395,6 +1410,27 @@ fn optional_duration(
     }
 }
 
+/// `log.max_size`: a size of at least 4 KiB.
+fn log_max_size(value: Option<Spanned<String>>, p: &mut Problems) -> u64 {
+    let Some(v) = value else {
+        return defaults::LOG_MAX_SIZE;
+    };
+    match parse_size(v.get_ref()) {
+        Some(bytes) if bytes >= defaults::LOG_MIN_SIZE => bytes,
+        _ => {
+            p.at(
+                v.span(),
+                "log.max_size",
+                format!(
+                    "`{}` is not a size of at least 4KiB: write max_size = \"100MiB\" (units B, KiB, MiB, GiB, KB, MB, GB)",
+                    v.get_ref()
+                ),
+            );
+            defaults::LOG_MAX_SIZE
+        }
+    }
+}
+
 /// A size such as "512MiB", "2GB" or "1048576" (bytes).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -1722,6 +1758,27 @@ mod tests {
         assert!(why.contains("ARG_MAX"), "{why}");
         let few = BTreeMap::from([("NODE_ENV".to_string(), "production".to_string())]);
         assert!(within_exec_limits(&command, &few).is_ok());
+    }
+
+    #[test]
+    fn log_file_rotation_keys() {
+        let base = "[[backends]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.log.file, None);
+        assert_eq!((c.log.max_size, c.log.keep), (100 * 1024 * 1024, 5));
+        let c = parse(&format!(
+            "[log]\nfile = \"/var/log/corral.log\"\nmax_size = \"64KiB\"\nkeep = 2\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(c.log.file, Some(PathBuf::from("/var/log/corral.log")));
+        assert_eq!((c.log.max_size, c.log.keep), (64 * 1024, 2));
+        let err = parse(&format!("[log]\nmax_size = \"1KiB\"\nkeep = 0\n{base}")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("log.max_size") && text.contains("4KiB"),
+            "{text}"
+        );
+        assert!(text.contains("log.keep"), "{text}");
     }
 
     #[test]

@@ -221,6 +221,9 @@ pub struct RawLog {
     pub format: Option<LogFormat>,
     pub level: Option<Spanned<String>>,
     pub connections: Option<bool>,
+    pub file: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<String>>,
+    pub keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

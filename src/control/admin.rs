@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
-//! `/sticky`, `/clients`, the dashboard at `/`, and the mutations `POST /reload`,
+//! `/sticky`, `/clients`, `/logs` (answered by [`super::logs`]), the
+//! dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
 //! hands to the control loop.
 //!
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
@@ -82,8 +83,12 @@ pub async fn serve(
                 let control = control.clone();
                 async move {
                     let reply = match screen(&shared, &request) {
-                        Some(refused) => *refused,
-                        None => route(&shared, &control, request).await,
+                        Some(refused) => refused.map(BodyExt::boxed),
+                        // A streamed body (follow): its own module.
+                        None if request.uri().path() == "/logs" => {
+                            super::logs::answer(&shared, &request)
+                        }
+                        None => route(&shared, &control, request).await.map(BodyExt::boxed),
                     };
                     Ok::<_, Infallible>(reply)
                 }

@@ -42,7 +42,8 @@ impl Fatal {
 
 /// Runs corral until a graceful stop completes.
 pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
-    let _flush_on_exit = crate::logging::init(&config.log);
+    let _flush_on_exit = crate::logging::init(&config.log)
+        .map_err(Fatal::io("cannot open the log file (log.file)"))?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

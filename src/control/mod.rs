@@ -4,7 +4,8 @@
 //! - [`lifecycle`]: start-up, the graceful stop and the drain.
 //! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2, read in one place.
 //! - [`reload`]: reading the file again and applying what changed; scaling.
-//! - [`admin`]: the admin HTTP server (and its [`dashboard`] page).
+//! - [`admin`]: the admin HTTP server (and its [`dashboard`] page, and
+//!   [`logs`]: `GET /logs`, the workers' output, streamed when followed).
 //! - [`notify`]: systemd readiness notifications.
 //!
 //! The control loop ([`run`]) is the one owner of reloads, scaling and
@@ -13,6 +14,7 @@
 pub(crate) mod admin;
 pub(crate) mod dashboard;
 pub mod lifecycle;
+pub(crate) mod logs;
 pub(crate) mod notify;
 pub mod reload;
 pub(crate) mod signals;
@@ -59,6 +61,8 @@ pub async fn run(
                     return signals;
                 }
                 Asked::Reload => {
+                    // SIGHUP also reopens log.file (external rotation).
+                    crate::logging::reopen();
                     notify::reloading();
                     if let Err(error) = reload::from_file(&shared, &supervisor, &source).await {
                         tracing::error!("reload refused, the old config stays: {error}");

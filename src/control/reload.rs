@@ -208,6 +208,11 @@ fn warn_needs_restart(old: &Config, fresh: &Config) {
         ("log.format", old.log.format == fresh.log.format),
         ("log.level", old.log.level == fresh.log.level),
         (
+            "log.file/max_size/keep",
+            (&old.log.file, old.log.max_size, old.log.keep)
+                == (&fresh.log.file, fresh.log.max_size, fresh.log.keep),
+        ),
+        (
             "runtime.threads",
             old.runtime.threads == fresh.runtime.threads,
         ),

@@ -303,6 +303,8 @@ fn emit(worker: usize, stream: Stream, line: &[u8], dropped: usize) {
         Stream::Stdout => ("stdout", '|'),
         Stream::Stderr => ("stderr", '!'),
     };
+    let stderr = matches!(stream, Stream::Stderr);
+    crate::logging::worker_output().record(worker, stderr, &text, dropped);
     if dropped > 0 {
         tracing::info!(target: "corral::worker", worker, stream = name, truncated_bytes = dropped, "worker-{worker} {mark} {text}");
     } else {
