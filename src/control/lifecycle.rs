@@ -76,7 +76,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
                 addr,
                 config.listener.backlog,
                 workers.count,
-                steering::rule_of(&config),
+                steering::rule_of(&config).map_err(Fatal::io("balance.strategy"))?,
                 &config.clients,
             )
             .map_err(|source| Fatal::Bind {

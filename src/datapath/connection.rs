@@ -286,7 +286,7 @@ async fn carry_on(
     let stopped = instance.is_retired()
         || instance
             .pid
-            .is_some_and(crate::supervisor::spawn::is_exiting);
+            .is_some_and(crate::process_state::is_exiting);
     if !stopped && !exchange.unanswered_idempotent() {
         return Err(Closed {
             reason: Reason::BackendClosed,
@@ -475,7 +475,7 @@ fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
     let nothing_sent = client.pending.is_empty() && replay.is_empty();
     let worker_died = instance
         .pid
-        .is_some_and(crate::supervisor::spawn::is_exiting);
+        .is_some_and(crate::process_state::is_exiting);
     let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
     (nothing_sent || worker_died) && within_limit
 }

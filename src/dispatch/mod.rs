@@ -3,7 +3,6 @@
 //! already tried for this client, so a failed connect moves on to the next
 //! candidate and every backend is tried at most once.
 
-pub mod ring;
 pub mod sticky;
 
 use std::net::IpAddr;
@@ -12,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::{StickyConfig, StrategyKind};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use ring::Ring;
+use crate::pool::ring::Ring;
 use sticky::{ClientKey, Outcome, StickyTable};
 
 /// Backends already tried for one client. Allocates only on a retry.

@@ -281,7 +281,7 @@ impl Backend {
             Kind::Static => Phase::Running,
         };
         let backend = Backend {
-            key: super::label_key(&label),
+            key: crate::labels::label_key(&label),
             metrics: metrics.backend(&label),
             label,
             kind,

@@ -6,21 +6,16 @@
 //! its state machine (in [`backend`]), so the hot path takes no lock.
 
 pub mod backend;
+pub mod ring;
 
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use backend::{ActiveGuard, Backend, DownReason, HealthChange, Instance, Kind, State};
 
 use crate::config::Config;
-use crate::dispatch::ring::Ring;
+use ring::Ring;
 use crate::metrics::Metrics;
-
-/// The fixed-key hash of a backend label: the same in every corral process.
-pub fn label_key(label: &str) -> u64 {
-    hashring::DefaultHashBuilder.hash_one(label)
-}
 
 /// One immutable set of backends and the ring placed over them.
 pub struct Pool {
@@ -51,7 +46,7 @@ impl Pool {
         let mut backends = Vec::new();
         if let Some(workers) = &config.workers {
             for id in 0..workers.count {
-                let label = crate::config::worker_label(id);
+                let label = crate::labels::worker_label(id);
                 let backend = keep(&label, None).unwrap_or_else(|| {
                     // In fd mode a worker is reached through the front end.
                     let addr = match (workers.listen, config.listener.binds.first()) {

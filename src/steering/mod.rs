@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::config::{Config, StrategyKind};
+use crate::config::Config;
+use crate::strategy::FdPlacement;
 use crate::pool::{DownReason, Kind, State};
 use crate::shared::Shared;
 pub use program::{probe_source, Rule};
@@ -279,12 +280,17 @@ pub async fn settle() {
 }
 
 /// The placement rule a config asks for.
-pub fn rule_of(config: &Config) -> Rule {
-    match config.strategy {
-        StrategyKind::Sticky => Rule::Sticky {
+/// An error for a strategy fd mode cannot do (validation refuses those).
+pub fn rule_of(config: &Config) -> io::Result<Rule> {
+    match config.strategy.fd_placement() {
+        Some(FdPlacement::ByClient) => Ok(Rule::Sticky {
             prefix: config.sticky.ipv4_prefix,
-        },
-        _ => Rule::Spread,
+        }),
+        Some(FdPlacement::Spread) => Ok(Rule::Spread),
+        None => Err(io::Error::other(format!(
+            "balance.strategy = \"{}\" cannot work with workers.listen = \"fd\"",
+            config.strategy
+        ))),
     }
 }
 
@@ -401,7 +407,17 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
             // Nowhere better to send them: clients wait in the queues.
             serving = (0..slots).collect();
         }
-        let rule = rule_of(&snapshot.config);
+        let rule = match rule_of(&snapshot.config) {
+            Ok(rule) => rule,
+            Err(error) => {
+                let said = error.to_string();
+                if attach_error.as_ref() != Some(&said) {
+                    tracing::error!(%error, "no steering program for this strategy; the previous one stays");
+                    attach_error = Some(said);
+                }
+                continue;
+            }
+        };
         match steering.steer(rule.clone(), serving.clone()) {
             Ok(true) => {
                 attach_error = None;
