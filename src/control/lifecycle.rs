@@ -129,8 +129,12 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         control_tx,
     ));
     tokio::spawn(crate::health::run(Arc::clone(&shared)));
-    tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared)));
-    tokio::spawn(crate::clients::sweep(Arc::clone(&shared)));
+    tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared), |shared| {
+        &shared.dispatcher.sticky
+    }));
+    tokio::spawn(crate::clients::sweep(Arc::clone(&shared), |shared| {
+        &shared.clients
+    }));
     if let Some(steering) = &steering {
         tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
         tokio::spawn(steering::watch_intruders(
@@ -231,7 +235,7 @@ fn announce(shared: &Shared, config: &Config) {
 async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     notify::stopping();
     shared.set_draining();
-    shared.stop_accepting.cancel();
+    shared.stop_accepting();
     if let Some(steering) = &shared.steering {
         // fd mode: new clients are no longer queued for workers about to
         // stop; the workers' own accept keeps working until they stop.
@@ -252,7 +256,7 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
             open = shared.connections.len(),
             "closing connections still open"
         );
-        shared.cut_connections.cancel();
+        shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections.wait()).await;
     }
 }

@@ -174,7 +174,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         let instance = Arc::clone(&guard.instance);
         last = Some(Arc::clone(&backend));
         let config = Arc::clone(&snapshot.config);
-        if !introduce(&mut client, &mut upstream, backend.send_proxy(), &config).await {
+        let send_proxy = snapshot.pool.send_proxy(index);
+        if !introduce(&mut client, &mut upstream, send_proxy, &config).await {
             tried.push(index);
             continue;
         }
@@ -190,11 +191,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 splice: config.runtime.splice,
                 already_sent: !client.pending.is_empty(),
                 meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
-                cut: &shared.cut_connections,
+                cut: shared.cut_signal(),
                 stateless: exchange.as_deref_mut().map(|exchange| pump::Stateless {
                     exchange,
                     stay: &stay,
-                    leave: &shared.stop_accepting,
+                    leave: shared.stop_signal(),
                 }),
             },
         )
@@ -311,8 +312,8 @@ async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Closed>
     let mut first = [0u8; 1];
     tokio::select! {
         // corral's graceful stop: between two requests, a clean close.
-        _ = shared.stop_accepting.cancelled() => Err(Closed::by_corral(Reason::Eof)),
-        _ = shared.cut_connections.cancelled() => Err(Closed::by_corral(Reason::Cut)),
+        _ = shared.accepting_stopped() => Err(Closed::by_corral(Reason::Eof)),
+        _ = shared.connections_cut() => Err(Closed::by_corral(Reason::Cut)),
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => match peeked {
             Err(_) => {
                 shared.metrics.errors.timeout.inc();

@@ -5,7 +5,7 @@
 //! each error reason is resolved once into [`ErrorCounters`].
 
 pub mod names;
-pub mod workers;
+pub mod scrape;
 
 use std::collections::HashMap;
 
@@ -37,6 +37,7 @@ pub struct Metrics {
     pub rejected: RejectedCounters,
     pub accept_errors: IntCounter,
     pub spliced: IntCounter,
+    /// Written only by `/metrics`, from the table's length at scrape time.
     pub sticky_entries: IntGauge,
     pub sticky_hit: IntCounter,
     pub sticky_miss: IntCounter,

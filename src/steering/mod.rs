@@ -307,7 +307,7 @@ pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.accepting_stopped() => return,
         }
         let looking = Arc::clone(&steering);
         let found = tokio::task::spawn_blocking(move || {
@@ -371,7 +371,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.accepting_stopped() => return,
         }
         let snapshot = shared.snapshot();
         let now = Instant::now();
@@ -387,7 +387,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
                 continue;
             }
             seen.push(slot);
-            let (state, reason) = (backend.state(), backend.reason());
+            let state = backend.state();
             let watch = watches.entry(slot).or_default();
             if state == State::Up {
                 any_up = true;
@@ -397,7 +397,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
                 watch.down_since.get_or_insert(now);
             }
             let down_for = watch.down_since.map(|since| now - since);
-            if stays_in_rotation(state, reason, down_for, watch.was_up) {
+            if stays_in_rotation(state, down_for, watch.was_up) {
                 serving.push(slot);
             }
         }
@@ -447,19 +447,13 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
 /// slot whose first worker is still starting does not (it gets clients
 /// once it is up), nor does one whose worker runs but does not take
 /// connections or fails its checks, nor one that is draining or stopped.
-fn stays_in_rotation(
-    state: State,
-    reason: Option<DownReason>,
-    down_for: Option<Duration>,
-    was_up: bool,
-) -> bool {
+fn stays_in_rotation(state: State, down_for: Option<Duration>, was_up: bool) -> bool {
     let within_grace = was_up && down_for.is_none_or(|d| d < GRACE);
     match state {
         State::Up => true,
         State::Starting => within_grace,
-        State::Down => {
-            matches!(reason, Some(DownReason::Crashed | DownReason::NotReady)) && within_grace
-        }
+        State::Down(DownReason::Crashed | DownReason::NotReady) => within_grace,
+        State::Down(_) => false,
         State::Draining | State::Stopped => false,
     }
 }
@@ -470,14 +464,13 @@ mod tests {
 
     #[test]
     fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
-        let crashed = Some(DownReason::Crashed);
+        let crashed = State::Down(DownReason::Crashed);
         let soon = Some(Duration::from_millis(200));
-        assert!(stays_in_rotation(State::Down, crashed, soon, true));
-        assert!(!stays_in_rotation(State::Down, crashed, Some(GRACE), true));
-        assert!(stays_in_rotation(State::Starting, None, soon, true));
+        assert!(stays_in_rotation(crashed, soon, true));
+        assert!(!stays_in_rotation(crashed, Some(GRACE), true));
+        assert!(stays_in_rotation(State::Starting, soon, true));
         assert!(!stays_in_rotation(
             State::Starting,
-            None,
             Some(GRACE * 2),
             true
         ));
@@ -486,22 +479,21 @@ mod tests {
     #[test]
     fn a_new_slot_gets_clients_once_its_worker_is_up() {
         let now = Some(Duration::ZERO);
-        assert!(!stays_in_rotation(State::Starting, None, now, false));
-        assert!(stays_in_rotation(State::Up, None, None, false));
+        assert!(!stays_in_rotation(State::Starting, now, false));
+        assert!(stays_in_rotation(State::Up, None, false));
     }
 
     #[test]
     fn a_stalled_or_retiring_slot_leaves_at_once() {
         let now = Some(Duration::ZERO);
-        let stalled = Some(DownReason::Stalled);
-        assert!(!stays_in_rotation(State::Down, stalled, now, true));
+        let stalled = State::Down(DownReason::Stalled);
+        assert!(!stays_in_rotation(stalled, now, true));
         assert!(!stays_in_rotation(
-            State::Down,
-            Some(DownReason::Checks),
+            State::Down(DownReason::Checks),
             now,
             true
         ));
-        assert!(!stays_in_rotation(State::Draining, None, now, true));
+        assert!(!stays_in_rotation(State::Draining, now, true));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Rescues {
                 };
                 served += 1;
                 let from = place.source_for(peer);
-                let cut = shared.cut_connections.clone();
+                let cut = shared.cut_signal().clone();
                 shared.connections.spawn_on(
                     async move {
                         tokio::select! {
