@@ -38,7 +38,7 @@ pub struct Shared {
     /// `workers.listen = "fd"`: the slot sockets the workers accept from.
     pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
-    pub connections: TaskTracker,
+    connections: TaskTracker,
     /// Cancelled when the front end must stop accepting (graceful stop),
     /// by [`Shared::stop_accepting`] only.
     stop_accepting: CancellationToken,
@@ -139,8 +139,33 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The open connections (the listeners and rescues add to it; the
+    /// graceful stop closes it and waits).
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
     /// `/readyz`: bound, not draining, and at least one backend up.
     pub fn is_ready(&self) -> bool {
         self.bound.load(Ordering::Acquire) && !self.is_draining() && self.snapshot().pool.any_up()
+    }
+}
+
+/// Steering reads the snapshot and the stop signals through this.
+impl crate::steering::Host for Shared {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Shared::snapshot(self)
+    }
+
+    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
+        Shared::accepting_stopped(self)
+    }
+
+    fn cut_signal(&self) -> &CancellationToken {
+        Shared::cut_signal(self)
+    }
+
+    fn connections(&self) -> &TaskTracker {
+        Shared::connections(self)
     }
 }

@@ -241,23 +241,23 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
         // stop; the workers' own accept keeps working until they stop.
         steering.stop_listening();
     }
-    shared.connections.close();
+    shared.connections().close();
     let limit = shared.config().timeouts.drain;
-    let open = shared.connections.len();
+    let open = shared.connections().len();
     if open > 0 {
         tracing::info!(open, limit = ?limit, "draining open connections");
     }
     tokio::select! {
-        _ = tokio::time::timeout(limit, shared.connections.wait()) => {}
+        _ = tokio::time::timeout(limit, shared.connections().wait()) => {}
         name = signals.next_stop() => tracing::warn!("second stop signal ({name}): closing open connections now"),
     }
-    if !shared.connections.is_empty() {
+    if !shared.connections().is_empty() {
         tracing::warn!(
-            open = shared.connections.len(),
+            open = shared.connections().len(),
             "closing connections still open"
         );
         shared.cut_connections();
-        let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;
     }
 }
 

@@ -189,7 +189,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
                 let task_shared = Arc::clone(&shared);
-                shared.connections.spawn(async move {
+                shared.connections().spawn(async move {
                     connection::serve(task_shared, stream, peer).await;
                     drop(permit);
                 });

@@ -29,11 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::strategy::FdPlacement;
 use crate::pool::{DownReason, Kind, State};
-use crate::shared::Shared;
+use crate::pool::Snapshot;
 pub use program::{probe_source, Rule};
 
 /// How often the rotation is recomputed and steered-around queues emptied.
@@ -42,6 +44,20 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a crashed or starting slot stays in rotation: its clients wait
 /// in its socket for the replacement. Past it they are served elsewhere.
 pub const GRACE: Duration = Duration::from_secs(1);
+
+/// What steering needs from the process around it, implemented by the
+/// shared state ([`crate::shared`]): steering depends on this, not on it.
+pub trait Host: Send + Sync + 'static {
+    /// The config and pool in force.
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// Resolves once the front end stops accepting (graceful stop).
+    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_>;
+    /// Cancelled when open connections must be cut.
+    fn cut_signal(&self) -> &CancellationToken;
+    /// The open connections the graceful stop waits for (rescued clients'
+    /// relays join them).
+    fn connections(&self) -> &TaskTracker;
+}
 
 /// The group of slot sockets on one front-end address, and its program.
 pub struct Steering {
@@ -300,14 +316,14 @@ const INTRUDER_CHECK: Duration = Duration::from_secs(2);
 /// Looks for other processes listening on the front end every
 /// [`INTRUDER_CHECK`] until the front end stops; logs each one that comes
 /// (with its pid) and goes.
-pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
+pub async fn watch_intruders<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     let mut tick = tokio::time::interval(INTRUDER_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.accepting_stopped() => return,
+            _ = host.accepting_stopped() => return,
         }
         let looking = Arc::clone(&steering);
         let found = tokio::task::spawn_blocking(move || {
@@ -362,7 +378,7 @@ struct Watch {
 }
 
 /// Keeps the program in line with the pool until the front end stops.
-pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
+pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     let mut watches: HashMap<usize, Watch> = HashMap::new();
     let mut rescues = rescue::Rescues::default();
     let mut attach_error: Option<String> = None;
@@ -371,9 +387,9 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.accepting_stopped() => return,
+            _ = host.accepting_stopped() => return,
         }
-        let snapshot = shared.snapshot();
+        let snapshot = host.snapshot();
         let now = Instant::now();
         let mut serving = Vec::new();
         let mut any_up = false;
@@ -435,7 +451,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
         rescues.tend(&steering);
         if any_up {
             for slot in (0..slots).filter(|s| !serving.contains(s)) {
-                rescues.take_queued(&shared, &steering, slot, &rule, &serving);
+                rescues.take_queued(&host, &steering, slot, &rule, &serving);
             }
         }
     }
