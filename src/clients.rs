@@ -413,7 +413,10 @@ impl ClientTable {
 /// one per connection.
 /// `table` finds the table inside `owner` (which the blocking sweep keeps
 /// alive).
-pub async fn sweep<T: Send + Sync + 'static>(owner: std::sync::Arc<T>, table: fn(&T) -> &ClientTable) {
+pub async fn sweep<T: Send + Sync + 'static>(
+    owner: std::sync::Arc<T>,
+    table: fn(&T) -> &ClientTable,
+) {
     use std::time::Duration;
     const SUMMARY: Duration = Duration::from_secs(60);
     let mut summary = tokio::time::interval(SUMMARY);

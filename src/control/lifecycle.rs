@@ -129,9 +129,10 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         control_tx,
     ));
     tokio::spawn(crate::health::run(Arc::clone(&shared)));
-    tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared), |shared| {
-        &shared.dispatcher.sticky
-    }));
+    tokio::spawn(crate::dispatch::sweep_sticky(
+        Arc::clone(&shared),
+        |shared| &shared.dispatcher.sticky,
+    ));
     tokio::spawn(crate::clients::sweep(Arc::clone(&shared), |shared| {
         &shared.clients
     }));

@@ -284,10 +284,8 @@ async fn carry_on(
         client.done_sending = false;
         return Ok(Carry::NextRequest);
     }
-    let stopped = instance.is_retired()
-        || instance
-            .pid
-            .is_some_and(crate::process_state::is_exiting);
+    let stopped =
+        instance.is_retired() || instance.pid.is_some_and(crate::process_state::is_exiting);
     if !stopped && !exchange.unanswered_idempotent() {
         return Err(Closed {
             reason: Reason::BackendClosed,
@@ -474,9 +472,7 @@ async fn introduce(
 /// that closed on purpose may have acted on the request: no second run.
 fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
     let nothing_sent = client.pending.is_empty() && replay.is_empty();
-    let worker_died = instance
-        .pid
-        .is_some_and(crate::process_state::is_exiting);
+    let worker_died = instance.pid.is_some_and(crate::process_state::is_exiting);
     let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
     (nothing_sent || worker_died) && within_limit
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{StickyConfig, StrategyKind};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
 use crate::pool::ring::Ring;
+use crate::pool::Pool;
 use sticky::{ClientKey, Lookup, StickyTable};
 
 /// Backends already tried for one client. Allocates only on a retry.
@@ -153,8 +153,8 @@ pub async fn sweep_sticky<T: Send + Sync + 'static>(
 ) {
     use std::time::Duration;
     loop {
-        let period = (table(&owner).ttl() / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let period =
+            (table(&owner).ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = table(&owner).over_limit.notified() => {}

@@ -282,10 +282,10 @@ mod tests {
     #[test]
     fn record_reports_hit_miss_and_redispatch() {
         let t = table(Duration::from_secs(60), 10);
-        assert_eq!(t.record(1, 7), Outcome::Miss);
+        assert_eq!(t.record(1, 7), Lookup::Miss);
         assert_eq!(t.lookup(1), Some(7));
-        assert_eq!(t.record(1, 7), Outcome::Hit);
-        assert_eq!(t.record(1, 8), Outcome::Redispatch);
+        assert_eq!(t.record(1, 7), Lookup::Hit);
+        assert_eq!(t.record(1, 8), Lookup::Redispatch);
         assert_eq!(t.lookup(1), Some(8));
         assert!(t.forget(1));
         assert_eq!(t.lookup(1), None);

@@ -129,7 +129,10 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 /// Registers a labelled family.
-fn family_vec<T: MetricVecBuilder + 'static>(registry: &Registry, vec: MetricVec<T>) -> MetricVec<T> {
+fn family_vec<T: MetricVecBuilder + 'static>(
+    registry: &Registry,
+    vec: MetricVec<T>,
+) -> MetricVec<T> {
     registry
         .register(Box::new(vec.clone()))
         .expect("metric registered once");

@@ -14,8 +14,8 @@ use std::sync::Arc;
 pub use backend::{ActiveGuard, Backend, DownReason, HealthChange, Instance, Kind, State};
 
 use crate::config::{Config, SendProxy};
-use ring::Ring;
 use crate::metrics::Metrics;
+use ring::Ring;
 
 /// One immutable set of backends, the ring placed over them, and what the
 /// config that built it says about each (read from here, never copied

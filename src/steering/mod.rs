@@ -33,9 +33,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::strategy::FdPlacement;
-use crate::pool::{DownReason, Kind, State};
 use crate::pool::Snapshot;
+use crate::pool::{DownReason, Kind, State};
+use crate::strategy::FdPlacement;
 pub use program::{probe_source, Rule};
 
 /// How often the rotation is recomputed and steered-around queues emptied.
@@ -485,11 +485,7 @@ mod tests {
         assert!(stays_in_rotation(crashed, soon, true));
         assert!(!stays_in_rotation(crashed, Some(GRACE), true));
         assert!(stays_in_rotation(State::Starting, soon, true));
-        assert!(!stays_in_rotation(
-            State::Starting,
-            Some(GRACE * 2),
-            true
-        ));
+        assert!(!stays_in_rotation(State::Starting, Some(GRACE * 2), true));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::program::{self, Rule};
-use super::Steering;
 use super::Host;
+use super::Steering;
 
 /// A job still running after this long may be blocked in `accept`.
 const STUCK_AFTER: Duration = Duration::from_millis(100);
