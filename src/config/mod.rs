@@ -467,7 +467,6 @@ pub fn read_file(path: &Path) -> Result<String, String> {
     })
 }
 
-/// The metric label and `/status` name of worker slot `id`.
 fn default_workers(command: Vec<String>) -> WorkersConfig {
     WorkersConfig {
         command,
