@@ -288,7 +288,7 @@ fn anatomy(c: &mut Criterion) {
         b.iter(|| hasher.hash_one(black_box(key)))
     });
     group.bench_function("ring_point_of", |b| {
-        b.iter(|| corral::dispatch::ring::Ring::point_of(black_box(key)))
+        b.iter(|| corral::pool::ring::Ring::point_of(black_box(key)))
     });
     let map: dashmap::DashMap<u128, (u64, u64)> =
         dashmap::DashMap::with_capacity_and_shard_amount(0, 256);

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use corral::clock;
 use corral::config::StickyConfig;
 use corral::dispatch::sticky::{client_key, StickyTable};
-use corral::pool::label_key;
+use corral::labels::label_key;
 
 const MILLION: u32 = 1_000_000;
 const HALF: u32 = MILLION / 2;

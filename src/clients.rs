@@ -411,21 +411,26 @@ impl ClientTable {
 /// Keeps the table within `max_tracked` (woken when an insert passes it)
 /// and logs one summary line a minute of the connections refused, never
 /// one per connection.
-pub async fn sweep(shared: std::sync::Arc<crate::shared::Shared>) {
+/// `table` finds the table inside `owner` (which the blocking sweep keeps
+/// alive).
+pub async fn sweep<T: Send + Sync + 'static>(
+    owner: std::sync::Arc<T>,
+    table: fn(&T) -> &ClientTable,
+) {
     use std::time::Duration;
     const SUMMARY: Duration = Duration::from_secs(60);
     let mut summary = tokio::time::interval(SUMMARY);
     summary.tick().await;
     loop {
         tokio::select! {
-            _ = shared.clients.over_limit.notified() => {
-                let table = std::sync::Arc::clone(&shared);
-                let _ = tokio::task::spawn_blocking(move || table.clients.sweep()).await;
+            _ = table(&owner).over_limit.notified() => {
+                let sweeping = std::sync::Arc::clone(&owner);
+                let _ = tokio::task::spawn_blocking(move || table(&sweeping).sweep()).await;
                 // At most ten sweeps a second, however fast clients come.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             _ = summary.tick() => {
-                let [denied, connections, rate] = shared.clients.take_summary();
+                let [denied, connections, rate] = table(&owner).take_summary();
                 if denied + connections + rate > 0 {
                     tracing::info!(
                         denied,

@@ -41,14 +41,18 @@ pub(crate) mod datapath;
 pub mod demo_worker;
 pub mod dispatch;
 pub(crate) mod health;
+pub mod labels;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod pool;
 pub(crate) mod privileges;
+pub(crate) mod process_state;
 pub(crate) mod shared;
 pub mod steering;
+pub mod strategy;
 pub mod supervisor;
 pub mod terminal;
+pub mod units;
 
 // The public API: what `main.rs`, the benches and the tests use. The data
 // path, health checks, logging and the shared state stay inside the crate.

@@ -40,8 +40,8 @@ enum Command {
         /// Admin address (overrides admin.bind).
         #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
         admin: Option<SocketAddr>,
-        /// round-robin, least-connections or sticky (overrides balance.strategy).
-        #[arg(long, value_name = "NAME", value_parser = parse_strategy)]
+        /// The dispatch strategy (overrides balance.strategy).
+        #[arg(long, value_name = "NAME", value_enum)]
         strategy: Option<StrategyKind>,
         /// port or fd (overrides workers.listen).
         #[arg(long, value_name = "MODE", value_parser = parse_listen)]
@@ -152,17 +152,6 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     config::parse_addr(text).ok_or_else(|| {
         format!("`{text}` is not an address with a port, such as 127.0.0.1:8080, :8080 or localhost:8080")
     })
-}
-
-fn parse_strategy(text: &str) -> Result<StrategyKind, String> {
-    match text {
-        "round-robin" => Ok(StrategyKind::RoundRobin),
-        "least-connections" => Ok(StrategyKind::LeastConnections),
-        "sticky" => Ok(StrategyKind::Sticky),
-        _ => Err(format!(
-            "`{text}`: write round-robin, least-connections or sticky"
-        )),
-    }
 }
 
 fn parse_listen(text: &str) -> Result<ListenMode, String> {

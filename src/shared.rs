@@ -9,13 +9,14 @@
 //!   [`Steering`]'s own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
 //!   the open connections): changed only by the lifecycle in
-//!   [`crate::control::lifecycle`].
+//!   [`crate::control::lifecycle`], through the named operations here
+//!   (the tokens are private: others wait on them, never cancel them).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientTable;
@@ -33,16 +34,17 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The fetch of the workers' own metrics that concurrent `/metrics`
     /// requests share.
-    pub worker_metrics: crate::metrics::workers::SingleFlight,
+    pub worker_metrics: crate::metrics::scrape::SingleFlight,
     /// `workers.listen = "fd"`: the slot sockets the workers accept from.
     pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
-    pub connections: TaskTracker,
-    /// Cancelled when the front end must stop accepting (graceful stop).
-    pub stop_accepting: CancellationToken,
+    connections: TaskTracker,
+    /// Cancelled when the front end must stop accepting (graceful stop),
+    /// by [`Shared::stop_accepting`] only.
+    stop_accepting: CancellationToken,
     /// Cancelled when open connections must be cut (drain over, or a second
-    /// stop signal).
-    pub cut_connections: CancellationToken,
+    /// stop signal), by [`Shared::cut_connections`] only.
+    cut_connections: CancellationToken,
     bound: AtomicBool,
     draining: AtomicBool,
 }
@@ -92,6 +94,39 @@ impl Shared {
         self.current.swap(Arc::new(next))
     }
 
+    /// The graceful stop begins: the front end stops accepting.
+    pub(crate) fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
+    /// The drain is over (or a second stop signal came): open connections
+    /// are cut.
+    pub(crate) fn cut_connections(&self) {
+        self.cut_connections.cancel();
+    }
+
+    /// Resolves once the front end stops accepting.
+    pub fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.stop_accepting.cancelled()
+    }
+
+    /// Resolves once open connections must be cut.
+    pub fn connections_cut(&self) -> WaitForCancellationFuture<'_> {
+        self.cut_connections.cancelled()
+    }
+
+    /// The stop-accepting signal, for code that waits on a token (the
+    /// pump). Only [`Shared::stop_accepting`] cancels it.
+    pub(crate) fn stop_signal(&self) -> &CancellationToken {
+        &self.stop_accepting
+    }
+
+    /// The cut signal, for code that waits on a token (the pump, rescued
+    /// clients' relays). Only [`Shared::cut_connections`] cancels it.
+    pub(crate) fn cut_signal(&self) -> &CancellationToken {
+        &self.cut_connections
+    }
+
     pub(crate) fn set_bound(&self) {
         self.bound.store(true, Ordering::Release);
     }
@@ -104,8 +139,33 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The open connections (the listeners and rescues add to it; the
+    /// graceful stop closes it and waits).
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
     /// `/readyz`: bound, not draining, and at least one backend up.
     pub fn is_ready(&self) -> bool {
         self.bound.load(Ordering::Acquire) && !self.is_draining() && self.snapshot().pool.any_up()
+    }
+}
+
+/// Steering reads the snapshot and the stop signals through this.
+impl crate::steering::Host for Shared {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Shared::snapshot(self)
+    }
+
+    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
+        Shared::accepting_stopped(self)
+    }
+
+    fn cut_signal(&self) -> &CancellationToken {
+        Shared::cut_signal(self)
+    }
+
+    fn connections(&self) -> &TaskTracker {
+        Shared::connections(self)
     }
 }

@@ -474,11 +474,6 @@ pub fn read_file(path: &Path) -> Result<String, String> {
     })
 }
 
-/// The metric label and `/status` name of worker slot `id`.
-pub fn worker_label(id: usize) -> String {
-    format!("worker-{id}")
-}
-
 fn default_workers(command: Vec<String>) -> WorkersConfig {
     WorkersConfig {
         command,
@@ -576,10 +571,10 @@ fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
 /// program reads IPv4 headers and chooses among one group's sockets.
 fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
     const WHY: &str = "with workers.listen = \"fd\"";
-    if config.strategy == StrategyKind::LeastConnections {
+    if config.strategy.fd_placement().is_none() {
         p.general(
             Some("balance.strategy"),
-            format!("\"least-connections\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = \"round-robin\" or \"sticky\", or listen = \"port\""),
+            format!("\"{}\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = {}, or listen = \"port\"", config.strategy, StrategyKind::fd_choices()),
         );
     }
     if w.send_proxy != SendProxy::None {

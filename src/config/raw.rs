@@ -74,26 +74,7 @@ pub struct RawAdmin {
     pub token_file: Option<Spanned<String>>,
 }
 
-/// How a backend is chosen for a new client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum StrategyKind {
-    #[default]
-    RoundRobin,
-    LeastConnections,
-    Sticky,
-}
-
-impl StrategyKind {
-    /// The spelling used in the config file and in `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round-robin",
-            StrategyKind::LeastConnections => "least-connections",
-            StrategyKind::Sticky => "sticky",
-        }
-    }
-}
+pub use crate::strategy::StrategyKind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

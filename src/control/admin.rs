@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{dashboard, Request as ControlRequest, Restart};
-use crate::dispatch::{Placement, Tried};
-use crate::metrics::workers;
+use crate::dispatch::{PlacedBy, Tried};
+use crate::metrics::scrape;
 use crate::pool::{DownReason, Kind, State};
 use crate::shared::Shared;
 use crate::supervisor::resources::ProcessTable;
@@ -263,7 +263,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
             .filter_map(|b| match b.kind {
                 Kind::Worker(id) => {
                     let instance = b.instance();
-                    Some(workers::Target {
+                    Some(scrape::Target {
                         label: b.label.clone(),
                         id,
                         addr: instance.addr,
@@ -304,11 +304,12 @@ fn status(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|b| {
             let instance = b.instance();
+            let state = b.state();
             let mut entry = json!({
                 "name": b.label,
                 "address": instance.addr.to_string(),
-                "state": b.state().as_str(),
-                "reason": b.reason().map(|r| r.as_str()),
+                "state": state.as_str(),
+                "reason": state.reason().map(|r| r.as_str()),
                 "pid": instance.pid,
                 "restarts": b.restarts(),
                 "active_connections": b.active(),
@@ -325,9 +326,10 @@ fn status(shared: &Shared) -> serde_json::Value {
             if matches!(b.kind, Kind::Worker(_)) {
                 let usage = instance.tree().and_then(|root| table.tree(root));
                 // A crashed or stopped worker has no uptime, only a last pid.
-                let running = !matches!(b.state(), State::Down | State::Stopped)
-                    || b.reason()
-                        .is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
+                let running = !matches!(
+                    state,
+                    State::Down(DownReason::Crashed | DownReason::NotReady) | State::Stopped
+                );
                 entry["uptime_seconds"] = json!(instance
                     .pid
                     .filter(|_| running)
@@ -475,8 +477,8 @@ fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
                 "ip": ip.to_string(),
                 "backend": pool.backends[index].label,
                 "by": match placement {
-                    Placement::Entry => "entry",
-                    Placement::Ring => "placement",
+                    PlacedBy::Entry => "entry",
+                    PlacedBy::Ring => "placement",
                 },
             }),
         ),

@@ -77,7 +77,7 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
                 addr,
                 config.listener.backlog,
                 workers.count,
-                steering::rule_of(&config),
+                steering::rule_of(&config).map_err(Fatal::io("balance.strategy"))?,
                 &config.clients,
             )
             .map_err(|source| Fatal::Bind {
@@ -130,8 +130,13 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
         control_tx,
     ));
     tokio::spawn(crate::health::run(Arc::clone(&shared)));
-    tokio::spawn(crate::dispatch::sweep_sticky(Arc::clone(&shared)));
-    tokio::spawn(crate::clients::sweep(Arc::clone(&shared)));
+    tokio::spawn(crate::dispatch::sweep_sticky(
+        Arc::clone(&shared),
+        |shared| &shared.dispatcher.sticky,
+    ));
+    tokio::spawn(crate::clients::sweep(Arc::clone(&shared), |shared| {
+        &shared.clients
+    }));
     if let Some(steering) = &steering {
         tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
         tokio::spawn(steering::watch_intruders(
@@ -232,29 +237,29 @@ fn announce(shared: &Shared, config: &Config) {
 async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     notify::stopping();
     shared.set_draining();
-    shared.stop_accepting.cancel();
+    shared.stop_accepting();
     if let Some(steering) = &shared.steering {
         // fd mode: new clients are no longer queued for workers about to
         // stop; the workers' own accept keeps working until they stop.
         steering.stop_listening();
     }
-    shared.connections.close();
+    shared.connections().close();
     let limit = shared.config().timeouts.drain;
-    let open = shared.connections.len();
+    let open = shared.connections().len();
     if open > 0 {
         tracing::info!(open, limit = ?limit, "draining open connections");
     }
     tokio::select! {
-        _ = tokio::time::timeout(limit, shared.connections.wait()) => {}
+        _ = tokio::time::timeout(limit, shared.connections().wait()) => {}
         name = signals.next_stop() => tracing::warn!("second stop signal ({name}): closing open connections now"),
     }
-    if !shared.connections.is_empty() {
+    if !shared.connections().is_empty() {
         tracing::warn!(
-            open = shared.connections.len(),
+            open = shared.connections().len(),
             "closing connections still open"
         );
-        shared.cut_connections.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections.wait()).await;
+        shared.cut_connections();
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;
     }
 }
 

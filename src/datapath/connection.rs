@@ -174,7 +174,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         let instance = Arc::clone(&guard.instance);
         last = Some(Arc::clone(&backend));
         let config = Arc::clone(&snapshot.config);
-        if !introduce(&mut client, &mut upstream, backend.send_proxy(), &config).await {
+        let send_proxy = snapshot.pool.send_proxy(index);
+        if !introduce(&mut client, &mut upstream, send_proxy, &config).await {
             tried.push(index);
             continue;
         }
@@ -190,11 +191,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 splice: config.runtime.splice,
                 already_sent: !client.pending.is_empty(),
                 meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
-                cut: &shared.cut_connections,
+                cut: shared.cut_signal(),
                 stateless: exchange.as_deref_mut().map(|exchange| pump::Stateless {
                     exchange,
                     stay: &stay,
-                    leave: &shared.stop_accepting,
+                    leave: shared.stop_signal(),
                 }),
             },
         )
@@ -283,10 +284,8 @@ async fn carry_on(
         client.done_sending = false;
         return Ok(Carry::NextRequest);
     }
-    let stopped = instance.is_retired()
-        || instance
-            .pid
-            .is_some_and(crate::supervisor::spawn::is_exiting);
+    let stopped =
+        instance.is_retired() || instance.pid.is_some_and(crate::process_state::is_exiting);
     if !stopped && !exchange.unanswered_idempotent() {
         return Err(Closed {
             reason: Reason::BackendClosed,
@@ -311,8 +310,8 @@ async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Closed>
     let mut first = [0u8; 1];
     tokio::select! {
         // corral's graceful stop: between two requests, a clean close.
-        _ = shared.stop_accepting.cancelled() => Err(Closed::by_corral(Reason::Eof)),
-        _ = shared.cut_connections.cancelled() => Err(Closed::by_corral(Reason::Cut)),
+        _ = shared.accepting_stopped() => Err(Closed::by_corral(Reason::Eof)),
+        _ = shared.connections_cut() => Err(Closed::by_corral(Reason::Cut)),
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => match peeked {
             Err(_) => {
                 shared.metrics.errors.timeout.inc();
@@ -473,9 +472,7 @@ async fn introduce(
 /// that closed on purpose may have acted on the request: no second run.
 fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
     let nothing_sent = client.pending.is_empty() && replay.is_empty();
-    let worker_died = instance
-        .pid
-        .is_some_and(crate::supervisor::spawn::is_exiting);
+    let worker_died = instance.pid.is_some_and(crate::process_state::is_exiting);
     let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
     (nothing_sent || worker_died) && within_limit
 }

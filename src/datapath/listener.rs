@@ -160,7 +160,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                     return;
                 }
             },
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.accepting_stopped() => return,
         };
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => permit,
@@ -173,7 +173,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                         Ok(permit) => permit,
                         Err(_) => return,
                     },
-                    _ = shared.stop_accepting.cancelled() => return,
+                    _ = shared.accepting_stopped() => return,
                 }
             }
         };
@@ -189,7 +189,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
                 let task_shared = Arc::clone(&shared);
-                shared.connections.spawn(async move {
+                shared.connections().spawn(async move {
                     connection::serve(task_shared, stream, peer).await;
                     drop(permit);
                 });

@@ -3,7 +3,6 @@
 //! already tried for this client, so a failed connect moves on to the next
 //! candidate and every backend is tried at most once.
 
-pub mod ring;
 pub mod sticky;
 
 use std::net::IpAddr;
@@ -11,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{StickyConfig, StrategyKind};
 use crate::metrics::Metrics;
+use crate::pool::ring::Ring;
 use crate::pool::Pool;
-use ring::Ring;
-use sticky::{ClientKey, Outcome, StickyTable};
+use sticky::{ClientKey, Lookup, StickyTable};
 
 /// Backends already tried for one client. Allocates only on a retry.
 #[derive(Debug, Default)]
@@ -34,9 +33,9 @@ impl Tried {
     }
 }
 
-/// How a client was placed, when the strategy is sticky.
+/// What placed a client, when the strategy is sticky.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
+pub enum PlacedBy {
     /// By its live table entry.
     Entry,
     /// By the ring (a new client, or its entry's backend is down).
@@ -85,13 +84,13 @@ impl Dispatcher {
         index: usize,
         metrics: &Metrics,
     ) {
-        if strategy != StrategyKind::Sticky {
-            return;
-        }
-        match self.sticky.record(client, pool.backends[index].key) {
-            Outcome::Hit => metrics.sticky_hit.inc(),
-            Outcome::Miss => metrics.sticky_miss.inc(),
-            Outcome::Redispatch => metrics.sticky_redispatch.inc(),
+        match strategy {
+            StrategyKind::RoundRobin | StrategyKind::LeastConnections => {}
+            StrategyKind::Sticky => match self.sticky.record(client, pool.backends[index].key) {
+                Lookup::Hit => metrics.sticky_hit.inc(),
+                Lookup::Miss => metrics.sticky_miss.inc(),
+                Lookup::Redispatch => metrics.sticky_redispatch.inc(),
+            },
         }
     }
 
@@ -102,16 +101,16 @@ impl Dispatcher {
         pool: &Pool,
         client: ClientKey,
         tried: &Tried,
-    ) -> Option<(usize, Placement)> {
+    ) -> Option<(usize, PlacedBy)> {
         if let Some(index) = self.sticky.lookup(client).and_then(|k| pool.index_of(k)) {
             if !tried.contains(index) && pool.backends[index].is_up() {
-                return Some((index, Placement::Entry));
+                return Some((index, PlacedBy::Entry));
             }
         }
         pool.ring
             .walk(Ring::point_of(client))
             .find(|&i| !tried.contains(i) && pool.backends[i].is_up())
-            .map(|i| (i, Placement::Ring))
+            .map(|i| (i, PlacedBy::Ring))
     }
 
     /// The key for a client address under the current prefixes.
@@ -146,22 +145,22 @@ impl Dispatcher {
 }
 
 /// Expires sticky entries and enforces `max_entries`, off the proxy threads,
-/// until the process exits.
-pub async fn sweep_sticky(shared: std::sync::Arc<crate::shared::Shared>) {
+/// until the process exits. `table` finds the table inside `owner` (which
+/// the blocking sweep keeps alive).
+pub async fn sweep_sticky<T: Send + Sync + 'static>(
+    owner: std::sync::Arc<T>,
+    table: fn(&T) -> &StickyTable,
+) {
     use std::time::Duration;
     loop {
-        let ttl = shared.config().sticky.ttl;
-        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let period =
+            (table(&owner).ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = shared.dispatcher.sticky.over_limit.notified() => {}
+            _ = table(&owner).over_limit.notified() => {}
         }
-        let table = std::sync::Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || table.dispatcher.sticky.sweep()).await;
-        shared
-            .metrics
-            .sticky_entries
-            .set(shared.dispatcher.sticky.len() as i64);
+        let sweeping = std::sync::Arc::clone(&owner);
+        let _ = tokio::task::spawn_blocking(move || table(&sweeping).sweep()).await;
         // At most ten passes a second, however fast new clients arrive.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

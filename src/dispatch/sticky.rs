@@ -27,7 +27,7 @@ pub type ClientKey = u128;
 
 /// What a connection's lookup found, for `corral_sticky_lookups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Lookup {
     /// The client had a live entry and stayed on its backend.
     Hit,
     /// A new client (or one whose entry expired).
@@ -91,6 +91,11 @@ impl StickyTable {
             .store(config.ipv6_prefix.into(), Ordering::Relaxed);
     }
 
+    /// How long an idle entry lives.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
     /// The key for a client address, masked to the configured prefix.
     pub fn key_of(&self, ip: IpAddr) -> ClientKey {
         client_key(
@@ -111,7 +116,7 @@ impl StickyTable {
     }
 
     /// Records that the client was just sent to `backend`.
-    pub fn record(&self, key: ClientKey, backend: u64) -> Outcome {
+    pub fn record(&self, key: ClientKey, backend: u64) -> Lookup {
         let now = (self.now_ms)();
         let ttl = self.ttl_ms.load(Ordering::Relaxed);
         if let Some(entry) = self.map.get(&key) {
@@ -119,9 +124,9 @@ impl StickyTable {
             let previous = entry.backend.swap(backend, Ordering::Relaxed);
             entry.last_seen_ms.store(now, Ordering::Relaxed);
             return match (live, previous == backend) {
-                (true, true) => Outcome::Hit,
-                (true, false) => Outcome::Redispatch,
-                (false, _) => Outcome::Miss,
+                (true, true) => Lookup::Hit,
+                (true, false) => Lookup::Redispatch,
+                (false, _) => Lookup::Miss,
             };
         }
         let entry = Entry {
@@ -134,7 +139,7 @@ impl StickyTable {
                 self.over_limit.notify_one();
             }
         }
-        Outcome::Miss
+        Lookup::Miss
     }
 
     /// Forgets one client; true if it had an entry.
@@ -277,10 +282,10 @@ mod tests {
     #[test]
     fn record_reports_hit_miss_and_redispatch() {
         let t = table(Duration::from_secs(60), 10);
-        assert_eq!(t.record(1, 7), Outcome::Miss);
+        assert_eq!(t.record(1, 7), Lookup::Miss);
         assert_eq!(t.lookup(1), Some(7));
-        assert_eq!(t.record(1, 7), Outcome::Hit);
-        assert_eq!(t.record(1, 8), Outcome::Redispatch);
+        assert_eq!(t.record(1, 7), Lookup::Hit);
+        assert_eq!(t.record(1, 8), Lookup::Redispatch);
         assert_eq!(t.lookup(1), Some(8));
         assert!(t.forget(1));
         assert_eq!(t.lookup(1), None);

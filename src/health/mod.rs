@@ -113,11 +113,11 @@ pub async fn run(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = async { while checks.join_next().await.is_some() {} } => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.accepting_stopped() => return,
         }
         tokio::select! {
             _ = tokio::time::sleep_until(round + health.interval) => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = shared.accepting_stopped() => return,
         }
     }
 }

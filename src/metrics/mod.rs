@@ -4,8 +4,12 @@
 //! them: each backend resolves its handles once into [`BackendMetrics`] and
 //! each error reason is resolved once into [`ErrorCounters`].
 
-pub mod workers;
+pub mod names;
+pub mod scrape;
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -33,6 +37,7 @@ pub struct Metrics {
     pub rejected: RejectedCounters,
     pub accept_errors: IntCounter,
     pub spliced: IntCounter,
+    /// Written only by `/metrics`, from the table's length at scrape time.
     pub sticky_entries: IntGauge,
     pub sticky_hit: IntCounter,
     pub sticky_miss: IntCounter,
@@ -44,6 +49,15 @@ pub struct Metrics {
     /// Datagrams on the workers' notify socket that were ignored: from a
     /// process outside every worker's tree, or malformed.
     pub notify_ignored: IntCounter,
+    /// The per-backend families, by name for resolving handles.
+    backend: BackendFamilies,
+    /// The same families, as the one list a removed backend is forgotten
+    /// from.
+    backend_families: Vec<Box<dyn BackendFamily>>,
+}
+
+/// The families labelled by backend.
+struct BackendFamilies {
     connections: IntCounterVec,
     active: IntGaugeVec,
     bytes_received: IntCounterVec,
@@ -114,32 +128,75 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers a labelled family.
+fn family_vec<T: MetricVecBuilder + 'static>(
+    registry: &Registry,
+    vec: MetricVec<T>,
+) -> MetricVec<T> {
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(vec.clone()))
         .expect("metric registered once");
-    c
+    vec
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+/// A family whose first label is [`names::BACKEND`]: every one of them is
+/// registered through [`PerBackend::add`], which keeps it in the one list
+/// [`Metrics::forget_backend`] walks.
+trait BackendFamily: Send + Sync {
+    /// Removes every series of `backend` (whatever its other labels).
+    fn forget(&self, backend: &str);
 }
 
-fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        &["backend"],
-    )
-    .expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+impl<T: MetricVecBuilder> BackendFamily for MetricVec<T> {
+    fn forget(&self, backend: &str) {
+        for family in self.collect() {
+            for metric in family.get_metric() {
+                let labels: HashMap<&str, &str> = metric
+                    .get_label()
+                    .iter()
+                    .map(|pair| (pair.name(), pair.value()))
+                    .collect();
+                if labels.get(names::BACKEND) == Some(&backend) {
+                    let _ = self.remove(&labels);
+                }
+            }
+        }
+    }
+}
+
+/// The per-backend families, registered and remembered together.
+struct PerBackend<'r> {
+    registry: &'r Registry,
+    families: Vec<Box<dyn BackendFamily>>,
+}
+
+impl PerBackend<'_> {
+    /// Registers `vec` (whose first label is [`names::BACKEND`]) and keeps
+    /// it for [`Metrics::forget_backend`].
+    fn add<T: MetricVecBuilder + 'static>(&mut self, vec: MetricVec<T>) -> MetricVec<T> {
+        let vec = family_vec(self.registry, vec);
+        self.families.push(Box::new(vec.clone()));
+        vec
+    }
+
+    fn counter(&mut self, name: &str, help: &str, more: &[&str]) -> IntCounterVec {
+        let labels: Vec<&str> = [names::BACKEND].iter().chain(more).copied().collect();
+        self.add(IntCounterVec::new(Opts::new(name, help), &labels).expect("valid metric"))
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), &[names::BACKEND]).expect("valid metric"))
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+        self.add(
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &[names::BACKEND],
+            )
+            .expect("valid metric"),
+        )
+    }
 }
 
 impl Metrics {
@@ -151,48 +208,110 @@ impl Metrics {
             r.register(Box::new(process))
                 .expect("process metrics registered once");
         }
-        let errors = counter_vec(
-            &r,
-            "corral_connection_errors_total",
+        let by = |name: &str, help: &str, label: &str| {
+            family_vec(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        let errors = by(
+            names::CONNECTION_ERRORS,
             "Client connections that failed, by reason.",
-            &["reason"],
+            names::REASON,
         );
-        let rejected = counter_vec(
-            &r,
-            "corral_connections_rejected_total",
+        let rejected = by(
+            names::CONNECTIONS_REJECTED,
             "Client connections closed at the front door before reaching a backend, by reason.",
-            &["reason"],
+            names::REASON,
         );
-        let sticky_lookups = counter_vec(
-            &r,
-            "corral_sticky_lookups_total",
+        let sticky_lookups = by(
+            names::STICKY_LOOKUPS,
             "Sticky table lookups by result.",
-            &["result"],
+            names::RESULT,
         );
-        let reloads = counter_vec(
-            &r,
-            "corral_config_reloads_total",
+        let reloads = by(
+            names::CONFIG_RELOADS,
             "Configuration reloads by result.",
-            &["result"],
+            names::RESULT,
         );
-        let sticky_entries = IntGauge::new("corral_sticky_entries", "Entries in the sticky table.")
+        let sticky_entries = IntGauge::new(names::STICKY_ENTRIES, "Entries in the sticky table.")
             .expect("valid metric");
         r.register(Box::new(sticky_entries.clone()))
             .expect("metric registered once");
+        let mut per_backend = PerBackend {
+            registry: &r,
+            families: Vec::new(),
+        };
+        let backend = BackendFamilies {
+            connections: per_backend.counter(
+                names::CONNECTIONS,
+                "Client connections proxied to each backend.",
+                &[],
+            ),
+            active: per_backend.gauge(
+                names::CONNECTIONS_ACTIVE,
+                "Client connections open to each backend.",
+            ),
+            bytes_received: per_backend.counter(
+                names::BYTES_RECEIVED,
+                "Bytes received from clients, by the backend they were sent to.",
+                &[],
+            ),
+            bytes_sent: per_backend.counter(
+                names::BYTES_SENT,
+                "Bytes sent to clients, by the backend they came from.",
+                &[],
+            ),
+            up: per_backend.gauge(
+                names::BACKEND_UP,
+                "1 while the backend is in rotation, else 0.",
+            ),
+            connect_duration: per_backend.histogram(
+                names::CONNECT_DURATION,
+                "Time to open a TCP connection to the backend.",
+                CONNECT_BUCKETS,
+            ),
+            connection_duration: per_backend.histogram(
+                names::CONNECTION_DURATION,
+                "Lifetime of proxied client connections.",
+                DURATION_BUCKETS,
+            ),
+            health_checks: per_backend.counter(
+                names::HEALTH_CHECKS,
+                "Active health checks by backend and result.",
+                &[names::RESULT],
+            ),
+            restarts: per_backend.counter(
+                names::WORKER_RESTARTS,
+                "Worker restarts: after a crash or a failed start, and replacements for unhealthy_restart or max_memory.",
+                &[],
+            ),
+            worker_scrape_errors: per_backend.counter(
+                names::WORKER_SCRAPE_ERRORS,
+                "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
+                &[],
+            ),
+            worker_series_skipped: per_backend.counter(
+                names::WORKER_SERIES_SKIPPED,
+                "Series of a worker's own metrics left out because the worker exported more than the cap per scrape.",
+                &[],
+            ),
+        };
+        let backend_families = per_backend.families;
         Metrics {
             accepted: counter(
                 &r,
-                "corral_connections_accepted_total",
+                names::CONNECTIONS_ACCEPTED,
                 "Client connections accepted by the front end.",
             ),
             accept_errors: counter(
                 &r,
-                "corral_accept_errors_total",
+                names::ACCEPT_ERRORS,
                 "accept() failures on the front end (EMFILE and the like).",
             ),
             spliced: counter(
                 &r,
-                "corral_spliced_connections_total",
+                names::SPLICED_CONNECTIONS,
                 "Connections that moved bulk data with splice(2).",
             ),
             errors: ErrorCounters {
@@ -211,12 +330,12 @@ impl Metrics {
             },
             log_lines_dropped: counter(
                 &r,
-                "corral_log_lines_dropped_total",
+                names::LOG_LINES_DROPPED,
                 "Log lines not written because the log sink was not keeping up.",
             ),
             notify_ignored: counter(
                 &r,
-                "corral_worker_notify_ignored_total",
+                names::WORKER_NOTIFY_IGNORED,
                 "Datagrams on the workers' NOTIFY_SOCKET that were ignored (sent by a process outside every worker's tree, or malformed).",
             ),
             sticky_entries,
@@ -225,120 +344,52 @@ impl Metrics {
             sticky_redispatch: sticky_lookups.with_label_values(&["redispatch"]),
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
-            connections: counter_vec(
-                &r,
-                "corral_connections_total",
-                "Client connections proxied to each backend.",
-                &["backend"],
-            ),
-            active: gauge_vec(
-                &r,
-                "corral_connections_active",
-                "Client connections open to each backend.",
-                &["backend"],
-            ),
-            bytes_received: counter_vec(
-                &r,
-                "corral_bytes_received_total",
-                "Bytes received from clients, by the backend they were sent to.",
-                &["backend"],
-            ),
-            bytes_sent: counter_vec(
-                &r,
-                "corral_bytes_sent_total",
-                "Bytes sent to clients, by the backend they came from.",
-                &["backend"],
-            ),
-            up: gauge_vec(
-                &r,
-                "corral_backend_up",
-                "1 while the backend is in rotation, else 0.",
-                &["backend"],
-            ),
-            connect_duration: histogram_vec(
-                &r,
-                "corral_backend_connect_duration_seconds",
-                "Time to open a TCP connection to the backend.",
-                CONNECT_BUCKETS,
-            ),
-            connection_duration: histogram_vec(
-                &r,
-                "corral_connection_duration_seconds",
-                "Lifetime of proxied client connections.",
-                DURATION_BUCKETS,
-            ),
-            health_checks: counter_vec(
-                &r,
-                "corral_health_checks_total",
-                "Active health checks by backend and result.",
-                &["backend", "result"],
-            ),
-            restarts: counter_vec(
-                &r,
-                "corral_worker_restarts_total",
-                "Worker restarts: after a crash or a failed start, and replacements for unhealthy_restart or max_memory.",
-                &["backend"],
-            ),
-            worker_scrape_errors: counter_vec(
-                &r,
-                "corral_worker_metrics_scrape_errors_total",
-                "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
-                &["backend"],
-            ),
-            worker_series_skipped: counter_vec(
-                &r,
-                "corral_worker_metrics_series_skipped_total",
-                "Series of a worker's own metrics left out because the worker exported more than the cap per scrape.",
-                &["backend"],
-            ),
+            backend,
+            backend_families,
             registry: r,
         }
     }
 
     /// `skipped` series of a worker's metrics were past the cap.
     pub fn worker_series_skipped(&self, label: &str, skipped: u64) {
-        self.worker_series_skipped
+        self.backend
+            .worker_series_skipped
             .with_label_values(&[label])
             .inc_by(skipped);
     }
 
     /// A worker's metrics could not be used for this scrape.
     pub fn worker_scrape_failed(&self, label: &str) {
-        self.worker_scrape_errors.with_label_values(&[label]).inc();
+        self.backend
+            .worker_scrape_errors
+            .with_label_values(&[label])
+            .inc();
     }
 
     /// Resolves (and so creates, at zero) every per-backend series for `label`.
     pub fn backend(&self, label: &str) -> BackendMetrics {
         let l = &[label];
+        let f = &self.backend;
         BackendMetrics {
-            connections: self.connections.with_label_values(l),
-            active: self.active.with_label_values(l),
-            bytes_received: self.bytes_received.with_label_values(l),
-            bytes_sent: self.bytes_sent.with_label_values(l),
-            up: self.up.with_label_values(l),
-            connect_duration: self.connect_duration.with_label_values(l),
-            connection_duration: self.connection_duration.with_label_values(l),
-            health_success: self.health_checks.with_label_values(&[label, "success"]),
-            health_failure: self.health_checks.with_label_values(&[label, "failure"]),
-            restarts: self.restarts.with_label_values(l),
+            connections: f.connections.with_label_values(l),
+            active: f.active.with_label_values(l),
+            bytes_received: f.bytes_received.with_label_values(l),
+            bytes_sent: f.bytes_sent.with_label_values(l),
+            up: f.up.with_label_values(l),
+            connect_duration: f.connect_duration.with_label_values(l),
+            connection_duration: f.connection_duration.with_label_values(l),
+            health_success: f.health_checks.with_label_values(&[label, "success"]),
+            health_failure: f.health_checks.with_label_values(&[label, "failure"]),
+            restarts: f.restarts.with_label_values(l),
         }
     }
 
-    /// Drops every per-backend series of a backend removed by a reload.
+    /// Drops every per-backend series of a backend removed by a reload:
+    /// every series labelled with it, in every per-backend family.
     pub fn forget_backend(&self, label: &str) {
-        let l = &[label];
-        let _ = self.connections.remove_label_values(l);
-        let _ = self.active.remove_label_values(l);
-        let _ = self.bytes_received.remove_label_values(l);
-        let _ = self.bytes_sent.remove_label_values(l);
-        let _ = self.up.remove_label_values(l);
-        let _ = self.connect_duration.remove_label_values(l);
-        let _ = self.connection_duration.remove_label_values(l);
-        let _ = self.health_checks.remove_label_values(&[label, "success"]);
-        let _ = self.health_checks.remove_label_values(&[label, "failure"]);
-        let _ = self.restarts.remove_label_values(l);
-        let _ = self.worker_scrape_errors.remove_label_values(l);
-        let _ = self.worker_series_skipped.remove_label_values(l);
+        for family in &self.backend_families {
+            family.forget(label);
+        }
     }
 
     /// The Prometheus text exposition of every metric, with what each
@@ -356,7 +407,7 @@ impl Metrics {
         if let Some(queues) = queues {
             families.retain(|f| !UNKNOWN_IN_FD_MODE.contains(&f.name()));
             families.push(family(
-                "corral_accept_queue_length",
+                names::ACCEPT_QUEUE_LENGTH,
                 "Clients waiting in each worker slot's socket (workers.listen = \"fd\").",
                 MetricType::GAUGE,
                 queues
@@ -365,7 +416,7 @@ impl Metrics {
             ));
         }
         families.push(family(
-            "corral_worker_cpu_seconds_total",
+            names::WORKER_CPU_SECONDS,
             "CPU seconds (user + system) used by each worker's process tree.",
             MetricType::COUNTER,
             usage
@@ -373,7 +424,7 @@ impl Metrics {
                 .map(|(label, u)| (label.as_str(), u.cpu_seconds)),
         ));
         families.push(family(
-            "corral_worker_resident_memory_bytes",
+            names::WORKER_RESIDENT_MEMORY,
             "Resident memory of each worker's process tree.",
             MetricType::GAUGE,
             usage
@@ -396,17 +447,17 @@ impl Metrics {
 /// straight to the workers: every front-end and per-backend connection
 /// figure, and the sticky table (placement is computed, not stored).
 pub const UNKNOWN_IN_FD_MODE: &[&str] = &[
-    "corral_connections_accepted_total",
-    "corral_accept_errors_total",
-    "corral_spliced_connections_total",
-    "corral_connections_total",
-    "corral_connections_active",
-    "corral_bytes_received_total",
-    "corral_bytes_sent_total",
-    "corral_backend_connect_duration_seconds",
-    "corral_connection_duration_seconds",
-    "corral_sticky_entries",
-    "corral_sticky_lookups_total",
+    names::CONNECTIONS_ACCEPTED,
+    names::ACCEPT_ERRORS,
+    names::SPLICED_CONNECTIONS,
+    names::CONNECTIONS,
+    names::CONNECTIONS_ACTIVE,
+    names::BYTES_RECEIVED,
+    names::BYTES_SENT,
+    names::CONNECT_DURATION,
+    names::CONNECTION_DURATION,
+    names::STICKY_ENTRIES,
+    names::STICKY_LOOKUPS,
 ];
 
 /// A family of one sample per backend, built at scrape time.
@@ -422,7 +473,7 @@ fn family<'a>(
     family.set_field_type(kind);
     for (label, value) in samples {
         let mut pair = LabelPair::default();
-        pair.set_name("backend".to_string());
+        pair.set_name(names::BACKEND.to_string());
         pair.set_value(label.to_string());
         let mut metric = Metric::default();
         metric.set_label(vec![pair]);
@@ -443,5 +494,37 @@ fn family<'a>(
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series of `backend` in the exposition.
+    fn series_of(metrics: &Metrics, backend: &str) -> Vec<String> {
+        let (text, _) = metrics.render(&[], None);
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(&format!("backend=\"{backend}\"")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_forgotten_backend_leaves_no_series_in_any_per_backend_family() {
+        let metrics = Metrics::new();
+        let _gone = metrics.backend("gone");
+        let _kept = metrics.backend("kept");
+        metrics.worker_scrape_failed("gone");
+        metrics.worker_series_skipped("gone", 3);
+        assert!(series_of(&metrics, "gone")
+            .iter()
+            .any(|line| line.starts_with(names::WORKER_SCRAPE_ERRORS)));
+        let kept = series_of(&metrics, "kept");
+        metrics.forget_backend("gone");
+        assert_eq!(series_of(&metrics, "gone"), Vec::<String>::new());
+        assert_eq!(series_of(&metrics, "kept"), kept);
     }
 }

@@ -7,13 +7,12 @@
 //! `draining`, `stopped`, ...); nothing else writes it. The hot path reads
 //! one atomic, [`Backend::is_up`], which every transition republishes.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::SendProxy;
 use crate::metrics::{BackendMetrics, Metrics};
 
 /// A backend's state, as `/status` reports it.
@@ -23,8 +22,8 @@ pub enum State {
     Starting,
     /// In rotation.
     Up,
-    /// Out of rotation; [`Backend::reason`] says why.
-    Down,
+    /// Out of rotation, for this reason.
+    Down(DownReason),
     /// Finishing its open connections before it stops; no new ones.
     Draining,
     /// Stopped on purpose (shutdown or scale-down).
@@ -32,11 +31,19 @@ pub enum State {
 }
 
 impl State {
+    /// Why the backend is down, when it is.
+    pub fn reason(self) -> Option<DownReason> {
+        match self {
+            State::Down(reason) => Some(reason),
+            State::Starting | State::Up | State::Draining | State::Stopped => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Up => "up",
-            State::Down => "down",
+            State::Down(_) => "down",
             State::Draining => "draining",
             State::Stopped => "stopped",
         }
@@ -194,7 +201,8 @@ impl Instance {
     }
 }
 
-/// Where a backend is in its life.
+/// Where a backend's processes are in their life (the machine's private
+/// half: [`State`] is what it shows, with the health checks' verdict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Starting,
@@ -216,22 +224,18 @@ struct Machine {
 
 impl Machine {
     fn state(&self) -> State {
-        match self.phase {
-            Phase::Starting => State::Starting,
-            Phase::Running if self.failing.is_some() => State::Down,
-            Phase::Running => State::Up,
-            Phase::Down(_) => State::Down,
-            Phase::Draining => State::Draining,
-            Phase::Stopped => State::Stopped,
+        match (self.phase, self.failing) {
+            (Phase::Starting, _) => State::Starting,
+            (Phase::Running, Some((reason, _))) => State::Down(reason),
+            (Phase::Running, None) => State::Up,
+            (Phase::Down(reason), _) => State::Down(reason),
+            (Phase::Draining, _) => State::Draining,
+            (Phase::Stopped, _) => State::Stopped,
         }
     }
 
     fn reason(&self) -> Option<DownReason> {
-        match self.phase {
-            Phase::Down(reason) => Some(reason),
-            Phase::Running => self.failing.map(|(reason, _)| reason),
-            _ => None,
-        }
+        self.state().reason()
     }
 }
 
@@ -262,8 +266,6 @@ pub struct Backend {
     /// First-byte timeouts in a row (the passive check), reset by any
     /// answer. Kept outside the machine so the hot path takes no lock.
     silent_in_a_row: AtomicU32,
-    /// Which PROXY header this backend is sent (a `SendProxy` as u8).
-    send_proxy: AtomicU8,
     /// The last `STATUS=` text its processes sent (`workers.notify`).
     status_text: Mutex<Option<Arc<str>>>,
     pub metrics: BackendMetrics,
@@ -281,7 +283,7 @@ impl Backend {
             Kind::Static => Phase::Running,
         };
         let backend = Backend {
-            key: super::label_key(&label),
+            key: crate::labels::label_key(&label),
             metrics: metrics.backend(&label),
             label,
             kind,
@@ -295,7 +297,6 @@ impl Backend {
             restarts: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             silent_in_a_row: AtomicU32::new(0),
-            send_proxy: AtomicU8::new(SendProxy::None as u8),
             status_text: Mutex::new(None),
         };
         backend.publish(&backend.machine());
@@ -328,14 +329,14 @@ impl Backend {
         self.up.load(Ordering::Acquire)
     }
 
-    /// The state `/status` shows.
+    /// The state `/status` shows, with the reason when it is down.
     pub fn state(&self) -> State {
         self.machine().state()
     }
 
-    /// Why the backend is down, when it is.
+    /// Why the backend is down, when it is (one read of [`Backend::state`]).
     pub fn reason(&self) -> Option<DownReason> {
-        self.machine().reason()
+        self.state().reason()
     }
 
     /// True while a process of this worker is running and has been ready
@@ -511,20 +512,7 @@ impl Backend {
         })
     }
 
-    // ---- the rest: configuration, instances, counters ----
-
-    /// The PROXY header this backend wants in front of each connection.
-    pub fn send_proxy(&self) -> SendProxy {
-        match self.send_proxy.load(Ordering::Relaxed) {
-            1 => SendProxy::V1,
-            2 => SendProxy::V2,
-            _ => SendProxy::None,
-        }
-    }
-
-    pub fn set_send_proxy(&self, version: SendProxy) {
-        self.send_proxy.store(version as u8, Ordering::Relaxed);
-    }
+    // ---- the rest: instances, counters ----
 
     /// The last `STATUS=` text the worker sent.
     pub fn status_text(&self) -> Option<Arc<str>> {
@@ -611,10 +599,7 @@ mod tests {
         b.ready(b.instance());
         assert!(b.is_up());
         b.crashed();
-        assert_eq!(
-            (b.state(), b.reason()),
-            (State::Down, Some(DownReason::Crashed))
-        );
+        assert_eq!(b.state(), State::Down(DownReason::Crashed));
         assert!(!b.is_up());
     }
 

@@ -6,35 +6,50 @@
 //! its state machine (in [`backend`]), so the hot path takes no lock.
 
 pub mod backend;
+pub mod ring;
 
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use backend::{ActiveGuard, Backend, DownReason, HealthChange, Instance, Kind, State};
 
-use crate::config::Config;
-use crate::dispatch::ring::Ring;
+use crate::config::{Config, SendProxy};
 use crate::metrics::Metrics;
+use ring::Ring;
 
-/// The fixed-key hash of a backend label: the same in every corral process.
-pub fn label_key(label: &str) -> u64 {
-    hashring::DefaultHashBuilder.hash_one(label)
-}
-
-/// One immutable set of backends and the ring placed over them.
+/// One immutable set of backends, the ring placed over them, and what the
+/// config that built it says about each (read from here, never copied
+/// into the backends, which the previous pool may share).
 pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     pub ring: Ring,
+    /// `send_proxy[i]`: the PROXY header backend `i` is sent.
+    send_proxy: Vec<SendProxy>,
 }
 
 impl Pool {
+    /// A pool of `backends` that are sent no PROXY header.
     pub fn new(backends: Vec<Arc<Backend>>) -> Pool {
+        let plain = vec![SendProxy::None; backends.len()];
+        Pool::with_send_proxy(backends, plain)
+    }
+
+    fn with_send_proxy(backends: Vec<Arc<Backend>>, send_proxy: Vec<SendProxy>) -> Pool {
         let keys: Vec<u64> = backends.iter().map(|b| b.key).collect();
         Pool {
             ring: Ring::new(&keys),
             backends,
+            send_proxy,
         }
+    }
+
+    /// The PROXY header backend `index` wants in front of each connection.
+    #[inline]
+    pub fn send_proxy(&self, index: usize) -> SendProxy {
+        self.send_proxy
+            .get(index)
+            .copied()
+            .unwrap_or(SendProxy::None)
     }
 
     /// The pool for `config`, keeping every backend of `previous` that is
@@ -49,9 +64,10 @@ impl Pool {
                 .cloned()
         };
         let mut backends = Vec::new();
+        let mut send_proxy = Vec::new();
         if let Some(workers) = &config.workers {
             for id in 0..workers.count {
-                let label = crate::config::worker_label(id);
+                let label = crate::labels::worker_label(id);
                 let backend = keep(&label, None).unwrap_or_else(|| {
                     // In fd mode a worker is reached through the front end.
                     let addr = match (workers.listen, config.listener.binds.first()) {
@@ -60,17 +76,17 @@ impl Pool {
                     };
                     Backend::new(label, Kind::Worker(id), addr, metrics)
                 });
-                backend.set_send_proxy(workers.send_proxy);
+                send_proxy.push(workers.send_proxy);
                 backends.push(backend);
             }
         }
         for b in &config.backends {
             let backend = keep(&b.name, Some(b.address))
                 .unwrap_or_else(|| Backend::new(b.name.clone(), Kind::Static, b.address, metrics));
-            backend.set_send_proxy(b.send_proxy);
+            send_proxy.push(b.send_proxy);
             backends.push(backend);
         }
-        Pool::new(backends)
+        Pool::with_send_proxy(backends, send_proxy)
     }
 
     /// The index of the backend whose label hashes to `key`.

@@ -29,10 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StrategyKind};
+use crate::config::Config;
+use crate::pool::Snapshot;
 use crate::pool::{DownReason, Kind, State};
-use crate::shared::Shared;
+use crate::strategy::FdPlacement;
 pub use program::{probe_source, Rule};
 
 /// How often the rotation is recomputed and steered-around queues emptied.
@@ -41,6 +44,20 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a crashed or starting slot stays in rotation: its clients wait
 /// in its socket for the replacement. Past it they are served elsewhere.
 pub const GRACE: Duration = Duration::from_secs(1);
+
+/// What steering needs from the process around it, implemented by the
+/// shared state ([`crate::shared`]): steering depends on this, not on it.
+pub trait Host: Send + Sync + 'static {
+    /// The config and pool in force.
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// Resolves once the front end stops accepting (graceful stop).
+    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_>;
+    /// Cancelled when open connections must be cut.
+    fn cut_signal(&self) -> &CancellationToken;
+    /// The open connections the graceful stop waits for (rescued clients'
+    /// relays join them).
+    fn connections(&self) -> &TaskTracker;
+}
 
 /// The group of slot sockets on one front-end address, and its program.
 pub struct Steering {
@@ -279,12 +296,17 @@ pub async fn settle() {
 }
 
 /// The placement rule a config asks for.
-pub fn rule_of(config: &Config) -> Rule {
-    match config.strategy {
-        StrategyKind::Sticky => Rule::Sticky {
+/// An error for a strategy fd mode cannot do (validation refuses those).
+pub fn rule_of(config: &Config) -> io::Result<Rule> {
+    match config.strategy.fd_placement() {
+        Some(FdPlacement::ByClient) => Ok(Rule::Sticky {
             prefix: config.sticky.ipv4_prefix,
-        },
-        _ => Rule::Spread,
+        }),
+        Some(FdPlacement::Spread) => Ok(Rule::Spread),
+        None => Err(io::Error::other(format!(
+            "balance.strategy = \"{}\" cannot work with workers.listen = \"fd\"",
+            config.strategy
+        ))),
     }
 }
 
@@ -294,14 +316,14 @@ const INTRUDER_CHECK: Duration = Duration::from_secs(2);
 /// Looks for other processes listening on the front end every
 /// [`INTRUDER_CHECK`] until the front end stops; logs each one that comes
 /// (with its pid) and goes.
-pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
+pub async fn watch_intruders<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     let mut tick = tokio::time::interval(INTRUDER_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = host.accepting_stopped() => return,
         }
         let looking = Arc::clone(&steering);
         let found = tokio::task::spawn_blocking(move || {
@@ -356,7 +378,7 @@ struct Watch {
 }
 
 /// Keeps the program in line with the pool until the front end stops.
-pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
+pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     let mut watches: HashMap<usize, Watch> = HashMap::new();
     let mut rescues = rescue::Rescues::default();
     let mut attach_error: Option<String> = None;
@@ -365,9 +387,9 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = host.accepting_stopped() => return,
         }
-        let snapshot = shared.snapshot();
+        let snapshot = host.snapshot();
         let now = Instant::now();
         let mut serving = Vec::new();
         let mut any_up = false;
@@ -381,7 +403,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
                 continue;
             }
             seen.push(slot);
-            let (state, reason) = (backend.state(), backend.reason());
+            let state = backend.state();
             let watch = watches.entry(slot).or_default();
             if state == State::Up {
                 any_up = true;
@@ -391,7 +413,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
                 watch.down_since.get_or_insert(now);
             }
             let down_for = watch.down_since.map(|since| now - since);
-            if stays_in_rotation(state, reason, down_for, watch.was_up) {
+            if stays_in_rotation(state, down_for, watch.was_up) {
                 serving.push(slot);
             }
         }
@@ -401,7 +423,17 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
             // Nowhere better to send them: clients wait in the queues.
             serving = (0..slots).collect();
         }
-        let rule = rule_of(&snapshot.config);
+        let rule = match rule_of(&snapshot.config) {
+            Ok(rule) => rule,
+            Err(error) => {
+                let said = error.to_string();
+                if attach_error.as_ref() != Some(&said) {
+                    tracing::error!(%error, "no steering program for this strategy; the previous one stays");
+                    attach_error = Some(said);
+                }
+                continue;
+            }
+        };
         match steering.steer(rule.clone(), serving.clone()) {
             Ok(true) => {
                 attach_error = None;
@@ -419,7 +451,7 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
         rescues.tend(&steering);
         if any_up {
             for slot in (0..slots).filter(|s| !serving.contains(s)) {
-                rescues.take_queued(&shared, &steering, slot, &rule, &serving);
+                rescues.take_queued(&host, &steering, slot, &rule, &serving);
             }
         }
     }
@@ -431,19 +463,13 @@ pub async fn run(shared: Arc<Shared>, steering: Arc<Steering>) {
 /// slot whose first worker is still starting does not (it gets clients
 /// once it is up), nor does one whose worker runs but does not take
 /// connections or fails its checks, nor one that is draining or stopped.
-fn stays_in_rotation(
-    state: State,
-    reason: Option<DownReason>,
-    down_for: Option<Duration>,
-    was_up: bool,
-) -> bool {
+fn stays_in_rotation(state: State, down_for: Option<Duration>, was_up: bool) -> bool {
     let within_grace = was_up && down_for.is_none_or(|d| d < GRACE);
     match state {
         State::Up => true,
         State::Starting => within_grace,
-        State::Down => {
-            matches!(reason, Some(DownReason::Crashed | DownReason::NotReady)) && within_grace
-        }
+        State::Down(DownReason::Crashed | DownReason::NotReady) => within_grace,
+        State::Down(_) => false,
         State::Draining | State::Stopped => false,
     }
 }
@@ -454,38 +480,32 @@ mod tests {
 
     #[test]
     fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
-        let crashed = Some(DownReason::Crashed);
+        let crashed = State::Down(DownReason::Crashed);
         let soon = Some(Duration::from_millis(200));
-        assert!(stays_in_rotation(State::Down, crashed, soon, true));
-        assert!(!stays_in_rotation(State::Down, crashed, Some(GRACE), true));
-        assert!(stays_in_rotation(State::Starting, None, soon, true));
-        assert!(!stays_in_rotation(
-            State::Starting,
-            None,
-            Some(GRACE * 2),
-            true
-        ));
+        assert!(stays_in_rotation(crashed, soon, true));
+        assert!(!stays_in_rotation(crashed, Some(GRACE), true));
+        assert!(stays_in_rotation(State::Starting, soon, true));
+        assert!(!stays_in_rotation(State::Starting, Some(GRACE * 2), true));
     }
 
     #[test]
     fn a_new_slot_gets_clients_once_its_worker_is_up() {
         let now = Some(Duration::ZERO);
-        assert!(!stays_in_rotation(State::Starting, None, now, false));
-        assert!(stays_in_rotation(State::Up, None, None, false));
+        assert!(!stays_in_rotation(State::Starting, now, false));
+        assert!(stays_in_rotation(State::Up, None, false));
     }
 
     #[test]
     fn a_stalled_or_retiring_slot_leaves_at_once() {
         let now = Some(Duration::ZERO);
-        let stalled = Some(DownReason::Stalled);
-        assert!(!stays_in_rotation(State::Down, stalled, now, true));
+        let stalled = State::Down(DownReason::Stalled);
+        assert!(!stays_in_rotation(stalled, now, true));
         assert!(!stays_in_rotation(
-            State::Down,
-            Some(DownReason::Checks),
+            State::Down(DownReason::Checks),
             now,
             true
         ));
-        assert!(!stays_in_rotation(State::Draining, None, now, true));
+        assert!(!stays_in_rotation(State::Draining, now, true));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::program::{self, Rule};
+use super::Host;
 use super::Steering;
-use crate::shared::Shared;
 
 /// A job still running after this long may be blocked in `accept`.
 const STUCK_AFTER: Duration = Duration::from_millis(100);
@@ -45,9 +45,9 @@ struct Job {
 impl Rescues {
     /// Serves elsewhere every client waiting on `slot`'s socket, placing
     /// them by `rule` over `serving` (the slots in rotation).
-    pub fn take_queued(
+    pub fn take_queued<H: Host>(
         &mut self,
-        shared: &Arc<Shared>,
+        host: &Arc<H>,
         steering: &Arc<Steering>,
         slot: usize,
         rule: &Rule,
@@ -60,7 +60,7 @@ impl Rescues {
             return;
         };
         let runtime = tokio::runtime::Handle::current();
-        let shared = Arc::clone(shared);
+        let host = Arc::clone(host);
         let target = steering.target();
         let place = Placement {
             rule: rule.clone(),
@@ -80,8 +80,8 @@ impl Rescues {
                 };
                 served += 1;
                 let from = place.source_for(peer);
-                let cut = shared.cut_connections.clone();
-                shared.connections.spawn_on(
+                let cut = host.cut_signal().clone();
+                host.connections().spawn_on(
                     async move {
                         tokio::select! {
                             _ = relay(client.into(), target, from) => {}

@@ -7,8 +7,7 @@
 //! a restarted one, builds the same), and when one slot leaves only a small
 //! share of the other slots' buckets move.
 
-use crate::config::worker_label;
-use crate::pool::label_key;
+use crate::labels::{label_key, worker_label};
 
 /// Buckets in the table: a prime, so every skip walks all of them.
 pub const BUCKETS: usize = 1021;

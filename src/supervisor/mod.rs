@@ -193,7 +193,7 @@ impl Supervisor {
         }
         let names = || {
             left.iter()
-                .map(|&id| crate::config::worker_label(id))
+                .map(|&id| crate::labels::worker_label(id))
                 .collect::<Vec<_>>()
                 .join(", ")
         };

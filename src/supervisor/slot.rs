@@ -183,8 +183,8 @@ impl Slot {
                                             resident_bytes = resident,
                                             max_memory = limit,
                                             "worker uses {} of memory, above workers.max_memory ({}); replacing it",
-                                            crate::cli::human_bytes(resident),
-                                            crate::cli::human_bytes(limit),
+                                            crate::units::human_bytes(resident),
+                                            crate::units::human_bytes(limit),
                                         );
                                         match self.replace(&mut live, &workers, &stop).await {
                                             Ok(()) => self.backend.count_restart(),

@@ -60,7 +60,7 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::label_key;
+    use crate::labels::label_key;
 
     fn ring(n: usize) -> Ring {
         let keys: Vec<u64> = (0..n).map(|i| label_key(&format!("worker-{i}"))).collect();
