@@ -60,3 +60,8 @@ pub const LOG_CONNECTIONS: bool = false;
 /// 0: one proxy thread per CPU.
 pub const RUNTIME_THREADS: i64 = 0;
 pub const RUNTIME_SPLICE: bool = false;
+/// Rotate the log file past 100 MiB.
+pub const LOG_MAX_SIZE: u64 = 100 * 1024 * 1024;
+/// The smallest `log.max_size`: a rotation every few lines helps nobody.
+pub const LOG_MIN_SIZE: u64 = 4 * 1024;
+pub const LOG_KEEP: i64 = 5;
