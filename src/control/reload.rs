@@ -288,8 +288,8 @@ fn overridden(file: &Path, as_written: &Config, overrides: &Overrides) -> Vec<St
                 return None;
             }
             let (shown, drop) = match flag.flag {
-                "--" => (format!("`-- {given}`"), "no `-- PROGRAM`"),
-                name => (format!("{name} {given}"), name),
+                "--" => (format!("`-- {given}`"), "no `-- PROGRAM`".to_string()),
+                name => (format!("{name} {given}"), format!("no {name}")),
             };
             let written = match flag.flag {
                 "--" => format!("`{written}`"),
@@ -367,5 +367,56 @@ impl ReloadReport {
         }
         lines.extend(self.overridden.iter().cloned());
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "[workers]\ncommand = [\"sh\", \"-c\", \"sleep 9\"]\ncount = 4\n";
+
+    #[test]
+    fn every_flag_that_holds_another_value_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corral.toml");
+        std::fs::write(&file, FILE).unwrap();
+        let overrides = Overrides {
+            count: Some(3),
+            command: Some(vec!["sh".into(), "app.sh".into()]),
+            strategy: Some(crate::config::StrategyKind::RoundRobin),
+            ..Overrides::default()
+        };
+        let (as_written, _) = load_both(&file, &overrides).unwrap();
+        let said = overridden(&file, &as_written, &overrides);
+        assert_eq!(
+            said,
+            [
+                "workers.count is 4 in the file but -i 3 holds; pass no -i to follow the file",
+                "workers.command is `sh -c sleep 9` in the file but `-- sh app.sh` holds; pass no `-- PROGRAM` to follow the file",
+            ],
+            "--strategy holds the file's own value: nothing to say"
+        );
+    }
+
+    #[test]
+    fn changes_are_sorted_by_their_reload_class() {
+        let old = Config::parse(FILE, Path::new("t")).unwrap();
+        let fresh = Config::parse(
+            &format!("{FILE}env = {{ A = \"1\" }}\n[health]\nrise = 5\n[log]\nlevel = \"debug\"\n"),
+            Path::new("t"),
+        )
+        .unwrap();
+        let report = compare(&old, &fresh).unwrap();
+        assert_eq!(report.applied, ["health.rise"]);
+        assert_eq!(report.rolled_out, ["workers.env"]);
+        assert_eq!(report.needs_restart, ["log.level"]);
+        let moved = Config::parse(
+            &format!("{FILE}[admin]\nbind = \"127.0.0.1:9191\"\n"),
+            Path::new("t"),
+        )
+        .unwrap();
+        let refused = compare(&old, &moved).unwrap_err().to_string();
+        assert!(refused.contains("admin.bind changed"), "{refused}");
     }
 }
