@@ -158,7 +158,11 @@ fn reload_report(body: &str) -> String {
     let value = serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
     let lines = value["lines"].as_array().into_iter().flatten();
     std::iter::once("config reloaded".to_string())
-        .chain(lines.filter_map(|l| l.as_str()).map(|l| format!("  {}", escape(l))))
+        .chain(
+            lines
+                .filter_map(|l| l.as_str())
+                .map(|l| format!("  {}", escape(l))),
+        )
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -74,7 +74,10 @@ fn an_unknown_key_is_told_with_its_own_sections_keys() {
     assert!(errors[0].contains("corral.toml:4:1"), "{out}");
     assert!(errors[0].contains("`admin.count`"), "{out}");
     assert!(errors[0].contains("bind, token_file"), "{out}");
-    assert!(errors[0].contains("[workers]"), "misplaced: its section named: {out}");
+    assert!(
+        errors[0].contains("[workers]"),
+        "misplaced: its section named: {out}"
+    );
     assert!(errors[1].contains("`health.intervall`"), "{out}");
     assert!(errors[1].contains("did you mean `interval`"), "{out}");
 }
@@ -96,10 +99,7 @@ fn dotted_keys_inline_tables_and_quoted_keys_are_accepted() {
     assert!(out.contains("corral.toml:2:"), "{out}");
     assert!(out.contains("key `workers.count`"), "{out}");
     // And a dotted key under another section's header is that section's.
-    let (code, out) = check(
-        "[log]\nlevel = \"info\"\nworkers.command = [\"sh\"]\n",
-        &[],
-    );
+    let (code, out) = check("[log]\nlevel = \"info\"\nworkers.command = [\"sh\"]\n", &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("corral.toml:3:1"), "{out}");
     assert!(out.contains("unknown key `workers` in [log]"), "{out}");
@@ -162,7 +162,10 @@ fn an_open_admin_port_without_a_token_is_a_warning_with_the_fix() {
         .unwrap_or_else(|| panic!("no admin.bind warning: {out}"));
     assert!(warning.contains("token_file = "), "{warning}");
     let (_, out) = check(
-        &format!("[admin]\nbind = \"127.0.0.1:{}\"\n[workers]\ncommand = [\"sh\"]\n", free_port()),
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:{}\"\n[workers]\ncommand = [\"sh\"]\n",
+            free_port()
+        ),
         &[],
     );
     assert!(!out.contains("warning"), "loopback needs no token: {out}");
@@ -192,16 +195,28 @@ fn a_reload_under_a_flag_names_what_the_flag_holds() {
     let (code, body) = http(corral.admin, "POST", "/reload");
     assert_eq!(code, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["report"]["applied"], serde_json::json!(["health.interval"]));
+    assert_eq!(
+        answer["report"]["applied"],
+        serde_json::json!(["health.interval"])
+    );
     assert_eq!(
         answer["report"]["needs_restart"],
         serde_json::json!(["listener.backlog"])
     );
     assert!(body.contains(held), "{body}");
-    assert_eq!(corral.backends_in("up"), 1, "-i still holds: {}", corral.status());
+    assert_eq!(
+        corral.backends_in("up"),
+        1,
+        "-i still holds: {}",
+        corral.status()
+    );
 
     // A refused reload keeps its 400 and its reason.
-    corral.rewrite(&config.clone().set("admin.bind", format!("127.0.0.1:{}", free_port()).as_str()));
+    corral.rewrite(
+        &config
+            .clone()
+            .set("admin.bind", format!("127.0.0.1:{}", free_port()).as_str()),
+    );
     let (code, body) = http(corral.admin, "POST", "/reload");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("admin.bind changed"), "{body}");

@@ -103,7 +103,6 @@ impl<'a> Problems<'a> {
             .map(|(range, _)| range.clone())
     }
 
-
     /// Records a problem with `key` at `span` (a byte range into the source).
     pub fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_column(self.source, span.start);
@@ -161,8 +160,7 @@ impl<'a> Problems<'a> {
     /// The problems in the order of the file's lines; those with no place
     /// in it come last.
     pub fn into_error(mut self, file: &Path) -> ConfigError {
-        self.found
-            .sort_by_key(|p| (p.line == 0, p.line, p.column));
+        self.found.sort_by_key(|p| (p.line == 0, p.line, p.column));
         ConfigError {
             file: file.to_path_buf(),
             problems: self.found,

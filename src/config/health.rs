@@ -19,7 +19,12 @@ pub fn validate(raw: RawHealth, p: &mut Problems) -> HealthConfig {
             Some(path) => path.into_inner(),
             None => defaults::HEALTH_PATH.to_string(),
         },
-        interval: duration(raw.interval, "health.interval", defaults::HEALTH_INTERVAL, p),
+        interval: duration(
+            raw.interval,
+            "health.interval",
+            defaults::HEALTH_INTERVAL,
+            p,
+        ),
         timeout: duration(raw.timeout, "health.timeout", defaults::HEALTH_TIMEOUT, p),
         rise: int(raw.rise, "health.rise", 1, 1000, defaults::HEALTH_RISE, p) as u32,
         fall: int(raw.fall, "health.fall", 1, 1000, defaults::HEALTH_FALL, p) as u32,

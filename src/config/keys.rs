@@ -74,7 +74,10 @@ macro_rules! key {
 
 macro_rules! worker_key {
     ($name:literal, $class:ident, |$w:ident| $value:expr) => {
-        key!("workers", $name, $class, |c| c.workers.as_ref().map(|$w| $value))
+        key!("workers", $name, $class, |c| c
+            .workers
+            .as_ref()
+            .map(|$w| $value))
     };
 }
 
@@ -114,7 +117,9 @@ pub static KEYS: &[Key] = &[
     key!("sticky", "ipv6_prefix", Hot, |c| c.sticky.ipv6_prefix),
     key!("clients", "ipv4_prefix", Hot, |c| c.clients.ipv4_prefix),
     key!("clients", "ipv6_prefix", Hot, |c| c.clients.ipv6_prefix),
-    key!("clients", "max_connections", Hot, |c| c.clients.max_connections),
+    key!("clients", "max_connections", Hot, |c| c
+        .clients
+        .max_connections),
     key!("clients", "max_rate", Hot, |c| c.clients.max_rate),
     key!("clients", "allow", Hot, |c| c.clients.allow),
     key!("clients", "deny", Hot, |c| c.clients.deny),
@@ -179,8 +184,7 @@ pub static KEYS: &[Key] = &[
 
 /// The key `name` of `section`, if the file may hold it.
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {
-    KEYS.iter()
-        .find(|k| k.section == section && k.name == name)
+    KEYS.iter().find(|k| k.section == section && k.name == name)
 }
 
 /// The keys of `section`, in table order.
@@ -198,7 +202,10 @@ pub fn sections_with(name: &str) -> Vec<&'static str> {
 
 /// The candidate closest to `written`, when it is close enough to be a
 /// slip of the keyboard (`worker` for `workers`, `intervall`).
-pub fn closest<'a>(written: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn closest<'a>(
+    written: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(written, c), c))
@@ -237,7 +244,9 @@ mod tests {
             let key = key.trim();
             if !section.is_empty()
                 && !key.is_empty()
-                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
             {
                 found.insert(format!("{section}.{key}"));
             }

@@ -34,7 +34,10 @@ pub fn validate(raw: RawListener, p: &mut Problems) -> ListenerConfig {
             defaults::LISTENER_MAX_CONNECTIONS,
             p,
         ) as usize,
-        proxy_protocol: raw.proxy_protocol.map(Spanned::into_inner).unwrap_or_default(),
+        proxy_protocol: raw
+            .proxy_protocol
+            .map(Spanned::into_inner)
+            .unwrap_or_default(),
         proxy_protocol_from: cidrs(raw.proxy_protocol_from, "listener.proxy_protocol_from", p),
     }
 }

@@ -84,11 +84,13 @@ impl Walk {
                 self.found.push((at, name.to_string(), why));
                 self.blank_item(key, item);
             } else if name == "backends" {
-                self.index.extend(anchor(key, item).map(|r| (r, name.to_string())));
+                self.index
+                    .extend(anchor(key, item).map(|r| (r, name.to_string())));
                 self.backends(item);
             } else if let Some(table) = item.as_table_like() {
                 let whole = anchor(key, item);
-                self.index.extend(whole.clone().map(|r| (r, name.to_string())));
+                self.index
+                    .extend(whole.clone().map(|r| (r, name.to_string())));
                 // An inline table is one `key = value`: a wrong key inside
                 // blanks all of it; a `[header]` table blanks key by key.
                 let outer = item.as_inline_table().and(whole);
@@ -154,8 +156,7 @@ impl Walk {
                 continue;
             }
             let at = place(key, item);
-            self.found
-                .push((at, dotted, unknown_key(section, name)));
+            self.found.push((at, dotted, unknown_key(section, name)));
             match &outer {
                 Some(range) => self.blank.push(range.clone()),
                 None => self.blank_item(key, item),

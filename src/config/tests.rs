@@ -173,8 +173,8 @@ fn nothing_to_balance_is_an_error() {
 
 #[test]
 fn a_backend_name_with_control_characters_is_refused() {
-    let err = parse("[[backends]]\nname = \"app\\u001b[2J\"\naddress = \"127.0.0.1:3\"\n")
-        .unwrap_err();
+    let err =
+        parse("[[backends]]\nname = \"app\\u001b[2J\"\naddress = \"127.0.0.1:3\"\n").unwrap_err();
     assert_eq!(err.problems[0].key.as_deref(), Some("backends.name"));
     assert!(err.to_string().contains("\\u{1b}[2J"), "{err}");
     assert!(!err.to_string().contains('\u{1b}'), "{err}");
@@ -248,7 +248,11 @@ fn the_log_file_keys_are_read_and_checked() {
         "[workers]\ncommand = [\"sh\"]\n[log]\nfile = \"/no/such/dir/corral.log\"\nmax_size = \"1KiB\"\nkeep = 0\n",
     )
     .unwrap_err();
-    let keys: Vec<_> = err.problems.iter().map(|p| p.key.clone().unwrap()).collect();
+    let keys: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| p.key.clone().unwrap())
+        .collect();
     assert_eq!(keys, ["log.file", "log.max_size", "log.keep"], "{err}");
     assert!(err.problems[0].message.contains("/no/such/dir"), "{err}");
 }

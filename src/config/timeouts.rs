@@ -9,7 +9,12 @@ use super::values::{duration, optional_duration};
 /// Validates `[timeouts]`.
 pub fn validate(raw: RawTimeouts, p: &mut Problems) -> Timeouts {
     Timeouts {
-        connect: duration(raw.connect, "timeouts.connect", defaults::TIMEOUT_CONNECT, p),
+        connect: duration(
+            raw.connect,
+            "timeouts.connect",
+            defaults::TIMEOUT_CONNECT,
+            p,
+        ),
         first_byte: optional_duration(
             raw.first_byte,
             "timeouts.first_byte",

@@ -85,7 +85,6 @@ pub struct Rate {
     pub per: Duration,
 }
 
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,

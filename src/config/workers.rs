@@ -179,7 +179,11 @@ fn timings(config: &mut WorkersConfig, w: &mut RawWorkers, p: &mut Problems) {
         "workers.ready_timeout",
         config.ready_timeout,
     );
-    config.stop_timeout = take(&mut w.stop_timeout, "workers.stop_timeout", config.stop_timeout);
+    config.stop_timeout = take(
+        &mut w.stop_timeout,
+        "workers.stop_timeout",
+        config.stop_timeout,
+    );
     config.restart_delay = take(
         &mut w.restart_delay,
         "workers.restart_delay",

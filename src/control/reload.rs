@@ -193,7 +193,9 @@ fn compare(old: &Config, fresh: &Config) -> Result<ReloadReport, ReloadError> {
             ReloadClass::Hot => &mut report.applied,
             ReloadClass::RollsWorkers => &mut report.rolled_out,
             ReloadClass::NeedsRestart => &mut report.needs_restart,
-            ReloadClass::Refused => return Err(ReloadError::NeedsRestart(refusal(key, old, fresh))),
+            ReloadClass::Refused => {
+                return Err(ReloadError::NeedsRestart(refusal(key, old, fresh)))
+            }
         };
         // `runtime.user` and `runtime.group` may both stand for one change.
         if !list.contains(&key.dotted()) {
@@ -352,7 +354,10 @@ impl ReloadReport {
         let mut lines = Vec::new();
         for (list, what) in [
             (&self.applied, "applied"),
-            (&self.rolled_out, "applied by a rolling restart of the workers"),
+            (
+                &self.rolled_out,
+                "applied by a rolling restart of the workers",
+            ),
             (
                 &self.needs_restart,
                 "changed in the file, but take effect only after a restart of corral",
