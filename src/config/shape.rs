@@ -58,7 +58,8 @@ fn from_syntax(source: &str, err: &toml_edit::TomlError) -> Problem {
         line,
         column,
         key: None,
-        message: format!("TOML syntax: {}", err.message().trim()),
+        // One line per problem: toml_edit's message may take several.
+        message: format!("TOML syntax: {}", err.message().trim().replace('\n', ": ")),
     }
 }
 
@@ -313,6 +314,14 @@ mod tests {
         let readable = readable.unwrap();
         assert_eq!(readable.len(), text.len());
         assert!(!readable.contains("name"), "{readable}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line() {
+        let (_, problems) = shape("[health]\nrise = 2\n[health]\nfall = 2\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 3);
+        assert!(!problems[0].message.contains('\n'), "{problems:?}");
     }
 
     #[test]
