@@ -146,12 +146,28 @@ pub fn restart(target: &Target) -> Result<String, ClientError> {
 pub fn reload(target: &Target) -> Result<String, ClientError> {
     let answer = runtime()?.block_on(ask(target, "POST", "/reload"))?;
     match answer.status {
-        200 => Ok("config reloaded".into()),
+        200 => Ok(reload_report(&answer.body)),
         _ => Err(ClientError::Refused(format!(
             "reload refused: {}",
             refusal(&answer)
         ))),
     }
+}
+
+/// What an applied reload did, one line each (the `lines` of `POST
+/// /reload`'s answer): applied, rolled out, needing a restart, overridden
+/// by a command-line flag.
+fn reload_report(body: &str) -> String {
+    let value = serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+    let lines = value["lines"].as_array().into_iter().flatten();
+    std::iter::once("config reloaded".to_string())
+        .chain(
+            lines
+                .filter_map(|l| l.as_str())
+                .map(|l| format!("  {}", escape(l))),
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `corral scale N`: set the worker count.

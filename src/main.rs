@@ -62,6 +62,10 @@ enum Command {
             conflicts_with = "file"
         )]
         config: Option<PathBuf>,
+        /// The worker command, after `--`, as `corral run` would be given it
+        /// (a `[workers]` section may then leave `command` out).
+        #[arg(last = true, value_name = "PROGRAM ARGS")]
+        command: Vec<String>,
     },
     /// Show the running corral's backends as a table.
     Status(Find),
@@ -208,12 +212,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { file, config } => {
+        Command::Check {
+            file,
+            config,
+            command,
+        } => {
             let Some(path) = file.or(config) else {
                 eprintln!("corral check: name the config file");
                 return ExitCode::from(2);
             };
-            check(&path)
+            check(&path, (!command.is_empty()).then_some(command.as_slice()))
         }
         Command::Status(find) => client(&find, cli::status),
         Command::Restart(find) => client(&find, cli::restart),
@@ -257,8 +265,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+fn check(path: &Path, command: Option<&[String]>) -> ExitCode {
+    match Config::load_with(path, command) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("{}: warning: {warning}", path.display());

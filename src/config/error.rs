@@ -65,6 +65,10 @@ pub struct Problems<'a> {
     found: Vec<Problem>,
     /// Keys whose value had the wrong type.
     unreadable: Vec<Option<String>>,
+    /// Where each key is written, however the file writes it (dotted keys,
+    /// inline tables): the byte range of its `key = value` and its full
+    /// dotted name.
+    index: Vec<(Range<usize>, String)>,
 }
 
 impl<'a> Problems<'a> {
@@ -73,7 +77,30 @@ impl<'a> Problems<'a> {
             source,
             found: Vec::new(),
             unreadable: Vec::new(),
+            index: Vec::new(),
         }
+    }
+
+    /// Learns where each key is written (see [`super::shape`]).
+    pub fn set_index(&mut self, index: Vec<(Range<usize>, String)>) {
+        self.index = index;
+    }
+
+    /// The full dotted key written at byte `offset`, if one is.
+    pub fn key_at(&self, offset: usize) -> Option<String> {
+        self.index
+            .iter()
+            .filter(|(range, _)| range.contains(&offset))
+            .min_by_key(|(range, _)| range.len())
+            .map(|(_, key)| key.clone())
+    }
+
+    /// Where `key` (a dotted key, or a section's name) is written.
+    pub fn place_of(&self, key: &str) -> Option<Range<usize>> {
+        self.index
+            .iter()
+            .find(|(_, k)| k == key)
+            .map(|(range, _)| range.clone())
     }
 
     /// Records a problem with `key` at `span` (a byte range into the source).
@@ -90,8 +117,12 @@ impl<'a> Problems<'a> {
     /// Records a problem that has no single place in the file; it points
     /// at the line where the key is written, when it is.
     pub fn general(&mut self, key: Option<&str>, message: impl Into<String>) {
+        let indexed = |k: &str| {
+            let (range, _) = self.index.iter().find(|(_, key)| key == k)?;
+            Some(line_column(self.source, range.start))
+        };
         let (line, column) = key
-            .and_then(|k| line_of_key(self.source, k))
+            .and_then(|k| indexed(k).or_else(|| line_of_key(self.source, k)))
             .unwrap_or((0, 0));
         self.push(Problem {
             line,
@@ -126,7 +157,10 @@ impl<'a> Problems<'a> {
         }
     }
 
-    pub fn into_error(self, file: &Path) -> ConfigError {
+    /// The problems in the order of the file's lines; those with no place
+    /// in it come last.
+    pub fn into_error(mut self, file: &Path) -> ConfigError {
+        self.found.sort_by_key(|p| (p.line == 0, p.line, p.column));
         ConfigError {
             file: file.to_path_buf(),
             problems: self.found,
@@ -137,11 +171,15 @@ impl<'a> Problems<'a> {
 /// Turns a toml parse or type error into a problem, naming the full dotted
 /// key written on the line it points at (`health.interval`), and, where
 /// `config/example.toml` shows the key, how to write it.
-pub fn from_toml(source: &str, err: &toml::de::Error) -> Problem {
+pub fn from_toml(problems: &Problems, err: &toml::de::Error) -> Problem {
+    let source = problems.source;
     let (line, column, key) = match err.span() {
         Some(span) => {
             let (line, column) = line_column(source, span.start);
-            (line, column, dotted_key_on_line(source, line))
+            let key = problems
+                .key_at(span.start)
+                .or_else(|| dotted_key_on_line(source, line));
+            (line, column, key)
         }
         None => (0, 0, None),
     };

@@ -1,6 +1,8 @@
 //! The config file exactly as written: serde structs that mirror the TOML,
-//! reject unknown keys, and keep the source span of every value that still
-//! needs checking, so that validation can point at the line that is wrong.
+//! reject unknown keys (a backstop: [`super::shape`] reports them first,
+//! against [`super::keys`]), and keep the source span of every value that
+//! still needs checking, so that validation can point at the line that is
+//! wrong.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +23,10 @@ pub struct RawConfig {
     pub sticky: RawSticky,
     #[serde(default)]
     pub clients: RawClients,
-    pub workers: Option<Spanned<RawWorkers>>,
+    /// Not `Spanned`: a section written with dotted keys
+    /// (`workers.command = [...]`) has no span of its own; its place comes
+    /// from [`super::shape`].
+    pub workers: Option<RawWorkers>,
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
     #[serde(default)]

@@ -153,7 +153,10 @@ async fn route(
             }
             let (done, answer) = oneshot::channel();
             match ask(control, ControlRequest::Reload { done }, answer).await {
-                Some(Ok(())) => json_reply(StatusCode::OK, json!({"reload": "applied"})),
+                Some(Ok(report)) => json_reply(
+                    StatusCode::OK,
+                    json!({"reload": "applied", "report": report, "lines": report.lines()}),
+                ),
                 Some(Err(why)) => json_reply(
                     StatusCode::BAD_REQUEST,
                     json!({"reload": "refused", "error": why.to_string()}),

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
-pub use reload::{ReloadError, Source};
+pub use reload::{ReloadError, ReloadReport, Source};
 use signals::{Asked, Signals};
 
 /// What the admin server asks of the control loop.
@@ -35,7 +35,7 @@ pub enum Request {
     RollingRestart { started: oneshot::Sender<Restart> },
     /// Reload the config file, as SIGHUP does.
     Reload {
-        done: oneshot::Sender<Result<(), ReloadError>>,
+        done: oneshot::Sender<Result<ReloadReport, ReloadError>>,
     },
     /// Set the worker count until the next reload from the file.
     Scale {

@@ -1,0 +1,231 @@
+//! The validated configuration's types: what the rest of corral reads.
+//! Each section's validation (its own module) builds its part; nothing
+//! here parses text.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub strategy: StrategyKind,
+    pub sticky: StickyConfig,
+    pub clients: ClientsConfig,
+    pub workers: Option<WorkersConfig>,
+    pub backends: Vec<StaticBackend>,
+    pub health: HealthConfig,
+    pub timeouts: Timeouts,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub binds: Vec<SocketAddr>,
+    pub backlog: u32,
+    pub max_connections: usize,
+    pub proxy_protocol: ProxyProtocolMode,
+    /// The peers allowed to send a PROXY header; empty: any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+impl ListenerConfig {
+    /// May `peer` send a PROXY header (`listener.proxy_protocol_from`)?
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from.is_empty()
+            || self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
+    }
+}
+
+/// `[clients]`: per-client limits and access lists. A client is its
+/// address masked by the prefixes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientsConfig {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Open connections one client may hold; 0: no limit.
+    pub max_connections: u32,
+    /// New connections one client may open per period; `None`: no limit.
+    pub max_rate: Option<Rate>,
+    /// When not empty, only clients inside these are served.
+    pub allow: Vec<IpNet>,
+    /// Never served (deny wins over allow).
+    pub deny: Vec<IpNet>,
+    /// The most clients the table remembers.
+    pub max_tracked: usize,
+}
+
+impl ClientsConfig {
+    /// Is a client at `ip` let in by `allow` and `deny`?
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !self.deny.iter().any(|net| net.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// A rate such as `"20/s"`: `count` new connections per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// The bearer token POST endpoints require, read from `token_file`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyConfig {
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersConfig {
+    /// argv; `{port}` and `{id}` are expanded per worker, and a program named
+    /// `corral` means the running binary.
+    pub command: Vec<String>,
+    pub count: usize,
+    pub host: IpAddr,
+    pub port_base: u16,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub restart_delay: Duration,
+    pub restart_delay_max: Duration,
+    pub min_uptime: Duration,
+    /// A worker that runs but has failed its health checks this long is
+    /// restarted (hung but alive); `None` leaves it out of rotation only.
+    pub unhealthy_restart: Option<Duration>,
+    pub send_proxy: SendProxy,
+    /// How workers get their clients: their own port (corral proxies) or
+    /// a handed front-end socket.
+    pub listen: ListenMode,
+    /// A worker whose resident memory (its whole tree) stays above this many
+    /// bytes is replaced the rolling way.
+    pub max_memory: Option<u64>,
+    /// Each worker's own metrics, scraped from its port at this path and
+    /// served in corral's `/metrics` with a `worker` label.
+    pub metrics_path: Option<String>,
+    /// The workers keep no state tied to a connection between requests
+    /// (plain HTTP/1.x): corral may move a client's connection to another
+    /// worker between requests (port mode only).
+    pub stateless: bool,
+    /// systemd's notify protocol: each worker gets a `NOTIFY_SOCKET` and
+    /// is ready only once it sends `READY=1`.
+    pub notify: bool,
+    /// With `notify`: a worker that sends no `WATCHDOG=1` this long is
+    /// down and replaced.
+    pub watchdog: Option<Duration>,
+}
+
+impl WorkersConfig {
+    /// The port worker `slot` listens on in generation `alternate` (0 or 1):
+    /// replacements in a rolling restart use the other one.
+    pub fn port(&self, slot: usize, alternate: bool) -> u16 {
+        let offset = slot + if alternate { self.count } else { 0 };
+        // Validation guarantees port_base + 2 * count - 1 fits in a u16.
+        self.port_base + offset as u16
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticBackend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub send_proxy: SendProxy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Passive checks: `fall` first-byte timeouts in a row take a backend
+    /// down (never more than half of the backends at once).
+    pub observe: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// `None` when `"0s"`: a silent backend is never given up.
+    pub first_byte: Option<Duration>,
+    pub idle: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `corral=debug`.
+    pub level: String,
+    pub connections: bool,
+    /// Also write corral's log and the workers' output here; `None` for `""`.
+    pub file: Option<PathBuf>,
+    /// Rotate the file past this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept (`corral.log.1` ... `corral.log.<keep>`).
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Proxy threads; already resolved from 0 to the number of CPUs.
+    pub threads: usize,
+    /// Bulk transfers move through splice(2) (an extension to the contract,
+    /// like HAProxy's `option splice-auto`). Off by default: on loopback it
+    /// measured slower than the buffered copy (15 vs 19-22 Gbit/s, iperf3).
+    pub splice: bool,
+    /// Whom to become after binding (`runtime.user` / `runtime.group`),
+    /// resolved to ids at load.
+    pub drop_to: Option<Privileges>,
+}
+
+/// A user and group to run as after the sockets are bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privileges {
+    /// The user's name (for `initgroups`), when `runtime.user` is set.
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: u32,
+}
+
+/// Command-line values that take precedence over the file (`corral run -i N
+/// --bind ADDR -- PROGRAM ARGS...`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub count: Option<usize>,
+    pub bind: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub strategy: Option<StrategyKind>,
+    pub listen: Option<ListenMode>,
+    pub command: Option<Vec<String>>,
+    // `--port-base` (`port_base: Option<u16>`) is added on another branch;
+    // the reload report lists it in `control::reload::FLAGS`.
+}
+
