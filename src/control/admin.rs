@@ -1,7 +1,8 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
 //! `/sticky`, `/clients`, the dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
-//! hands to the control loop.
+//! hands to the control loop, and those on one backend by name
+//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]).
 //!
 //! GET endpoints are open so Prometheus and probes need no credentials.
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when
@@ -34,6 +35,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::operator::{self, Action};
 use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{Placement, Tried};
 use crate::metrics::workers;
@@ -123,6 +125,17 @@ async fn route(
             Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
             "text/html; charset=utf-8",
         ),
+        (&Method::POST, "/workers/restart" | "/workers/disable" | "/workers/enable")
+            if path != "/workers/restart" || query_param(&request, "name").is_some() =>
+        {
+            if let Err(denied) = authorize(shared, &request) {
+                return *denied;
+            }
+            let action = Action::of_path(path).unwrap_or(Action::Restart);
+            let name = query_param(&request, "name");
+            let (status, body) = operator::one(shared, control, action, name).await;
+            json_reply(status, body)
+        }
         (&Method::POST, "/workers/restart") => {
             if let Err(denied) = authorize(shared, &request) {
                 return *denied;
@@ -166,7 +179,10 @@ async fn route(
             };
             let (done, answer) = oneshot::channel();
             match ask(control, ControlRequest::Scale { count, done }, answer).await {
-                Some(Ok(())) => json_reply(StatusCode::ACCEPTED, json!({"scale": count})),
+                Some(Ok(file)) => json_reply(
+                    StatusCode::ACCEPTED,
+                    json!({"scale": count, "config_file": file.map(|f| f.display().to_string())}),
+                ),
                 Some(Err(why)) => json_reply(
                     StatusCode::BAD_REQUEST,
                     json!({"scale": "refused", "error": why.to_string()}),
@@ -191,7 +207,8 @@ async fn route(
         (
             _,
             "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
-            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients",
+            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients"
+            | "/workers/disable" | "/workers/enable",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -320,9 +337,10 @@ fn status(shared: &Shared) -> serde_json::Value {
             if matches!(b.kind, Kind::Worker(_)) {
                 let usage = instance.tree().and_then(|root| table.tree(root));
                 // A crashed or stopped worker has no uptime, only a last pid.
-                let running = !matches!(b.state(), State::Down | State::Stopped)
-                    || b.reason()
-                        .is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
+                let running = b.state() != State::Stopped
+                    && !b
+                        .reason()
+                        .is_some_and(|r| r == DownReason::Crashed || r == DownReason::NotReady);
                 entry["uptime_seconds"] = json!(instance
                     .pid
                     .filter(|_| running)
@@ -552,7 +570,11 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal
         None if is_loopback(config.admin.bind) => Ok(()),
         None => Err(Box::new(text(
             StatusCode::FORBIDDEN,
-            "admin.token_file is not set and the admin port is not on loopback\n",
+            "admin.token_file is not set and the admin port is not on loopback, so it takes no command. \
+             Write a secret to a file (e.g. `openssl rand -hex 32 > /etc/corral/token`), \
+             set `token_file = \"/etc/corral/token\"` under [admin] in corral's config, reload or restart corral, \
+             and run the command with `-c FILE` (it sends the token from that file); \
+             or set admin.bind to a loopback address such as 127.0.0.1:9090\n",
         ))),
     }
 }

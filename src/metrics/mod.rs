@@ -49,6 +49,7 @@ pub struct Metrics {
     bytes_received: IntCounterVec,
     bytes_sent: IntCounterVec,
     up: IntGaugeVec,
+    disabled: IntGaugeVec,
     connect_duration: HistogramVec,
     connection_duration: HistogramVec,
     health_checks: IntCounterVec,
@@ -99,6 +100,8 @@ pub struct BackendMetrics {
     pub bytes_received: IntCounter,
     pub bytes_sent: IntCounter,
     pub up: IntGauge,
+    /// 1 while the operator keeps the backend out of rotation.
+    pub disabled: IntGauge,
     pub connect_duration: Histogram,
     pub connection_duration: Histogram,
     pub health_success: IntCounter,
@@ -255,6 +258,12 @@ impl Metrics {
                 "1 while the backend is in rotation, else 0.",
                 &["backend"],
             ),
+            disabled: gauge_vec(
+                &r,
+                "corral_backend_disabled",
+                "1 while the operator keeps the backend out of rotation (corral disable), else 0; corral_backend_up is 0 meanwhile.",
+                &["backend"],
+            ),
             connect_duration: histogram_vec(
                 &r,
                 "corral_backend_connect_duration_seconds",
@@ -316,6 +325,7 @@ impl Metrics {
             bytes_received: self.bytes_received.with_label_values(l),
             bytes_sent: self.bytes_sent.with_label_values(l),
             up: self.up.with_label_values(l),
+            disabled: self.disabled.with_label_values(l),
             connect_duration: self.connect_duration.with_label_values(l),
             connection_duration: self.connection_duration.with_label_values(l),
             health_success: self.health_checks.with_label_values(&[label, "success"]),
@@ -332,6 +342,7 @@ impl Metrics {
         let _ = self.bytes_received.remove_label_values(l);
         let _ = self.bytes_sent.remove_label_values(l);
         let _ = self.up.remove_label_values(l);
+        let _ = self.disabled.remove_label_values(l);
         let _ = self.connect_duration.remove_label_values(l);
         let _ = self.connection_duration.remove_label_values(l);
         let _ = self.health_checks.remove_label_values(&[label, "success"]);

@@ -29,6 +29,9 @@ pub enum State {
     Draining,
     /// Stopped on purpose (shutdown or scale-down).
     Stopped,
+    /// Taken out of rotation by the operator (`corral disable`); its
+    /// process keeps running and its checks go on.
+    Disabled,
 }
 
 impl State {
@@ -39,6 +42,7 @@ impl State {
             State::Down => "down",
             State::Draining => "draining",
             State::Stopped => "stopped",
+            State::Disabled => "disabled",
         }
     }
 }
@@ -212,10 +216,20 @@ struct Machine {
     failing: Option<(DownReason, Instant)>,
     /// Active-check results in a row that disagree with the current health.
     streak: u32,
+    /// Out of rotation by the operator's word, whatever the phase: kept
+    /// across the slot's restarts and replacements (they are the slot's,
+    /// not the operator's), ended only by [`Backend::enable`].
+    disabled: bool,
 }
 
 impl Machine {
     fn state(&self) -> State {
+        match self.phase {
+            // corral's own stop shows as it is; otherwise the operator's word wins.
+            Phase::Draining | Phase::Stopped => {}
+            _ if self.disabled => return State::Disabled,
+            _ => {}
+        }
         match self.phase {
             Phase::Starting => State::Starting,
             Phase::Running if self.failing.is_some() => State::Down,
@@ -289,6 +303,7 @@ impl Backend {
                 phase,
                 failing: None,
                 streak: 0,
+                disabled: false,
             }),
             up: AtomicBool::new(false),
             current: ArcSwap::from(Instance::new(addr, None)),
@@ -312,6 +327,7 @@ impl Backend {
         let up = machine.state() == State::Up;
         self.up.store(up, Ordering::Release);
         self.metrics.up.set(i64::from(up));
+        self.metrics.disabled.set(i64::from(machine.disabled));
     }
 
     /// Runs one transition and republishes the result.
@@ -424,6 +440,26 @@ impl Backend {
     /// Stopped on purpose.
     pub fn stopped(&self) {
         self.transition(|m| m.phase = Phase::Stopped);
+    }
+
+    // ---- transitions asked for by the operator ----
+
+    /// Out of rotation until [`Backend::enable`] (`corral disable`): no new
+    /// connection, sticky clients included, comes to it; open ones finish.
+    /// False if it was disabled already.
+    pub fn disable(&self) -> bool {
+        self.transition(|m| !std::mem::replace(&mut m.disabled, true))
+    }
+
+    /// Back in rotation (as far as its health allows) after
+    /// [`Backend::disable`]. False if it was not disabled.
+    pub fn enable(&self) -> bool {
+        self.transition(|m| std::mem::replace(&mut m.disabled, false))
+    }
+
+    /// Taken out of rotation by the operator.
+    pub fn is_disabled(&self) -> bool {
+        self.machine().disabled
     }
 
     // ---- transitions asked for by health checks and the data path ----
@@ -657,6 +693,35 @@ mod tests {
         assert!(b.is_up());
         assert!(b.first_byte_timed_out(2, || true));
         assert_eq!(b.reason(), Some(DownReason::Timeouts));
+    }
+
+    #[test]
+    fn a_disabled_backend_is_out_of_rotation_across_its_replacement() {
+        let b = worker();
+        b.ready(b.instance());
+        assert!(b.disable());
+        assert!(!b.disable(), "disabled twice");
+        assert_eq!(b.state(), State::Disabled);
+        assert!(!b.is_up());
+        assert_eq!(b.metrics.up.get(), 0);
+        assert_eq!(b.metrics.disabled.get(), 1);
+        // A rolling restart's replacement, a crash and a restart stay disabled.
+        b.ready(b.instance());
+        assert_eq!(b.state(), State::Disabled);
+        b.crashed();
+        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.reason(), Some(DownReason::Crashed));
+        b.ready(b.instance());
+        assert!(!b.is_up());
+        assert!(b.enable());
+        assert!(!b.enable(), "enabled twice");
+        assert!(b.is_up());
+        assert_eq!(b.state(), State::Up);
+        assert_eq!(b.metrics.disabled.get(), 0);
+        // corral's own stop shows through a disable.
+        b.disable();
+        b.draining();
+        assert_eq!(b.state(), State::Draining);
     }
 
     #[test]

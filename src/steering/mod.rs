@@ -444,7 +444,7 @@ fn stays_in_rotation(
         State::Down => {
             matches!(reason, Some(DownReason::Crashed | DownReason::NotReady)) && within_grace
         }
-        State::Draining | State::Stopped => false,
+        State::Draining | State::Stopped | State::Disabled => false,
     }
 }
 
