@@ -353,6 +353,10 @@ fn status(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "front_end": snapshot.config.listener.binds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "admin": snapshot.config.admin.bind.to_string(),
+        "token_required": snapshot.config.admin.token.is_some(),
         "strategy": snapshot.config.strategy.as_str(),
         "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
         "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
