@@ -7,18 +7,21 @@
 //! - [`backends`]: the one kit of hand-rolled backends ([`Backend`]).
 //! - [`http`]: HTTP/1.1 requests to the front end and the admin port.
 //! - [`load`]: clients in a loop through the front end ([`Load`]).
+//! - [`chromium`]: a headless Chromium driven over DevTools ([`Chromium`]).
 //!
 //! This file: free ports, waiting, signals, processes.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod backends;
+pub mod chromium;
 pub mod config;
 pub mod corral;
 pub mod http;
 pub mod load;
 
 pub use backends::*;
+pub use chromium::*;
 pub use config::*;
 pub use corral::*;
 pub use http::*;
