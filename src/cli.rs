@@ -495,6 +495,27 @@ mod tests {
     }
 
     #[test]
+    fn scale_says_how_long_the_count_holds() {
+        let with_file = scaled(3, r#"{"scale":3,"config_file":"/etc/corral/corral.toml"}"#);
+        assert!(
+            with_file.contains("until the next reload of /etc/corral/corral.toml"),
+            "{with_file}"
+        );
+        let without = scaled(3, r#"{"scale":3,"config_file":null}"#);
+        assert!(without.contains("without a config file"), "{without}");
+        assert!(!without.contains("reload"), "{without}");
+    }
+
+    #[test]
+    fn a_missing_token_says_where_to_give_it() {
+        let answer = Answer {
+            status: 401,
+            body: "a bearer token is required\n".into(),
+        };
+        assert!(refusal(&answer).contains("-c FILE"));
+    }
+
+    #[test]
     fn sizes_and_durations_read_like_a_person_writes_them() {
         assert_eq!(human_bytes(12_478_054), "11.9 MiB");
         assert_eq!(human_duration(192.0), "3m12s");

@@ -99,12 +99,27 @@ fn restart_of_one_worker_replaces_only_its_pid_under_load_and_no_request_fails()
         corral.status(),
         corral.log()
     );
-    assert_gone([before[1]], Duration::from_secs(20), "worker-1's old process");
+    assert_gone(
+        [before[1]],
+        Duration::from_secs(20),
+        "worker-1's old process",
+    );
     assert!(load.serves_more(50), "the load stopped after the restart");
     let (served, failed, errors) = load.finish();
-    assert_eq!(failed, 0, "{failed} of {served} requests failed: {errors:?}");
-    assert_eq!(pid_of(&corral, "worker-0"), before[0], "worker-0 was touched");
-    assert_eq!(pid_of(&corral, "worker-2"), before[2], "worker-2 was touched");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {served} requests failed: {errors:?}"
+    );
+    assert_eq!(
+        pid_of(&corral, "worker-0"),
+        before[0],
+        "worker-0 was touched"
+    );
+    assert_eq!(
+        pid_of(&corral, "worker-2"),
+        before[2],
+        "worker-2 was touched"
+    );
     assert_ne!(pid_of(&corral, "worker-1"), before[1]);
     // The new worker-1 takes clients.
     assert!(
@@ -177,7 +192,11 @@ fn a_disabled_worker_gets_no_new_connection_keeps_its_process_and_comes_back() {
         "{table}"
     );
     let by = answered_by(&corral, 20);
-    assert_eq!(by, BTreeSet::from(["worker=0".to_string()]), "disabled worker-1 got clients");
+    assert_eq!(
+        by,
+        BTreeSet::from(["worker=0".to_string()]),
+        "disabled worker-1 got clients"
+    );
     assert_eq!(pid_of(&corral, "worker-1"), pid, "its process was replaced");
     assert!(alive(pid), "its process stopped");
 
@@ -188,7 +207,8 @@ fn a_disabled_worker_gets_no_new_connection_keeps_its_process_and_comes_back() {
     // Its slot's rolling restart: the replacement is disabled too.
     ok(&corral, &["restart", "worker-1"]);
     assert!(
-        eventually(Duration::from_secs(30), || pid_of(&corral, "worker-1") != pid),
+        eventually(Duration::from_secs(30), || pid_of(&corral, "worker-1")
+            != pid),
         "worker-1 never replaced: {}",
         corral.status()
     );
@@ -199,12 +219,17 @@ fn a_disabled_worker_gets_no_new_connection_keeps_its_process_and_comes_back() {
     ok(&corral, &["reload"]);
     assert_eq!(state_of(&corral, "worker-1"), "disabled");
     let by = answered_by(&corral, 20);
-    assert_eq!(by, BTreeSet::from(["worker=0".to_string()]), "after restart and reload");
+    assert_eq!(
+        by,
+        BTreeSet::from(["worker=0".to_string()]),
+        "after restart and reload"
+    );
 
     let said = ok(&corral, &["enable", "worker-1"]);
     assert!(said.contains("worker-1 enabled"), "{said}");
     assert!(
-        eventually(Duration::from_secs(10), || state_of(&corral, "worker-1") == "up"),
+        eventually(Duration::from_secs(10), || state_of(&corral, "worker-1")
+            == "up"),
         "{}",
         corral.status()
     );
@@ -225,11 +250,7 @@ fn a_disabled_static_backend_and_a_sticky_clients_worker_get_no_new_connection()
     let app = Backend::start(reply(
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nworker=app",
     ));
-    let corral = Corral::start(
-        &demo(2)
-            .strategy("sticky")
-            .backend("app", app.addr),
-    );
+    let corral = Corral::start(&demo(2).strategy("sticky").backend("app", app.addr));
     corral.wait_up(3);
     // Each of a few client addresses has its backend (placed by hashing).
     let clients: Vec<std::net::IpAddr> = (2..12)
@@ -249,9 +270,15 @@ fn a_disabled_static_backend_and_a_sticky_clients_worker_get_no_new_connection()
     assert_eq!(state_of(&corral, &victim_name), "disabled");
     for (ip, before) in clients.iter().zip(&placed) {
         let now = worker_of(&get_from(corral.front, Some(*ip)).unwrap());
-        assert_ne!(now, victim, "client {ip} still reached disabled {victim_name}");
+        assert_ne!(
+            now, victim,
+            "client {ip} still reached disabled {victim_name}"
+        );
         if *before != victim {
-            assert_eq!(&now, before, "client {ip} moved although its backend is in rotation");
+            assert_eq!(
+                &now, before,
+                "client {ip} moved although its backend is in rotation"
+            );
         }
     }
     // The static backend in particular.
@@ -276,7 +303,12 @@ fn client_errors_say_what_to_do_next() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let (code, text) = corral_cmd(&["restart", "--admin", &nobody]);
     assert_eq!(code, Some(1), "{text}");
-    for hint in ["cannot reach", "may not be running", "--admin ADDR", "-c FILE"] {
+    for hint in [
+        "cannot reach",
+        "may not be running",
+        "--admin ADDR",
+        "-c FILE",
+    ] {
         assert!(text.contains(hint), "no {hint:?} in: {text}");
     }
 
@@ -344,7 +376,8 @@ fn the_dashboard_restart_button_replaces_that_worker_only() {
     assert!(printed.contains("restart worker-1: asked"), "{printed}");
     assert!(printed.contains(env!("CARGO_PKG_VERSION")), "{printed}");
     assert!(
-        eventually(Duration::from_secs(30), || pid_of(&corral, "worker-1") != before[1]
+        eventually(Duration::from_secs(30), || pid_of(&corral, "worker-1")
+            != before[1]
             && corral.backends_in("up") == 3),
         "the click did not restart worker-1: {}\nlog:\n{}",
         corral.status(),

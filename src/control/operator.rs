@@ -99,7 +99,11 @@ pub async fn one(
 }
 
 /// Asks the control loop to replace worker `id` the rolling way.
-async fn restart(control: &mpsc::Sender<ControlRequest>, id: usize, name: &str) -> (StatusCode, Value) {
+async fn restart(
+    control: &mpsc::Sender<ControlRequest>,
+    id: usize,
+    name: &str,
+) -> (StatusCode, Value) {
     let (started, answer) = oneshot::channel();
     if control
         .send(ControlRequest::RestartWorker { id, started })

@@ -155,16 +155,25 @@ impl Supervisor {
                 .get(id)
                 .map(|s| s.commands.clone());
             let Some(commands) = commands else {
-                tracing::info!(worker = id, "restart not done: the worker was retired meanwhile");
+                tracing::info!(
+                    worker = id,
+                    "restart not done: the worker was retired meanwhile"
+                );
                 return;
             };
             let (done, result) = oneshot::channel();
-            if commands.send(Command::Replace { workers, done }).await.is_err() {
+            if commands
+                .send(Command::Replace { workers, done })
+                .await
+                .is_err()
+            {
                 return;
             }
             match result.await {
                 Ok(Ok(())) => tracing::info!(worker = id, "worker restarted"),
-                Ok(Err(error)) => tracing::error!(worker = id, %error, "worker restart failed; the old process keeps serving"),
+                Ok(Err(error)) => {
+                    tracing::error!(worker = id, %error, "worker restart failed; the old process keeps serving")
+                }
                 Err(_) => {}
             }
         });
