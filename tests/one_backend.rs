@@ -9,6 +9,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -72,6 +74,30 @@ fn answered_by(corral: &Corral, n: usize) -> BTreeSet<String> {
             worker_of(&body)
         })
         .collect()
+}
+
+/// One keep-alive request on `stream`; the body of the answer.
+fn keep_alive_get(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: corral\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 #[test]
@@ -171,6 +197,19 @@ fn a_disabled_worker_gets_no_new_connection_keeps_its_process_and_comes_back() {
     let corral = Corral::start(&demo(2));
     corral.wait_up(2);
     let pid = pid_of(&corral, "worker-1");
+    // A kept-alive connection to worker-1, open before the disable.
+    let mut kept = None;
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(corral.front).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if worker_of(&keep_alive_get(&mut stream)) == "worker=1" {
+            kept = Some(stream);
+            break;
+        }
+    }
+    let mut kept = kept.expect("no connection reached worker-1 in 10 tries");
 
     let said = ok(&corral, &["disable", "worker-1"]);
     assert!(said.contains("worker-1 disabled"), "{said}");
@@ -199,6 +238,9 @@ fn a_disabled_worker_gets_no_new_connection_keeps_its_process_and_comes_back() {
     );
     assert_eq!(pid_of(&corral, "worker-1"), pid, "its process was replaced");
     assert!(alive(pid), "its process stopped");
+    // The connection open before goes on with it.
+    assert_eq!(worker_of(&keep_alive_get(&mut kept)), "worker=1");
+    drop(kept);
 
     // A second disable says so; the state does not change.
     let again = ok(&corral, &["disable", "worker-1"]);
@@ -392,4 +434,35 @@ fn the_dashboard_restart_button_replaces_that_worker_only() {
     )]);
     let (_, failed, errors) = load.finish();
     assert_eq!(failed, 0, "{errors:?}");
+}
+
+#[test]
+fn with_a_token_the_dashboard_asks_for_it_and_its_buttons_send_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let corral = Corral::start(&demo(2).set("admin.token_file", token.as_path()));
+    corral.wait_up(2);
+    let chromium = Chromium::open(&format!("http://{}/", corral.admin));
+    let button = "tr[data-backend=\"worker-0\"] button[data-action=\"disable\"]";
+    let printed = chromium.drive(&[
+        // The page knows a token is wanted and offers the field.
+        "wait:!document.getElementById('tokenbox').classList.contains('hidden')",
+        &format!("wait:document.querySelector('{button}')"),
+        "type:#token=wrong",
+        &format!("click:{button}"),
+        "wait:document.getElementById('said').textContent.includes('401')",
+        "print:document.getElementById('said').textContent",
+    ]);
+    assert!(printed.contains("token"), "{printed}");
+    assert_eq!(state_of(&corral, "worker-0"), "up");
+    chromium.drive(&[
+        "wait:(document.getElementById('token').value = '', true)",
+        "type:#token=s3cret-token",
+        &format!("click:{button}"),
+        "wait:document.querySelector('tr[data-backend=\"worker-0\"] td.state').textContent === 'disabled'",
+        // Kept for this tab only.
+        "wait:sessionStorage.getItem('corral-admin-token') === 's3cret-token'",
+    ]);
+    assert_eq!(state_of(&corral, "worker-0"), "disabled");
 }

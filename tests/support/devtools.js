@@ -9,6 +9,8 @@
 //   wait:EXPR    until the JavaScript expression EXPR is truthy (30 s at most)
 //   click:SEL    a mouse click (press and release) at the middle of the
 //                first element matching the CSS selector SEL
+//   type:SEL=TEXT  focuses the first element matching SEL and types TEXT
+//                into it (as keyboard input: the page hears `input` events)
 //   print:EXPR   prints the value of EXPR as one JSON line
 // Exits 0 after the last step; 1 with the reason on stderr otherwise.
 "use strict";
@@ -72,6 +74,13 @@ async function main() {
       if (!box) throw new Error(`nothing to click: ${arg}`);
       for (const type of ["mouseMoved", "mousePressed", "mouseReleased"])
         await send("Input.dispatchMouseEvent", { type, x: box.x, y: box.y, button: "left", clickCount: 1 });
+    } else if (kind === "type") {
+      const eq = arg.indexOf("=");
+      const [selector, text] = [arg.slice(0, eq), arg.slice(eq + 1)];
+      const found = await evaluate(`(() => { const e = document.querySelector(${JSON.stringify(selector)});
+        if (!e) return false; e.focus(); return document.activeElement === e; })()`);
+      if (!found) throw new Error(`nothing to type into: ${selector}`);
+      await send("Input.insertText", { text });
     } else if (kind === "print") {
       console.log(JSON.stringify(await evaluate(arg)));
     } else {
