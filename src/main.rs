@@ -65,8 +65,9 @@ enum Command {
     },
     /// Show the running corral's backends as a table.
     Status(Find),
-    /// Ask the running corral for a rolling restart of its workers, or of
-    /// the one named (each replacement is ready before the old one drains).
+    /// Ask the running corral for a rolling restart of its workers, or of the one named.
+    ///
+    /// Each replacement is ready before the process it replaces drains.
     Restart {
         /// One worker (worker-0, ...); without it, every worker in turn.
         #[arg(value_name = "NAME")]
@@ -74,9 +75,11 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
-    /// Take one backend out of rotation: its open connections finish, no
-    /// new one comes (sticky clients go elsewhere); its process keeps
-    /// running. State `disabled` until `corral enable NAME`.
+    /// Take one backend out of rotation (drained; its process keeps running).
+    ///
+    /// Its open connections finish and no new one comes to it (sticky
+    /// clients go elsewhere); its state is `disabled` until `corral enable
+    /// NAME`, across restarts of its process and reloads.
     Disable {
         /// A worker (worker-0, ...) or a [[backends]] name.
         #[arg(value_name = "NAME")]
@@ -105,8 +108,9 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
-    /// Set the running corral's worker count: N, or `auto` for one per CPU
-    /// (until the next reload from its file, if it has one).
+    /// Set the running corral's worker count: N, or `auto` (one per CPU).
+    ///
+    /// The count holds until the next reload from corral's file, if it has one.
     Scale {
         /// A number of workers (at least 1), or `auto` (one per CPU).
         #[arg(value_name = "N|auto", value_parser = parse_count)]
