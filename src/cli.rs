@@ -2,7 +2,11 @@
 //! `reload` and `scale`: find the running instance (by `--admin ADDR` or
 //! the `admin.bind` of `-c FILE`), ask it over HTTP, and print what a
 //! person reads at a glance. Every text the instance sends is escaped
-//! before it is printed ([`crate::terminal`]).
+//! before it is printed ([`crate::terminal`]). Commands on one backend
+//! by name (`restart NAME`, `disable`, `enable`) are in [`workers`].
+//! Every error says what to do next.
+
+pub mod workers;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -31,7 +35,7 @@ pub struct Target {
 /// Why a client command failed; printed as one line, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach corral's admin port at {addr}: {source}")]
+    #[error("cannot reach corral's admin port at {addr}: {source}. corral may not be running there: start it (corral run), or point at the one that runs with --admin ADDR (its admin.bind) or -c FILE (its config file)")]
     Unreachable {
         addr: SocketAddr,
         source: std::io::Error,
@@ -102,13 +106,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
 }
 
 /// The reason in a refusal's JSON body, or the body itself, safe to print
-/// (its lines kept, every other control character escaped).
+/// (its lines kept, every other control character escaped); for a missing
+/// or wrong token, where to give it.
 fn refusal(answer: &Answer) -> String {
     let text = serde_json::from_str::<serde_json::Value>(&answer.body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or_else(|| answer.body.trim().to_string());
-    escape_keeping(&text, &['\n']).into_owned()
+    let mut text = escape_keeping(&text, &['\n']).into_owned();
+    if answer.status == 401 {
+        text.push_str(" (corral wants the token of its admin.token_file: run the command with -c FILE, the running corral's config file, and it is sent from there)");
+    }
+    text
 }
 
 /// A string field of the instance's answer, safe to print.
@@ -130,8 +139,12 @@ pub fn status(target: &Target) -> Result<String, ClientError> {
     Ok(table(&status))
 }
 
-/// `corral restart`: a rolling restart.
-pub fn restart(target: &Target) -> Result<String, ClientError> {
+/// `corral restart [NAME]`: a rolling restart of every worker, or of the
+/// one named.
+pub fn restart(target: &Target, name: Option<&str>) -> Result<String, ClientError> {
+    if let Some(name) = name {
+        return workers::restart_one(target, name);
+    }
     let answer = runtime()?.block_on(ask(target, "POST", "/workers/restart"))?;
     match answer.status {
         202 if answer.body.contains("merged") => {
@@ -175,13 +188,25 @@ pub fn scale(target: &Target, count: usize) -> Result<String, ClientError> {
     let path = format!("/workers/scale?count={count}");
     let answer = runtime()?.block_on(ask(target, "POST", &path))?;
     match answer.status {
-        202 => Ok(format!(
-            "scaling to {count} workers (until the next reload from the file)"
-        )),
+        202 => Ok(scaled(count, &answer.body)),
         _ => Err(ClientError::Refused(format!(
             "scale refused: {}",
             refusal(&answer)
         ))),
+    }
+}
+
+/// What `corral scale` says it did: how long the count holds depends on
+/// whether the running corral has a file to reload from.
+fn scaled(count: usize, body: &str) -> String {
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    match field(&answer["config_file"]) {
+        Some(file) => format!(
+            "scaling to {count} workers, until the next reload of {file} (its workers.count applies then: write {count} there to keep this)"
+        ),
+        None => format!(
+            "scaling to {count} workers; corral runs without a config file, so this count holds until corral stops or is scaled again"
+        ),
     }
 }
 
@@ -470,6 +495,27 @@ mod tests {
         assert_eq!(admin_keys(text).0.as_deref(), Some("0.0.0.0:9999"));
         let valid = "[admin]\nbind = \"127.0.0.1:9998\"\n";
         assert_eq!(admin_keys(valid).0.as_deref(), Some("127.0.0.1:9998"));
+    }
+
+    #[test]
+    fn scale_says_how_long_the_count_holds() {
+        let with_file = scaled(3, r#"{"scale":3,"config_file":"/etc/corral/corral.toml"}"#);
+        assert!(
+            with_file.contains("until the next reload of /etc/corral/corral.toml"),
+            "{with_file}"
+        );
+        let without = scaled(3, r#"{"scale":3,"config_file":null}"#);
+        assert!(without.contains("without a config file"), "{without}");
+        assert!(!without.contains("reload"), "{without}");
+    }
+
+    #[test]
+    fn a_missing_token_says_where_to_give_it() {
+        let answer = Answer {
+            status: 401,
+            body: "a bearer token is required\n".into(),
+        };
+        assert!(refusal(&answer).contains("-c FILE"));
     }
 
     #[test]

@@ -69,8 +69,36 @@ enum Command {
     },
     /// Show the running corral's backends as a table.
     Status(Find),
-    /// Ask the running corral for a rolling restart of its workers.
-    Restart(Find),
+    /// Ask the running corral for a rolling restart of its workers, or of the one named.
+    ///
+    /// Each replacement is ready before the process it replaces drains.
+    Restart {
+        /// One worker (worker-0, ...); without it, every worker in turn.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        #[command(flatten)]
+        find: Find,
+    },
+    /// Take one backend out of rotation (drained; its process keeps running).
+    ///
+    /// Its open connections finish and no new one comes to it (sticky
+    /// clients go elsewhere); its state is `disabled` until `corral enable
+    /// NAME`, across restarts of its process and reloads.
+    Disable {
+        /// A worker (worker-0, ...) or a [[backends]] name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        find: Find,
+    },
+    /// Put a disabled backend back in rotation.
+    Enable {
+        /// A worker (worker-0, ...) or a [[backends]] name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        find: Find,
+    },
     /// Ask the running corral to reload its config file.
     Reload(Find),
     /// Send a signal (USR1, HUP, ...; not KILL or STOP) to one worker or all.
@@ -84,9 +112,12 @@ enum Command {
         #[command(flatten)]
         find: Find,
     },
-    /// Set the running corral's worker count (until the next reload from file).
+    /// Set the running corral's worker count: N, or `auto` (one per CPU).
+    ///
+    /// The count holds until the next reload from corral's file, if it has one.
     Scale {
-        #[arg(value_name = "N", value_parser = parse_count)]
+        /// A number of workers (at least 1), or `auto` (one per CPU).
+        #[arg(value_name = "N|auto", value_parser = parse_count)]
         count: usize,
         #[command(flatten)]
         find: Find,
@@ -224,7 +255,15 @@ fn main() -> ExitCode {
             check(&path, (!command.is_empty()).then_some(command.as_slice()))
         }
         Command::Status(find) => client(&find, cli::status),
-        Command::Restart(find) => client(&find, cli::restart),
+        Command::Restart { name, find } => {
+            client(&find, |target| cli::restart(target, name.as_deref()))
+        }
+        Command::Disable { name, find } => {
+            client(&find, |target| cli::workers::disable(target, &name))
+        }
+        Command::Enable { name, find } => {
+            client(&find, |target| cli::workers::enable(target, &name))
+        }
         Command::Reload(find) => client(&find, cli::reload),
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
         Command::Signal { name, signal, find } => {

@@ -2,7 +2,8 @@
 //! `/sticky`, `/clients`, `/logs` (answered by [`super::logs`]), the
 //! dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
-//! hands to the control loop.
+//! hands to the control loop, and those on one backend by name
+//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]).
 //!
 //! GET endpoints are open so Prometheus and probes need no credentials.
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when
@@ -35,6 +36,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::operator::{self, Action};
 use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{PlacedBy, Tried};
 use crate::metrics::scrape;
@@ -128,6 +130,17 @@ async fn route(
             Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
             "text/html; charset=utf-8",
         ),
+        (&Method::POST, "/workers/restart" | "/workers/disable" | "/workers/enable")
+            if path != "/workers/restart" || query_param(&request, "name").is_some() =>
+        {
+            if let Err(denied) = authorize(shared, &request) {
+                return *denied;
+            }
+            let action = Action::of_path(path).unwrap_or(Action::Restart);
+            let name = query_param(&request, "name");
+            let (status, body) = operator::one(shared, control, action, name).await;
+            json_reply(status, body)
+        }
         (&Method::POST, "/workers/restart") => {
             if let Err(denied) = authorize(shared, &request) {
                 return *denied;
@@ -174,7 +187,10 @@ async fn route(
             };
             let (done, answer) = oneshot::channel();
             match ask(control, ControlRequest::Scale { count, done }, answer).await {
-                Some(Ok(())) => json_reply(StatusCode::ACCEPTED, json!({"scale": count})),
+                Some(Ok(file)) => json_reply(
+                    StatusCode::ACCEPTED,
+                    json!({"scale": count, "config_file": file.map(|f| f.display().to_string())}),
+                ),
                 Some(Err(why)) => json_reply(
                     StatusCode::BAD_REQUEST,
                     json!({"scale": "refused", "error": why.to_string()}),
@@ -199,7 +215,8 @@ async fn route(
         (
             _,
             "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
-            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients",
+            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients"
+            | "/workers/disable" | "/workers/enable",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -329,10 +346,9 @@ fn status(shared: &Shared) -> serde_json::Value {
             if matches!(b.kind, Kind::Worker(_)) {
                 let usage = instance.tree().and_then(|root| table.tree(root));
                 // A crashed or stopped worker has no uptime, only a last pid.
-                let running = !matches!(
-                    state,
-                    State::Down(DownReason::Crashed | DownReason::NotReady) | State::Stopped
-                );
+                // A disabled worker shows `disabled` though its process is down.
+                let running = !matches!(state, State::Stopped)
+                    && !matches!(b.reason(), Some(DownReason::Crashed | DownReason::NotReady));
                 entry["uptime_seconds"] = json!(instance
                     .pid
                     .filter(|_| running)
@@ -345,6 +361,10 @@ fn status(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "front_end": snapshot.config.listener.binds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "admin": snapshot.config.admin.bind.to_string(),
+        "token_required": snapshot.config.admin.token.is_some(),
         "strategy": snapshot.config.strategy.as_str(),
         "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
         "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
@@ -562,7 +582,11 @@ fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), Refusal
         None if is_loopback(config.admin.bind) => Ok(()),
         None => Err(Box::new(text(
             StatusCode::FORBIDDEN,
-            "admin.token_file is not set and the admin port is not on loopback\n",
+            "admin.token_file is not set and the admin port is not on loopback, so it takes no command. \
+             Write a secret to a file (e.g. `openssl rand -hex 32 > /etc/corral/token`), \
+             set `token_file = \"/etc/corral/token\"` under [admin] in corral's config, reload or restart corral, \
+             and run the command with `-c FILE` (it sends the token from that file); \
+             or set admin.bind to a loopback address such as 127.0.0.1:9090\n",
         ))),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`reload`]: reading the file again and applying what changed; scaling.
 //! - [`admin`]: the admin HTTP server (and its [`dashboard`] page, and
 //!   [`logs`]: `GET /logs`, the workers' output, streamed when followed).
+//! - [`operator`]: restart, disable and enable of one backend by name.
 //! - [`notify`]: systemd readiness notifications.
 //!
 //! The control loop ([`run`]) is the one owner of reloads, scaling and
@@ -16,6 +17,7 @@ pub(crate) mod dashboard;
 pub mod lifecycle;
 pub(crate) mod logs;
 pub(crate) mod notify;
+pub(crate) mod operator;
 pub mod reload;
 pub(crate) mod signals;
 
@@ -33,14 +35,21 @@ use signals::{Asked, Signals};
 pub enum Request {
     /// Rolling restart of the workers (merged into one pending or running).
     RollingRestart { started: oneshot::Sender<Restart> },
+    /// Replace the worker of slot `id` the rolling way; `started` hears
+    /// false when there is no such slot (any more).
+    RestartWorker {
+        id: usize,
+        started: oneshot::Sender<bool>,
+    },
     /// Reload the config file, as SIGHUP does.
     Reload {
         done: oneshot::Sender<Result<ReloadReport, ReloadError>>,
     },
-    /// Set the worker count until the next reload from the file.
+    /// Set the worker count until the next reload from the file;
+    /// `done` hears the file corral reloads from (None: it runs without one).
     Scale {
         count: usize,
-        done: oneshot::Sender<Result<(), ReloadError>>,
+        done: oneshot::Sender<Result<Option<std::path::PathBuf>, ReloadError>>,
     },
 }
 
@@ -79,6 +88,13 @@ pub async fn run(
                     tracing::info!("admin request: rolling restart");
                     let _ = started.send(rolling_restart(&shared, &supervisor));
                 }
+                Request::RestartWorker { id, started } => {
+                    let started_now = match shared.config().workers.clone() {
+                        Some(workers) => supervisor.request_restart_of(id, Arc::new(workers)).await,
+                        None => false,
+                    };
+                    let _ = started.send(started_now);
+                }
                 Request::Reload { done } => {
                     tracing::info!("admin request: reload");
                     notify::reloading();
@@ -91,7 +107,8 @@ pub async fn run(
                 }
                 Request::Scale { count, done } => {
                     tracing::info!(count, "admin request: scale");
-                    let _ = done.send(reload::scale(&shared, &supervisor, count));
+                    let result = reload::scale(&shared, &supervisor, count);
+                    let _ = done.send(result.map(|()| source.file.clone()));
                 }
             },
         }

@@ -63,6 +63,7 @@ struct BackendFamilies {
     bytes_received: IntCounterVec,
     bytes_sent: IntCounterVec,
     up: IntGaugeVec,
+    disabled: IntGaugeVec,
     connect_duration: HistogramVec,
     connection_duration: HistogramVec,
     health_checks: IntCounterVec,
@@ -113,6 +114,8 @@ pub struct BackendMetrics {
     pub bytes_received: IntCounter,
     pub bytes_sent: IntCounter,
     pub up: IntGauge,
+    /// 1 while the operator keeps the backend out of rotation.
+    pub disabled: IntGauge,
     pub connect_duration: Histogram,
     pub connection_duration: Histogram,
     pub health_success: IntCounter,
@@ -266,6 +269,10 @@ impl Metrics {
                 names::BACKEND_UP,
                 "1 while the backend is in rotation, else 0.",
             ),
+            disabled: per_backend.gauge(
+                names::BACKEND_DISABLED,
+                "1 while the operator keeps the backend out of rotation (corral disable), else 0; corral_backend_up is 0 meanwhile.",
+            ),
             connect_duration: per_backend.histogram(
                 names::CONNECT_DURATION,
                 "Time to open a TCP connection to the backend.",
@@ -376,6 +383,7 @@ impl Metrics {
             bytes_received: f.bytes_received.with_label_values(l),
             bytes_sent: f.bytes_sent.with_label_values(l),
             up: f.up.with_label_values(l),
+            disabled: f.disabled.with_label_values(l),
             connect_duration: f.connect_duration.with_label_values(l),
             connection_duration: f.connection_duration.with_label_values(l),
             health_success: f.health_checks.with_label_values(&[label, "success"]),

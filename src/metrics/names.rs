@@ -41,6 +41,7 @@ pub const CONNECTIONS_ACTIVE: &str = "corral_connections_active";
 pub const BYTES_RECEIVED: &str = "corral_bytes_received_total";
 pub const BYTES_SENT: &str = "corral_bytes_sent_total";
 pub const BACKEND_UP: &str = "corral_backend_up";
+pub const BACKEND_DISABLED: &str = "corral_backend_disabled";
 pub const CONNECT_DURATION: &str = "corral_backend_connect_duration_seconds";
 pub const CONNECTION_DURATION: &str = "corral_connection_duration_seconds";
 pub const HEALTH_CHECKS: &str = "corral_health_checks_total";

@@ -28,6 +28,9 @@ pub enum State {
     Draining,
     /// Stopped on purpose (shutdown or scale-down).
     Stopped,
+    /// Taken out of rotation by the operator (`corral disable`); its
+    /// process keeps running and its checks go on.
+    Disabled,
 }
 
 impl State {
@@ -35,7 +38,7 @@ impl State {
     pub fn reason(self) -> Option<DownReason> {
         match self {
             State::Down(reason) => Some(reason),
-            State::Starting | State::Up | State::Draining | State::Stopped => None,
+            State::Starting | State::Up | State::Draining | State::Stopped | State::Disabled => None,
         }
     }
 
@@ -46,6 +49,7 @@ impl State {
             State::Down(_) => "down",
             State::Draining => "draining",
             State::Stopped => "stopped",
+            State::Disabled => "disabled",
         }
     }
 }
@@ -220,10 +224,25 @@ struct Machine {
     failing: Option<(DownReason, Instant)>,
     /// Active-check results in a row that disagree with the current health.
     streak: u32,
+    /// Out of rotation by the operator's word, whatever the phase: kept
+    /// across the slot's restarts and replacements (they are the slot's,
+    /// not the operator's), ended only by [`Backend::enable`].
+    disabled: bool,
 }
 
 impl Machine {
+    /// The state shown: the operator's disable wins, except over corral's
+    /// own drain and stop.
     fn state(&self) -> State {
+        match self.phase {
+            Phase::Draining | Phase::Stopped => self.lifecycle(),
+            _ if self.disabled => State::Disabled,
+            _ => self.lifecycle(),
+        }
+    }
+
+    /// The state of the process's lifecycle and health, disable aside.
+    fn lifecycle(&self) -> State {
         match (self.phase, self.failing) {
             (Phase::Starting, _) => State::Starting,
             (Phase::Running, Some((reason, _))) => State::Down(reason),
@@ -234,8 +253,9 @@ impl Machine {
         }
     }
 
+    /// Why the backend is down, disabled or not.
     fn reason(&self) -> Option<DownReason> {
-        self.state().reason()
+        self.lifecycle().reason()
     }
 }
 
@@ -291,6 +311,7 @@ impl Backend {
                 phase,
                 failing: None,
                 streak: 0,
+                disabled: false,
             }),
             up: AtomicBool::new(false),
             current: ArcSwap::from(Instance::new(addr, None)),
@@ -313,6 +334,7 @@ impl Backend {
         let up = machine.state() == State::Up;
         self.up.store(up, Ordering::Release);
         self.metrics.up.set(i64::from(up));
+        self.metrics.disabled.set(i64::from(machine.disabled));
     }
 
     /// Runs one transition and republishes the result.
@@ -336,7 +358,7 @@ impl Backend {
 
     /// Why the backend is down, when it is (one read of [`Backend::state`]).
     pub fn reason(&self) -> Option<DownReason> {
-        self.state().reason()
+        self.machine().reason()
     }
 
     /// True while a process of this worker is running and has been ready
@@ -425,6 +447,26 @@ impl Backend {
     /// Stopped on purpose.
     pub fn stopped(&self) {
         self.transition(|m| m.phase = Phase::Stopped);
+    }
+
+    // ---- transitions asked for by the operator ----
+
+    /// Out of rotation until [`Backend::enable`] (`corral disable`): no new
+    /// connection, sticky clients included, comes to it; open ones finish.
+    /// False if it was disabled already.
+    pub fn disable(&self) -> bool {
+        self.transition(|m| !std::mem::replace(&mut m.disabled, true))
+    }
+
+    /// Back in rotation (as far as its health allows) after
+    /// [`Backend::disable`]. False if it was not disabled.
+    pub fn enable(&self) -> bool {
+        self.transition(|m| std::mem::replace(&mut m.disabled, false))
+    }
+
+    /// Taken out of rotation by the operator.
+    pub fn is_disabled(&self) -> bool {
+        self.machine().disabled
     }
 
     // ---- transitions asked for by health checks and the data path ----
@@ -642,6 +684,35 @@ mod tests {
         assert!(b.is_up());
         assert!(b.first_byte_timed_out(2, || true));
         assert_eq!(b.reason(), Some(DownReason::Timeouts));
+    }
+
+    #[test]
+    fn a_disabled_backend_is_out_of_rotation_across_its_replacement() {
+        let b = worker();
+        b.ready(b.instance());
+        assert!(b.disable());
+        assert!(!b.disable(), "disabled twice");
+        assert_eq!(b.state(), State::Disabled);
+        assert!(!b.is_up());
+        assert_eq!(b.metrics.up.get(), 0);
+        assert_eq!(b.metrics.disabled.get(), 1);
+        // A rolling restart's replacement, a crash and a restart stay disabled.
+        b.ready(b.instance());
+        assert_eq!(b.state(), State::Disabled);
+        b.crashed();
+        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.reason(), Some(DownReason::Crashed));
+        b.ready(b.instance());
+        assert!(!b.is_up());
+        assert!(b.enable());
+        assert!(!b.enable(), "enabled twice");
+        assert!(b.is_up());
+        assert_eq!(b.state(), State::Up);
+        assert_eq!(b.metrics.disabled.get(), 0);
+        // corral's own stop shows through a disable.
+        b.disable();
+        b.draining();
+        assert_eq!(b.state(), State::Draining);
     }
 
     #[test]

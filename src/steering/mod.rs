@@ -470,7 +470,7 @@ fn stays_in_rotation(state: State, down_for: Option<Duration>, was_up: bool) -> 
         State::Starting => within_grace,
         State::Down(DownReason::Crashed | DownReason::NotReady) => within_grace,
         State::Down(_) => false,
-        State::Draining | State::Stopped => false,
+        State::Draining | State::Stopped | State::Disabled => false,
     }
 }
 

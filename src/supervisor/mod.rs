@@ -134,6 +134,52 @@ impl Supervisor {
         true
     }
 
+    /// Replaces the worker of slot `id` the rolling way (its replacement
+    /// ready before it is drained), in the background, after any rollout
+    /// under way. False when there is no such slot now.
+    pub async fn request_restart_of(
+        self: &Arc<Self>,
+        id: usize,
+        workers: Arc<WorkersConfig>,
+    ) -> bool {
+        if id >= self.slots.lock().await.len() {
+            return false;
+        }
+        let supervisor = Arc::clone(self);
+        tokio::spawn(async move {
+            let _rollout = supervisor.rollout.lock().await;
+            let commands = supervisor
+                .slots
+                .lock()
+                .await
+                .get(id)
+                .map(|s| s.commands.clone());
+            let Some(commands) = commands else {
+                tracing::info!(
+                    worker = id,
+                    "restart not done: the worker was retired meanwhile"
+                );
+                return;
+            };
+            let (done, result) = oneshot::channel();
+            if commands
+                .send(Command::Replace { workers, done })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match result.await {
+                Ok(Ok(())) => tracing::info!(worker = id, "worker restarted"),
+                Ok(Err(error)) => {
+                    tracing::error!(worker = id, %error, "worker restart failed; the old process keeps serving")
+                }
+                Err(_) => {}
+            }
+        });
+        true
+    }
+
     /// The worker backends, in slot order.
     pub async fn backends(&self) -> Vec<Arc<Backend>> {
         self.slots

@@ -8,12 +8,14 @@
 //! - [`http`]: HTTP/1.1 requests to the front end and the admin port.
 //! - [`load`]: clients in a loop through the front end ([`Load`]).
 //! - [`metrics`]: samples of a Prometheus exposition, one parser.
+//! - [`chromium`]: a headless Chromium driven over DevTools ([`Chromium`]).
 //!
 //! This file: free ports, waiting, signals, processes.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod backends;
+pub mod chromium;
 pub mod config;
 pub mod corral;
 pub mod http;
@@ -21,6 +23,7 @@ pub mod load;
 pub mod metrics;
 
 pub use backends::*;
+pub use chromium::*;
 pub use config::*;
 pub use corral::*;
 pub use http::*;
