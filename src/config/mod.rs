@@ -160,6 +160,10 @@ pub struct WorkersConfig {
     pub count: usize,
     pub host: IpAddr,
     pub port_base: u16,
+    /// Neither the file nor `--port-base` set `port_base`: corral picks
+    /// free ports at start (see `supervisor::ports`), and `port_base` holds
+    /// the pick once made.
+    pub auto_ports: bool,
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub ready_timeout: Duration,
@@ -282,6 +286,8 @@ pub struct Overrides {
     pub admin: Option<SocketAddr>,
     pub strategy: Option<StrategyKind>,
     pub listen: Option<ListenMode>,
+    /// `--port-base N`.
+    pub port_base: Option<u16>,
     pub command: Option<Vec<String>>,
 }
 
@@ -386,6 +392,13 @@ impl Config {
             }
             workers.count = count;
         }
+        if let Some(base) = overrides.port_base {
+            let Some(workers) = &mut self.workers else {
+                return Err("--port-base needs a worker command (in [workers] or after `--`)".into());
+            };
+            workers.port_base = base;
+            workers.auto_ports = false;
+        }
         let mut problems = Problems::new("");
         cross_check(self, &mut problems);
         if problems.is_empty() {
@@ -478,6 +491,7 @@ fn default_workers(command: Vec<String>) -> WorkersConfig {
         count: defaults::WORKERS_COUNT,
         host: defaults::WORKERS_HOST,
         port_base: defaults::WORKERS_PORT_BASE as u16,
+        auto_ports: true,
         env: BTreeMap::new(),
         cwd: PathBuf::from("."),
         ready_timeout: defaults::WORKERS_READY_TIMEOUT,
@@ -531,6 +545,9 @@ fn cross_check(config: &Config, p: &mut Problems) {
 /// Workers listen on `port_base..port_base + 2 × count`: inside the port
 /// range, and clear of the front end and the admin port.
 fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
+    if w.auto_ports {
+        return; // picked at start, clear of both
+    }
     if w.port_base as usize + 2 * w.count > 65536 {
         p.general(
             Some("workers.port_base"),
@@ -1044,6 +1061,7 @@ fn workers(
             }
         },
     };
+    let auto_ports = w.port_base.is_none();
     let port_base = int(
         w.port_base,
         "workers.port_base",
@@ -1079,6 +1097,7 @@ fn workers(
     config.count = count;
     config.host = host?;
     config.port_base = port_base;
+    config.auto_ports = auto_ports;
     config.env = w.env;
     config.cwd = cwd;
     config.ready_timeout = duration(
@@ -1290,7 +1309,7 @@ fn within_exec_limits(
 }
 
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
-fn ephemeral_ports() -> Option<(u16, u16)> {
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut parts = text.split_whitespace().map(|n| n.parse::<u16>().ok());
     Some((parts.next()??, parts.next()??))
@@ -1304,7 +1323,7 @@ impl Config {
         let port_mode = self
             .workers
             .as_ref()
-            .filter(|w| w.listen == ListenMode::Port);
+            .filter(|w| w.listen == ListenMode::Port && !w.auto_ports);
         if let (Some(w), Some((low, high))) = (port_mode, ephemeral_ports()) {
             let last = w.port_base as usize + 2 * w.count - 1;
             if (w.port_base as usize) <= high as usize && last >= low as usize {

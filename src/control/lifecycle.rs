@@ -27,6 +27,8 @@ pub enum Fatal {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Ports(String),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -55,7 +57,7 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
     runtime.block_on(serve(config, source))
 }
 
-async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
+async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
     // In `fd` mode the front end is the workers' slot sockets, and corral
     // runs no proxy threads.
@@ -107,6 +109,9 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
+    // With the front end and the admin port bound, the workers' ports are
+    // picked clear of them (when the config leaves them to corral).
+    crate::supervisor::ports::settle(&mut config, None).map_err(Fatal::Ports)?;
     let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
     raise_fd_limit();
     if let Some(who) = config

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::pool::Kind;
 use crate::shared::Shared;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ports, Supervisor};
 
 /// Where the config came from, so a reload reads the same file and applies
 /// the same command-line overrides.
@@ -71,11 +71,12 @@ async fn read_and_apply(
     // control-plane thread.
     let overrides = source.overrides.clone();
     let path = file.clone();
-    let fresh = tokio::task::spawn_blocking(move || load(&path, &overrides))
+    let mut fresh = tokio::task::spawn_blocking(move || load(&path, &overrides))
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))??;
     let old = shared.config();
     changeable(&old, &fresh)?;
+    ports::settle(&mut fresh, Some(&old)).map_err(ReloadError::Overrides)?;
     warn_needs_restart(&old, &fresh);
     apply(shared, supervisor, Arc::new(fresh));
     tracing::info!(file = %file.display(), "config reloaded");
@@ -110,6 +111,7 @@ pub fn scale(
             ..Overrides::default()
         })
         .map_err(ReloadError::Overrides)?;
+    ports::settle(&mut fresh, Some(&shared.config())).map_err(ReloadError::Overrides)?;
     apply(shared, supervisor, Arc::new(fresh));
     tracing::info!(count, "workers scaled");
     Ok(())

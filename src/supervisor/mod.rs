@@ -5,7 +5,7 @@
 //! socket (`workers.notify`) is read in [`notify`].
 
 pub mod notify;
-mod ports;
+pub mod ports;
 pub mod resources;
 pub mod shim;
 mod slot;

@@ -41,9 +41,15 @@ const MEMORY_SAMPLES_OVER: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     #[error(
-        "ports {primary} and {alternate} are both in use (by other workers or other processes)"
+        "ports {primary} and {alternate} (workers.port_base + {slot} and its rolling-restart twin) are both taken, by another worker of this corral or by another program (`ss -ltnp 'sport = :{primary}'` names it). Free them, or set workers.port_base (or --port-base) to a free range, or leave it unset and corral picks free ports itself"
     )]
-    PortsInUse { primary: u16, alternate: u16 },
+    PortsInUse {
+        primary: u16,
+        alternate: u16,
+        slot: usize,
+    },
+    #[error("ports {primary} and {alternate}, picked by corral, were taken by another program since, and no other free port was found outside the kernel's ephemeral range: set workers.port_base (or --port-base) to a free range")]
+    NoFreePort { primary: u16, alternate: u16 },
     #[error("cannot start the worker: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("not accepting connections on {addr} within ready_timeout ({timeout:?}); killed")]
@@ -372,10 +378,17 @@ impl Slot {
         } else {
             [primary, alternate]
         };
-        let port = self
-            .ports
-            .claim(workers.host, candidates)
-            .ok_or(SlotError::PortsInUse { primary, alternate })?;
+        let port = match self.ports.claim(workers.host, candidates) {
+            Some(port) => port,
+            None if workers.auto_ports => self.claim_elsewhere(workers, primary, alternate)?,
+            None => {
+                return Err(SlotError::PortsInUse {
+                    primary,
+                    alternate,
+                    slot: self.id,
+                })
+            }
+        };
         let started = self.start_on(workers, port, stop).await;
         if started.is_err() {
             self.ports.release(port);
@@ -385,6 +398,27 @@ impl Slot {
             port: Some(port),
             notices,
         })
+    }
+
+    /// Picked ports another program took since the pick: this slot moves
+    /// to another free port (the others keep theirs).
+    fn claim_elsewhere(
+        &self,
+        workers: &WorkersConfig,
+        primary: u16,
+        alternate: u16,
+    ) -> Result<u16, SlotError> {
+        let avoid = super::ports::front_ports(&self.shared.config());
+        let port = self
+            .ports
+            .claim_elsewhere(workers.host, &avoid)
+            .ok_or(SlotError::NoFreePort { primary, alternate })?;
+        tracing::warn!(
+            worker = self.id,
+            port,
+            "ports {primary} and {alternate}, picked by corral for this worker, were taken by another program since; it moves to port {port}"
+        );
+        Ok(port)
     }
 
     /// `fd` mode: starts a process with the slot's socket as fd 3 and waits
