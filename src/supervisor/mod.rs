@@ -8,6 +8,7 @@ pub mod notify;
 pub mod ports;
 pub mod resources;
 pub mod shim;
+mod strays;
 mod slot;
 pub(crate) mod spawn;
 

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::resources;
+use super::strays;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
 use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
-use crate::pool::{Backend, Instance};
+use crate::pool::{Backend, DownReason, Instance};
+use crate::steering::intruders;
 use crate::shared::Shared;
 use crate::steering::{self, Steering};
 use socket2::Socket;
@@ -62,6 +64,8 @@ pub enum SlotError {
     HandedNotTaken { timeout: Duration },
     #[error("exited before it was ready ({0}). In fd mode the worker must accept from fd 3 (LISTEN_FDS), not bind the port itself")]
     HandedExitedEarly(String),
+    #[error("did not accept connections from its handed socket within ready_timeout ({timeout:?}); killed: {advice}")]
+    ListensElsewhere { timeout: Duration, advice: String },
     #[error("the front end has no socket for this worker (binding it failed: see the error logged before it)")]
     NoSocket,
     #[error("accepts connections but sent no READY=1 on its NOTIFY_SOCKET within ready_timeout ({timeout:?}); killed. With workers.notify = true the worker must send READY=1 once it is ready (sd_notify), or set notify = false")]
@@ -257,7 +261,10 @@ impl Slot {
                     if stop.is_cancelled() {
                         break;
                     }
-                    self.backend.failed_to_start();
+                    match error {
+                        SlotError::ListensElsewhere { .. } => self.backend.listens_elsewhere(),
+                        _ => self.backend.failed_to_start(),
+                    }
                     if let Some(tell) = first_start.take() {
                         let _ = tell.send(());
                     }
@@ -437,6 +444,7 @@ impl Slot {
             }
         }
         let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
+        let handed_inode = intruders::inode_of(&*socket);
         let front = steering.addr().port();
         let notify = self.notify_socket(workers)?;
         let spec = spec(workers, self.id, front, Some(socket), notify).map_err(SlotError::Spawn)?;
@@ -452,11 +460,13 @@ impl Slot {
         let not_ready = SlotError::HandedNotTaken {
             timeout: workers.ready_timeout,
         };
+        let handed = handed_inode.map(|inode| Handed { shim, inode });
         let waiting = Waiting {
             workers,
             stop,
             not_ready,
             exited: SlotError::HandedExitedEarly,
+            handed,
         };
         self.wait_ready(process, notices, waiting, probe).await
     }
@@ -509,6 +519,7 @@ impl Slot {
             stop,
             not_ready,
             exited: SlotError::ExitedEarly,
+            handed: None,
         };
         self.wait_ready(process, notices, waiting, probe).await
     }
@@ -568,6 +579,24 @@ struct Waiting<'a> {
     not_ready: SlotError,
     /// It exited first (with its status).
     exited: fn(String) -> SlotError,
+    /// fd mode: the tree to watch for listeners of its own, and the
+    /// handed socket's inode.
+    handed: Option<Handed>,
+}
+
+#[derive(Clone, Copy)]
+struct Handed {
+    shim: u32,
+    inode: u64,
+}
+
+/// What a starting fd-mode worker was seen listening on besides fd 3, and
+/// since when.
+#[derive(Default)]
+struct Strays {
+    addrs: Vec<SocketAddr>,
+    since: Option<tokio::time::Instant>,
+    told: bool,
 }
 
 impl Slot {
@@ -593,7 +622,10 @@ impl Slot {
             stop,
             not_ready,
             exited,
+            handed,
         } = waiting;
+        let mut strays = Strays::default();
+        let mut look = tokio::time::interval(strays::LOOK_EVERY);
         let accepting = async {
             let mut pause = Duration::from_millis(2);
             loop {
@@ -623,10 +655,20 @@ impl Slot {
                     Notice::Status(text) => self.backend.set_status_text(text),
                     _ => {}
                 },
+                _ = look.tick(), if !accepts && handed.is_some() => {
+                    if let Some(handed) = handed {
+                        self.look_for_strays(handed, process.pid, &mut strays).await;
+                    }
+                }
                 () = &mut deadline => {
                     process.kill().await;
                     return Err(if accepts {
                         SlotError::NoReadyNotice { timeout: workers.ready_timeout }
+                    } else if strays.told {
+                        SlotError::ListensElsewhere {
+                            timeout: workers.ready_timeout,
+                            advice: strays::advice(&strays.addrs),
+                        }
                     } else {
                         not_ready
                     });
@@ -639,6 +681,44 @@ impl Slot {
             }
         }
         Ok((process, notices))
+    }
+}
+
+impl Slot {
+    /// fd mode: looks whether a starting worker's tree listens somewhere
+    /// other than its handed socket. Once it has for [`strays::GRACE`], it
+    /// is said at once in the log and the slot is marked down with the
+    /// reason (it stays out of rotation; its clients go to the others).
+    async fn look_for_strays(&self, handed: Handed, pid: u32, strays: &mut Strays) {
+        let found = tokio::task::spawn_blocking(move || {
+            strays::listening_elsewhere(handed.shim, handed.inode)
+        })
+        .await;
+        let addrs = match found {
+            Ok(Ok(addrs)) => addrs,
+            _ => return, // /proc or sock_diag unreadable: the ready_timeout still applies
+        };
+        if addrs.is_empty() {
+            *strays = Strays::default();
+            return;
+        }
+        let since = *strays.since.get_or_insert_with(tokio::time::Instant::now);
+        if strays.told && strays.addrs == addrs || since.elapsed() < strays::GRACE {
+            strays.addrs = addrs;
+            return;
+        }
+        strays.addrs = addrs;
+        strays.told = true;
+        self.backend.listens_elsewhere();
+        tracing::error!(
+            worker = self.id,
+            pid,
+            listens_on = %strays::list(&strays.addrs),
+            reason = DownReason::ListensElsewhere.as_str(),
+            "worker-{} is out of rotation: {}",
+            self.id,
+            strays::advice(&strays.addrs)
+        );
     }
 }
 
