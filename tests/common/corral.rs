@@ -42,6 +42,34 @@ impl Corral {
         Corral::launch(Path::new(CORRAL), config, customize)
     }
 
+    /// Runs `corral run ARGS` with no config file (a one-liner: flags
+    /// only), in a fresh directory; `front` and `admin` are the addresses
+    /// the flags give (or corral's defaults).
+    pub fn run_args(args: &[&str], front: SocketAddr, admin: SocketAddr) -> Corral {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("corral.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(CORRAL);
+        command
+            .arg("run")
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = spawn_retrying_busy(&mut command);
+        let corral = Corral {
+            child: Some(child),
+            front,
+            admin,
+            config_path: dir.path().join("no-config-file"),
+            dir,
+            log_path,
+        };
+        corral.wait_admin();
+        corral
+    }
+
     fn launch(binary: &Path, config: &Config, customize: impl FnOnce(&mut Command)) -> Corral {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
