@@ -394,7 +394,9 @@ impl Config {
         }
         if let Some(base) = overrides.port_base {
             let Some(workers) = &mut self.workers else {
-                return Err("--port-base needs a worker command (in [workers] or after `--`)".into());
+                return Err(
+                    "--port-base needs a worker command (in [workers] or after `--`)".into(),
+                );
             };
             workers.port_base = base;
             workers.auto_ports = false;

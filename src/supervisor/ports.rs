@@ -220,7 +220,9 @@ mod tests {
         let held = book.claim_elsewhere(host, &[]).expect("a free port");
         let taken = std::net::TcpListener::bind((host, held + 1));
         for _ in 0..50 {
-            let port = book.claim_elsewhere(host, &[held + 2]).expect("a free port");
+            let port = book
+                .claim_elsewhere(host, &[held + 2])
+                .expect("a free port");
             assert_ne!(port, held, "a held port was handed out again");
             assert_ne!(port, held + 2, "an avoided port was handed out");
             if taken.is_ok() {

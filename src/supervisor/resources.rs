@@ -140,7 +140,10 @@ pub fn tree_socket_inodes(root: u32) -> std::collections::HashSet<u64> {
         .filter_map(|fd| {
             let target = std::fs::read_link(fd.path()).ok()?;
             let text = target.to_str()?;
-            text.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            text.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
         .collect()
 }

@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::resources;
-use super::strays;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
+use super::strays;
 use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
 use crate::pool::{Backend, DownReason, Instance};
-use crate::steering::intruders;
 use crate::shared::Shared;
+use crate::steering::intruders;
 use crate::steering::{self, Steering};
 use socket2::Socket;
 
