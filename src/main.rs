@@ -46,6 +46,10 @@ enum Command {
         /// port or fd (overrides workers.listen).
         #[arg(long, value_name = "MODE", value_parser = parse_listen)]
         listen: Option<ListenMode>,
+        /// Worker i listens on N + i, its rolling-restart twin on N + count + i
+        /// (overrides workers.port_base; without either, corral picks free ports).
+        #[arg(long = "port-base", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        port_base: Option<u16>,
         /// The worker command, after `--` (replaces workers.command).
         #[arg(last = true, value_name = "PROGRAM ARGS")]
         command: Vec<String>,
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
             admin,
             strategy,
             listen,
+            port_base,
             command,
         } => {
             let overrides = Overrides {
@@ -215,6 +220,7 @@ fn main() -> ExitCode {
                 admin,
                 strategy,
                 listen,
+                port_base,
                 command: (!command.is_empty()).then_some(command),
             };
             let loaded = match &config {

@@ -43,6 +43,9 @@ pub fn cross_check(config: &Config, p: &mut Problems) {
 /// Workers listen on `port_base..port_base + 2 × count`: inside the port
 /// range, and clear of the front end and the admin port.
 fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
+    if w.auto_ports {
+        return; // picked at start, clear of both
+    }
     if w.port_base as usize + 2 * w.count > 65536 {
         p.general(
             Some("workers.port_base"),

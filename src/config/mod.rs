@@ -48,6 +48,7 @@ pub use files::{read_file, MAX_FILE};
 pub use raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
 pub use types::*;
 pub use values::{parse_addr, parse_size};
+pub use warnings::ephemeral_ports;
 
 use error::Problems;
 use raw::RawConfig;

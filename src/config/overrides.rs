@@ -50,6 +50,15 @@ impl Config {
             }
             workers.count = count;
         }
+        if let Some(base) = overrides.port_base {
+            let Some(workers) = &mut self.workers else {
+                return Err(
+                    "--port-base needs a worker command (in [workers] or after `--`)".into(),
+                );
+            };
+            workers.port_base = base;
+            workers.auto_ports = false;
+        }
         let mut problems = Problems::new("");
         cross_check(self, &mut problems);
         if problems.is_empty() {

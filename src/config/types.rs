@@ -108,6 +108,10 @@ pub struct WorkersConfig {
     pub count: usize,
     pub host: IpAddr,
     pub port_base: u16,
+    /// Neither the file nor `--port-base` set `port_base`: corral picks
+    /// free ports at start (see `supervisor::ports`), and `port_base` holds
+    /// the pick once made.
+    pub auto_ports: bool,
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub ready_timeout: Duration,
@@ -224,8 +228,8 @@ pub struct Overrides {
     pub admin: Option<SocketAddr>,
     pub strategy: Option<StrategyKind>,
     pub listen: Option<ListenMode>,
+    /// `--port-base N`.
+    pub port_base: Option<u16>,
     pub command: Option<Vec<String>>,
-    // `--port-base` (`port_base: Option<u16>`) is added on another branch;
-    // the reload report lists it in `control::reload::FLAGS`.
 }
 

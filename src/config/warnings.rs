@@ -5,7 +5,7 @@ use super::raw::{ListenMode, ProxyProtocolMode};
 use super::types::Config;
 
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
-fn ephemeral_ports() -> Option<(u16, u16)> {
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut parts = text.split_whitespace().map(|n| n.parse::<u16>().ok());
     Some((parts.next()??, parts.next()??))
@@ -19,7 +19,7 @@ impl Config {
         let port_mode = self
             .workers
             .as_ref()
-            .filter(|w| w.listen == ListenMode::Port);
+            .filter(|w| w.listen == ListenMode::Port && !w.auto_ports);
         if let (Some(w), Some((low, high))) = (port_mode, ephemeral_ports()) {
             let last = w.port_base as usize + 2 * w.count - 1;
             if (w.port_base as usize) <= high as usize && last >= low as usize {

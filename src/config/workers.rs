@@ -24,6 +24,7 @@ pub fn default_workers(command: Vec<String>) -> WorkersConfig {
         count: defaults::WORKERS_COUNT,
         host: defaults::WORKERS_HOST,
         port_base: defaults::WORKERS_PORT_BASE as u16,
+        auto_ports: true,
         env: BTreeMap::new(),
         cwd: PathBuf::from("."),
         ready_timeout: defaults::WORKERS_READY_TIMEOUT,
@@ -54,6 +55,7 @@ pub fn validate(
     let command = command(w.command.take(), span, given, p);
     let count = count(w.count.take(), p);
     let host = host(w.host.take(), p);
+    let auto_ports = w.port_base.is_none();
     let port_base = int(
         w.port_base.take(),
         "workers.port_base",
@@ -79,6 +81,7 @@ pub fn validate(
     config.count = count;
     config.host = host?;
     config.port_base = port_base;
+    config.auto_ports = auto_ports;
     config.env = std::mem::take(&mut w.env);
     config.cwd = cwd;
     timings(&mut config, &mut w, p);

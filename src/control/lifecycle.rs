@@ -27,6 +27,8 @@ pub enum Fatal {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Ports(String),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -53,10 +55,14 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
         .enable_all()
         .build()
         .map_err(Fatal::io("cannot start the runtime"))?;
-    runtime.block_on(serve(config, source))
+    let result = runtime.block_on(serve(config, source));
+    // Nothing is left to do: a blocking task still in flight (a rescue
+    // blocked in accept, a /proc or netlink read) must not hold the exit.
+    runtime.shutdown_background();
+    result
 }
 
-async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
+async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
     // In `fd` mode the front end is the workers' slot sockets, and corral
     // runs no proxy threads.
@@ -108,7 +114,10 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
-    let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
+    // With the front end and the admin port bound, the workers' ports are
+    // picked clear of them (when the config leaves them to corral).
+    crate::supervisor::ports::settle(&mut config, None).map_err(Fatal::Ports)?;
+    let mut signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
     raise_fd_limit();
     if let Some(who) = config
         .runtime
@@ -146,21 +155,10 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     }
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
-    if let Some(workers) = &config.workers {
-        let backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
-        let first_starts = supervisor
-            .start_slots(&Arc::new(workers.clone()), &backends)
-            .await;
-        // Hold the first clients in the backlog until every worker is ready
-        // or has failed (ready_timeout bounds it), rather than turning them
-        // away, or placing sticky clients on whichever worker booted first.
-        let all_started = async {
-            for started in first_starts {
-                let _ = started.await;
-            }
-        };
-        let _ = tokio::time::timeout(workers.ready_timeout, all_started).await;
-    }
+    let stopped_while_starting = match &config.workers {
+        Some(workers) => first_start(&shared, &supervisor, workers, &mut signals).await,
+        None => None,
+    };
 
     let proxies_stop = CancellationToken::new();
     let proxies = match front {
@@ -168,17 +166,24 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
             .map_err(Fatal::io("cannot start the proxy threads"))?,
         None => Vec::new(),
     };
-    announce(&shared, &config);
-    notify::ready();
-
-    let signals = super::run(
-        Arc::clone(&shared),
-        Arc::clone(&supervisor),
-        source,
-        signals,
-        control_rx,
-    )
-    .await;
+    let signals = match stopped_while_starting {
+        Some(name) => {
+            tracing::info!("{name} while the first workers started: stopping gracefully");
+            signals
+        }
+        None => {
+            announce(&shared, &config);
+            notify::ready();
+            super::run(
+                Arc::clone(&shared),
+                Arc::clone(&supervisor),
+                source,
+                signals,
+                control_rx,
+            )
+            .await
+        }
+    };
     drain(&shared, signals).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
@@ -193,6 +198,32 @@ async fn serve(config: Config, source: Source) -> Result<(), Fatal> {
     .await;
     tracing::info!("corral stopped");
     Ok(())
+}
+
+/// Starts the worker slots and holds the first clients in the backlog
+/// until every worker is ready or has failed (`ready_timeout` bounds it),
+/// rather than turning them away, or placing sticky clients on whichever
+/// worker booted first. A SIGTERM or SIGINT meanwhile ends the wait at
+/// once: its name is returned, and corral stops.
+async fn first_start(
+    shared: &Shared,
+    supervisor: &Supervisor,
+    workers: &crate::config::WorkersConfig,
+    signals: &mut Signals,
+) -> Option<&'static str> {
+    let backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
+    let first_starts = supervisor
+        .start_slots(&Arc::new(workers.clone()), &backends)
+        .await;
+    let all_started = async {
+        for started in first_starts {
+            let _ = started.await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(workers.ready_timeout, all_started) => None,
+        name = signals.stop_asked() => Some(name),
+    }
 }
 
 /// One line that says what runs: front end, admin URL, workers up.

@@ -14,7 +14,7 @@ use crate::config::keys::{self, ReloadClass};
 use crate::config::{Config, ConfigError, Overrides};
 use crate::pool::Kind;
 use crate::shared::Shared;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ports, Supervisor};
 
 /// Where the config came from, so a reload reads the same file and applies
 /// the same command-line overrides.
@@ -83,13 +83,15 @@ async fn read_and_apply(
     // control-plane thread.
     let overrides = source.overrides.clone();
     let path = file.clone();
-    let (fresh, overridden) = tokio::task::spawn_blocking(move || {
+    let (mut fresh, overridden) = tokio::task::spawn_blocking(move || {
         let (as_written, fresh) = load_both(&path, &overrides)?;
         Ok::<_, ReloadError>((fresh, overridden(&path, &as_written, &overrides)))
     })
     .await
     .map_err(|e| ReloadError::Task(e.to_string()))??;
     let old = shared.config();
+    // Ports corral picked itself stay while they fit the new count.
+    ports::settle(&mut fresh, Some(&old)).map_err(ReloadError::Overrides)?;
     let mut report = compare(&old, &fresh)?;
     report.overridden = overridden;
     let roll = !report.rolled_out.is_empty();
@@ -129,7 +131,11 @@ pub fn scale(
             ..Overrides::default()
         })
         .map_err(ReloadError::Overrides)?;
-    apply(shared, supervisor, Arc::new(fresh), false);
+    let old = shared.config();
+    ports::settle(&mut fresh, Some(&old)).map_err(ReloadError::Overrides)?;
+    // A scale that outgrew the picked ports moved them: the workers follow.
+    let roll = old.workers.as_ref().map(|w| w.port_base) != fresh.workers.as_ref().map(|w| w.port_base);
+    apply(shared, supervisor, Arc::new(fresh), roll);
     tracing::info!(count, "workers scaled");
     Ok(())
 }
@@ -238,10 +244,12 @@ struct Flag {
 }
 
 /// Every flag that overrides a key of the file.
-// `--port-base` (`Overrides::port_base`, added on another branch) goes here:
-// Flag { flag: "--port-base", key: "workers.port_base",
-//        given: |o| o.port_base.map(|p| p.to_string()) },
 const FLAGS: &[Flag] = &[
+    Flag {
+        flag: "--port-base",
+        key: "workers.port_base",
+        given: |o| o.port_base.map(|p| p.to_string()),
+    },
     Flag {
         flag: "--bind",
         key: "listener.bind",

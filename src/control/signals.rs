@@ -43,6 +43,15 @@ impl Signals {
         }
     }
 
+    /// The next SIGTERM or SIGINT; other signals stay pending for the
+    /// control loop (while the first workers start).
+    pub async fn stop_asked(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
     /// The next SIGTERM or SIGINT; other signals are ignored meanwhile
     /// (during the drain there is nothing to reload or restart).
     pub async fn next_stop(&mut self) -> &'static str {

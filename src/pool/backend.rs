@@ -76,6 +76,9 @@ pub enum DownReason {
     /// It sent no `WATCHDOG=1` within `workers.watchdog` (or asked with
     /// `WATCHDOG=trigger`); it is being replaced.
     Watchdog,
+    /// fd mode: its process listens on a port of its own and accepts
+    /// nothing from the socket it was handed.
+    ListensElsewhere,
 }
 
 impl DownReason {
@@ -89,6 +92,7 @@ impl DownReason {
             DownReason::Stalled => "stalled",
             DownReason::Stopping => "stopping",
             DownReason::Watchdog => "watchdog",
+            DownReason::ListensElsewhere => "listens_elsewhere",
         }
     }
 }
@@ -413,6 +417,18 @@ impl Backend {
     /// The process did not start or never became ready.
     pub fn failed_to_start(&self) {
         self.transition(|m| m.phase = Phase::Down(DownReason::NotReady));
+    }
+
+    /// fd mode: the starting process listens on a port of its own instead
+    /// of accepting from its handed socket. Shown as the slot's reason
+    /// unless an older process of the slot still serves (a rolling
+    /// restart: that one stays in rotation).
+    pub fn listens_elsewhere(&self) {
+        self.transition(|m| {
+            if m.phase != Phase::Running {
+                m.phase = Phase::Down(DownReason::ListensElsewhere);
+            }
+        });
     }
 
     /// A running process is being restarted because it stayed unhealthy;

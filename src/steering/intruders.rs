@@ -135,6 +135,18 @@ const DIAG_MSG: usize = 72;
 /// Every listening IPv4 TCP socket of this network namespace: its local
 /// address and inode (one sock_diag dump over netlink).
 fn listeners() -> io::Result<Vec<(std::net::SocketAddrV4, u64)>> {
+    Ok(listening(libc::AF_INET as u8)?
+        .into_iter()
+        .filter_map(|(addr, inode)| match addr {
+            SocketAddr::V4(v4) => Some((v4, inode)),
+            SocketAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// Every listening TCP socket of `family` (`AF_INET` or `AF_INET6`) in
+/// this network namespace: its local address and inode.
+pub(crate) fn listening(family: u8) -> io::Result<Vec<(SocketAddr, u64)>> {
     // SAFETY: plain socket(2); the descriptor is owned at once.
     let raw = unsafe {
         libc::socket(
@@ -171,7 +183,7 @@ fn listeners() -> io::Result<Vec<(std::net::SocketAddrV4, u64)>> {
     request.extend_from_slice(&flags.to_ne_bytes());
     request.extend_from_slice(&1u32.to_ne_bytes());
     request.extend_from_slice(&0u32.to_ne_bytes());
-    request.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    request.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     request.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     request.extend_from_slice(&[0u8; 48]);
     // SAFETY: a zeroed sockaddr_nl with the family set addresses the
@@ -229,9 +241,15 @@ fn listeners() -> io::Result<Vec<(std::net::SocketAddrV4, u64)>> {
                 _ if kind == SOCK_DIAG_BY_FAMILY && length >= HEADER + DIAG_MSG => {
                     let msg = &rest[HEADER..length];
                     let port = u16::from_be_bytes([msg[4], msg[5]]);
-                    let ip = Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]);
+                    let ip: std::net::IpAddr = if family == libc::AF_INET6 as u8 {
+                        let mut octets = [0u8; 16];
+                        octets.copy_from_slice(&msg[8..24]);
+                        std::net::Ipv6Addr::from(octets).into()
+                    } else {
+                        Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]).into()
+                    };
                     let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
-                    found.push((std::net::SocketAddrV4::new(ip, port), u64::from(inode)));
+                    found.push((SocketAddr::new(ip, port), u64::from(inode)));
                 }
                 _ => {}
             }

@@ -2,14 +2,18 @@
 //! a time, scaling on reload, and stopping them all on shutdown. Each slot's
 //! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
 //! long-lived thread is in [`spawn`]; what workers say on their notify
-//! socket (`workers.notify`) is read in [`notify`].
+//! socket (`workers.notify`) is read in [`notify`]; which ports workers
+//! use (and picking them when no `port_base` is given) is in [`ports`]; an
+//! fd-mode worker that listens on a port of its own is spotted by
+//! [`strays`].
 
 pub mod notify;
-mod ports;
+pub mod ports;
 pub mod resources;
 pub mod shim;
 mod slot;
 pub(crate) mod spawn;
+mod strays;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

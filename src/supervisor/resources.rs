@@ -131,6 +131,23 @@ pub fn tree_holds_socket(root: u32, inode: u64) -> bool {
     })
 }
 
+/// The inodes of every socket the processes of `root`'s tree hold.
+pub fn tree_socket_inodes(root: u32) -> std::collections::HashSet<u64> {
+    tree_pids(root)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .flat_map(|fds| fds.flatten())
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let text = target.to_str()?;
+            text.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// `root` and its descendants, following each process's children
 /// (listed per thread that forked them).
 fn tree_pids(root: u32) -> Vec<u32> {

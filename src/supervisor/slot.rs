@@ -21,10 +21,12 @@ use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::resources;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
+use super::strays;
 use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
-use crate::pool::{Backend, Instance};
+use crate::pool::{Backend, DownReason, Instance};
 use crate::shared::Shared;
+use crate::steering::intruders;
 use crate::steering::{self, Steering};
 use socket2::Socket;
 
@@ -41,9 +43,15 @@ const MEMORY_SAMPLES_OVER: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     #[error(
-        "ports {primary} and {alternate} are both in use (by other workers or other processes)"
+        "ports {primary} and {alternate} (workers.port_base + {slot} and its rolling-restart twin) are both taken, by another worker of this corral or by another program (`ss -ltnp 'sport = :{primary}'` names it). Free them, or set workers.port_base (or --port-base) to a free range, or leave it unset and corral picks free ports itself"
     )]
-    PortsInUse { primary: u16, alternate: u16 },
+    PortsInUse {
+        primary: u16,
+        alternate: u16,
+        slot: usize,
+    },
+    #[error("ports {primary} and {alternate}, picked by corral, were taken by another program since, and no other free port was found outside the kernel's ephemeral range: set workers.port_base (or --port-base) to a free range")]
+    NoFreePort { primary: u16, alternate: u16 },
     #[error("cannot start the worker: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("not accepting connections on {addr} within ready_timeout ({timeout:?}); killed")]
@@ -56,6 +64,8 @@ pub enum SlotError {
     HandedNotTaken { timeout: Duration },
     #[error("exited before it was ready ({0}). In fd mode the worker must accept from fd 3 (LISTEN_FDS), not bind the port itself")]
     HandedExitedEarly(String),
+    #[error("did not accept connections from its handed socket within ready_timeout ({timeout:?}); killed: {advice}")]
+    ListensElsewhere { timeout: Duration, advice: String },
     #[error("the front end has no socket for this worker (binding it failed: see the error logged before it)")]
     NoSocket,
     #[error("accepts connections but sent no READY=1 on its NOTIFY_SOCKET within ready_timeout ({timeout:?}); killed. With workers.notify = true the worker must send READY=1 once it is ready (sd_notify), or set notify = false")]
@@ -251,7 +261,10 @@ impl Slot {
                     if stop.is_cancelled() {
                         break;
                     }
-                    self.backend.failed_to_start();
+                    match error {
+                        SlotError::ListensElsewhere { .. } => self.backend.listens_elsewhere(),
+                        _ => self.backend.failed_to_start(),
+                    }
                     if let Some(tell) = first_start.take() {
                         let _ = tell.send(());
                     }
@@ -372,10 +385,17 @@ impl Slot {
         } else {
             [primary, alternate]
         };
-        let port = self
-            .ports
-            .claim(workers.host, candidates)
-            .ok_or(SlotError::PortsInUse { primary, alternate })?;
+        let port = match self.ports.claim(workers.host, candidates) {
+            Some(port) => port,
+            None if workers.auto_ports => self.claim_elsewhere(workers, primary, alternate)?,
+            None => {
+                return Err(SlotError::PortsInUse {
+                    primary,
+                    alternate,
+                    slot: self.id,
+                })
+            }
+        };
         let started = self.start_on(workers, port, stop).await;
         if started.is_err() {
             self.ports.release(port);
@@ -385,6 +405,27 @@ impl Slot {
             port: Some(port),
             notices,
         })
+    }
+
+    /// Picked ports another program took since the pick: this slot moves
+    /// to another free port (the others keep theirs).
+    fn claim_elsewhere(
+        &self,
+        workers: &WorkersConfig,
+        primary: u16,
+        alternate: u16,
+    ) -> Result<u16, SlotError> {
+        let avoid = super::ports::front_ports(&self.shared.config());
+        let port = self
+            .ports
+            .claim_elsewhere(workers.host, &avoid)
+            .ok_or(SlotError::NoFreePort { primary, alternate })?;
+        tracing::warn!(
+            worker = self.id,
+            port,
+            "ports {primary} and {alternate}, picked by corral for this worker, were taken by another program since; it moves to port {port}"
+        );
+        Ok(port)
     }
 
     /// `fd` mode: starts a process with the slot's socket as fd 3 and waits
@@ -403,6 +444,7 @@ impl Slot {
             }
         }
         let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
+        let handed_inode = intruders::inode_of(&*socket);
         let front = steering.addr().port();
         let notify = self.notify_socket(workers)?;
         let spec = spec(workers, self.id, front, Some(socket), notify).map_err(SlotError::Spawn)?;
@@ -418,11 +460,13 @@ impl Slot {
         let not_ready = SlotError::HandedNotTaken {
             timeout: workers.ready_timeout,
         };
+        let handed = handed_inode.map(|inode| Handed { shim, inode });
         let waiting = Waiting {
             workers,
             stop,
             not_ready,
             exited: SlotError::HandedExitedEarly,
+            handed,
         };
         self.wait_ready(process, notices, waiting, probe).await
     }
@@ -475,6 +519,7 @@ impl Slot {
             stop,
             not_ready,
             exited: SlotError::ExitedEarly,
+            handed: None,
         };
         self.wait_ready(process, notices, waiting, probe).await
     }
@@ -534,6 +579,24 @@ struct Waiting<'a> {
     not_ready: SlotError,
     /// It exited first (with its status).
     exited: fn(String) -> SlotError,
+    /// fd mode: the tree to watch for listeners of its own, and the
+    /// handed socket's inode.
+    handed: Option<Handed>,
+}
+
+#[derive(Clone, Copy)]
+struct Handed {
+    shim: u32,
+    inode: u64,
+}
+
+/// What a starting fd-mode worker was seen listening on besides fd 3, and
+/// since when.
+#[derive(Default)]
+struct Strays {
+    addrs: Vec<SocketAddr>,
+    since: Option<tokio::time::Instant>,
+    told: bool,
 }
 
 impl Slot {
@@ -559,7 +622,10 @@ impl Slot {
             stop,
             not_ready,
             exited,
+            handed,
         } = waiting;
+        let mut strays = Strays::default();
+        let mut look = tokio::time::interval(strays::LOOK_EVERY);
         let accepting = async {
             let mut pause = Duration::from_millis(2);
             loop {
@@ -589,10 +655,20 @@ impl Slot {
                     Notice::Status(text) => self.backend.set_status_text(text),
                     _ => {}
                 },
+                _ = look.tick(), if !accepts && handed.is_some() => {
+                    if let Some(handed) = handed {
+                        self.look_for_strays(handed, process.pid, &mut strays).await;
+                    }
+                }
                 () = &mut deadline => {
                     process.kill().await;
                     return Err(if accepts {
                         SlotError::NoReadyNotice { timeout: workers.ready_timeout }
+                    } else if strays.told {
+                        SlotError::ListensElsewhere {
+                            timeout: workers.ready_timeout,
+                            advice: strays::advice(&strays.addrs),
+                        }
                     } else {
                         not_ready
                     });
@@ -605,6 +681,44 @@ impl Slot {
             }
         }
         Ok((process, notices))
+    }
+}
+
+impl Slot {
+    /// fd mode: looks whether a starting worker's tree listens somewhere
+    /// other than its handed socket. Once it has for [`strays::GRACE`], it
+    /// is said at once in the log and the slot is marked down with the
+    /// reason (it stays out of rotation; its clients go to the others).
+    async fn look_for_strays(&self, handed: Handed, pid: u32, strays: &mut Strays) {
+        let found = tokio::task::spawn_blocking(move || {
+            strays::listening_elsewhere(handed.shim, handed.inode)
+        })
+        .await;
+        let addrs = match found {
+            Ok(Ok(addrs)) => addrs,
+            _ => return, // /proc or sock_diag unreadable: the ready_timeout still applies
+        };
+        if addrs.is_empty() {
+            *strays = Strays::default();
+            return;
+        }
+        let since = *strays.since.get_or_insert_with(tokio::time::Instant::now);
+        if strays.told && strays.addrs == addrs || since.elapsed() < strays::GRACE {
+            strays.addrs = addrs;
+            return;
+        }
+        strays.addrs = addrs;
+        strays.told = true;
+        self.backend.listens_elsewhere();
+        tracing::error!(
+            worker = self.id,
+            pid,
+            listens_on = %strays::list(&strays.addrs),
+            reason = DownReason::ListensElsewhere.as_str(),
+            "worker-{} is out of rotation: {}",
+            self.id,
+            strays::advice(&strays.addrs)
+        );
     }
 }
 
