@@ -53,6 +53,19 @@ served by 2 workers, four ways:
 Figures: ka and close req/s with p99, and CPU per request of the whole tree
 (dispatcher and app processes together: everything the machine spent).
 
+Sweep (--sweep 64,1000,4000,10000, see scaling.py): the keep-alive and close
+figures of every row at each concurrency, one table of corral / best peer ratios
+per point, the figures as JSON and a plot (PNG) of rate and CPU per request
+against concurrency beside it.
+
+Control side (--scenario control --workers 64,256): corral with that many demo
+workers and no traffic: the master's own CPU at idle with 1 s health checks, its
+RSS, and the latency of /status and /metrics.
+
+Descriptors: the harness raises its descriptor limit (and the hard limit when it
+may) for the largest count asked for; when the hard limit is the ceiling it says
+so and measures at the largest count that fits.
+
 Ratios (printed at the end): each corral row over the best peer of the same
 run, where "best" is the highest rate or the lowest latency, memory or CPU.
 So a ratio above 1 is better for rates and worse for everything else. With
@@ -63,7 +76,9 @@ Needs (Debian): apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 nod
 Usage:
   benches/compare.py --corral target/release/corral [--threads 1] [--seconds 5]
       [--corral-before OLD_BINARY] [--only direct,haproxy,nginx,corral]
-      [--idle 2000] [--connections 64] [--warmup 1] [--json FILE] [--keep]
+      [--idle 2000 | --idle 1000,5000,max] [--connections 64] [--warmup 1] [--json FILE] [--keep]
+  benches/compare.py --corral target/release/corral --sweep 64,1000,4000,10000 [--threads 2]
+  benches/compare.py --corral target/release/corral --scenario control --workers 64,256
   benches/compare.py --corral target/release/corral --scenario node [...]
 
 Every process the harness starts runs in its own session and is stopped (with

@@ -151,6 +151,9 @@ pub fn start_threads(
 /// takes a permit, then accepts: a permit is never held by a thread whose
 /// backlog is empty while a client waits in another thread's.
 pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: Arc<Semaphore>) {
+    // One wait for the stop for the loop's whole life: a new one per client
+    // would join and leave the token's waiter list (a lock each) every time.
+    let mut stop = std::pin::pin!(shared.stop_accepting.clone().cancelled_owned());
     loop {
         let mut ready = tokio::select! {
             ready = listener.readable() => match ready {
@@ -160,7 +163,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                     return;
                 }
             },
-            _ = shared.stop_accepting.cancelled() => return,
+            _ = &mut stop => return,
         };
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => permit,
@@ -173,7 +176,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                         Ok(permit) => permit,
                         Err(_) => return,
                     },
-                    _ = shared.stop_accepting.cancelled() => return,
+                    _ = &mut stop => return,
                 }
             }
         };

@@ -413,6 +413,10 @@ pub async fn pump(
             (since + limit).min(last_activity + idle)
         });
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
+    // The timer has been polled since it was last set, so it holds this
+    // task's waker and will wake it at its deadline: before then, polling it
+    // again would only register the same waker once more.
+    let mut timer_armed = false;
     let mut cut_now = std::pin::pin!(cut.cancelled());
     // Boxed, and only for stateless connections: the others' futures stay
     // as small as they were.
@@ -498,6 +502,7 @@ pub async fn pump(
             if let Some(limit) = first_byte {
                 if now + limit < timer.deadline() {
                     timer.as_mut().reset(now + limit);
+                    timer_armed = false;
                 }
             }
         }
@@ -557,11 +562,16 @@ pub async fn pump(
         if down_done {
             down.finish(&client_out);
         }
+        let now = Instant::now();
         if progress {
-            last_activity = Instant::now();
+            last_activity = now;
+        }
+        if timer_armed && now < timer.deadline() {
+            return Poll::Pending;
         }
         loop {
             if timer.as_mut().poll(cx).is_pending() {
+                timer_armed = true;
                 return Poll::Pending;
             }
             let now = Instant::now();
@@ -577,6 +587,7 @@ pub async fn pump(
             }
             let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
             timer.as_mut().reset(next);
+            timer_armed = false;
         }
     })
     .await;
