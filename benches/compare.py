@@ -434,7 +434,7 @@ class Limits:
             except (ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
                 self.note = (f"the hard descriptor limit ({hard}) is the ceiling: {wanted} were wanted "
-                             f"(raise it with `ulimit -Hn {wanted}` as root, or run the harness as root)")
+                             f"(raising it takes root with CAP_SYS_RESOURCE, e.g. `ulimit -Hn {wanted}` before the run)")
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return self
 
@@ -603,6 +603,9 @@ def start_corral(procs, name, binary, config, port):
 def proxy_configs(d, threads, scale=8000):
     """The backend's, HAProxy's and nginx's configs, sized for `scale` concurrent clients."""
     conns = max(16384, 2 * scale + 1024)
+    # HAProxy wants two descriptors per maxconn and refuses to start past the limit.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    haproxy_maxconn = min(max(8000, scale + 1000), (nofile - 100) // 2)
     backend = write(f"{d}/backend.conf", f"""
 worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err warn;
 worker_rlimit_nofile {conns + 1024};
@@ -620,7 +623,7 @@ http {{
         http, bulk = PROXY_PORTS[name][:2]
         return write(f"{d}/{name}.cfg", f"""
 global
-  maxconn {max(8000, scale + 1000)}
+  maxconn {haproxy_maxconn}
   nbthread {threads}
 defaults
   mode tcp

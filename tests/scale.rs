@@ -24,7 +24,8 @@ fn clients_that_fit() -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the soft limit to the hard one");
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .expect("raise the soft limit to the hard one");
     }
     let limit = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0 as usize;
     // corral holds two per client; the workers (each its own process) hold the
@@ -115,7 +116,10 @@ fn answered(stream: &mut TcpStream, which: usize, round: &str) {
 #[test]
 fn thousands_of_kept_alive_clients_are_each_answered_and_closed_cleanly() {
     let count = clients_that_fit();
-    assert!(count >= 1000, "the descriptor limit leaves room for only {count} clients");
+    assert!(
+        count >= 1000,
+        "the descriptor limit leaves room for only {count} clients"
+    );
     let config = Config::new()
         .demo_workers(2)
         .set("listener.max_connections", count + 100)

@@ -430,6 +430,10 @@ async fn introduce(
     send_proxy: SendProxy,
     config: &Config,
 ) -> bool {
+    if matches!(send_proxy, SendProxy::None) && client.pending.is_empty() && !client.done_sending {
+        // The usual case: nothing precedes the pump, and no timer is set.
+        return true;
+    }
     let header = match send_proxy {
         SendProxy::None => Vec::new(),
         version => {
