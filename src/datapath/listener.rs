@@ -191,9 +191,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
         match accepted.and_then(into_tokio) {
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
-                let task_shared = Arc::clone(&shared);
+                // Made here, not inside the task's block: the task then
+                // holds the socket and the address once, inside `serving`.
+                let serving = connection::serve(Arc::clone(&shared), stream, peer);
                 shared.connections.spawn(async move {
-                    connection::serve(task_shared, stream, peer).await;
+                    serving.await;
                     drop(permit);
                 });
             }
