@@ -191,11 +191,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
         match accepted.and_then(into_tokio) {
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
-                // Made here, not inside the task's block: the task then
-                // holds the socket and the address once, inside `serving`.
-                let serving = connection::serve(Arc::clone(&shared), stream, peer);
+                let task_shared = Arc::clone(&shared);
+                // serve() is called inside the block: a future made outside
+                // and awaited inside would be held twice (once captured, once
+                // being awaited).
                 shared.connections.spawn(async move {
-                    serving.await;
+                    connection::serve(task_shared, stream, peer).await;
                     drop(permit);
                 });
             }
