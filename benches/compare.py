@@ -53,6 +53,19 @@ served by 2 workers, four ways:
 Figures: ka and close req/s with p99, and CPU per request of the whole tree
 (dispatcher and app processes together: everything the machine spent).
 
+Sweep (--sweep 64,1000,4000,10000, see scaling.py): the keep-alive and close
+figures of every row at each concurrency, one table of corral / best peer ratios
+per point, the figures as JSON and a plot (PNG) of rate and CPU per request
+against concurrency beside it.
+
+Control side (--scenario control --workers 64,256): corral with that many demo
+workers and no traffic: the master's own CPU at idle with 1 s health checks, its
+RSS, and the latency of /status and /metrics.
+
+Descriptors: the harness raises its descriptor limit (and the hard limit when it
+may) for the largest count asked for; when the hard limit is the ceiling it says
+so and measures at the largest count that fits.
+
 Ratios (printed at the end): each corral row over the best peer of the same
 run, where "best" is the highest rate or the lowest latency, memory or CPU.
 So a ratio above 1 is better for rates and worse for everything else. With
@@ -63,7 +76,9 @@ Needs (Debian): apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 nod
 Usage:
   benches/compare.py --corral target/release/corral [--threads 1] [--seconds 5]
       [--corral-before OLD_BINARY] [--only direct,haproxy,nginx,corral]
-      [--idle 2000] [--connections 64] [--warmup 1] [--json FILE] [--keep]
+      [--idle 2000 | --idle 1000,5000,max] [--connections 64] [--warmup 1] [--json FILE] [--keep]
+  benches/compare.py --corral target/release/corral --sweep 64,1000,4000,10000 [--threads 2]
+  benches/compare.py --corral target/release/corral --scenario control --workers 64,256
   benches/compare.py --corral target/release/corral --scenario node [...]
 
 Every process the harness starts runs in its own session and is stopped (with
@@ -361,22 +376,109 @@ def iperf(port, seconds):
 
 
 def idle_memory(port, pids, count):
-    """Resident memory growth of the trees under pids per idle connection, and how many opened."""
+    """Resident memory growth of the trees under pids per idle connection, and how many opened.
+
+    The clients bind to 127.0.0.2 for their first 20,000 connections, 127.0.0.3 for the
+    next, and so on: the ephemeral ports of 127.0.0.1 are left to the proxy's backend
+    side, and no one address's ports are the limit."""
     base = rss_bytes(pids)
     socks = []
     try:
-        for _ in range(count):
+        for i in range(count):
+            source = (f"127.0.0.{2 + i // 20000}", 0)
             try:
-                socks.append(socket.create_connection((HOST, port), timeout=2))
+                socks.append(socket.create_connection((HOST, port), timeout=2, source_address=source))
             except OSError:
                 break
-        time.sleep(1.0)  # let the proxy accept them all and open its backend side
+        time.sleep(1.0 + len(socks) / 10000)  # let the proxy accept them all and open its backend side
         grown = rss_bytes(pids) - base
     finally:
         for s in socks:
             s.close()
-    time.sleep(0.5)
+    time.sleep(0.5 + len(socks) / 20000)
     return (grown / len(socks) if socks else NAN), len(socks)
+
+
+# ---------------------------------------------------------------- descriptors
+
+# Descriptors kept aside for everything but the connections themselves
+# (logs, /proc reads, listeners, pipes).
+FD_SPARE = 512
+
+
+class Limits:
+    """The descriptor limit everything started here inherits, and what it allows.
+
+    raise_to() raises the soft limit to the hard one, and the hard one too when
+    the process may (root, or CAP_SYS_RESOURCE), up to fs.nr_open; when it may
+    not, the hard limit is the ceiling, and note says so."""
+
+    def __init__(self):
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.note = None
+
+    def raise_to(self, wanted):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        inf = resource.RLIM_INFINITY
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                wanted = min(wanted, int(f.read()))
+        except (OSError, ValueError):
+            pass
+        if hard == inf or hard >= wanted:
+            if soft != inf and soft < wanted:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        else:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            except (ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                self.note = (f"the hard descriptor limit ({hard}) is the ceiling: {wanted} were wanted "
+                             f"(raising it takes root with CAP_SYS_RESOURCE, e.g. `ulimit -Hn {wanted}` before the run)")
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return self
+
+    def through_proxy(self):
+        """Concurrent client connections a proxy can carry: two descriptors each."""
+        return max(0, (self.nofile - FD_SPARE) // 2)
+
+    def idle_ceiling(self):
+        """The most idle connections one run can hold open through a proxy: the
+        descriptors, and the ephemeral ports from the proxy to its two backends."""
+        ports = 28232
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                low, high = (int(x) for x in f.read().split())
+                ports = high - low + 1
+        except (OSError, ValueError):
+            pass
+        return min(self.through_proxy(), self.nofile - FD_SPARE, 2 * ports - 4000)
+
+
+def wanted_descriptors(counts):
+    """The limit that `counts` concurrent connections through a proxy need."""
+    return 2 * max(counts + [0]) + 4 * FD_SPARE
+
+
+def compare_wanted(a, idle):
+    """The descriptor limit this run wants: the largest count it will open, or as many as
+    the system allows when --idle asks for `max`."""
+    if "max" in idle:
+        return 1 << 20
+    return wanted_descriptors(a.sweep + a.idle_counts + [a.connections])
+
+
+def cap_counts(label, counts, ceiling, limits):
+    """counts with each one above ceiling lowered to it, saying so."""
+    capped = []
+    for c in counts:
+        if c > ceiling:
+            why = limits.note or f"the descriptor limit {limits.nofile}"
+            print(f"note: {label} {c} is more than this machine allows; measured at {ceiling} ({why})")
+            c = ceiling
+        if c not in capped:
+            capped.append(c)
+    return capped
 
 
 # ---------------------------------------------------------------- printing
@@ -461,10 +563,11 @@ def machine_line(corral):
 
 # ---------------------------------------------------------------- corral
 
-def corral_config(path, front, admin, threads, body):
+def corral_config(path, front, admin, threads, body, max_connections=10000):
     return write(path, f"""
 [listener]
 bind = "{HOST}:{front}"
+max_connections = {max_connections}
 [admin]
 bind = "{HOST}:{admin}"
 [balance]
@@ -497,10 +600,16 @@ def start_corral(procs, name, binary, config, port):
 
 # ---------------------------------------------------------------- proxy scenario
 
-def proxy_configs(d, threads):
+def proxy_configs(d, threads, scale=8000):
+    """The backend's, HAProxy's and nginx's configs, sized for `scale` concurrent clients."""
+    conns = max(16384, 2 * scale + 1024)
+    # HAProxy wants two descriptors per maxconn and refuses to start past the limit.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    haproxy_maxconn = min(max(8000, scale + 1000), (nofile - 100) // 2)
     backend = write(f"{d}/backend.conf", f"""
 worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err warn;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {conns + 1024};
+events {{ worker_connections {conns}; }}
 http {{
   access_log off;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
@@ -514,7 +623,7 @@ http {{
         http, bulk = PROXY_PORTS[name][:2]
         return write(f"{d}/{name}.cfg", f"""
 global
-  maxconn 8000
+  maxconn {haproxy_maxconn}
   nbthread {threads}
 defaults
   mode tcp
@@ -544,8 +653,8 @@ backend be_bulk
     nginx = write(f"{d}/stream.conf", f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes {threads}; daemon off; pid {d}/stream.pid; error_log {d}/stream.err warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {max(65536, conns + 1024)};
+events {{ worker_connections {conns}; }}
 stream {{
   upstream be {{ server {HOST}:{BACKENDS[0]}; server {HOST}:{BACKENDS[1]}; }}
   upstream be_bulk {{ server {HOST}:{IPERF}; }}
@@ -555,7 +664,7 @@ stream {{
     return backend, haproxy, nginx, stick
 
 
-def corral_proxy_configs(d, name, threads):
+def corral_proxy_configs(d, name, threads, scale=8000):
     http, bulk, admin, admin_bulk = PROXY_PORTS[name]
     limits = CLIENT_LIMITS if name == "corral-limits" else ""
     main = corral_config(f"{d}/{name}.toml", http, admin, threads, f"""{limits}
@@ -565,7 +674,7 @@ address = "{HOST}:{BACKENDS[0]}"
 [[backends]]
 name = "s2"
 address = "{HOST}:{BACKENDS[1]}"
-""")
+""", max_connections=max(10000, scale + 1000))  # past it clients would wait in the backlog
     # corral has one front end per instance, so bulk gets an instance of its own.
     bulk_cfg = corral_config(f"{d}/{name}-bulk.toml", bulk, admin_bulk, threads, f"""{limits}
 [[backends]]
@@ -575,13 +684,16 @@ address = "{HOST}:{IPERF}"
     return main, bulk_cfg
 
 
-def proxy_scenario(a, names, d, procs):
+def start_proxies(a, names, d, procs, scale):
+    """Starts the backends and every row's proxy, sized for `scale` concurrent
+    clients, and waits until each answers from both backends. The pids whose
+    process trees are measured, by row."""
     for tool in ["nginx", "haproxy", "wrk", "iperf3"]:
         if not shutil.which(tool):
             raise Failure(f"{tool} is not installed: {INSTALL}")
     if "nginx" in names and not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
         raise Failure(f"nginx's stream module is missing: {INSTALL}")
-    backend, haproxy, nginx, stick = proxy_configs(d, a.threads)
+    backend, haproxy, nginx, stick = proxy_configs(d, a.threads, scale)
     binaries = {"corral": a.corral, "corral-before": a.corral_before, "corral-limits": a.corral}
 
     procs.start("backend", ["nginx", "-c", backend, "-p", d + "/", "-e", f"{d}/backend.err"],
@@ -599,7 +711,7 @@ def proxy_scenario(a, names, d, procs):
                                              PROXY_PORTS["haproxy-stick"][0]).pid]
     for n in CORRALS + ("corral-limits",):
         if n in names:
-            main, bulk = corral_proxy_configs(d, n, a.threads)
+            main, bulk = corral_proxy_configs(d, n, a.threads, scale)
             pids[n] = [start_corral(procs, n, binaries[n], main, PROXY_PORTS[n][0]).pid]
             start_corral(procs, n + "-bulk", binaries[n], bulk, PROXY_PORTS[n][1])
     for n in names:
@@ -607,16 +719,24 @@ def proxy_scenario(a, names, d, procs):
             log = procs.log(n) if n != "direct" else procs.log("backend")
             raise Failure(f"{n} does not answer GET / from both backends on port "
                           f"{PROXY_PORTS[n][0]}:\n{log}")
+    return pids
 
+
+def proxy_scenario(a, names, d, procs):
+    pids = start_proxies(a, names, d, procs, max([a.connections] + a.idle_counts))
+    idle_text = ", ".join(str(c) for c in a.idle_counts) or "no"
     print(f"proxy scenario: --threads {a.threads}, {a.seconds} s per figure, "
-          f"wrk -t1 -c{a.connections} after {a.warmup} s of warm-up, {a.idle} idle connections; times in ms, cpu in us/request")
+          f"wrk -t1 -c{a.connections} after {a.warmup} s of warm-up, {idle_text} idle connections; "
+          f"times in ms, cpu in us/request")
     table = Table([
         ("ka req/s", 11, lambda r: r["keepalive"]["rps"], ".0f"),
         ("ka p99", 9, lambda r: r["keepalive"]["p99_ms"], ".2f"),
         ("close req/s", 13, lambda r: r["close"]["rps"], ".0f"),
         ("close p99", 11, lambda r: r["close"]["p99_ms"], ".2f"),
         ("Gbit/s", 9, lambda r: r["bulk_gbps"], ".1f"),
-        ("KiB/idle", 10, lambda r: r["idle_bytes_per_conn"] / 1024, ".1f"),
+    ] + [(f"KiB/idle@{c}", max(10, len(str(c)) + 11),
+           lambda r, c=c: r["idle"].get(c, {}).get("bytes_per_conn", NAN) / 1024, ".1f")
+         for c in a.idle_counts] + [
         ("cpu ka", 9, lambda r: r["keepalive"]["cpu_us_per_req"], ".1f"),
         ("cpu close", 11, lambda r: r["close"]["cpu_us_per_req"], ".1f"),
     ])
@@ -629,14 +749,18 @@ def proxy_scenario(a, names, d, procs):
         r = {"keepalive": wrk(http, a.seconds, a.connections, False, p),
              "close": wrk(http, a.seconds, a.connections, True, p),
              "bulk_gbps": iperf(bulk, a.seconds),
-             "idle_bytes_per_conn": NAN, "idle_conns": 0}
-        if p and a.idle:
-            r["idle_bytes_per_conn"], r["idle_conns"] = idle_memory(http, p, a.idle)
+             "idle": {}}
+        for c in (a.idle_counts if p else []):
+            per_conn, opened = idle_memory(http, p, c)
+            r["idle"][c] = {"bytes_per_conn": per_conn, "opened": opened}
+        first = r["idle"].get(a.idle_counts[0], {}) if a.idle_counts else {}
+        r["idle_bytes_per_conn"] = first.get("bytes_per_conn", NAN)
         rows[n] = r
         table.row(n, r)
     for n, r in rows.items():
-        if pids.get(n) and a.idle and r["idle_conns"] < a.idle:
-            print(f"note: {n}: only {r['idle_conns']} of {a.idle} idle connections opened")
+        for c, got in r["idle"].items():
+            if got["opened"] < c:
+                print(f"note: {n}: only {got['opened']} of {c} idle connections opened")
     print_errors(rows)
 
     if "direct" in rows:
@@ -653,7 +777,8 @@ def proxy_scenario(a, names, d, procs):
         ("close req/s", lambda r: r["close"]["rps"], True),
         ("close p99", lambda r: r["close"]["p99_ms"], False),
         ("Gbit/s", lambda r: r["bulk_gbps"], True),
-        ("KiB/idle", lambda r: r["idle_bytes_per_conn"], False),
+    ] + [(f"KiB/idle@{c}", lambda r, c=c: r["idle"].get(c, {}).get("bytes_per_conn", NAN), False)
+         for c in a.idle_counts] + [
         ("cpu ka", lambda r: r["keepalive"]["cpu_us_per_req"], False),
         ("cpu close", lambda r: r["close"]["cpu_us_per_req"], False),
     ])
@@ -791,14 +916,23 @@ def main():
     ap.add_argument("--corral", help="the corral binary to measure (e.g. target/release/corral)")
     ap.add_argument("--corral-before", metavar="PATH",
                     help="a second corral binary (e.g. from before a change): adds a corral-before row")
-    ap.add_argument("--scenario", choices=["proxy", "node"], default="proxy")
+    ap.add_argument("--scenario", choices=["proxy", "node", "control"], default="proxy")
     ap.add_argument("--threads", type=int, default=1, help="threads of every proxy (default 1)")
     ap.add_argument("--seconds", type=int, default=5, help="length of each wrk and iperf3 run (default 5)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="seconds of unmeasured wrk load on each row before its figures (default 1)")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    ap.add_argument("--idle", type=int, default=2000,
-                    help="idle connections for the memory figure, 0 to skip it (default 2000)")
+    ap.add_argument("--idle", default="2000",
+                    help="idle connections for the memory figure: a count, or counts separated by "
+                         "commas, `max` for the most this machine allows; 0 skips it (default 2000)")
+    ap.add_argument("--sweep", metavar="C1,C2,...",
+                    help="proxy scenario: keep-alive and close figures at each of these concurrencies "
+                         "(e.g. 64,1000,4000,10000), one table of ratios, a JSON and a PNG plot "
+                         "(rows default to haproxy,nginx,corral; no bulk or idle figures)")
+    ap.add_argument("--workers", default="64,256",
+                    help="--scenario control: worker counts, separated by commas (default 64,256)")
+    ap.add_argument("--requests", type=int, default=100,
+                    help="--scenario control: GETs of /status and of /metrics per count (default 100)")
     ap.add_argument("--only", help="comma-separated rows; proxy: direct,haproxy,nginx,corral,corral-before,"
                                    "haproxy-stick,corral-limits; "
                                    "node: corral,corral-before,corral-fd,haproxy,node-cluster")
@@ -830,10 +964,30 @@ def main():
                 ap.error(f"row {n} needs --{'corral-before' if n == 'corral-before' else 'corral'}")
             names.remove(n)
 
-    # 2 000 idle connections through a proxy need ~4 000 descriptors here and there.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    try:
+        a.sweep = [int(c) for c in a.sweep.split(",")] if a.sweep else []
+        a.workers = [int(c) for c in a.workers.split(",")]
+        idle = [c.strip() for c in a.idle.split(",") if c.strip() not in ("", "0")]
+        a.idle_counts = [int(c) for c in idle if c != "max"]
+    except ValueError:
+        ap.error("--sweep, --idle and --workers take whole numbers separated by commas "
+                 "(--idle also takes `max`), e.g. --sweep 64,1000,4000")
+    if a.sweep and a.scenario != "proxy":
+        ap.error("--sweep is for the proxy scenario")
+    if a.sweep and not a.only:
+        names = [n for n in names if n in ("haproxy", "nginx", "corral", "corral-before")]
+    if a.sweep:
+        a.idle_counts, idle = [], []
+    if a.scenario == "control" and not a.corral:
+        ap.error("--scenario control needs --corral")
+    # Every connection through a proxy takes a descriptor here (or in wrk) and
+    # two in the proxy; what this process may open, its children may too.
+    limits = Limits().raise_to(compare_wanted(a, idle))
+    if limits.note:
+        print(f"note: {limits.note}")
+    if "max" in idle:
+        a.idle_counts.append(limits.idle_ceiling())
+    a.idle_counts = cap_counts("--idle", sorted(set(a.idle_counts)), limits.idle_ceiling(), limits)
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
 
@@ -842,12 +996,28 @@ def main():
     procs = Processes(d)
     failed = False
     try:
-        run = proxy_scenario if a.scenario == "proxy" else node_scenario
-        rows = run(a, names, d, procs)
+        if a.sweep or a.scenario == "control":
+            import scaling  # beside this file
+            if a.sweep:
+                rows = scaling.sweep(a, names, d, procs, limits)
+                a.json = a.json or f"sweep-threads{a.threads}.json"
+            else:
+                rows = scaling.control(a, d, procs, limits)
+        else:
+            run = proxy_scenario if a.scenario == "proxy" else node_scenario
+            rows = run(a, names, d, procs)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(no_nan({"scenario": a.scenario, "threads": a.threads, "seconds": a.seconds,
-                                  "rows": rows}), f, indent=1)
+                                  "sweep": a.sweep, "descriptor_limit": limits.nofile,
+                                  "rows": {str(k): v for k, v in rows.items()}}), f, indent=1)
+            print(f"figures: {a.json}")
+            if a.sweep:
+                png = scaling.plot(rows, names, os.path.splitext(a.json)[0] + ".png",
+                                   f"corral, HAProxy, nginx by concurrency (--threads {a.threads}, "
+                                   f"{a.seconds} s per figure)")
+                if png:
+                    print(f"plot: {png}")
     except Failure as e:
         failed = True
         print(f"compare.py: {e}", file=sys.stderr)

@@ -117,13 +117,14 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         shared.metrics.rejected.untrusted_proxy.inc();
         return;
     }
-    let client = match snapshot.config.listener.proxy_protocol {
+    // One statement, so the future holds the client once (not also the
+    // `Option` it came in).
+    let Some(mut client) = (match snapshot.config.listener.proxy_protocol {
         ProxyProtocolMode::None => Some(Client::new(stream, peer)),
         // Boxed: reading a header takes a large future, and inline it would
         // grow every connection's future, PROXY protocol or not.
         mode => Box::pin(read_proxy_header(&shared, mode, stream, peer)).await,
-    };
-    let Some(mut client) = client else {
+    }) else {
         let closed = Closed {
             reason: Reason::ProxyProtocol,
             by: Side::Client,
@@ -429,6 +430,10 @@ async fn introduce(
     send_proxy: SendProxy,
     config: &Config,
 ) -> bool {
+    if matches!(send_proxy, SendProxy::None) && client.pending.is_empty() && !client.done_sending {
+        // The usual case: nothing precedes the pump, and no timer is set.
+        return true;
+    }
     let header = match send_proxy {
         SendProxy::None => Vec::new(),
         version => {

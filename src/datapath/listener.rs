@@ -151,6 +151,9 @@ pub fn start_threads(
 /// takes a permit, then accepts: a permit is never held by a thread whose
 /// backlog is empty while a client waits in another thread's.
 pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: Arc<Semaphore>) {
+    // One wait for the stop for the loop's whole life: a new one per client
+    // would join and leave the token's waiter list (a lock each) every time.
+    let mut stop = std::pin::pin!(shared.accepting_stopped());
     loop {
         let mut ready = tokio::select! {
             ready = listener.readable() => match ready {
@@ -160,7 +163,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                     return;
                 }
             },
-            _ = shared.accepting_stopped() => return,
+            _ = &mut stop => return,
         };
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => permit,
@@ -173,7 +176,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
                         Ok(permit) => permit,
                         Err(_) => return,
                     },
-                    _ = shared.accepting_stopped() => return,
+                    _ = &mut stop => return,
                 }
             }
         };
@@ -189,6 +192,9 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             Ok((stream, peer)) => {
                 shared.metrics.accepted.inc();
                 let task_shared = Arc::clone(&shared);
+                // serve() is called inside the block: a future made outside
+                // and awaited inside would be held twice (once captured, once
+                // being awaited).
                 shared.connections().spawn(async move {
                     connection::serve(task_shared, stream, peer).await;
                     drop(permit);

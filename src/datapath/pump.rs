@@ -383,11 +383,15 @@ pub struct Stateless<'m> {
 }
 
 /// Pumps until both directions finish, an error, a timeout, or a cut.
-pub async fn pump(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
-    options: Options<'_>,
-) -> Outcome {
+///
+/// Not an `async fn`: the options are taken apart before the future is
+/// made, so it holds their fields once and not `options` besides (every
+/// open connection carries this future).
+pub fn pump<'a>(
+    client: &'a mut TcpStream,
+    backend: &'a mut TcpStream,
+    options: Options<'a>,
+) -> impl Future<Output = Outcome> + 'a {
     let Options {
         idle,
         first_byte,
@@ -398,197 +402,211 @@ pub async fn pump(
         cut,
         mut stateless,
     } = options;
-    let (mut client_in, mut client_out) = client.split();
-    let (mut backend_in, mut backend_out) = backend.split();
-    let mut up = Half::new(splice, meters.map(|m| m.0));
-    let mut down = Half::new(splice, meters.map(|m| m.1));
-    let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
-    let mut last_activity = Instant::now();
-    // While the backend has answered nothing: when it was last sent a byte.
-    let mut awaiting_since: Option<Instant> = already_sent.then(Instant::now);
-    let mut first_eof: Option<Side> = None;
-    let first_deadline = awaiting_since
-        .zip(first_byte)
-        .map_or(last_activity + idle, |(since, limit)| {
-            (since + limit).min(last_activity + idle)
-        });
-    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
-    let mut cut_now = std::pin::pin!(cut.cancelled());
-    // Boxed, and only for stateless connections: the others' futures stay
-    // as small as they were.
-    let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
-    let (end, by) = poll_fn(|cx| {
-        if cut_now.as_mut().poll(cx).is_ready() {
-            return Poll::Ready((End::Cut, Side::Corral));
-        }
-        let leaving = leave_now
-            .as_mut()
-            .is_some_and(|leave| leave.as_mut().poll(cx).is_ready());
-        if let Some(s) = &stateless {
-            // Between exchanges, before the client's next request is read:
-            // a backend leaving rotation, or corral stopping, lets the
-            // connection go.
-            if s.exchange.is_idle() && !up.read_done && (leaving || !(s.stay)()) {
-                return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
+    async move {
+        let (mut client_in, mut client_out) = client.split();
+        let (mut backend_in, mut backend_out) = backend.split();
+        let mut up = Half::new(splice, meters.map(|m| m.0));
+        let mut down = Half::new(splice, meters.map(|m| m.1));
+        let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
+        let mut last_activity = Instant::now();
+        // While the backend has answered nothing: when it was last sent a byte.
+        let mut awaiting_since: Option<Instant> = already_sent.then(Instant::now);
+        let mut first_eof: Option<Side> = None;
+        let first_deadline = awaiting_since
+            .zip(first_byte)
+            .map_or(last_activity + idle, |(since, limit)| {
+                (since + limit).min(last_activity + idle)
+            });
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
+        // The timer has been polled since it was last set, so it holds this
+        // task's waker and will wake it at its deadline: before then, polling it
+        // again would only register the same waker once more.
+        let mut timer_armed = false;
+        let mut cut_now = std::pin::pin!(cut.cancelled());
+        // Boxed, and only for stateless connections: the others' futures stay
+        // as small as they were.
+        let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
+        let (end, by) = poll_fn(|cx| {
+            if cut_now.as_mut().poll(cx).is_ready() {
+                return Poll::Ready((End::Cut, Side::Corral));
             }
-        }
-        let mut progress = false;
-        let sent_before = up.total;
-        let up_result = up.poll_copy(
-            cx,
-            &mut client_in,
-            &mut backend_out,
-            &mut progress,
-            |chunk| {
-                if let Some(s) = &mut stateless {
-                    s.exchange.client_sent(chunk);
+            let leaving = leave_now
+                .as_mut()
+                .is_some_and(|leave| leave.as_mut().poll(cx).is_ready());
+            if let Some(s) = &stateless {
+                // Between exchanges, before the client's next request is read:
+                // a backend leaving rotation, or corral stopping, lets the
+                // connection go.
+                if s.exchange.is_idle() && !up.read_done && (leaving || !(s.stay)()) {
+                    return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
                 }
-                if let Some(kept) = &mut replay {
-                    if kept.len() + chunk.len() <= REPLAY_LIMIT {
-                        kept.extend_from_slice(chunk);
-                    } else {
-                        replay = None;
+            }
+            let mut progress = false;
+            let sent_before = up.total;
+            let up_result = up.poll_copy(
+                cx,
+                &mut client_in,
+                &mut backend_out,
+                &mut progress,
+                |chunk| {
+                    if let Some(s) = &mut stateless {
+                        s.exchange.client_sent(chunk);
+                    }
+                    if let Some(kept) = &mut replay {
+                        if kept.len() + chunk.len() <= REPLAY_LIMIT {
+                            kept.extend_from_slice(chunk);
+                        } else {
+                            replay = None;
+                        }
+                    }
+                },
+            );
+            let down_result = down.poll_copy(
+                cx,
+                &mut backend_in,
+                &mut client_out,
+                &mut progress,
+                |chunk| {
+                    if let Some(s) = &mut stateless {
+                        s.exchange.backend_sent(chunk);
+                    }
+                },
+            );
+            if let Some(Stateless { exchange, .. }) = &stateless {
+                if leaving && exchange.is_idle() && !up.read_done && down_result.is_pending() {
+                    // corral is stopping and the answer just went out in full.
+                    return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
+                }
+                // The backend is gone (its close passed on in full to nobody
+                // yet, or a reset, or a failed write) at a point where another
+                // backend can take over: the client never sees the close.
+                let backend_failed =
+                    matches!(down_result, Poll::Ready(Err(_))) && !down.write_failed;
+                let backend_closed = down.read_done && down_result.is_ready();
+                if backend_failed || up.write_failed || backend_closed {
+                    let carry_on = exchange
+                        .movable()
+                        .is_some_and(|unanswered| !unanswered.is_empty() || !up.read_done);
+                    if carry_on {
+                        return Poll::Ready((
+                            End::Detached {
+                                client_done: up.read_done,
+                            },
+                            Side::Backend,
+                        ));
                     }
                 }
-            },
-        );
-        let down_result = down.poll_copy(
-            cx,
-            &mut backend_in,
-            &mut client_out,
-            &mut progress,
-            |chunk| {
-                if let Some(s) = &mut stateless {
-                    s.exchange.backend_sent(chunk);
-                }
-            },
-        );
-        if let Some(Stateless { exchange, .. }) = &stateless {
-            if leaving && exchange.is_idle() && !up.read_done && down_result.is_pending() {
-                // corral is stopping and the answer just went out in full.
-                return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
             }
-            // The backend is gone (its close passed on in full to nobody
-            // yet, or a reset, or a failed write) at a point where another
-            // backend can take over: the client never sees the close.
-            let backend_failed = matches!(down_result, Poll::Ready(Err(_))) && !down.write_failed;
-            let backend_closed = down.read_done && down_result.is_ready();
-            if backend_failed || up.write_failed || backend_closed {
-                let carry_on = exchange
-                    .movable()
-                    .is_some_and(|unanswered| !unanswered.is_empty() || !up.read_done);
-                if carry_on {
+            if down.total > 0 {
+                replay = None;
+                awaiting_since = None;
+            } else if up.total > sent_before {
+                let now = Instant::now();
+                awaiting_since = Some(now);
+                // The idle timer is re-armed lazily when it fires; a first-byte
+                // deadline may be earlier than it.
+                if let Some(limit) = first_byte {
+                    if now + limit < timer.deadline() {
+                        timer.as_mut().reset(now + limit);
+                        timer_armed = false;
+                    }
+                }
+            }
+            if first_eof.is_none() {
+                if up.read_done {
+                    first_eof = Some(Side::Client);
+                } else if down.read_done {
+                    first_eof = Some(Side::Backend);
+                }
+            }
+            // A backend that hung up before answering at all, while the client
+            // still had its say (a clean close after the client's own half-close
+            // is an answer, not a failure). Even with nothing to replay yet, the
+            // client is better off on another backend than closed.
+            let hung_up = matches!(down_result, Poll::Ready(Err(_)))
+                || up.write_failed
+                || (down.read_done && !up.read_done);
+            if down.total == 0 && hung_up && replay.is_some() {
+                if let Some(kept) = replay.take() {
                     return Poll::Ready((
-                        End::Detached {
+                        End::BackendGaveUp {
+                            replay: kept,
                             client_done: up.read_done,
                         },
                         Side::Backend,
                     ));
                 }
             }
-        }
-        if down.total > 0 {
-            replay = None;
-            awaiting_since = None;
-        } else if up.total > sent_before {
+            if let Poll::Ready(Err(_)) = &up_result {
+                let by = if up.write_failed {
+                    Side::Backend
+                } else {
+                    Side::Client
+                };
+                return Poll::Ready((End::Reset, by));
+            }
+            if let Poll::Ready(Err(_)) = &down_result {
+                let by = if down.write_failed {
+                    Side::Client
+                } else {
+                    Side::Backend
+                };
+                return Poll::Ready((End::Reset, by));
+            }
+            let up_done = up_result.is_ready() && up.read_done;
+            let down_done = down_result.is_ready() && down.read_done;
+            if up_done && down_done {
+                // Both sides said all they had: closing the sockets sends the
+                // last FIN, no shutdown call needed.
+                return Poll::Ready((End::Eof, first_eof.unwrap_or(Side::Client)));
+            }
+            // EOFs are passed on only now that a replay is ruled out: a client
+            // must not see its write side closed by a backend we are replacing.
+            if up_done {
+                up.finish(&backend_out);
+            }
+            if down_done {
+                down.finish(&client_out);
+            }
             let now = Instant::now();
-            awaiting_since = Some(now);
-            // The idle timer is re-armed lazily when it fires; a first-byte
-            // deadline may be earlier than it.
-            if let Some(limit) = first_byte {
-                if now + limit < timer.deadline() {
-                    timer.as_mut().reset(now + limit);
-                }
+            if progress {
+                last_activity = now;
             }
-        }
-        if first_eof.is_none() {
-            if up.read_done {
-                first_eof = Some(Side::Client);
-            } else if down.read_done {
-                first_eof = Some(Side::Backend);
-            }
-        }
-        // A backend that hung up before answering at all, while the client
-        // still had its say (a clean close after the client's own half-close
-        // is an answer, not a failure). Even with nothing to replay yet, the
-        // client is better off on another backend than closed.
-        let hung_up = matches!(down_result, Poll::Ready(Err(_)))
-            || up.write_failed
-            || (down.read_done && !up.read_done);
-        if down.total == 0 && hung_up && replay.is_some() {
-            if let Some(kept) = replay.take() {
-                return Poll::Ready((
-                    End::BackendGaveUp {
-                        replay: kept,
-                        client_done: up.read_done,
-                    },
-                    Side::Backend,
-                ));
-            }
-        }
-        if let Poll::Ready(Err(_)) = &up_result {
-            let by = if up.write_failed {
-                Side::Backend
-            } else {
-                Side::Client
-            };
-            return Poll::Ready((End::Reset, by));
-        }
-        if let Poll::Ready(Err(_)) = &down_result {
-            let by = if down.write_failed {
-                Side::Client
-            } else {
-                Side::Backend
-            };
-            return Poll::Ready((End::Reset, by));
-        }
-        let up_done = up_result.is_ready() && up.read_done;
-        let down_done = down_result.is_ready() && down.read_done;
-        if up_done && down_done {
-            // Both sides said all they had: closing the sockets sends the
-            // last FIN, no shutdown call needed.
-            return Poll::Ready((End::Eof, first_eof.unwrap_or(Side::Client)));
-        }
-        // EOFs are passed on only now that a replay is ruled out: a client
-        // must not see its write side closed by a backend we are replacing.
-        if up_done {
-            up.finish(&backend_out);
-        }
-        if down_done {
-            down.finish(&client_out);
-        }
-        if progress {
-            last_activity = Instant::now();
-        }
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
+            if timer_armed && now < timer.deadline() {
                 return Poll::Pending;
             }
-            let now = Instant::now();
-            let silent_deadline = awaiting_since
-                .zip(first_byte)
-                .map(|(since, limit)| since + limit);
-            if silent_deadline.is_some_and(|deadline| now >= deadline) {
-                return Poll::Ready((End::FirstByteTimeout, Side::Corral));
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    timer_armed = true;
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                let silent_deadline = awaiting_since
+                    .zip(first_byte)
+                    .map(|(since, limit)| since + limit);
+                if silent_deadline.is_some_and(|deadline| now >= deadline) {
+                    return Poll::Ready((End::FirstByteTimeout, Side::Corral));
+                }
+                let idle_deadline = last_activity + idle;
+                if now >= idle_deadline {
+                    return Poll::Ready((End::IdleTimeout, Side::Corral));
+                }
+                let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
+                timer.as_mut().reset(next);
+                timer_armed = false;
             }
-            let idle_deadline = last_activity + idle;
-            if now >= idle_deadline {
-                return Poll::Ready((End::IdleTimeout, Side::Corral));
-            }
-            let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
-            timer.as_mut().reset(next);
+        })
+        .await;
+        let spliced = up.pipe.is_some() || down.pipe.is_some();
+        up.release();
+        down.release();
+        Outcome {
+            from_client: up.total,
+            from_backend: down.total,
+            spliced,
+            end,
+            by,
         }
-    })
-    .await;
-    let spliced = up.pipe.is_some() || down.pipe.is_some();
-    up.release();
-    down.release();
-    Outcome {
-        from_client: up.total,
-        from_backend: down.total,
-        spliced,
-        end,
-        by,
     }
 }
 
