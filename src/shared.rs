@@ -5,6 +5,8 @@
 //! - the dispatcher (round-robin counter, sticky table): dispatch's own;
 //! - the per-client table: [`crate::clients`]' own;
 //! - the metrics registry: written through the handles it hands out;
+//! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
+//!   (its thread makes every pass; everyone else reads them);
 //! - in `fd` mode, the front end's socket group and its steering program:
 //!   [`Steering`]'s own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
@@ -23,6 +25,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
+use crate::sampler::Sampler;
 use crate::steering::Steering;
 
 pub struct Shared {
@@ -34,6 +37,9 @@ pub struct Shared {
     /// The fetch of the workers' own metrics that concurrent `/metrics`
     /// requests share.
     pub worker_metrics: crate::metrics::workers::SingleFlight,
+    /// The last pass over `/proc` (CPU, memory, exiting processes, the
+    /// sockets a worker's tree holds), made on the sampler's own thread.
+    pub sampler: Sampler,
     /// `workers.listen = "fd"`: the slot sockets the workers accept from.
     pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
@@ -50,10 +56,11 @@ pub struct Shared {
 impl Shared {
     /// The shared state for `config`, its pool built at once; `steering`
     /// in `fd` mode.
-    pub fn new(config: Config, steering: Option<Arc<Steering>>) -> Arc<Shared> {
+    pub fn new(config: Config, steering: Option<Arc<Steering>>, sampler: Sampler) -> Arc<Shared> {
         let metrics = Metrics::new();
         Arc::new(Shared {
             steering,
+            sampler,
             dispatcher: Dispatcher::new(&config.sticky),
             clients: ClientTable::new(&config.clients),
             current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),

@@ -37,9 +37,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{Placement, Tried};
 use crate::metrics::workers;
+use crate::pool::Snapshot;
 use crate::pool::{DownReason, Kind, State};
+use crate::sampler::Sample;
 use crate::shared::Shared;
-use crate::supervisor::resources::ProcessTable;
 
 /// How long a client may take to send a request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +119,7 @@ async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "no backend is up\n")
             }
         }
-        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
+        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared).await),
         (&Method::GET, "/" | "/index.html") => with_type(
             Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
             "text/html; charset=utf-8",
@@ -224,7 +225,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
         shared.metrics.log_lines_dropped.inc_by(dropped - counted);
     }
     let snapshot = shared.snapshot();
-    let table = ProcessTable::read();
+    let table = processes(shared, &snapshot).await;
     let usage: Vec<_> = snapshot
         .pool
         .workers()
@@ -289,10 +290,28 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     )
 }
 
+/// The sampler's last pass over `/proc`, or the next one when a worker's
+/// process started after it (so a new worker is never shown without its
+/// CPU and memory). Read, never made, here: the admin port runs on the
+/// control thread.
+async fn processes(shared: &Shared, snapshot: &Snapshot) -> Arc<Sample> {
+    let newest = snapshot
+        .pool
+        .workers()
+        .map(|b| b.instance())
+        .filter(|i| i.tree().is_some())
+        .map(|i| i.started)
+        .max();
+    match newest {
+        Some(started) => shared.sampler.taken_after(started).await,
+        None => shared.sampler.latest(),
+    }
+}
+
 /// The `/status` document.
-fn status(shared: &Shared) -> serde_json::Value {
+async fn status(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.snapshot();
-    let table = ProcessTable::read();
+    let table = processes(shared, &snapshot).await;
     let backends: Vec<_> = snapshot
         .pool
         .backends

@@ -208,7 +208,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 replay,
                 client_done,
             } => {
-                if !replay_allowed(&client, &replay, &instance) {
+                if !replay_allowed(&shared, &client, &replay, &instance).await {
                     break Closed {
                         reason: Reason::BackendClosed,
                         by: Side::Backend,
@@ -283,11 +283,10 @@ async fn carry_on(
         client.done_sending = false;
         return Ok(Carry::NextRequest);
     }
-    let stopped = instance.is_retired()
-        || instance
-            .pid
-            .is_some_and(crate::supervisor::spawn::is_exiting);
-    if !stopped && !exchange.unanswered_idempotent() {
+    let safe = exchange.unanswered_idempotent()
+        || instance.is_retired()
+        || worker_exiting(shared, instance).await;
+    if !safe {
         return Err(Closed {
             reason: Reason::BackendClosed,
             by: Side::Backend,
@@ -471,13 +470,29 @@ async fn introduce(
 /// never got a byte, or when it is a worker that died (it cannot have
 /// finished the request and the client is owed an answer). A live backend
 /// that closed on purpose may have acted on the request: no second run.
-fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
+async fn replay_allowed(
+    shared: &Shared,
+    client: &Client,
+    replay: &[u8],
+    instance: &Instance,
+) -> bool {
     let nothing_sent = client.pending.is_empty() && replay.is_empty();
-    let worker_died = instance
-        .pid
-        .is_some_and(crate::supervisor::spawn::is_exiting);
     let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
-    (nothing_sent || worker_died) && within_limit
+    within_limit && (nothing_sent || worker_exiting(shared, instance).await)
+}
+
+/// Is `instance` a worker process that is gone or exiting now (after its
+/// connection ended)? The sampler's thread looks, in a pass started after
+/// this asks: this thread touches no file.
+async fn worker_exiting(shared: &Shared, instance: &Instance) -> bool {
+    match instance.pid {
+        Some(pid) => shared
+            .sampler
+            .taken_after(Instant::now())
+            .await
+            .is_exiting(pid),
+        None => false,
+    }
 }
 
 /// Step 4: the metrics of one backend connection, however it ended.

@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::supervisor::resources::Usage;
+use crate::sampler::Usage;
 
 /// Buckets from 100 µs (loopback) to 10 s (a slow WAN connect or a long request).
 const CONNECT_BUCKETS: &[f64] = &[

@@ -308,7 +308,7 @@ pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
             intruders::find(looking.addr(), &looking.own_inodes())
         })
         .await;
-        let found = match found {
+        let mut found = match found {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 if !failed {
@@ -319,6 +319,10 @@ pub async fn watch_intruders(shared: Arc<Shared>, steering: Arc<Steering>) {
             }
             Err(_) => continue,
         };
+        if !found.is_empty() {
+            let inodes: Vec<u64> = found.iter().map(|i| i.inode).collect();
+            intruders::name(&mut found, &*shared.sampler.holders_of(&inodes).await);
+        }
         let mut known = steering
             .intruders
             .lock()

@@ -6,7 +6,6 @@
 
 pub mod notify;
 mod ports;
-pub mod resources;
 pub mod shim;
 mod slot;
 pub(crate) mod spawn;
