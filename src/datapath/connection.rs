@@ -3,13 +3,19 @@
 //! moving on to the next backend if that fails), pump bytes, decide
 //! whether a backend that hung up unanswered gets the request replayed on
 //! another one, then account and log how it ended, and which side ended it.
+//!
+//! A client relayed to a fixed address ([`serve_relayed`]: in `fd` mode,
+//! one corral took off the queue of a worker slot out of rotation) takes
+//! the same steps but the first two: connect (within `timeouts.connect`),
+//! pump (idle and first-byte timeouts, the drain's cut), close reason,
+//! metrics and the log line.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::http1::Exchange;
 use super::proxy_protocol;
@@ -521,7 +527,21 @@ fn closing(
     end: End,
     by: Side,
 ) -> Closed {
-    let reason = match end {
+    if end == End::FirstByteTimeout {
+        let config = &snapshot.config;
+        if let Some(limit) = config.timeouts.first_byte {
+            health::first_byte_timed_out(&snapshot.pool, backend, instance, &config.health, limit);
+        }
+    }
+    Closed {
+        reason: reason_of(shared, end),
+        by,
+    }
+}
+
+/// The close reason of a pump's end, with its timeouts counted.
+fn reason_of(shared: &Shared, end: End) -> Reason {
+    match end {
         End::Eof => Reason::Eof,
         End::IdleTimeout => {
             shared.metrics.errors.timeout.inc();
@@ -529,23 +549,12 @@ fn closing(
         }
         End::FirstByteTimeout => {
             shared.metrics.errors.timeout.inc();
-            let config = &snapshot.config;
-            if let Some(limit) = config.timeouts.first_byte {
-                health::first_byte_timed_out(
-                    &snapshot.pool,
-                    backend,
-                    instance,
-                    &config.health,
-                    limit,
-                );
-            }
             Reason::FirstByteTimeout
         }
         End::Reset => Reason::Reset,
         End::Cut => Reason::Cut,
         End::BackendGaveUp { .. } | End::Detached { .. } => Reason::BackendClosed,
-    };
-    Closed { reason, by }
+    }
 }
 
 fn log_closed(
@@ -556,7 +565,41 @@ fn log_closed(
     started: Instant,
     closed: Closed,
 ) {
-    if config.log.connections {
+    log_closed_as(
+        config,
+        client,
+        backend,
+        (bytes_in, bytes_out),
+        started,
+        closed,
+        None,
+    );
+}
+
+/// The connection's log line; a relayed one says why it was relayed.
+fn log_closed_as(
+    config: &Config,
+    client: SocketAddr,
+    backend: &str,
+    (bytes_in, bytes_out): (u64, u64),
+    started: Instant,
+    closed: Closed,
+    relayed: Option<&str>,
+) {
+    if let (true, Some(relayed)) = (config.log.connections, relayed) {
+        tracing::info!(
+            target: "corral::connection",
+            %client,
+            backend,
+            bytes_in,
+            bytes_out,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = closed.reason.as_str(),
+            closed_by = closed.by.as_str(),
+            relayed,
+            "connection closed"
+        );
+    } else if config.log.connections {
         tracing::info!(
             target: "corral::connection",
             %client,
@@ -569,4 +612,99 @@ fn log_closed(
             "connection closed"
         );
     }
+}
+
+/// A client to serve through a fixed address rather than a backend the
+/// dispatcher picks.
+pub struct Relay {
+    /// Where to connect.
+    pub target: SocketAddr,
+    /// The source address to connect from (it decides where the kernel
+    /// places the connection); corral's own when `None`.
+    pub from: Option<Ipv4Addr>,
+    /// What the log line says of the client's way here (`relayed`).
+    pub why: String,
+    /// The `backend` of the log line, when it is known.
+    pub backend: Option<String>,
+}
+
+/// Serves a client through `relay.target` until either side closes, a
+/// timeout, or corral cuts it; counted, and logged as any connection.
+pub async fn serve_relayed(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    relay: Relay,
+) {
+    let started = Instant::now();
+    let config = shared.config();
+    let _ = stream.set_nodelay(true);
+    let connecting = tokio::time::timeout(config.timeouts.connect, connect_from(&relay));
+    let (closed, bytes) = match connecting.await {
+        Ok(Ok(mut upstream)) => {
+            let outcome = pump::pump(
+                &mut stream,
+                &mut upstream,
+                pump::Options {
+                    idle: config.timeouts.idle,
+                    first_byte: config.timeouts.first_byte,
+                    replayable: false,
+                    splice: config.runtime.splice,
+                    already_sent: false,
+                    meters: None,
+                    cut: &shared.cut_connections,
+                    stateless: None,
+                },
+            )
+            .await;
+            if outcome.spliced {
+                shared.metrics.spliced.inc();
+            }
+            let closed = Closed {
+                reason: reason_of(&shared, outcome.end),
+                by: outcome.by,
+            };
+            (closed, (outcome.from_client, outcome.from_backend))
+        }
+        Ok(Err(error)) => {
+            let reason = if health::is_local_shortage(&error) {
+                shared.metrics.errors.resources.inc();
+                Reason::Resources
+            } else {
+                shared.metrics.errors.connect_failed.inc();
+                Reason::ConnectFailed
+            };
+            tracing::warn!(%error, target = %relay.target, "cannot relay a client: {}", relay.why);
+            (Closed::by_corral(reason), (0, 0))
+        }
+        Err(_) => {
+            shared.metrics.errors.timeout.inc();
+            tracing::warn!(target = %relay.target, timeout = ?config.timeouts.connect, "relaying a client timed out connecting: {}", relay.why);
+            (Closed::by_corral(Reason::ConnectFailed), (0, 0))
+        }
+    };
+    let backend = relay.backend.as_deref().unwrap_or("");
+    log_closed_as(
+        &config,
+        peer,
+        backend,
+        bytes,
+        started,
+        closed,
+        Some(&relay.why),
+    );
+}
+
+/// A connection to `relay.target` from `relay.from`.
+async fn connect_from(relay: &Relay) -> std::io::Result<TcpStream> {
+    let socket = match relay.target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(from) = relay.from {
+        socket.bind(SocketAddr::new(from.into(), 0))?;
+    }
+    let upstream = socket.connect(relay.target).await?;
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
 }

@@ -44,6 +44,9 @@ pub struct Metrics {
     /// Datagrams on the workers' notify socket that were ignored: from a
     /// process outside every worker's tree, or malformed.
     pub notify_ignored: IntCounter,
+    /// `workers.listen = "fd"`: clients corral took off the socket of a
+    /// worker slot out of rotation and served through the front end.
+    pub rescued: IntCounter,
     connections: IntCounterVec,
     active: IntGaugeVec,
     bytes_received: IntCounterVec,
@@ -218,6 +221,11 @@ impl Metrics {
                 &r,
                 "corral_worker_notify_ignored_total",
                 "Datagrams on the workers' NOTIFY_SOCKET that were ignored (sent by a process outside every worker's tree, or malformed).",
+            ),
+            rescued: counter(
+                &r,
+                "corral_rescued_connections_total",
+                "Clients corral took off the socket of a worker slot out of rotation and served through the front end (workers.listen = \"fd\").",
             ),
             sticky_entries,
             sticky_hit: sticky_lookups.with_label_values(&["hit"]),

@@ -40,7 +40,7 @@ pub struct Holder {
 /// What one pass saw.
 #[derive(Debug)]
 pub struct Sample {
-    /// Passes made before this one (the first is 0).
+    /// The pass's number: 1 for the first (0: none was made yet).
     pub generation: u64,
     /// When the pass started: everything it says is at least this new.
     pub taken: Instant,
@@ -92,6 +92,9 @@ impl Sample {
 /// What readers asked the next pass to look at, beyond the processes.
 #[derive(Default)]
 struct Asked {
+    /// The generation of the next pass to start: the one that serves the
+    /// requests made until it starts.
+    next: u64,
     /// A reader waits for a pass that starts after its request.
     pass: bool,
     /// Process trees whose sockets to list.
@@ -123,6 +126,7 @@ impl Sampler {
     pub fn start_every(interval: Duration) -> std::io::Result<Sampler> {
         let requests = Arc::new(Requests {
             asked: Mutex::new(Asked {
+                next: 1,
                 pass: true,
                 ..Asked::default()
             }),
@@ -144,13 +148,13 @@ impl Sampler {
     /// A pass that started at or after `instant`: the last one if it did,
     /// else the next one, asked for now.
     pub async fn taken_after(&self, instant: Instant) -> Arc<Sample> {
-        self.wait_for(instant, |_| {}).await
+        self.wait_for(Some(instant), |_| {}).await
     }
 
     /// A pass that started now or later and listed the sockets held by
     /// `root`'s process tree.
     pub async fn sockets_of(&self, root: u32) -> Arc<Sample> {
-        self.wait_for(Instant::now(), |asked| {
+        self.wait_for(None, |asked| {
             asked.sockets_of.insert(root);
         })
         .await
@@ -159,25 +163,34 @@ impl Sampler {
     /// A pass that started now or later and named the processes holding
     /// each of `inodes` (the first one found for each).
     pub async fn holders_of(&self, inodes: &[u64]) -> Arc<Sample> {
-        self.wait_for(Instant::now(), |asked| {
+        self.wait_for(None, |asked| {
             asked.holders_of.extend(inodes.iter().copied())
         })
         .await
     }
 
-    async fn wait_for(&self, instant: Instant, ask: impl FnOnce(&mut Asked)) -> Arc<Sample> {
+    /// The last pass if it started at or after `recent_enough`, else (and
+    /// always without it) the pass that takes the request `ask` writes.
+    async fn wait_for(
+        &self,
+        recent_enough: Option<Instant>,
+        ask: impl FnOnce(&mut Asked),
+    ) -> Arc<Sample> {
         let mut latest = self.latest.clone();
-        {
+        if let Some(instant) = recent_enough {
             let current = latest.borrow_and_update();
             if current.generation > 0 && current.taken >= instant {
                 return Arc::clone(&current);
             }
         }
-        {
+        // The pass that takes this request starts after it, under the
+        // same lock: its generation is the one to wait for.
+        let serving = {
             let mut asked = self.requests.lock();
             asked.pass = true;
             ask(&mut asked);
-        }
+            asked.next
+        };
         self.requests.wake.notify_one();
         loop {
             if latest.changed().await.is_err() {
@@ -186,7 +199,7 @@ impl Sampler {
                 return Arc::clone(&latest.borrow());
             }
             let current = latest.borrow_and_update();
-            if current.taken >= instant {
+            if current.generation >= serving {
                 return Arc::clone(&current);
             }
         }
@@ -204,9 +217,8 @@ impl Requests {
 /// The sampler's thread: a pass every `interval`, or sooner when asked,
 /// until no handle is left.
 fn run(requests: &Requests, publish: &watch::Sender<Arc<Sample>>, interval: Duration) {
-    let mut generation = 0u64;
     loop {
-        let (asked, taken) = {
+        let (asked, generation, taken) = {
             let mut asked = requests.lock();
             let deadline = Instant::now() + interval;
             while !asked.pass {
@@ -225,9 +237,17 @@ fn run(requests: &Requests, publish: &watch::Sender<Arc<Sample>>, interval: Dura
             }
             // Taken under the lock: a request made after it is served by
             // the next pass, whose start is later than the request.
-            (std::mem::take(&mut *asked), Instant::now())
+            let generation = asked.next;
+            let taken = Asked {
+                next: generation + 1,
+                ..Asked::default()
+            };
+            (
+                std::mem::replace(&mut *asked, taken),
+                generation,
+                Instant::now(),
+            )
         };
-        generation += 1;
         let sample = pass(generation, taken, &asked);
         if publish.send(Arc::new(sample)).is_err() {
             return;
