@@ -308,59 +308,84 @@ async fn processes(shared: &Shared, snapshot: &Snapshot) -> Arc<Sample> {
     }
 }
 
-/// The `/status` document.
+/// The `/status` document. Everything but the CPU and memory figures is
+/// read first, at once; those come from the sampler (which may take a
+/// pass), so the states shown are those of one moment.
 async fn status(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.snapshot();
-    let table = processes(shared, &snapshot).await;
     let backends: Vec<_> = snapshot
         .pool
         .backends
         .iter()
         .map(|b| {
             let instance = b.instance();
-            let mut entry = json!({
-                "name": b.label,
-                "address": instance.addr.to_string(),
-                "state": b.state().as_str(),
-                "reason": b.reason().map(|r| r.as_str()),
-                "pid": instance.pid,
-                "restarts": b.restarts(),
-                "active_connections": b.active(),
-            });
-            if let Some(steering) = &shared.steering {
-                // The kernel hands clients to the workers: corral does not
-                // know their connections, only what waits in each socket.
-                entry["active_connections"] = serde_json::Value::Null;
-                entry["accept_queue"] = json!(match b.kind {
-                    Kind::Worker(slot) => steering.queue_length(slot),
-                    Kind::Static => None,
-                });
-            }
-            if matches!(b.kind, Kind::Worker(_)) {
-                let usage = instance.tree().and_then(|root| table.tree(root));
-                // A crashed or stopped worker has no uptime, only a last pid.
-                let running = !matches!(b.state(), State::Down | State::Stopped)
-                    || b.reason()
-                        .is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
-                entry["uptime_seconds"] = json!(instance
-                    .pid
-                    .filter(|_| running)
-                    .map(|_| instance.started.elapsed().as_secs_f64()));
-                entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
-                entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
-                entry["status"] = json!(b.status_text().as_deref());
-            }
-            entry
+            let entry = status_entry(shared, b, &instance);
+            (instance, entry)
         })
         .collect();
-    json!({
+    let mut document = json!({
         "strategy": snapshot.config.strategy.as_str(),
         "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
         "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
         "draining": shared.is_draining(),
-        "backends": backends,
+        "backends": [],
         "intruders": shared.steering.as_ref().map(|s| s.intruders()),
-    })
+    });
+    let table = processes(shared, &snapshot).await;
+    let entries = backends
+        .into_iter()
+        .map(|(instance, mut entry)| {
+            if entry.get("cpu_seconds").is_some() {
+                let usage = instance.tree().and_then(|root| table.tree(root));
+                entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
+                entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
+            }
+            entry
+        })
+        .collect();
+    document["backends"] = serde_json::Value::Array(entries);
+    document
+}
+
+/// One backend's `/status` entry; a worker's `cpu_seconds` and
+/// `memory_bytes` are left `null` for the caller to fill.
+fn status_entry(
+    shared: &Shared,
+    b: &crate::pool::Backend,
+    instance: &crate::pool::Instance,
+) -> serde_json::Value {
+    let mut entry = json!({
+        "name": b.label,
+        "address": instance.addr.to_string(),
+        "state": b.state().as_str(),
+        "reason": b.reason().map(|r| r.as_str()),
+        "pid": instance.pid,
+        "restarts": b.restarts(),
+        "active_connections": b.active(),
+    });
+    if let Some(steering) = &shared.steering {
+        // The kernel hands clients to the workers: corral does not
+        // know their connections, only what waits in each socket.
+        entry["active_connections"] = serde_json::Value::Null;
+        entry["accept_queue"] = json!(match b.kind {
+            Kind::Worker(slot) => steering.queue_length(slot),
+            Kind::Static => None,
+        });
+    }
+    if matches!(b.kind, Kind::Worker(_)) {
+        // A crashed or stopped worker has no uptime, only a last pid.
+        let running = !matches!(b.state(), State::Down | State::Stopped)
+            || b.reason()
+                .is_some_and(|r| r != DownReason::Crashed && r != DownReason::NotReady);
+        entry["uptime_seconds"] = json!(instance
+            .pid
+            .filter(|_| running)
+            .map(|_| instance.started.elapsed().as_secs_f64()));
+        entry["cpu_seconds"] = serde_json::Value::Null;
+        entry["memory_bytes"] = serde_json::Value::Null;
+        entry["status"] = json!(b.status_text().as_deref());
+    }
+    entry
 }
 
 /// Signals corral passes on to workers: not KILL or STOP (corral stops
