@@ -22,10 +22,14 @@
 //!
 //! What changes that state:
 //! - [`supervisor`]: worker slots: spawn, readiness, backoff, rolling
-//!   restart, resources.
+//!   restart.
 //! - [`health`]: active checks with rise/fall, and the passive checks.
 //! - [`control`]: start-up and the graceful stop, signals, reload and scale,
 //!   the admin HTTP server, systemd notifications.
+//!
+//! What the kernel says of processes: [`sampler`], the only reader of
+//! `/proc` while corral serves (one pass a second on its own thread; the
+//! others read its last sample or wait for a fresher one).
 //!
 //! Around them: [`config`] (the file, raw then validated), [`cli`] (the
 //! client side of the admin API), [`terminal`] (text from elsewhere made
@@ -46,7 +50,7 @@ pub(crate) mod logging;
 pub mod metrics;
 pub mod pool;
 pub(crate) mod privileges;
-pub(crate) mod process_state;
+pub mod sampler;
 pub(crate) mod shared;
 pub mod steering;
 pub mod strategy;

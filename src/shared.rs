@@ -5,6 +5,8 @@
 //! - the dispatcher (round-robin counter, sticky table): dispatch's own;
 //! - the per-client table: [`crate::clients`]' own;
 //! - the metrics registry: written through the handles it hands out;
+//! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
+//!   (its thread makes every pass; everyone else reads them);
 //! - in `fd` mode, the front end's socket group and its steering program:
 //!   [`Steering`]'s own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
@@ -24,6 +26,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
+use crate::sampler::Sampler;
 use crate::steering::Steering;
 
 pub struct Shared {
@@ -35,6 +38,9 @@ pub struct Shared {
     /// The fetch of the workers' own metrics that concurrent `/metrics`
     /// requests share.
     pub worker_metrics: crate::metrics::scrape::SingleFlight,
+    /// The last pass over `/proc` (CPU, memory, exiting processes, the
+    /// sockets a worker's tree holds), made on the sampler's own thread.
+    pub sampler: Sampler,
     /// `workers.listen = "fd"`: the slot sockets the workers accept from.
     pub steering: Option<Arc<Steering>>,
     /// Every proxied connection, so shutdown can wait for them to finish.
@@ -52,10 +58,11 @@ pub struct Shared {
 impl Shared {
     /// The shared state for `config`, its pool built at once; `steering`
     /// in `fd` mode.
-    pub fn new(config: Config, steering: Option<Arc<Steering>>) -> Arc<Shared> {
+    pub fn new(config: Config, steering: Option<Arc<Steering>>, sampler: Sampler) -> Arc<Shared> {
         let metrics = Metrics::new();
         Arc::new(Shared {
             steering,
+            sampler,
             dispatcher: Dispatcher::new(&config.sticky),
             clients: ClientTable::new(&config.clients),
             current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
@@ -148,24 +155,5 @@ impl Shared {
     /// `/readyz`: bound, not draining, and at least one backend up.
     pub fn is_ready(&self) -> bool {
         self.bound.load(Ordering::Acquire) && !self.is_draining() && self.snapshot().pool.any_up()
-    }
-}
-
-/// Steering reads the snapshot and the stop signals through this.
-impl crate::steering::Host for Shared {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        Shared::snapshot(self)
-    }
-
-    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
-        Shared::accepting_stopped(self)
-    }
-
-    fn cut_signal(&self) -> &CancellationToken {
-        Shared::cut_signal(self)
-    }
-
-    fn connections(&self) -> &TaskTracker {
-        Shared::connections(self)
     }
 }

@@ -232,4 +232,3 @@ pub struct Overrides {
     pub port_base: Option<u16>,
     pub command: Option<Vec<String>>,
 }
-

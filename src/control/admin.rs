@@ -40,9 +40,10 @@ use super::operator::{self, Action};
 use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{PlacedBy, Tried};
 use crate::metrics::scrape;
+use crate::pool::Snapshot;
 use crate::pool::{DownReason, Kind, State};
+use crate::sampler::Sample;
 use crate::shared::Shared;
-use crate::supervisor::resources::ProcessTable;
 
 /// How long a client may take to send a request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,7 +126,7 @@ async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "no backend is up\n")
             }
         }
-        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
+        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared).await),
         (&Method::GET, "/" | "/index.html") => with_type(
             Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
             "text/html; charset=utf-8",
@@ -249,7 +250,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
         shared.metrics.log_lines_dropped.inc_by(dropped - counted);
     }
     let snapshot = shared.snapshot();
-    let table = ProcessTable::read();
+    let table = processes(shared, &snapshot).await;
     let usage: Vec<_> = snapshot
         .pool
         .workers()
@@ -314,53 +315,40 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     )
 }
 
-/// The `/status` document.
-fn status(shared: &Shared) -> serde_json::Value {
+/// The sampler's last pass over `/proc`, or the next one when a worker's
+/// process started after it (so a new worker is never shown without its
+/// CPU and memory). Read, never made, here: the admin port runs on the
+/// control thread.
+async fn processes(shared: &Shared, snapshot: &Snapshot) -> Arc<Sample> {
+    let newest = snapshot
+        .pool
+        .workers()
+        .map(|b| b.instance())
+        .filter(|i| i.tree().is_some())
+        .map(|i| i.started)
+        .max();
+    match newest {
+        Some(started) => shared.sampler.taken_after(started).await,
+        None => shared.sampler.latest(),
+    }
+}
+
+/// The `/status` document. Everything but the CPU and memory figures is
+/// read first, at once; those come from the sampler (which may take a
+/// pass), so the states shown are those of one moment.
+async fn status(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.snapshot();
-    let table = ProcessTable::read();
     let backends: Vec<_> = snapshot
         .pool
         .backends
         .iter()
         .map(|b| {
             let instance = b.instance();
-            let state = b.state();
-            let mut entry = json!({
-                "name": b.label,
-                "address": instance.addr.to_string(),
-                "state": state.as_str(),
-                "reason": state.reason().map(|r| r.as_str()),
-                "pid": instance.pid,
-                "restarts": b.restarts(),
-                "active_connections": b.active(),
-            });
-            if let Some(steering) = &shared.steering {
-                // The kernel hands clients to the workers: corral does not
-                // know their connections, only what waits in each socket.
-                entry["active_connections"] = serde_json::Value::Null;
-                entry["accept_queue"] = json!(match b.kind {
-                    Kind::Worker(slot) => steering.queue_length(slot),
-                    Kind::Static => None,
-                });
-            }
-            if matches!(b.kind, Kind::Worker(_)) {
-                let usage = instance.tree().and_then(|root| table.tree(root));
-                // A crashed or stopped worker has no uptime, only a last pid.
-                // A disabled worker shows `disabled` though its process is down.
-                let running = !matches!(state, State::Stopped)
-                    && !matches!(b.reason(), Some(DownReason::Crashed | DownReason::NotReady));
-                entry["uptime_seconds"] = json!(instance
-                    .pid
-                    .filter(|_| running)
-                    .map(|_| instance.started.elapsed().as_secs_f64()));
-                entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
-                entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
-                entry["status"] = json!(b.status_text().as_deref());
-            }
-            entry
+            let entry = status_entry(shared, b, &instance);
+            (instance, entry)
         })
         .collect();
-    json!({
+    let mut document = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "front_end": snapshot.config.listener.binds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "admin": snapshot.config.admin.bind.to_string(),
@@ -369,9 +357,65 @@ fn status(shared: &Shared) -> serde_json::Value {
         "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
         "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
         "draining": shared.is_draining(),
-        "backends": backends,
+        "backends": [],
         "intruders": shared.steering.as_ref().map(|s| s.intruders()),
-    })
+    });
+    let table = processes(shared, &snapshot).await;
+    let entries = backends
+        .into_iter()
+        .map(|(instance, mut entry)| {
+            if entry.get("cpu_seconds").is_some() {
+                let usage = instance.tree().and_then(|root| table.tree(root));
+                entry["cpu_seconds"] = json!(usage.map(|u| u.cpu_seconds));
+                entry["memory_bytes"] = json!(usage.map(|u| u.memory_bytes));
+            }
+            entry
+        })
+        .collect();
+    document["backends"] = serde_json::Value::Array(entries);
+    document
+}
+
+/// One backend's `/status` entry; a worker's `cpu_seconds` and
+/// `memory_bytes` are left `null` for the caller to fill.
+fn status_entry(
+    shared: &Shared,
+    b: &crate::pool::Backend,
+    instance: &crate::pool::Instance,
+) -> serde_json::Value {
+    let state = b.state();
+    let mut entry = json!({
+        "name": b.label,
+        "address": instance.addr.to_string(),
+        "state": state.as_str(),
+        "reason": b.reason().map(|r| r.as_str()),
+        "pid": instance.pid,
+        "restarts": b.restarts(),
+        "active_connections": b.active(),
+    });
+    if let Some(steering) = &shared.steering {
+        // The kernel hands clients to the workers: corral does not
+        // know their connections, only what waits in each socket.
+        entry["active_connections"] = serde_json::Value::Null;
+        entry["accept_queue"] = json!(match b.kind {
+            Kind::Worker(slot) => steering.queue_length(slot),
+            Kind::Static => None,
+        });
+    }
+    if matches!(b.kind, Kind::Worker(_)) {
+        // A crashed or stopped worker has no uptime, only a last pid (a
+        // disabled one shows `disabled` though its process is down).
+        let running = !matches!(state, State::Stopped)
+            && !matches!(b.reason(), Some(DownReason::Crashed | DownReason::NotReady));
+        entry["uptime_seconds"] = json!(instance
+            .pid
+            .filter(|_| running)
+            .map(|_| instance.started.elapsed().as_secs_f64()));
+        entry["cpu_seconds"] = serde_json::Value::Null;
+        entry["memory_bytes"] = serde_json::Value::Null;
+        entry["status"] = json!(b.status_text().as_deref());
+    }
+    entry
 }
 
 /// Signals corral passes on to workers: not KILL or STOP (corral stops

@@ -13,6 +13,7 @@ use super::signals::Signals;
 use super::{admin, notify, Source};
 use crate::config::{defaults, Config, ListenMode};
 use crate::datapath::listener;
+use crate::sampler::Sampler;
 use crate::shared::Shared;
 use crate::steering::{self, Steering};
 use crate::supervisor::spawn::Spawner;
@@ -129,8 +130,9 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
         tracing::info!(uid = ?who.uid, gid = who.gid, "dropped privileges");
     }
     let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
+    let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
-    let shared = Shared::new(config.clone(), steering.clone());
+    let shared = Shared::new(config.clone(), steering.clone(), sampler);
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
     tokio::spawn(admin::serve(

@@ -134,7 +134,8 @@ pub fn scale(
     let old = shared.config();
     ports::settle(&mut fresh, Some(&old)).map_err(ReloadError::Overrides)?;
     // A scale that outgrew the picked ports moved them: the workers follow.
-    let roll = old.workers.as_ref().map(|w| w.port_base) != fresh.workers.as_ref().map(|w| w.port_base);
+    let roll =
+        old.workers.as_ref().map(|w| w.port_base) != fresh.workers.as_ref().map(|w| w.port_base);
     apply(shared, supervisor, Arc::new(fresh), roll);
     tracing::info!(count, "workers scaled");
     Ok(())

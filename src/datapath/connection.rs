@@ -3,13 +3,21 @@
 //! moving on to the next backend if that fails), pump bytes, decide
 //! whether a backend that hung up unanswered gets the request replayed on
 //! another one, then account and log how it ended, and which side ended it.
+//!
+//! A client relayed to a fixed address ([`serve_relayed`]: in `fd` mode,
+//! one corral took off the queue of a worker slot out of rotation) takes
+//! the same steps but the first two: connect (within `timeouts.connect`),
+//! pump (idle and first-byte timeouts, the drain's cut), close reason,
+//! metrics and the log line.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
 use super::proxy_protocol;
@@ -19,6 +27,7 @@ use crate::dispatch::Tried;
 use crate::health;
 use crate::pool::{ActiveGuard, Backend, Instance, Snapshot};
 use crate::shared::Shared;
+use crate::steering::Relay;
 
 /// Why a connection ended: the log's `end` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +219,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 replay,
                 client_done,
             } => {
-                if !replay_allowed(&client, &replay, &instance) {
+                if !replay_allowed(&shared, &client, &replay, &instance).await {
                     break Closed {
                         reason: Reason::BackendClosed,
                         by: Side::Backend,
@@ -285,9 +294,10 @@ async fn carry_on(
         client.done_sending = false;
         return Ok(Carry::NextRequest);
     }
-    let stopped =
-        instance.is_retired() || instance.pid.is_some_and(crate::process_state::is_exiting);
-    if !stopped && !exchange.unanswered_idempotent() {
+    let safe = exchange.unanswered_idempotent()
+        || instance.is_retired()
+        || worker_exiting(shared, instance).await;
+    if !safe {
         return Err(Closed {
             reason: Reason::BackendClosed,
             by: Side::Backend,
@@ -475,11 +485,29 @@ async fn introduce(
 /// never got a byte, or when it is a worker that died (it cannot have
 /// finished the request and the client is owed an answer). A live backend
 /// that closed on purpose may have acted on the request: no second run.
-fn replay_allowed(client: &Client, replay: &[u8], instance: &Instance) -> bool {
+async fn replay_allowed(
+    shared: &Shared,
+    client: &Client,
+    replay: &[u8],
+    instance: &Instance,
+) -> bool {
     let nothing_sent = client.pending.is_empty() && replay.is_empty();
-    let worker_died = instance.pid.is_some_and(crate::process_state::is_exiting);
     let within_limit = client.pending.len() + replay.len() <= pump::REPLAY_LIMIT;
-    (nothing_sent || worker_died) && within_limit
+    within_limit && (nothing_sent || worker_exiting(shared, instance).await)
+}
+
+/// Is `instance` a worker process that is gone or exiting now (after its
+/// connection ended)? The sampler's thread looks, in a pass started after
+/// this asks: this thread touches no file.
+async fn worker_exiting(shared: &Shared, instance: &Instance) -> bool {
+    match instance.pid {
+        Some(pid) => shared
+            .sampler
+            .taken_after(Instant::now())
+            .await
+            .is_exiting(pid),
+        None => false,
+    }
 }
 
 /// Step 4: the metrics of one backend connection, however it ended.
@@ -508,7 +536,21 @@ fn closing(
     end: End,
     by: Side,
 ) -> Closed {
-    let reason = match end {
+    if end == End::FirstByteTimeout {
+        let config = &snapshot.config;
+        if let Some(limit) = config.timeouts.first_byte {
+            health::first_byte_timed_out(&snapshot.pool, backend, instance, &config.health, limit);
+        }
+    }
+    Closed {
+        reason: reason_of(shared, end),
+        by,
+    }
+}
+
+/// The close reason of a pump's end, with its timeouts counted.
+fn reason_of(shared: &Shared, end: End) -> Reason {
+    match end {
         End::Eof => Reason::Eof,
         End::IdleTimeout => {
             shared.metrics.errors.timeout.inc();
@@ -516,23 +558,12 @@ fn closing(
         }
         End::FirstByteTimeout => {
             shared.metrics.errors.timeout.inc();
-            let config = &snapshot.config;
-            if let Some(limit) = config.timeouts.first_byte {
-                health::first_byte_timed_out(
-                    &snapshot.pool,
-                    backend,
-                    instance,
-                    &config.health,
-                    limit,
-                );
-            }
             Reason::FirstByteTimeout
         }
         End::Reset => Reason::Reset,
         End::Cut => Reason::Cut,
         End::BackendGaveUp { .. } | End::Detached { .. } => Reason::BackendClosed,
-    };
-    Closed { reason, by }
+    }
 }
 
 fn log_closed(
@@ -543,7 +574,41 @@ fn log_closed(
     started: Instant,
     closed: Closed,
 ) {
-    if config.log.connections {
+    log_closed_as(
+        config,
+        client,
+        backend,
+        (bytes_in, bytes_out),
+        started,
+        closed,
+        None,
+    );
+}
+
+/// The connection's log line; a relayed one says why it was relayed.
+fn log_closed_as(
+    config: &Config,
+    client: SocketAddr,
+    backend: &str,
+    (bytes_in, bytes_out): (u64, u64),
+    started: Instant,
+    closed: Closed,
+    relayed: Option<&str>,
+) {
+    if let (true, Some(relayed)) = (config.log.connections, relayed) {
+        tracing::info!(
+            target: "corral::connection",
+            %client,
+            backend,
+            bytes_in,
+            bytes_out,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = closed.reason.as_str(),
+            closed_by = closed.by.as_str(),
+            relayed,
+            "connection closed"
+        );
+    } else if config.log.connections {
         tracing::info!(
             target: "corral::connection",
             %client,
@@ -555,5 +620,125 @@ fn log_closed(
             closed_by = closed.by.as_str(),
             "connection closed"
         );
+    }
+}
+
+/// Serves a client through `relay.target` until either side closes, a
+/// timeout, or corral cuts it; counted, and logged as any connection.
+pub async fn serve_relayed(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    relay: Relay,
+) {
+    let started = Instant::now();
+    let config = shared.config();
+    let _ = stream.set_nodelay(true);
+    let connecting = tokio::time::timeout(config.timeouts.connect, connect_from(&relay));
+    let (closed, bytes) = match connecting.await {
+        Ok(Ok(mut upstream)) => {
+            let outcome = pump::pump(
+                &mut stream,
+                &mut upstream,
+                pump::Options {
+                    idle: config.timeouts.idle,
+                    first_byte: config.timeouts.first_byte,
+                    replayable: false,
+                    splice: config.runtime.splice,
+                    already_sent: false,
+                    meters: None,
+                    cut: shared.cut_signal(),
+                    stateless: None,
+                },
+            )
+            .await;
+            if outcome.spliced {
+                shared.metrics.spliced.inc();
+            }
+            let closed = Closed {
+                reason: reason_of(&shared, outcome.end),
+                by: outcome.by,
+            };
+            (closed, (outcome.from_client, outcome.from_backend))
+        }
+        Ok(Err(error)) => {
+            let reason = if health::is_local_shortage(&error) {
+                shared.metrics.errors.resources.inc();
+                Reason::Resources
+            } else {
+                shared.metrics.errors.connect_failed.inc();
+                Reason::ConnectFailed
+            };
+            tracing::warn!(%error, target = %relay.target, "cannot relay a client: {}", relay.why);
+            (Closed::by_corral(reason), (0, 0))
+        }
+        Err(_) => {
+            shared.metrics.errors.timeout.inc();
+            tracing::warn!(target = %relay.target, timeout = ?config.timeouts.connect, "relaying a client timed out connecting: {}", relay.why);
+            (Closed::by_corral(Reason::ConnectFailed), (0, 0))
+        }
+    };
+    let backend = relay.backend.as_deref().unwrap_or("");
+    log_closed_as(
+        &config,
+        peer,
+        backend,
+        bytes,
+        started,
+        closed,
+        Some(&relay.why),
+    );
+}
+
+/// A connection to `relay.target` from `relay.from`.
+async fn connect_from(relay: &Relay) -> std::io::Result<TcpStream> {
+    let socket = match relay.target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(from) = relay.from {
+        socket.bind(SocketAddr::new(from.into(), 0))?;
+    }
+    let upstream = socket.connect(relay.target).await?;
+    let _ = upstream.set_nodelay(true);
+    Ok(upstream)
+}
+
+/// The front end's side of fd mode's rescues: steering takes clients off a
+/// slot out of rotation and hands them here, to be served as any proxied
+/// connection. (Implemented here, not in `shared`, so that `shared` does
+/// not import the data path.)
+impl crate::steering::Host for Shared {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Shared::snapshot(self)
+    }
+
+    fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
+        Shared::accepting_stopped(self)
+    }
+
+    fn cut_signal(&self) -> &CancellationToken {
+        Shared::cut_signal(self)
+    }
+
+    fn connections(&self) -> &TaskTracker {
+        Shared::connections(self)
+    }
+
+    fn sampler(&self) -> &crate::sampler::Sampler {
+        &self.sampler
+    }
+
+    fn count_rescued(&self) {
+        self.metrics.rescued.inc();
+    }
+
+    fn serve_rescued(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        relay: Relay,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(serve_relayed(self, client, peer, relay))
     }
 }

@@ -34,6 +34,7 @@ mod accept_queue;
 
 use crate::config::{HealthConfig, HealthKind};
 use crate::pool::{Backend, DownReason, HealthChange, Instance, Kind, Pool};
+use crate::sampler::Sampler;
 use crate::shared::Shared;
 
 /// Why one check failed, for the log (as HAProxy reports it).
@@ -96,8 +97,9 @@ pub async fn run(shared: Arc<Shared>) {
             let backend = Arc::clone(backend);
             let health = health.clone();
             let metrics_errors = shared.metrics.errors.resources.clone();
+            let sampler = shared.sampler.clone();
             checks.spawn(async move {
-                let verdict = check(&backend, &health).await;
+                let verdict = check(&backend, &health, &sampler).await;
                 match &verdict {
                     Verdict::Skipped(error) if is_local_shortage(error) => {
                         metrics_errors.inc();
@@ -127,10 +129,10 @@ fn should_check(backend: &Backend) -> bool {
 }
 
 /// One check of one backend.
-pub async fn check(backend: &Backend, health: &HealthConfig) -> Verdict {
+pub async fn check(backend: &Backend, health: &HealthConfig, sampler: &Sampler) -> Verdict {
     let instance = backend.instance();
     if let Some(from) = instance.probe_from {
-        return probe_handed(instance.addr, from, instance.tree(), health).await;
+        return probe_handed(instance.addr, from, instance.tree(), health, sampler).await;
     }
     let worker = matches!(backend.kind, Kind::Worker(_));
     probe(instance.addr, health, worker).await
@@ -142,12 +144,14 @@ pub async fn check(backend: &Backend, health: &HealthConfig) -> Verdict {
 /// socket) must be accepted by a process of the worker's tree (`tree`;
 /// another process of the slot, or corral emptying the queue, does not
 /// count) within `health.timeout`, and with `health.kind = "http"`, be
-/// answered with a 2xx.
+/// answered with a 2xx. Whose the accepting socket is, the sampler says
+/// (a pass made after the accept).
 pub async fn probe_handed(
     front: SocketAddr,
     from: Ipv4Addr,
     tree: Option<u32>,
     health: &HealthConfig,
+    sampler: &Sampler,
 ) -> Verdict {
     let socket = match new_socket(front) {
         Ok(socket) => socket,
@@ -196,7 +200,11 @@ pub async fn probe_handed(
         Err(_) => return Verdict::Failed(CheckFailure::NotAccepted),
     };
     if let Some(root) = tree {
-        if !crate::supervisor::resources::tree_holds_socket(root, inode) {
+        if !sampler
+            .sockets_of(root)
+            .await
+            .tree_holds_socket(root, inode)
+        {
             return Verdict::Failed(CheckFailure::TakenByAnother);
         }
     }

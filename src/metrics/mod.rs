@@ -16,7 +16,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::supervisor::resources::Usage;
+use crate::sampler::Usage;
 
 /// Buckets from 100 µs (loopback) to 10 s (a slow WAN connect or a long request).
 const CONNECT_BUCKETS: &[f64] = &[
@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Datagrams on the workers' notify socket that were ignored: from a
     /// process outside every worker's tree, or malformed.
     pub notify_ignored: IntCounter,
+    /// `workers.listen = "fd"`: clients corral took off the socket of a
+    /// worker slot out of rotation and served through the front end.
+    pub rescued: IntCounter,
     /// The per-backend families, by name for resolving handles.
     backend: BackendFamilies,
     /// The same families, as the one list a removed backend is forgotten
@@ -344,6 +347,11 @@ impl Metrics {
                 &r,
                 names::WORKER_NOTIFY_IGNORED,
                 "Datagrams on the workers' NOTIFY_SOCKET that were ignored (sent by a process outside every worker's tree, or malformed).",
+            ),
+            rescued: counter(
+                &r,
+                names::RESCUED_CONNECTIONS,
+                "Clients corral took off the socket of a worker slot out of rotation and served through the front end (workers.listen = \"fd\").",
             ),
             sticky_entries,
             sticky_hit: sticky_lookups.with_label_values(&["hit"]),

@@ -38,7 +38,9 @@ impl State {
     pub fn reason(self) -> Option<DownReason> {
         match self {
             State::Down(reason) => Some(reason),
-            State::Starting | State::Up | State::Draining | State::Stopped | State::Disabled => None,
+            State::Starting | State::Up | State::Draining | State::Stopped | State::Disabled => {
+                None
+            }
         }
     }
 

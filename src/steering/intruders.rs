@@ -6,7 +6,7 @@
 //! probes. So corral looks: the kernel's listening TCP sockets (sock_diag
 //! over netlink, the source `ss -tl` reads) on the front end's port that are
 //! none of corral's slot sockets (compared by inode) are intruders, named
-//! with the pid that holds them (from `/proc/<pid>/fd`).
+//! with the pid that holds them (the sampler finds it in `/proc/<pid>/fd`).
 
 use std::collections::HashSet;
 use std::io;
@@ -51,13 +51,14 @@ pub fn inode_of(socket: &impl AsRawFd) -> Option<u64> {
 }
 
 /// Listening IPv4 TCP sockets on `front`'s port (its address, or any
-/// address when one of the two is unspecified) that are not in `own`.
+/// address when one of the two is unspecified) that are not in `own`,
+/// not yet named ([`name`]).
 pub fn find(front: SocketAddr, own: &HashSet<u64>) -> io::Result<Vec<Intruder>> {
     let front_ip = match front.ip() {
         std::net::IpAddr::V4(ip) => ip,
         std::net::IpAddr::V6(_) => return Ok(Vec::new()),
     };
-    let mut found: Vec<Intruder> = listeners()?
+    let found: Vec<Intruder> = listeners()?
         .into_iter()
         .filter(|(addr, inode)| {
             addr.port() == front.port()
@@ -73,52 +74,18 @@ pub fn find(front: SocketAddr, own: &HashSet<u64>) -> io::Result<Vec<Intruder>> 
             inode,
         })
         .collect();
-    if !found.is_empty() {
-        name_holders(&mut found);
-    }
     Ok(found)
 }
 
-/// Fills in the pid and command of each intruder from `/proc/*/fd`.
-fn name_holders(found: &mut [Intruder]) {
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for process in processes.flatten() {
-        let Some(pid) = process
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            for intruder in found
-                .iter_mut()
-                .filter(|i| i.inode == inode && i.pid.is_none())
-            {
-                intruder.pid = Some(pid);
-                intruder.command = std::fs::read_to_string(process.path().join("comm"))
-                    .ok()
-                    .map(|c| c.trim().to_string());
-            }
-        }
-        if found.iter().all(|i| i.pid.is_some()) {
-            return;
+/// Fills in the pid and command of each intruder from what `sample` found
+/// holding its socket ([`Sampler::holders_of`]).
+///
+/// [`Sampler::holders_of`]: crate::sampler::Sampler::holders_of
+pub fn name(found: &mut [Intruder], sample: &crate::sampler::Sample) {
+    for intruder in found.iter_mut() {
+        if let Some(holder) = sample.holder(intruder.inode) {
+            intruder.pid = Some(holder.pid);
+            intruder.command = holder.command.clone();
         }
     }
 }
@@ -270,6 +237,7 @@ mod tests {
         let front = own.local_addr().unwrap();
         let ours = HashSet::from([inode_of(&own).unwrap()]);
         assert_eq!(find(front, &ours).unwrap(), Vec::new());
+        let sampler = crate::sampler::Sampler::start().unwrap();
         let other =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         other.set_reuse_address(true).unwrap();
@@ -279,11 +247,18 @@ mod tests {
             .bind(&SocketAddr::new("127.0.0.2".parse().unwrap(), front.port()).into())
             .unwrap();
         other.listen(8).unwrap();
-        let found = find(
+        let mut found = find(
             SocketAddr::new("0.0.0.0".parse().unwrap(), front.port()),
             &ours,
         )
         .unwrap();
+        let inodes: Vec<u64> = found.iter().map(|i| i.inode).collect();
+        let sample = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(sampler.holders_of(&inodes));
+        name(&mut found, &sample);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].pid, Some(std::process::id()));
         assert_eq!(found[0].address, format!("127.0.0.2:{}", front.port()));

@@ -37,6 +37,7 @@ use crate::pool::Snapshot;
 use crate::pool::{DownReason, Kind, State};
 use crate::strategy::FdPlacement;
 pub use program::{probe_source, Rule};
+pub use rescue::Relay;
 
 /// How often the rotation is recomputed and steered-around queues emptied.
 const TICK: Duration = Duration::from_millis(50);
@@ -57,6 +58,18 @@ pub trait Host: Send + Sync + 'static {
     /// The open connections the graceful stop waits for (rescued clients'
     /// relays join them).
     fn connections(&self) -> &TaskTracker;
+    /// The last passes over `/proc` (who holds an intruder's socket).
+    fn sampler(&self) -> &crate::sampler::Sampler;
+    /// Counts one client taken off a slot out of rotation.
+    fn count_rescued(&self);
+    /// Serves a rescued client through `relay` as any proxied connection
+    /// is served (timeouts, close reason, log line, metrics).
+    fn serve_rescued(
+        self: Arc<Self>,
+        client: tokio::net::TcpStream,
+        peer: SocketAddr,
+        relay: rescue::Relay,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 /// The group of slot sockets on one front-end address, and its program.
@@ -330,7 +343,7 @@ pub async fn watch_intruders<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
             intruders::find(looking.addr(), &looking.own_inodes())
         })
         .await;
-        let found = match found {
+        let mut found = match found {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 if !failed {
@@ -341,6 +354,10 @@ pub async fn watch_intruders<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
             }
             Err(_) => continue,
         };
+        if !found.is_empty() {
+            let inodes: Vec<u64> = found.iter().map(|i| i.inode).collect();
+            intruders::name(&mut found, &*host.sampler().holders_of(&inodes).await);
+        }
         let mut known = steering
             .intruders
             .lock()

@@ -12,6 +12,11 @@
 //! takes that client first, the job's `accept` blocks: [`Rescues::tend`]
 //! then wakes it with a connection from the slot's probe address, which
 //! the job recognises as a probe and closes.
+//!
+//! A rescued client is served as any proxied one is
+//! (`datapath::connection::serve_relayed`, through [`Host::serve_rescued`]): connect and idle timeouts, the drain's
+//! cut, its close reason in the log line (`relayed`), the error counters,
+//! and `corral_rescued_connections_total`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,9 +28,25 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::labels::worker_label;
+
 use super::program::{self, Rule};
 use super::Host;
 use super::Steering;
+
+/// A client to serve through a fixed address rather than a backend the
+/// dispatcher picks.
+pub struct Relay {
+    /// Where to connect.
+    pub target: SocketAddr,
+    /// The source address to connect from (it decides where the kernel
+    /// places the connection); corral's own when `None`.
+    pub from: Option<Ipv4Addr>,
+    /// What the log line says of the client's way here (`relayed`).
+    pub why: String,
+    /// The `backend` of the log line, when it is known.
+    pub backend: Option<String>,
+}
 
 /// A job still running after this long may be blocked in `accept`.
 const STUCK_AFTER: Duration = Duration::from_millis(100);
@@ -79,13 +100,23 @@ impl Rescues {
                     continue; // corral's own probe (or a wake-up): close it
                 };
                 served += 1;
-                let from = place.source_for(peer);
-                let cut = host.cut_signal().clone();
-                host.connections().spawn_on(
+                host.count_rescued();
+                let placed = place.slot_for(peer);
+                let relay = Relay {
+                    target,
+                    from: placed.map(program::probe_source),
+                    why: format!("rescued from {}, out of rotation", worker_label(slot)),
+                    backend: placed.map(worker_label),
+                };
+                let client: std::net::TcpStream = client.into();
+                if client.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let host = Arc::clone(&host);
+                host.connections().clone().spawn_on(
                     async move {
-                        tokio::select! {
-                            _ = relay(client.into(), target, from) => {}
-                            _ = cut.cancelled() => {}
+                        if let Ok(client) = TcpStream::from_std(client) {
+                            host.serve_rescued(client, peer, relay).await;
                         }
                     },
                     &runtime,
@@ -129,13 +160,14 @@ struct Placement {
 }
 
 impl Placement {
-    /// The source address to relay `client` from: with `sticky`, the probe
-    /// address of the worker its own address maps to; else corral's own.
-    fn source_for(&self, client: SocketAddr) -> Option<Ipv4Addr> {
+    /// The slot to relay `client` to (from that slot's probe address):
+    /// with `sticky`, the one its own address maps to; else none, and the
+    /// client is relayed from corral's own address and spread.
+    fn slot_for(&self, client: SocketAddr) -> Option<usize> {
         match (&self.rule, client.ip()) {
-            (Rule::Sticky { prefix }, IpAddr::V4(ip)) if !self.serving.is_empty() => Some(
-                program::probe_source(program::sticky_slot(ip, *prefix, &self.serving)),
-            ),
+            (Rule::Sticky { prefix }, IpAddr::V4(ip)) if !self.serving.is_empty() => {
+                Some(program::sticky_slot(ip, *prefix, &self.serving))
+            }
             _ => None,
         }
     }
@@ -165,32 +197,4 @@ async fn wake(front: SocketAddr, from: Ipv4Addr) {
             let _ = tokio::time::timeout(Duration::from_secs(1), socket.connect(front)).await;
         }
     }
-}
-
-/// Copies bytes both ways between a rescued client and the front end,
-/// connecting from `from` when given.
-async fn relay(client: std::net::TcpStream, target: SocketAddr, from: Option<Ipv4Addr>) {
-    if client.set_nonblocking(true).is_err() {
-        return;
-    }
-    let Ok(mut client) = TcpStream::from_std(client) else {
-        return;
-    };
-    let upstream = async {
-        let socket = TcpSocket::new_v4()?;
-        if let Some(from) = from {
-            socket.bind(SocketAddr::new(from.into(), 0))?;
-        }
-        socket.connect(target).await
-    };
-    let mut upstream = match upstream.await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(%error, %target, "cannot pass a rescued client to the front end");
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

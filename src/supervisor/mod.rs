@@ -9,7 +9,6 @@
 
 pub mod notify;
 pub mod ports;
-pub mod resources;
 pub mod shim;
 mod slot;
 pub(crate) mod spawn;

@@ -331,7 +331,7 @@ fn owner(state: &HubState, pid: u32) -> Result<mpsc::Sender<Notice>, Vec<u32>> {
     let mut ancestry = vec![pid];
     let mut current = pid;
     while ancestry.len() < MAX_DEPTH {
-        let Some(parent) = parent_of(current).filter(|&p| p > 1) else {
+        let Some(parent) = crate::sampler::proc::parent_of(current).filter(|&p| p > 1) else {
             break;
         };
         let mut trees = state.trees();
@@ -344,14 +344,6 @@ fn owner(state: &HubState, pid: u32) -> Result<mpsc::Sender<Notice>, Vec<u32>> {
         current = parent;
     }
     Err(ancestry)
-}
-
-/// The parent pid of `pid`, from `/proc/<pid>/stat`.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold anything.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The notices in one datagram: newline-separated `KEY=VALUE` lines;

@@ -184,7 +184,7 @@ fn kill_tree(worker: Pid) {
     let _ = killpg(worker, Signal::SIGKILL);
     let me = std::process::id();
     loop {
-        let children = children_of(me);
+        let children = crate::sampler::proc::children_of(me);
         for &child in &children {
             let _ = kill(Pid::from_raw(child as i32), Signal::SIGKILL);
         }
@@ -196,18 +196,6 @@ fn kill_tree(worker: Pid) {
             Err(Errno::ECHILD) => {}
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
         }
-    }
-}
-
-/// The pids whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
-        Err(_) => super::resources::ProcessTable::read().children(pid),
     }
 }
 

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
-use super::resources;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
 use super::strays;
 use crate::config::WorkersConfig;
 use crate::health::{self, Verdict};
 use crate::pool::{Backend, DownReason, Instance};
+use crate::sampler::Sample;
 use crate::shared::Shared;
 use crate::steering::intruders;
 use crate::steering::{self, Steering};
@@ -35,8 +35,9 @@ use socket2::Socket;
 /// that starts listening sends corral no notice, so this one wait polls.
 const READY_PROBE_MAX: Duration = Duration::from_millis(50);
 
-/// Samples (one a second) in a row above `workers.max_memory` before a
-/// worker is replaced: a short spike is not "staying above".
+/// Samples (the sampler's passes, one a second) in a row above
+/// `workers.max_memory` before a worker is replaced: a short spike is not
+/// "staying above".
 const MEMORY_SAMPLES_OVER: u32 = 2;
 
 /// Why a worker could not be started or replaced.
@@ -150,7 +151,7 @@ impl Slot {
                     }
                     let up_since = Instant::now();
                     let mut hang_check = tokio::time::interval(Duration::from_secs(1));
-                    let mut over_memory = 0u32;
+                    let mut memory = MemoryWatch::default();
                     let watchdog = tokio::time::sleep_until(watchdog_deadline(&workers));
                     tokio::pin!(watchdog);
                     loop {
@@ -182,11 +183,8 @@ impl Slot {
                             }
                             _ = hang_check.tick() => {
                                 if let Some(limit) = workers.max_memory {
-                                    let resident = resources::tree(live.process.shim)
-                                        .map_or(0, |u| u.memory_bytes);
-                                    over_memory = if resident > limit { over_memory + 1 } else { 0 };
-                                    if over_memory >= MEMORY_SAMPLES_OVER {
-                                        over_memory = 0;
+                                    let sample = self.shared.sampler.latest();
+                                    if let Some(resident) = memory.over(&sample, live.process.shim, limit) {
                                         tracing::warn!(
                                             worker = self.id,
                                             pid = live.process.pid,
@@ -456,7 +454,8 @@ impl Slot {
         self.backend.show_starting(instance);
         let health = self.shared.config().health.clone();
         let shim = process.shim;
-        let probe = || health::probe_handed(target, from, Some(shim), &health);
+        let sampler = &self.shared.sampler;
+        let probe = || health::probe_handed(target, from, Some(shim), &health, sampler);
         let not_ready = SlotError::HandedNotTaken {
             timeout: workers.ready_timeout,
         };
@@ -568,6 +567,34 @@ impl Slot {
         old.process.stop(workers.stop_timeout).await;
         self.release(&old);
         Ok(())
+    }
+}
+
+/// Whether a live process stays above `workers.max_memory`: each of the
+/// sampler's passes counts once, however often it is read.
+#[derive(Default)]
+struct MemoryWatch {
+    /// The last pass counted.
+    generation: u64,
+    /// Passes in a row above the limit.
+    over: u32,
+}
+
+impl MemoryWatch {
+    /// The tree's resident bytes, once [`MEMORY_SAMPLES_OVER`] passes in a
+    /// row saw it above `limit` (the count starts again after).
+    fn over(&mut self, sample: &Sample, root: u32, limit: u64) -> Option<u64> {
+        if sample.generation == self.generation {
+            return None;
+        }
+        self.generation = sample.generation;
+        let resident = sample.tree(root).map_or(0, |u| u.memory_bytes);
+        self.over = if resident > limit { self.over + 1 } else { 0 };
+        if self.over < MEMORY_SAMPLES_OVER {
+            return None;
+        }
+        self.over = 0;
+        Some(resident)
     }
 }
 
@@ -690,10 +717,15 @@ impl Slot {
     /// is said at once in the log and the slot is marked down with the
     /// reason (it stays out of rotation; its clients go to the others).
     async fn look_for_strays(&self, handed: Handed, pid: u32, strays: &mut Strays) {
-        let found = tokio::task::spawn_blocking(move || {
-            strays::listening_elsewhere(handed.shim, handed.inode)
-        })
-        .await;
+        let held = self
+            .shared
+            .sampler
+            .sockets_of(handed.shim)
+            .await
+            .sockets_held(handed.shim);
+        let found =
+            tokio::task::spawn_blocking(move || strays::listening_elsewhere(&held, handed.inode))
+                .await;
         let addrs = match found {
             Ok(Ok(addrs)) => addrs,
             _ => return, // /proc or sock_diag unreadable: the ready_timeout still applies

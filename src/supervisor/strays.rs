@@ -3,14 +3,15 @@
 //! with its usual `--port`, or code that ignores `LISTEN_FDS`). Its clients
 //! would wait in fd 3's queue for ever, so a starting worker is looked at
 //! a few times a second: listening TCP sockets (sock_diag, as in
-//! [`crate::steering::intruders`]) held by a process of its tree
-//! ([`super::resources`]) that are not the handed one are strays.
+//! [`crate::steering::intruders`]) held by a process of its tree (as the
+//! [`crate::sampler`] saw it) that are not the handed one are strays.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::resources;
+use std::collections::HashSet;
+
 use crate::steering::intruders;
 
 /// How often a starting fd-mode worker is looked at.
@@ -21,10 +22,10 @@ pub const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// admin port a moment before it starts taking clients from fd 3.
 pub const GRACE: Duration = Duration::from_secs(1);
 
-/// The addresses `root`'s tree listens on other than the handed socket
-/// (inode `handed`), sorted; empty when there is none.
-pub fn listening_elsewhere(root: u32, handed: u64) -> io::Result<Vec<SocketAddr>> {
-    let held = resources::tree_socket_inodes(root);
+/// The addresses a worker's tree, holding the sockets `held`, listens on
+/// other than the handed socket (inode `handed`), sorted; empty when there
+/// is none.
+pub fn listening_elsewhere(held: &HashSet<u64>, handed: u64) -> io::Result<Vec<SocketAddr>> {
     if held.is_empty() {
         return Ok(Vec::new());
     }
@@ -70,7 +71,8 @@ mod tests {
         let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let stray6 = std::net::TcpListener::bind("[::1]:0").ok();
         let handed_inode = intruders::inode_of(&handed).unwrap();
-        let found = listening_elsewhere(std::process::id(), handed_inode).unwrap();
+        let held = crate::sampler::proc::socket_inodes(std::process::id());
+        let found = listening_elsewhere(&held, handed_inode).unwrap();
         assert!(found.contains(&stray.local_addr().unwrap()), "{found:?}");
         assert!(!found.contains(&handed.local_addr().unwrap()), "{found:?}");
         if let Some(stray6) = stray6 {
