@@ -595,7 +595,8 @@ fn log_closed_as(
     closed: Closed,
     relayed: Option<&str>,
 ) {
-    if let (true, Some(relayed)) = (config.log.connections, relayed) {
+    if config.log.connections {
+        // `relayed` is left out of the line when there is none.
         tracing::info!(
             target: "corral::connection",
             %client,
@@ -606,18 +607,6 @@ fn log_closed_as(
             end = closed.reason.as_str(),
             closed_by = closed.by.as_str(),
             relayed,
-            "connection closed"
-        );
-    } else if config.log.connections {
-        tracing::info!(
-            target: "corral::connection",
-            %client,
-            backend,
-            bytes_in,
-            bytes_out,
-            duration_ms = started.elapsed().as_millis() as u64,
-            end = closed.reason.as_str(),
-            closed_by = closed.by.as_str(),
             "connection closed"
         );
     }

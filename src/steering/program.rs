@@ -215,27 +215,10 @@ impl Program {
 /// own `accept` on it working (uvicorn logs `EINVAL` tracebacks when the
 /// socket it accepts from is shut down under it).
 pub fn drop_new_clients(socket: &impl AsRawFd) -> io::Result<()> {
-    let drop_all = [stmt(libc::BPF_RET | libc::BPF_K, 0)];
-    let program = libc::sock_fprog {
-        len: drop_all.len() as u16,
-        filter: drop_all.as_ptr() as *mut sock_filter,
-    };
-    // SAFETY: `program` points at `drop_all`, which outlives the call; the
-    // kernel copies the program.
-    let done = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&program as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if done == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    Program {
+        instructions: vec![stmt(libc::BPF_RET | libc::BPF_K, 0)],
     }
+    .attach_filter(socket)
 }
 
 /// Removes `socket`'s filter; having none is fine.
