@@ -30,10 +30,16 @@ use crate::sampler::Sampler;
 use crate::steering::Steering;
 
 pub struct Shared {
+    /// The config and the pool built from it, swapped whole by a reload
+    /// ([`Shared::publish`]) so a connection reads one consistent pair.
     current: ArcSwap<Snapshot>,
+    /// Picks a backend per connection (port mode): the strategy's state,
+    /// the sticky table among it, outlives any one snapshot.
     pub dispatcher: Dispatcher,
     /// The per-client table (`[clients]`).
     pub clients: ClientTable,
+    /// Every Prometheus family corral exports; counters never go back, so
+    /// they live here rather than in a snapshot.
     pub metrics: Metrics,
     /// The fetch of the workers' own metrics that concurrent `/metrics`
     /// requests share.
@@ -51,7 +57,9 @@ pub struct Shared {
     /// Cancelled when open connections must be cut (drain over, or a second
     /// stop signal), by [`Shared::cut_connections`] only.
     cut_connections: CancellationToken,
+    /// The front end is bound (`/readyz`), set once by the lifecycle.
     bound: AtomicBool,
+    /// A graceful stop has begun (`/readyz` answers 503), set once.
     draining: AtomicBool,
 }
 

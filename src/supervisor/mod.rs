@@ -48,9 +48,15 @@ struct SlotHandle {
 
 /// Owns every worker slot.
 pub struct Supervisor {
+    /// The snapshot, metrics and stop signals the slots read and report to.
     shared: Arc<Shared>,
+    /// Starts worker processes (through the shim), the one place that forks.
     spawner: Spawner,
+    /// Which worker ports live processes hold, so a replacement takes the
+    /// other port of its slot's pair.
     ports: Arc<PortBook>,
+    /// The task of each running slot (index = slot id) and how to command
+    /// it: the supervisor is the only one that adds, retires or replaces.
     slots: Mutex<Vec<SlotHandle>>,
     /// Held for the length of a rolling restart: one at a time.
     rollout: Mutex<()>,

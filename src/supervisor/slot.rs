@@ -86,10 +86,17 @@ pub enum Command {
 
 /// What a slot task needs; moved into the task.
 pub struct Slot {
+    /// The slot's number: `CORRAL_WORKER_ID`, `worker-<id>`.
     pub id: usize,
+    /// The slot's backend in the pool: its state machine (the slot task is
+    /// its only writer) and its metrics.
     pub backend: Arc<Backend>,
+    /// Starts this slot's processes.
     pub spawner: Spawner,
+    /// The snapshot (each restart takes the `workers` in force from it)
+    /// and the stop signals.
     pub shared: Arc<Shared>,
+    /// The worker ports held, shared with the other slots.
     pub ports: Arc<PortBook>,
     /// The workers' notify socket (`workers.notify`).
     pub notifier: Arc<Notifier>,
