@@ -138,7 +138,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             reason: Reason::ProxyProtocol,
             by: Side::Client,
         };
-        log_closed(&snapshot.config, peer, "", (0, 0), started, closed);
+        log_closed(&snapshot.config, peer, "", (0, 0), started, closed, None);
         return;
     };
     // The front door: allow/deny and the per-client limits, before any
@@ -256,7 +256,15 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             .observe(started.elapsed().as_secs_f64());
     }
     let label = last.as_ref().map_or("", |b| b.label.as_str());
-    log_closed(&snapshot.config, client.addr, label, bytes, started, closed);
+    log_closed(
+        &snapshot.config,
+        client.addr,
+        label,
+        bytes,
+        started,
+        closed,
+        None,
+    );
 }
 
 /// How a stateless connection goes on once its backend connection ended
@@ -566,27 +574,8 @@ fn reason_of(shared: &Shared, end: End) -> Reason {
     }
 }
 
-fn log_closed(
-    config: &Config,
-    client: SocketAddr,
-    backend: &str,
-    (bytes_in, bytes_out): (u64, u64),
-    started: Instant,
-    closed: Closed,
-) {
-    log_closed_as(
-        config,
-        client,
-        backend,
-        (bytes_in, bytes_out),
-        started,
-        closed,
-        None,
-    );
-}
-
 /// The connection's log line; a relayed one says why it was relayed.
-fn log_closed_as(
+fn log_closed(
     config: &Config,
     client: SocketAddr,
     backend: &str,
@@ -668,7 +657,7 @@ pub async fn serve_relayed(
         }
     };
     let backend = relay.backend.as_deref().unwrap_or("");
-    log_closed_as(
+    log_closed(
         &config,
         peer,
         backend,

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{eventually, require, support};
+use super::{eventually, require, support, Signal};
 
 /// A headless Chromium showing one page; its whole process group is
 /// killed when dropped (Chromium starts helpers of its own).
@@ -26,17 +26,8 @@ impl Chromium {
         let dir = tempfile::tempdir().unwrap();
         let profile = dir.path().join("profile");
         let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-port=0",
-            ])
+            .args(HEADLESS)
+            .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .stdin(Stdio::null())
@@ -103,4 +94,64 @@ impl Drop for Chromium {
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// How every test runs Chromium: headless, in a fresh profile, quiet on
+/// the network but for the page.
+const HEADLESS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// A child in its own process group; the whole group is killed and the
+/// child reaped when dropped (Chromium starts helpers of its own).
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// The DOM of `url` after its scripts ran, dumped by headless Chromium.
+pub fn rendered_dom(url: &str) -> String {
+    require("chromium", "chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let dom_path = dir.path().join("dom.html");
+    let err_path = dir.path().join("chromium.err");
+    let child = Command::new("chromium")
+        .args(HEADLESS)
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&dom_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("chromium starts");
+    let mut chromium = Group(child);
+    let mut status = None;
+    let finished = eventually(Duration::from_secs(90), || {
+        status = chromium.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(finished, "chromium never finished: {errors}");
+    assert!(
+        status.unwrap().success(),
+        "chromium failed: {status:?}: {errors}"
+    );
+    std::fs::read_to_string(&dom_path).unwrap()
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Accepts from fd 3 one connection at a time and answers every request as the demo worker does (`worker=<id> pid=<pid>`). On SIGTERM it finishes the connection it has, accepts no more (clients still queued in the socket are left to the other processes holding it) and exits 0."""
-import os, select, signal, socket
+import select, signal, socket
+
+from worker_answer import serve  # beside this file
 
 listener = socket.socket(fileno=3)
 listener.setblocking(False)
@@ -11,24 +13,6 @@ def stop(*_):
     stopping = True
 
 signal.signal(signal.SIGTERM, stop)
-body = ("worker=%s pid=%d\n" % (os.environ["CORRAL_WORKER_ID"], os.getpid())).encode()
-answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-          % len(body)) + body
-
-def serve(conn):
-    try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(answer)
-    except OSError:
-        pass
-    finally:
-        conn.close()
 
 while not stopping:
     ready, _, _ = select.select([listener], [], [], 0.2)
