@@ -225,12 +225,19 @@ fn a_picked_port_taken_meanwhile_moves_that_worker_to_another_free_port() {
 
 #[test]
 fn a_given_port_base_in_use_is_named_with_the_key_to_change() {
-    let base = free_port_range(4);
     // Slot 0's port and its rolling-restart twin (base + count) are taken.
-    let _held = [
-        TcpListener::bind(("127.0.0.1", base)).unwrap(),
-        TcpListener::bind(("127.0.0.1", base + 2)).unwrap(),
-    ];
+    // A corral of a test running beside this one may pick a block between
+    // the check for free ports and the binds: then take another range.
+    let (base, _held) = std::iter::repeat_with(|| {
+        let base = free_port_range(4);
+        let first = TcpListener::bind(("127.0.0.1", base)).ok()?;
+        let twin = TcpListener::bind(("127.0.0.1", base + 2)).ok()?;
+        Some((base, [first, twin]))
+    })
+    .take(50)
+    .flatten()
+    .next()
+    .expect("no free range of 4 ports in 50 tries");
     let corral = demo_one_liner(2, &["--port-base", &base.to_string()]);
     corral.wait_up(1);
     corral.wait_log(
