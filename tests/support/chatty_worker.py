@@ -13,6 +13,8 @@ import os
 import socket
 import sys
 
+from worker_answer import read_head  # beside this file
+
 WORKER = os.environ["CORRAL_WORKER_ID"]
 BURST = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 WIDTH = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -33,13 +35,7 @@ def serve(listener):
     while True:
         conn, _ = listener.accept()
         try:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_head(conn)
             if not data:
                 continue
             path = data.split(b" ")[1].decode(errors="replace") if b" " in data else "?"

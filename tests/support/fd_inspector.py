@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Serves `GET` on fd 3 (accepting from it, as a socket-activated server does) and answers with what it was given: what fd 3 is, and its environment."""
-import json, os, socket, stat
+import os, socket, stat
+
+from worker_answer import json_answer, read_head  # beside this file
 
 listener = socket.socket(fileno=3)
 
@@ -22,18 +24,8 @@ def facts():
 while True:
     conn, _ = listener.accept()
     try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        if b"\r\n\r\n" in data:
-            body = json.dumps(facts()).encode()
-            head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    "Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-            conn.sendall(head.encode() + body)
+        if b"\r\n\r\n" in read_head(conn):
+            conn.sendall(json_answer(facts()))
     except OSError:
         pass
     finally:

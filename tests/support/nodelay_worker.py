@@ -5,9 +5,10 @@ HTTP request with JSON: whether TCP_NODELAY is set on fd 3 itself and on the
 connection it accepted (getsockopt, nothing set by this program).
 """
 
-import json
 import os
 import socket
+
+from worker_answer import json_answer, read_head  # beside this file
 
 listener = socket.socket(fileno=3)
 listener_nodelay = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -15,14 +16,7 @@ listener_nodelay = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 while True:
     conn, _ = listener.accept()
     try:
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        if b"\r\n\r\n" in data:
+        if b"\r\n\r\n" in read_head(conn):
             facts = {
                 "pid": os.getpid(),
                 "worker": os.environ.get("CORRAL_WORKER_ID"),
@@ -30,9 +24,7 @@ while True:
                 "fd3_nodelay_at_start": bool(listener_nodelay),
                 "accepted_nodelay": bool(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
             }
-            body = json.dumps(facts).encode()
-            head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-            conn.sendall((head % len(body)).encode() + body)
+            conn.sendall(json_answer(facts))
     except OSError:
         pass
     finally:
