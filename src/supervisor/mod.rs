@@ -1,14 +1,19 @@
 //! The worker slots as a whole: starting them, rolling restarts one slot at
 //! a time, scaling on reload, and stopping them all on shutdown. Each slot's
 //! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
-//! long-lived thread is in [`spawn`]; what workers say on their notify
+//! long-lived thread is in [`spawn`] (a started process is a
+//! [`process::WorkerProcess`], its output goes through [`output`], and its
+//! shim learns of corral's end through the [`lifeline`]); what workers say on their notify
 //! socket (`workers.notify`) is read in [`notify`]; which ports workers
 //! use (and picking them when no `port_base` is given) is in [`ports`]; an
 //! fd-mode worker that listens on a port of its own is spotted by
 //! [`strays`].
 
+pub(crate) mod lifeline;
 pub mod notify;
+pub(crate) mod output;
 pub mod ports;
+pub(crate) mod process;
 pub mod shim;
 mod slot;
 pub(crate) mod spawn;

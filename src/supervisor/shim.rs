@@ -5,8 +5,9 @@
 //! It is a *child subreaper* (`PR_SET_CHILD_SUBREAPER`): every descendant of
 //! the worker that loses its parent, whatever session or group it moved to
 //! (`setsid`, daemonizing), is re-parented to the shim instead of init, so
-//! the shim can always find and kill the whole tree. It dies with corral
-//! (`PR_SET_PDEATHSIG`, SIGKILL of corral included) and then kills the tree;
+//! the shim can always find and kill the whole tree. It learns that corral
+//! is gone (SIGKILL of corral included) through the [`super::lifeline`],
+//! which an upgrade of corral (`execve`) keeps open, and then kills the tree;
 //! when the worker exits, it kills what the worker left behind and exits
 //! with the worker's status, so corral sees the worker's exit as before.
 //!
@@ -37,6 +38,8 @@ use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execvp, fork, getppid, setpgid, ForkResult, Pid};
 
+use super::lifeline;
+
 /// The signals the shim takes synchronously.
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
@@ -46,6 +49,7 @@ fn handled() -> SigSet {
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGQUIT,
+        Signal::SIGIO,
     ] {
         set.add(signal);
     }
@@ -61,13 +65,15 @@ pub fn run(parent: u32, handed_socket: bool, program: OsString, args: Vec<OsStri
     if signals.thread_block().is_err() {
         fail("cannot block signals");
     }
-    // SAFETY: prctl with these options only sets flags on this process.
+    // SAFETY: prctl with this option only sets a flag on this process.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
     }
-    if getppid().as_raw() as u32 != parent {
-        // corral died before PDEATHSIG was armed.
+    if lifeline::arm().is_err() {
+        fail("cannot arm the lifeline (fd 4)");
+    }
+    if lifeline::is_cut() || getppid().as_raw() as u32 != parent {
+        // corral died before the lifeline was armed.
         std::process::exit(1);
     }
     let argv: Vec<CString> = std::iter::once(&program)
@@ -147,7 +153,7 @@ fn report_pid(worker: Pid) {
 }
 
 /// Waits for the worker to exit, reaping every adopted orphan meanwhile.
-/// A stop signal (corral died) ends the wait at once.
+/// A stop signal, or the lifeline cut (corral died), ends the wait at once.
 fn supervise(worker: Pid, signals: &SigSet) -> Option<WaitStatus> {
     loop {
         match signals.wait() {
@@ -156,6 +162,7 @@ fn supervise(worker: Pid, signals: &SigSet) -> Option<WaitStatus> {
                     return Some(status);
                 }
             }
+            Ok(Signal::SIGIO) if !lifeline::is_cut() => continue,
             Ok(_) => return None,
             Err(_) => continue,
         }

@@ -1,34 +1,32 @@
 //! Starting worker processes, from one long-lived thread.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and
-//! tokio's blocking threads come and go, so every worker is forked from the
-//! dedicated `corral-spawner` thread, which lives as long as the process.
-//! That thread runs a small runtime that also reaps each child (tokio's
-//! pidfd-based `wait`, no SIGCHLD handler of ours) and forwards the child's
-//! stdout and stderr to the log, line by line, tagged with the worker id.
+//! Every worker is forked from the dedicated `corral-spawner` thread, which
+//! lives as long as the process image. That thread runs a small runtime
+//! that also reaps each child (a pidfd per shim, see [`super::process`])
+//! and forwards the child's stdout and stderr to the log (see
+//! [`super::output`]). It owns the [`Lifeline`] every shim holds, and the
+//! list of the children it started: for `corral upgrade` it hands both
+//! over, with the output pipes, and stops; the next image adopts them.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use socket2::Socket;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
+
+use super::lifeline::{self, Lifeline};
+use super::output::{OpenPipe, Outputs, Stream};
+pub use super::process::WorkerProcess;
 
 /// The descriptor a handed socket gets in the worker (systemd's
 /// `SD_LISTEN_FDS_START`).
 const HANDED_FD: libc::c_int = 3;
-
-/// Longest worker log line kept whole; the rest of a longer line is dropped
-/// and the cut is marked, so a worker printing megabytes cannot hurt corral.
-const MAX_LINE: usize = 16 * 1024;
 
 /// Everything needed to start one worker process.
 #[derive(Debug, Clone)]
@@ -43,71 +41,39 @@ pub struct WorkerSpec {
     pub socket: Option<Arc<Socket>>,
 }
 
-/// A started worker process, under its shim.
-pub struct WorkerProcess {
-    /// The worker's own pid (and process group).
+/// A worker process started by this or an earlier image, as an upgrade
+/// hands it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Child {
+    /// The worker slot it serves.
+    pub worker: usize,
+    /// The worker's pid.
     pub pid: u32,
-    /// The shim's pid: the root of the worker's whole process tree.
+    /// Its shim's pid (a child of corral).
     pub shim: u32,
-    /// Resolves with the exit status once the process has been reaped.
-    exited: oneshot::Receiver<ExitStatus>,
-    /// Set once `exited` has resolved (a oneshot may be awaited only once).
-    reaped: Option<Option<ExitStatus>>,
 }
 
-impl WorkerProcess {
-    /// Waits until the process has been reaped; `None` if the status was
-    /// lost. Cancel-safe, and may be called again after it returned.
-    pub async fn wait(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.reaped {
-            return status;
-        }
-        let status = (&mut self.exited).await.ok();
-        self.reaped = Some(status);
-        status
-    }
-
-    /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
-    /// Returns once the process has been reaped.
-    pub async fn stop(&mut self, grace: Duration) {
-        if self.reaped.is_some() {
-            return;
-        }
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.wait()).await.is_err() {
-            tracing::warn!(pid = self.pid, grace = ?grace, "worker ignored SIGTERM; sending SIGKILL");
-            self.kill().await;
-        }
-    }
-
-    /// SIGKILL to the process group; returns once it has been reaped.
-    pub async fn kill(&mut self) {
-        if self.reaped.is_some() {
-            return;
-        }
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
-    }
+/// What the spawner thread hands to the next image of corral: every
+/// descriptor in it has close-on-exec cleared.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    /// The lifeline's (read, write) ends.
+    pub lifeline: (RawFd, RawFd),
+    /// The children not yet reaped.
+    pub children: Vec<Child>,
+    /// The output pipes still open.
+    pub pipes: Vec<OpenPipe>,
 }
 
-impl Drop for WorkerProcess {
-    /// A process handle is never dropped while its process runs: whatever
-    /// path forgot it, the worker goes with it.
-    fn drop(&mut self) {
-        let running = self.reaped.is_none()
-            && matches!(
-                self.exited.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            );
-        if running {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-struct Request {
-    spec: WorkerSpec,
-    reply: oneshot::Sender<io::Result<WorkerProcess>>,
+enum Request {
+    Spawn {
+        spec: WorkerSpec,
+        reply: oneshot::Sender<io::Result<WorkerProcess>>,
+    },
+    /// Stop, and hand everything over (the process is about to exec).
+    Handover {
+        reply: oneshot::Sender<io::Result<Handover>>,
+    },
 }
 
 /// A handle to the spawner thread; cheap to clone.
@@ -116,52 +82,217 @@ pub struct Spawner {
     requests: mpsc::UnboundedSender<Request>,
 }
 
+/// The spawner thread's own state.
+struct Thread {
+    lifeline: Lifeline,
+    outputs: Outputs,
+    /// The children not yet reaped, by shim pid.
+    children: Arc<Mutex<HashMap<u32, Child>>>,
+}
+
 impl Spawner {
     /// Starts the spawner thread.
     pub fn start() -> io::Result<Spawner> {
+        Ok(Spawner::start_with(Lifeline::new()?, None)?.0)
+    }
+
+    /// Starts the spawner thread on what an earlier image handed over, and
+    /// returns the processes it adopted, each with its worker slot.
+    pub fn adopt(handover: Handover) -> io::Result<(Spawner, Vec<(usize, WorkerProcess)>)> {
+        let (read, write) = handover.lifeline;
+        // SAFETY: the handover's descriptors are this process's, inherited
+        // across exec, and used by nothing else.
+        let lifeline = unsafe { Lifeline::adopt(read, write)? };
+        let (spawner, adopted) = Spawner::start_with(lifeline, Some(handover))?;
+        Ok((spawner, adopted))
+    }
+
+    fn start_with(
+        lifeline: Lifeline,
+        handover: Option<Handover>,
+    ) -> io::Result<(Spawner, Vec<(usize, WorkerProcess)>)> {
         let (requests, mut incoming) = mpsc::unbounded_channel::<Request>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let (adopted_tx, adopted_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let thread = Thread {
+                        lifeline,
+                        outputs: Outputs::default(),
+                        children: Arc::default(),
+                    };
+                    let adopted = handover.map(|h| thread.adopt(h)).unwrap_or_default();
+                    let _ = adopted_tx.send(adopted);
                     while let Some(request) = incoming.recv().await {
-                        let _ = request.reply.send(spawn_here(request.spec));
+                        match request {
+                            Request::Spawn { spec, reply } => {
+                                let _ = reply.send(thread.spawn(spec));
+                            }
+                            Request::Handover { reply } => {
+                                let _ = reply.send(thread.hand_over());
+                                // Nothing more may run here: no child is
+                                // reaped and no pipe read until the exec.
+                                loop {
+                                    std::thread::park();
+                                }
+                            }
+                        }
                     }
                     // The supervisor is gone: the process is exiting. Keep
                     // reaping until it does, so no child is left a zombie.
                     std::future::pending::<()>().await;
                 });
             })?;
-        Ok(Spawner { requests })
+        let adopted = adopted_rx
+            .recv()
+            .map_err(|_| io::Error::other("the spawner thread ended while adopting"))?;
+        Ok((Spawner { requests }, adopted))
     }
 
     /// Starts a worker process.
     pub async fn spawn(&self, spec: WorkerSpec) -> io::Result<WorkerProcess> {
         let (reply, answer) = oneshot::channel();
-        let gone = || io::Error::other("the spawner thread is gone");
         self.requests
-            .send(Request { spec, reply })
+            .send(Request::Spawn { spec, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Stops the spawner thread and returns what the next image needs. After
+    /// this, no child is reaped and no output read by this image.
+    pub async fn hand_over(&self) -> io::Result<Handover> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Handover { reply })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
 
-/// Runs on the spawner thread: starts the worker under its shim (see
-/// [`super::shim`]) and learns the worker's pid from the shim.
-fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
-    let (report, reported) = std::io::pipe()?;
-    let corral = std::process::id();
+fn gone() -> io::Error {
+    io::Error::other("the spawner thread is gone")
+}
+
+impl Thread {
+    /// Starts the worker under its shim (see [`super::shim`]) and learns
+    /// the worker's pid from the shim.
+    fn spawn(&self, spec: WorkerSpec) -> io::Result<WorkerProcess> {
+        let (report, reported) = std::io::pipe()?;
+        let mut command = shim_command(&spec, reported);
+        let handed = spec.socket.as_ref().map(|s| s.as_raw_fd());
+        let lifeline = self.lifeline.read_end();
+        // SAFETY: the closure runs in the child between fork and exec. It
+        // makes only async-signal-safe calls (dup2, fcntl), allocates
+        // nothing (an `io::Error` from a raw errno is a plain integer), and
+        // touches no memory shared with other threads. std sends the errno
+        // to the parent. The handed socket's fd stays open in the parent
+        // (`spec` holds it) until spawn returns.
+        unsafe {
+            command.pre_exec(move || wire_child(handed, lifeline));
+        }
+        let spawned = command.spawn();
+        // The shim holds the pipe's write end now; ours must go, or a shim
+        // that dies before it reports would leave the read below waiting.
+        drop(command);
+        let mut child = spawned.map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start {:?}: {e}", spec.program))
+        })?;
+        let shim = child.id();
+        let pid = read_pid(report).ok_or_else(|| {
+            io::Error::other(format!(
+                "cannot start {:?}: its shim exited before starting it",
+                spec.program
+            ))
+        })?;
+        if let Some(out) = child.stdout.take() {
+            self.outputs
+                .forward(OwnedFd::from(out), spec.id, shim, Stream::Stdout);
+        }
+        if let Some(err) = child.stderr.take() {
+            self.outputs
+                .forward(OwnedFd::from(err), spec.id, shim, Stream::Stderr);
+        }
+        // The std handle is dropped unreaped: the pidfd watch reaps it.
+        drop(child);
+        self.watch(Child {
+            worker: spec.id,
+            pid,
+            shim,
+        })
+    }
+
+    /// Watches a child until it is reaped, listed in `children` until then.
+    fn watch(&self, child: Child) -> io::Result<WorkerProcess> {
+        self.lock().insert(child.shim, child);
+        let children = Arc::clone(&self.children);
+        WorkerProcess::watch(child.pid, child.shim, move || {
+            children
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&child.shim);
+        })
+        .inspect_err(|_| {
+            self.lock().remove(&child.shim);
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
+        self.children.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Everything the next image needs, close-on-exec cleared.
+    fn hand_over(&self) -> io::Result<Handover> {
+        let pipes = self.outputs.open_pipes();
+        for pipe in &pipes {
+            lifeline::set_cloexec(pipe.fd, false)?;
+        }
+        Ok(Handover {
+            lifeline: self.lifeline.keep_across_exec()?,
+            children: self.lock().values().copied().collect(),
+            pipes,
+        })
+    }
+
+    /// Takes over an earlier image's children and output pipes. A child
+    /// that cannot be watched (reaped meanwhile) is left out: its slot
+    /// starts a new process.
+    fn adopt(&self, handover: Handover) -> Vec<(usize, WorkerProcess)> {
+        for pipe in handover.pipes {
+            // SAFETY: inherited across exec, named by the handover, owned by
+            // nothing else in this image.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pipe.fd) };
+            let _ = lifeline::set_cloexec(pipe.fd, true);
+            self.outputs
+                .forward(fd, pipe.worker, pipe.shim, pipe.stream);
+        }
+        handover
+            .children
+            .into_iter()
+            .filter_map(|child| match self.watch(child) {
+                Ok(process) => Some((child.worker, process)),
+                Err(error) => {
+                    tracing::warn!(worker = child.worker, pid = child.pid, %error, "cannot adopt the worker process; its slot starts another");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// The shim's command line, environment and pipes for `spec`.
+fn shim_command(spec: &WorkerSpec, reported: std::io::PipeWriter) -> std::process::Command {
     // /proc/self/exe, not the binary's path: a corral whose binary was
     // replaced on disk (a package upgrade) still starts its shims.
-    let mut command = tokio::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new("/proc/self/exe");
     command
         .arg0("corral")
         .arg("worker-shim")
         .arg("--parent")
-        .arg(corral.to_string())
+        .arg(std::process::id().to_string())
         .args(spec.socket.is_some().then_some("--handed-socket"))
         .arg("--")
         .arg(&spec.program)
@@ -175,76 +306,35 @@ fn spawn_here(spec: WorkerSpec) -> io::Result<WorkerProcess> {
         .stdin(Stdio::from(reported))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
+        .process_group(0);
     if !spec.cwd.as_os_str().is_empty() {
         command.current_dir(&spec.cwd);
     }
-    let parent = corral as libc::pid_t;
-    let handed = spec.socket.as_ref().map(|s| s.as_raw_fd());
-    // SAFETY: the closure runs in the child between fork and exec. It makes
-    // only async-signal-safe calls (prctl, getppid, dup2, fcntl), allocates
-    // nothing (an `io::Error` from a raw errno is a plain integer), and
-    // touches no memory shared with other threads. std sends the errno to
-    // the parent. The handed socket's fd stays open in the parent (`spec`
-    // holds it) until spawn returns.
-    unsafe {
-        command.pre_exec(move || {
-            if let Some(fd) = handed {
-                // fd 3, without close-on-exec (dup2 clears it; a socket
-                // that already is fd 3 needs it cleared by hand).
-                let moved = if fd == HANDED_FD {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, HANDED_FD)
-                };
-                if moved < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+    command
+}
+
+/// In the child between fork and exec: the handed socket at fd 3 and the
+/// lifeline at fd 4, both without close-on-exec (dup2 clears it; a
+/// descriptor already in place needs it cleared by hand).
+fn wire_child(handed: Option<RawFd>, lifeline: RawFd) -> io::Result<()> {
+    for (from, to) in handed
+        .map(|fd| (fd, HANDED_FD))
+        .into_iter()
+        .chain([(lifeline, lifeline::SHIM_FD)])
+    {
+        // SAFETY: dup2/fcntl on descriptors of this (child) process.
+        let moved = unsafe {
+            if from == to {
+                libc::fcntl(from, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, to)
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The master may have died before prctl took effect.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    let spawned = command.spawn();
-    // The shim holds the pipe's write end now; ours must go, or a shim that
-    // dies before it reports would leave the read below waiting.
-    drop(command);
-    let mut child = spawned
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {:?}: {e}", spec.program)))?;
-    let shim = child
-        .id()
-        .ok_or_else(|| io::Error::other("the worker's shim exited at once"))?;
-    let pid = read_pid(report).ok_or_else(|| {
-        io::Error::other(format!(
-            "cannot start {:?}: its shim exited before starting it",
-            spec.program
-        ))
-    })?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(out, spec.id, Stream::Stdout));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(err, spec.id, Stream::Stderr));
-    }
-    let (tell, exited) = oneshot::channel();
-    tokio::spawn(async move {
-        if let Ok(status) = child.wait().await {
-            let _ = tell.send(status);
+        };
+        if moved < 0 {
+            return Err(io::Error::last_os_error());
         }
-    });
-    Ok(WorkerProcess {
-        pid,
-        shim,
-        exited,
-        reaped: None,
-    })
+    }
+    Ok(())
 }
 
 /// The worker's pid, as its shim writes it: decimal digits and a newline.
@@ -256,58 +346,4 @@ fn read_pid(mut report: std::io::PipeReader) -> Option<u32> {
         text.push(byte[0]);
     }
     std::str::from_utf8(&text).ok()?.parse().ok()
-}
-
-/// Which of a worker's outputs a line came from.
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Copies a worker's output to the log, one event per line.
-async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: Stream) {
-    let mut chunk = vec![0u8; 8192];
-    let mut line: Vec<u8> = Vec::new();
-    let mut dropped = 0usize;
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        for &byte in &chunk[..n] {
-            if byte == b'\n' {
-                emit(worker, name, &line, dropped);
-                line.clear();
-                dropped = 0;
-            } else if line.len() < MAX_LINE {
-                line.push(byte);
-            } else {
-                dropped += 1;
-            }
-        }
-    }
-    if !line.is_empty() || dropped > 0 {
-        emit(worker, name, &line, dropped);
-    }
-}
-
-/// One worker line in the log, as pm2 shows it: `worker-0 | text` for
-/// stdout, `worker-0 ! text` for stderr (and the `stream` field).
-fn emit(worker: usize, stream: Stream, line: &[u8], dropped: usize) {
-    let lossy = String::from_utf8_lossy(line);
-    // Control and bidi characters (ESC, U+202E, U+2028...) are escaped:
-    // a worker's output cannot rewrite the terminal that shows the log.
-    let text = crate::terminal::escape_keeping(lossy.trim_end_matches('\r'), &['\t']);
-    let (name, mark) = match stream {
-        Stream::Stdout => ("stdout", '|'),
-        Stream::Stderr => ("stderr", '!'),
-    };
-    let stderr = matches!(stream, Stream::Stderr);
-    crate::logging::worker_output().record(worker, stderr, &text, dropped);
-    if dropped > 0 {
-        tracing::info!(target: "corral::worker", worker, stream = name, truncated_bytes = dropped, "worker-{worker} {mark} {text}");
-    } else {
-        tracing::info!(target: "corral::worker", worker, stream = name, "worker-{worker} {mark} {text}");
-    }
 }
