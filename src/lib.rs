@@ -57,6 +57,7 @@ pub mod strategy;
 pub mod supervisor;
 pub mod terminal;
 pub mod units;
+pub mod upgrade;
 
 // The public API: what `main.rs`, the benches and the tests use. The data
 // path, health checks, logging and the shared state stay inside the crate.

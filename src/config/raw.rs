@@ -51,7 +51,7 @@ pub struct RawListener {
 }
 
 /// Which PROXY protocol header the front end accepts from an upstream balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocolMode {
     #[default]
@@ -62,7 +62,7 @@ pub enum ProxyProtocolMode {
 }
 
 /// Which PROXY protocol header corral sends to a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum SendProxy {
@@ -135,7 +135,7 @@ pub struct RawWorkers {
 }
 
 /// How workers get their clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenMode {
     /// Each worker listens on its own port; corral proxies.
@@ -163,7 +163,7 @@ pub struct RawBackend {
 }
 
 /// What an active health check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthKind {
     #[default]
@@ -193,7 +193,7 @@ pub struct RawTimeouts {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]

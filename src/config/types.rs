@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use super::raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
 
 /// A complete, validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// The file it came from; `None` for the embedded default.
     pub source: Option<PathBuf>,
@@ -29,7 +29,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ListenerConfig {
     pub binds: Vec<SocketAddr>,
     pub backlog: u32,
@@ -53,7 +53,7 @@ impl ListenerConfig {
 
 /// `[clients]`: per-client limits and access lists. A client is its
 /// address masked by the prefixes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientsConfig {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
@@ -79,20 +79,20 @@ impl ClientsConfig {
 }
 
 /// A rate such as `"20/s"`: `count` new connections per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     pub count: u32,
     pub per: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The bearer token POST endpoints require, read from `token_file`.
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StickyConfig {
     pub ttl: Duration,
     pub max_entries: usize,
@@ -100,7 +100,7 @@ pub struct StickyConfig {
     pub ipv6_prefix: u8,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkersConfig {
     /// argv; `{port}` and `{id}` are expanded per worker, and a program named
     /// `corral` means the running binary.
@@ -154,14 +154,14 @@ impl WorkersConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StaticBackend {
     pub name: String,
     pub address: SocketAddr,
     pub send_proxy: SendProxy,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HealthConfig {
     pub kind: HealthKind,
     pub path: String,
@@ -174,7 +174,7 @@ pub struct HealthConfig {
     pub observe: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timeouts {
     pub connect: Duration,
     /// `None` when `"0s"`: a silent backend is never given up.
@@ -183,7 +183,7 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter directive such as `info` or `corral=debug`.
@@ -197,7 +197,7 @@ pub struct LogConfig {
     pub keep: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeConfig {
     /// Proxy threads; already resolved from 0 to the number of CPUs.
     pub threads: usize,
@@ -211,7 +211,7 @@ pub struct RuntimeConfig {
 }
 
 /// A user and group to run as after the sockets are bound.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Privileges {
     /// The user's name (for `initgroups`), when `runtime.user` is set.
     pub user: Option<String>,

@@ -20,6 +20,7 @@ pub(crate) mod notify;
 pub(crate) mod operator;
 pub mod reload;
 pub(crate) mod signals;
+pub(crate) mod upgrade;
 
 use std::sync::Arc;
 

@@ -142,6 +142,38 @@ impl StickyTable {
         Lookup::Miss
     }
 
+    /// Every entry: (client, backend key, milliseconds since last seen),
+    /// for the next image of corral (`corral upgrade`).
+    pub fn export(&self) -> Vec<(ClientKey, u64, u64)> {
+        let now = (self.now_ms)();
+        self.map
+            .iter()
+            .map(|entry| {
+                let seen = entry.last_seen_ms.load(Ordering::Relaxed);
+                (
+                    *entry.key(),
+                    entry.backend.load(Ordering::Relaxed),
+                    now.saturating_sub(seen),
+                )
+            })
+            .collect()
+    }
+
+    /// Takes the entries the image before this one exported, with their
+    /// ages (this image's clock starts anew).
+    pub fn import(&self, entries: &[(ClientKey, u64, u64)]) {
+        let now = (self.now_ms)();
+        for &(key, backend, age) in entries {
+            let entry = Entry {
+                backend: AtomicU64::new(backend),
+                last_seen_ms: AtomicU64::new(now.saturating_sub(age)),
+            };
+            if self.map.insert(key, entry).is_none() {
+                self.approximate_len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Forgets one client; true if it had an entry.
     pub fn forget(&self, key: ClientKey) -> bool {
         let removed = self.map.remove(&key).is_some();

@@ -4,6 +4,7 @@
 //! them: each backend resolves its handles once into [`BackendMetrics`] and
 //! each error reason is resolved once into [`ErrorCounters`].
 
+pub mod carried;
 pub mod names;
 pub mod scrape;
 
@@ -32,6 +33,9 @@ const DURATION_BUCKETS: &[f64] = &[
 /// The registry and the metric families; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// What earlier images of this process counted (`corral upgrade`):
+    /// added to every scrape, set once at adoption.
+    carried: std::sync::OnceLock<carried::Carried>,
     pub accepted: IntCounter,
     pub errors: ErrorCounters,
     pub rejected: RejectedCounters,
@@ -309,6 +313,7 @@ impl Metrics {
         };
         let backend_families = per_backend.families;
         Metrics {
+            carried: std::sync::OnceLock::new(),
             accepted: counter(
                 &r,
                 names::CONNECTIONS_ACCEPTED,
@@ -408,6 +413,27 @@ impl Metrics {
         }
     }
 
+    /// Every registered family, with what earlier images counted added.
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.registry.gather();
+        if let Some(carried) = self.carried.get() {
+            carried.add_to(&mut families);
+        }
+        families
+    }
+
+    /// The counters and histograms so far (earlier images' included), for
+    /// the next image (`corral upgrade`).
+    pub fn export_counters(&self) -> carried::Carried {
+        carried::Carried::export(&self.gather())
+    }
+
+    /// Takes over what the image before this one counted; once, at
+    /// adoption, before the first scrape.
+    pub fn carry_over(&self, counted: carried::Carried) {
+        let _ = self.carried.set(counted);
+    }
+
     /// The Prometheus text exposition of every metric, with what each
     /// worker's process tree costs (read at scrape time, `usage` by label),
     /// and the names of the families in it. In `fd` mode, `queues` are the
@@ -419,7 +445,7 @@ impl Metrics {
         usage: &[(String, Usage)],
         queues: Option<&[(String, u32)]>,
     ) -> (Vec<u8>, std::collections::HashSet<String>) {
-        let mut families = self.registry.gather();
+        let mut families = self.gather();
         if let Some(queues) = queues {
             families.retain(|f| !UNKNOWN_IN_FD_MODE.contains(&f.name()));
             families.push(family(

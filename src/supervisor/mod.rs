@@ -324,6 +324,13 @@ impl Supervisor {
         backends
     }
 
+    /// For `corral upgrade`: the spawner stops and hands over the workers
+    /// (not stopped: the next image adopts them), their output pipes and
+    /// the lifeline. No slot starts or reaps a process after this.
+    pub async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
+        self.spawner.hand_over().await
+    }
+
     /// Stops every worker (SIGTERM, then SIGKILL after `stop_timeout`) and
     /// waits until all are reaped.
     pub async fn shutdown(&self) {

@@ -1,0 +1,95 @@
+//! What one image of corral hands the next, and how it travels: JSON in a
+//! memory file (`memfd`) whose descriptor, like every descriptor named in
+//! it, is left open across the exec; its number is in the environment
+//! variable [`ENV`].
+
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::config::Config;
+use crate::supervisor::spawn;
+
+/// The environment variable that names the handover's descriptor.
+pub const ENV: &str = "CORRAL_HANDOVER_FD";
+
+/// Everything the next image takes over. Descriptors are numbers in this
+/// process, open across the exec.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    /// [`super::FORMAT`] of the image that wrote it.
+    pub format: u32,
+    /// The version of the image that wrote it.
+    pub from: String,
+    /// When the upgrade was asked for (ms since the epoch).
+    pub asked_at_ms: u64,
+    /// The old program's file, open: what a rollback executes.
+    pub old_program: RawFd,
+    /// Set by a new image that could not adopt: why, for the old one.
+    pub rolled_back: Option<String>,
+    /// The config as loaded, command-line overrides and scaling included.
+    pub config: Config,
+    /// The front-end listening sockets, one list per proxy thread.
+    pub front: Vec<Vec<RawFd>>,
+    /// The admin listening socket.
+    pub admin: RawFd,
+    /// The admin connection that asked for the upgrade: the image that
+    /// serves after the exec answers it.
+    pub answer_to: Option<RawFd>,
+    /// The workers, their output pipes and the lifeline.
+    pub spawner: spawn::Handover,
+    /// Each worker slot's port (port mode).
+    pub ports: Vec<(usize, u16)>,
+    /// The sticky table: (client key, backend key, age in ms); the client
+    /// key is a decimal string (a u128).
+    pub sticky: Vec<(String, u64, u64)>,
+    /// Every counter and histogram so far.
+    pub counters: crate::metrics::carried::Carried,
+}
+
+impl Handover {
+    /// Writes the handover to a new memory file left open across exec;
+    /// returns its descriptor.
+    pub fn write(&self) -> std::io::Result<OwnedFd> {
+        // SAFETY: memfd_create takes a C string and flags, returns a new fd.
+        let fd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just created and is owned here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut file = std::fs::File::from(owned);
+        serde_json::to_writer(&mut file, self).map_err(std::io::Error::other)?;
+        file.flush()?;
+        file.rewind()?;
+        Ok(OwnedFd::from(file))
+    }
+
+    /// The handover this image was started with, if any: read from the
+    /// descriptor [`ENV`] names, which is then closed.
+    pub fn incoming() -> Option<Result<Handover, String>> {
+        let text = std::env::var(ENV).ok()?;
+        Some(read(&text))
+    }
+}
+
+fn read(fd_text: &str) -> Result<Handover, String> {
+    let fd: RawFd = fd_text
+        .parse()
+        .map_err(|_| format!("{ENV}={fd_text:?} is not a descriptor number"))?;
+    // SAFETY: the previous image left this descriptor open for this image
+    // and nothing else in this image uses it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the handover (fd {}): {e}", file.as_raw_fd()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("the handover is not JSON: {e}"))?;
+    let format = value["format"].as_u64().unwrap_or(0);
+    if format != u64::from(super::FORMAT) {
+        return Err(format!(
+            "the handover is in format {format}; this corral reads format {}",
+            super::FORMAT
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| format!("cannot read the handover: {e}"))
+}
