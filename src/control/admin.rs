@@ -41,7 +41,7 @@ use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{PlacedBy, Tried};
 use crate::metrics::scrape;
 use crate::pool::Snapshot;
-use crate::pool::{DownReason, Kind, State};
+use crate::pool::{BackendState, DownReason, Kind};
 use crate::sampler::Sample;
 use crate::shared::Shared;
 
@@ -320,7 +320,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     let table = processes(shared, &snapshot).await;
     let usage: Vec<_> = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .filter_map(|b| {
             let root = b.instance().tree()?;
             Some((b.label.clone(), table.tree(root)?))
@@ -329,7 +329,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     let queues: Option<Vec<(String, u32)>> = shared.steering.as_ref().map(|steering| {
         snapshot
             .pool
-            .workers()
+            .worker_backends()
             .filter_map(|b| match b.kind {
                 Kind::Worker(slot) => Some((b.label.clone(), steering.queue_length(slot)?)),
                 Kind::Static => None,
@@ -389,7 +389,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
 async fn processes(shared: &Shared, snapshot: &Snapshot) -> Arc<Sample> {
     let newest = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .map(|b| b.instance())
         .filter(|i| i.tree().is_some())
         .map(|i| i.started)
@@ -472,7 +472,7 @@ fn status_entry(
     if matches!(b.kind, Kind::Worker(_)) {
         // A crashed or stopped worker has no uptime, only a last pid (a
         // disabled one shows `disabled` though its process is down).
-        let running = !matches!(state, State::Stopped)
+        let running = !matches!(state, BackendState::Stopped)
             && !matches!(b.reason(), Some(DownReason::Crashed | DownReason::NotReady));
         entry["uptime_seconds"] = json!(instance
             .pid
@@ -523,7 +523,7 @@ fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
     let snapshot = shared.snapshot();
     let targets: Vec<_> = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .filter(|b| name == "all" || b.label == name)
         .collect();
     if targets.is_empty() {
@@ -537,7 +537,7 @@ fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
         let Some(pid) = backend
             .instance()
             .pid
-            .filter(|_| backend.state() != State::Stopped)
+            .filter(|_| backend.state() != BackendState::Stopped)
         else {
             continue;
         };

@@ -243,7 +243,7 @@ async fn first_start(
     workers: &crate::config::WorkersConfig,
     signals: &mut Signals,
 ) -> Option<&'static str> {
-    let backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
+    let backends: Vec<_> = shared.snapshot().pool.worker_backends().cloned().collect();
     let first_starts = supervisor
         .start_slots(&Arc::new(workers.clone()), &backends)
         .await;
@@ -261,7 +261,7 @@ async fn first_start(
 /// One line that says what runs: front end, admin URL, workers up.
 fn announce(shared: &Shared, config: &Config) {
     let snapshot = shared.snapshot();
-    let workers: Vec<_> = snapshot.pool.workers().collect();
+    let workers: Vec<_> = snapshot.pool.worker_backends().collect();
     let up = workers.iter().filter(|b| b.is_up()).count();
     let pids: Vec<String> = workers
         .iter()
