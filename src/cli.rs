@@ -1,5 +1,5 @@
 //! The client side of the admin API, for `corral status`, `restart`,
-//! `reload` and `scale`: find the running instance (by `--admin ADDR` or
+//! `reload`, `scale`, `signal` and `clients` (`logs` is in [`logs`]): find the running instance (by `--admin ADDR` or
 //! the `admin.bind` of `-c FILE`), ask it over HTTP, and print what a
 //! person reads at a glance. Every text the instance sends is escaped
 //! before it is printed ([`crate::terminal`]). Commands on one backend

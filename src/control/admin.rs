@@ -2,8 +2,10 @@
 //! `/sticky`, `/clients`, `/logs` (answered by [`super::logs`]), the
 //! dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
-//! hands to the control loop, and those on one backend by name
-//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]).
+//! hands to the control loop, those on one backend by name
+//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]),
+//! `POST /workers/signal` and `DELETE /sticky`. [`route`] picks the
+//! endpoint by method: `read` for GET, [`Change`] for POST.
 //!
 //! GET endpoints are open so Prometheus and probes need no credentials.
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when

@@ -1,8 +1,13 @@
-//! One client connection, from accept to close, in steps: read the PROXY
-//! header (when the front end expects one), attempt a backend (connect,
-//! moving on to the next backend if that fails), pump bytes, decide
-//! whether a backend that hung up unanswered gets the request replayed on
-//! another one, then account and log how it ended, and which side ended it.
+//! One client connection, from accept to close, in steps ([`serve`]):
+//! the front door (a trusted PROXY peer, its header, the `[clients]`
+//! limits), then until the connection is over ([`relay`]): connect to a
+//! backend (moving on to the next one if that fails), send it what must
+//! precede the pump and pump bytes ([`pump_once`]), account for that
+//! backend connection, and decide ([`after_pump`]) whether the request is
+//! replayed on another backend, a stateless connection carries on, or the
+//! connection closes. Every connection past the front door ends in
+//! [`finish`]: its duration and its log line, with the [`CloseReason`]
+//! and the side that closed it.
 //!
 //! A client relayed to a fixed address ([`serve_relayed`]: in `fd` mode,
 //! one corral took off the queue of a worker slot out of rotation) takes

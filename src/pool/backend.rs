@@ -4,8 +4,9 @@
 //! The machine's representation is private. The supervisor, the health
 //! checks and the data path ask for named transitions (`starting`,
 //! `ready`, `crashed`, `check_failed`, `first_byte_timed_out`, `stalled`,
-//! `draining`, `stopped`, ...); nothing else writes it. The hot path reads
-//! one atomic, [`Backend::is_up`], which every transition republishes.
+//! `draining`, `stopped`, ...); nothing else writes it. Others read the
+//! [`BackendState`] it shows ([`Backend::state`]); the hot path reads one
+//! atomic, [`Backend::is_up`], which every transition republishes.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
