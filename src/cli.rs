@@ -1,12 +1,12 @@
 //! The client side of the admin API, for `corral status`, `restart`,
-//! `reload` and `scale`: find the running instance (by `--admin ADDR` or
+//! `reload`, `scale`, `signal` and `clients` (`logs` is in [`logs`]): find the running instance (by `--admin ADDR` or
 //! the `admin.bind` of `-c FILE`), ask it over HTTP, and print what a
 //! person reads at a glance. Every text the instance sends is escaped
 //! before it is printed ([`crate::terminal`]). Commands on one backend
-//! by name (`restart NAME`, `disable`, `enable`) are in [`workers`].
+//! by name (`restart NAME`, `disable`, `enable`) are in [`one_backend`].
 //! Every error says what to do next.
 
-pub mod workers;
+pub mod one_backend;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -143,7 +143,7 @@ pub fn status(target: &Target) -> Result<String, ClientError> {
 /// one named.
 pub fn restart(target: &Target, name: Option<&str>) -> Result<String, ClientError> {
     if let Some(name) = name {
-        return workers::restart_one(target, name);
+        return one_backend::restart_one(target, name);
     }
     let answer = runtime()?.block_on(ask(target, "POST", "/workers/restart"))?;
     match answer.status {

@@ -27,33 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the balancer (without -c: the embedded default with 2 demo workers).
-    Run {
-        /// The config file (TOML).
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Number of workers, or "auto" for one per CPU (overrides workers.count).
-        #[arg(short = 'i', long = "instances", value_name = "N", value_parser = parse_count)]
-        instances: Option<usize>,
-        /// Front-end address, e.g. 0.0.0.0:8080 or :8080 (overrides listener.bind).
-        #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
-        bind: Option<SocketAddr>,
-        /// Admin address (overrides admin.bind).
-        #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
-        admin: Option<SocketAddr>,
-        /// The dispatch strategy (overrides balance.strategy).
-        #[arg(long, value_name = "NAME", value_enum)]
-        strategy: Option<StrategyKind>,
-        /// port or fd (overrides workers.listen).
-        #[arg(long, value_name = "MODE", value_parser = parse_listen)]
-        listen: Option<ListenMode>,
-        /// Worker i listens on N + i, its rolling-restart twin on N + count + i
-        /// (overrides workers.port_base; without either, corral picks free ports).
-        #[arg(long = "port-base", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-        port_base: Option<u16>,
-        /// The worker command, after `--` (replaces workers.command).
-        #[arg(last = true, value_name = "PROGRAM ARGS")]
-        command: Vec<String>,
-    },
+    Run(RunArgs),
     /// Validate a config file and exit: every error, with file, line and key.
     Check {
         /// The config file (also accepted as -c FILE).
@@ -165,6 +139,36 @@ enum Command {
     },
 }
 
+/// `corral run`'s arguments: each overrides its config key.
+#[derive(Args)]
+struct RunArgs {
+    /// The config file (TOML).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Number of workers, or "auto" for one per CPU (overrides workers.count).
+    #[arg(short = 'i', long = "instances", value_name = "N", value_parser = parse_count)]
+    instances: Option<usize>,
+    /// Front-end address, e.g. 0.0.0.0:8080 or :8080 (overrides listener.bind).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    bind: Option<SocketAddr>,
+    /// Admin address (overrides admin.bind).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    admin: Option<SocketAddr>,
+    /// The dispatch strategy (overrides balance.strategy).
+    #[arg(long, value_name = "NAME", value_enum)]
+    strategy: Option<StrategyKind>,
+    /// port or fd (overrides workers.listen).
+    #[arg(long, value_name = "MODE", value_parser = parse_listen)]
+    listen: Option<ListenMode>,
+    /// Worker i listens on N + i, its rolling-restart twin on N + count + i
+    /// (overrides workers.port_base; without either, corral picks free ports).
+    #[arg(long = "port-base", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    port_base: Option<u16>,
+    /// The worker command, after `--` (replaces workers.command).
+    #[arg(last = true, value_name = "PROGRAM ARGS")]
+    command: Vec<String>,
+}
+
 /// How a client command finds the running corral.
 #[derive(Args)]
 struct Find {
@@ -202,53 +206,8 @@ fn parse_listen(text: &str) -> Result<ListenMode, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run {
-            config,
-            instances,
-            bind,
-            admin,
-            strategy,
-            listen,
-            port_base,
-            command,
-        } => {
-            let overrides = Overrides {
-                count: instances,
-                bind,
-                admin,
-                strategy,
-                listen,
-                port_base,
-                command: (!command.is_empty()).then_some(command),
-            };
-            let loaded = match &config {
-                Some(file) => reload::load(file, &overrides).map_err(|e| e.to_string()),
-                None => {
-                    let mut embedded = Config::embedded();
-                    embedded.apply(overrides.clone()).map(|()| embedded)
-                }
-            };
-            let config_value = match loaded {
-                Ok(c) => c,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
-            };
-            let source = Source {
-                file: config,
-                overrides,
-            };
-            match corral::run(config_value, source) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("corral: error: {error}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
         Command::Check {
             file,
             config,
@@ -265,10 +224,10 @@ fn main() -> ExitCode {
             client(&find, |target| cli::restart(target, name.as_deref()))
         }
         Command::Disable { name, find } => {
-            client(&find, |target| cli::workers::disable(target, &name))
+            client(&find, |target| cli::one_backend::disable(target, &name))
         }
         Command::Enable { name, find } => {
-            client(&find, |target| cli::workers::enable(target, &name))
+            client(&find, |target| cli::one_backend::enable(target, &name))
         }
         Command::Reload(find) => client(&find, cli::reload),
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
@@ -307,6 +266,55 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// `corral run`: the config (the file, or the embedded default) with the
+/// command line's overrides, then the balancer until it stops.
+fn run(args: RunArgs) -> ExitCode {
+    let RunArgs {
+        config,
+        instances,
+        bind,
+        admin,
+        strategy,
+        listen,
+        port_base,
+        command,
+    } = args;
+    let overrides = Overrides {
+        count: instances,
+        bind,
+        admin,
+        strategy,
+        listen,
+        port_base,
+        command: (!command.is_empty()).then_some(command),
+    };
+    let loaded = match &config {
+        Some(file) => reload::load(file, &overrides).map_err(|e| e.to_string()),
+        None => {
+            let mut embedded = Config::embedded();
+            embedded.apply(overrides.clone()).map(|()| embedded)
+        }
+    };
+    let config_value = match loaded {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = Source {
+        file: config,
+        overrides,
+    };
+    match corral::run(config_value, source) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("corral: error: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -207,3 +207,58 @@ fn a_client_that_stops_reading_does_not_grow_corral() {
     client.read_exact(&mut more).unwrap();
     assert!(more.iter().all(|&b| b == b'x'));
 }
+
+/// A live backend that reads the request and hangs up without a byte of
+/// answer (it may have acted on it: no replay). The connection ends as any
+/// other does, through the one exit: logged `backend_closed`, closed by the
+/// backend, with the bytes the client sent, and counted in the duration
+/// histogram and the byte counter of its backend.
+#[test]
+fn a_backend_that_hangs_up_unanswered_is_logged_and_accounted_once() {
+    const REQUEST: &[u8] = b"POST /order HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n\r\n";
+    // Health checks connect and leave without a request: their handler
+    // fails, which is no verdict the test waits for.
+    let backend = Backend::start(|backend: &mut TcpStream| -> std::io::Result<Vec<u8>> {
+        let mut got = vec![0u8; REQUEST.len()];
+        backend.read_exact(&mut got)?;
+        // Returning drops the stream: closed, unanswered.
+        Ok(got)
+    });
+    let corral = Corral::start(
+        &Config::new()
+            .set("log.format", "json")
+            .connection_logs(true)
+            .backend("b", backend.addr),
+    );
+    let mut client = connect(corral.front);
+    client.write_all(REQUEST).unwrap();
+    let mut answer = Vec::new();
+    // A close or a reset: either way, no byte of answer.
+    let _ = client.read_to_end(&mut answer);
+    assert_eq!(answer, b"", "the client got an answer from nowhere");
+    let heard = backend.verdict_where(Duration::from_secs(10), |r| r.is_ok());
+    assert_eq!(heard.unwrap(), REQUEST);
+    corral.wait_log("connection closed", Duration::from_secs(10));
+    let log = corral.log();
+    let closed: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "connection closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "one log line per connection:\n{log}");
+    let entry = &closed[0];
+    assert_eq!(entry["end"], "backend_closed", "{entry}");
+    assert_eq!(entry["closed_by"], "backend", "{entry}");
+    assert_eq!(entry["backend"], "b", "{entry}");
+    assert_eq!(entry["bytes_in"], REQUEST.len() as u64, "{entry}");
+    assert_eq!(entry["bytes_out"], 0, "{entry}");
+    assert_eq!(
+        corral.metric("corral_connection_duration_seconds_count{backend=\"b\"}"),
+        1.0
+    );
+    assert_eq!(
+        corral.metric("corral_bytes_received_total{backend=\"b\"}"),
+        REQUEST.len() as f64
+    );
+    assert_eq!(corral.metric("corral_bytes_sent_total{backend=\"b\"}"), 0.0);
+}

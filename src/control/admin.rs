@@ -2,8 +2,10 @@
 //! `/sticky`, `/clients`, `/logs` (answered by [`super::logs`]), the
 //! dashboard at `/`, and the mutations `POST /reload`,
 //! `POST /workers/restart` and `POST /workers/scale?count=N`, which it
-//! hands to the control loop, and those on one backend by name
-//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]).
+//! hands to the control loop, those on one backend by name
+//! (`/workers/restart|disable|enable?name=NAME`, see [`operator`]),
+//! `POST /workers/signal` and `DELETE /sticky`. [`route`] picks the
+//! endpoint by method: `read` for GET, [`Change`] for POST.
 //!
 //! GET endpoints are open so Prometheus and probes need no credentials.
 //! Mutations (POST, DELETE) need `Authorization: Bearer <token>` when
@@ -41,7 +43,7 @@ use super::{dashboard, Request as ControlRequest, Restart};
 use crate::dispatch::{PlacedBy, Tried};
 use crate::metrics::scrape;
 use crate::pool::Snapshot;
-use crate::pool::{DownReason, Kind, State};
+use crate::pool::{BackendState, DownReason, Kind};
 use crate::sampler::Sample;
 use crate::shared::Shared;
 
@@ -107,119 +109,186 @@ pub async fn serve(
     }
 }
 
+/// Every path the admin port answers on some method: another method on
+/// one of them gets 405, any other path 404. (`/logs` is answered before
+/// routing.)
+const PATHS: &[&str] = &[
+    "/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/status",
+    "/workers/restart",
+    "/workers/scale",
+    "/workers/signal",
+    "/reload",
+    "/sticky",
+    "/clients",
+    "/workers/disable",
+    "/workers/enable",
+];
+
+/// Answers one screened request: GETs are open, mutations need
+/// [`authorize`].
 async fn route(
     shared: &Arc<Shared>,
     control: &mpsc::Sender<ControlRequest>,
     request: Request<Incoming>,
 ) -> Reply {
     let path = request.uri().path();
-    let method = request.method();
-    match (method, path) {
-        (&Method::GET, "/metrics") => metrics(shared).await,
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            if shared.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if shared.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no backend is up\n")
-            }
+    let answered = match *request.method() {
+        Method::GET => read(shared, &request).await,
+        Method::POST => match Change::of(&request) {
+            Some(change) => Some(match authorize(shared, &request) {
+                Ok(()) => change.apply(shared, control, &request).await,
+                Err(denied) => *denied,
+            }),
+            None => None,
+        },
+        Method::DELETE if path == "/sticky" => Some(match authorize(shared, &request) {
+            Ok(()) => sticky_forget(shared, &request),
+            Err(denied) => *denied,
+        }),
+        _ => None,
+    };
+    answered.unwrap_or_else(|| {
+        if PATHS.contains(&path) {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        } else {
+            text(StatusCode::NOT_FOUND, "not found\n")
         }
-        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared).await),
-        (&Method::GET, "/" | "/index.html") => with_type(
+    })
+}
+
+/// The GET endpoints; `None` for a path with no GET.
+async fn read(shared: &Arc<Shared>, request: &Request<Incoming>) -> Option<Reply> {
+    Some(match request.uri().path() {
+        "/metrics" => metrics(shared).await,
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readiness(shared),
+        "/status" => json_reply(StatusCode::OK, status(shared).await),
+        "/" | "/index.html" => with_type(
             Response::new(Full::new(Bytes::from_static(dashboard::PAGE.as_bytes()))),
             "text/html; charset=utf-8",
         ),
-        (&Method::POST, "/workers/restart" | "/workers/disable" | "/workers/enable")
-            if path != "/workers/restart" || query_param(&request, "name").is_some() =>
-        {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
+        "/sticky" => sticky_lookup(shared, request),
+        "/clients" => clients(shared, request),
+        _ => return None,
+    })
+}
+
+/// `/readyz`: 200 while a backend is up, else 503 saying why.
+fn readiness(shared: &Shared) -> Reply {
+    if shared.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else if shared.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no backend is up\n")
+    }
+}
+
+/// The POST endpoints.
+enum Change {
+    /// `/workers/{restart,disable,enable}?name=NAME`: one backend.
+    OneBackend,
+    /// `/workers/restart` without a name: every worker in turn.
+    RollingRestart,
+    Reload,
+    Scale,
+    Signal,
+}
+
+impl Change {
+    fn of(request: &Request<Incoming>) -> Option<Change> {
+        let path = request.uri().path();
+        Some(match path {
+            "/workers/restart" | "/workers/disable" | "/workers/enable"
+                if path != "/workers/restart" || query_param(request, "name").is_some() =>
+            {
+                Change::OneBackend
             }
-            let action = Action::of_path(path).unwrap_or(Action::Restart);
-            let name = query_param(&request, "name");
-            let (status, body) = operator::one(shared, control, action, name).await;
-            json_reply(status, body)
+            "/workers/restart" => Change::RollingRestart,
+            "/reload" => Change::Reload,
+            "/workers/scale" => Change::Scale,
+            "/workers/signal" => Change::Signal,
+            _ => return None,
+        })
+    }
+
+    /// Carries out an authorized change (most through the control loop).
+    async fn apply(
+        self,
+        shared: &Arc<Shared>,
+        control: &mpsc::Sender<ControlRequest>,
+        request: &Request<Incoming>,
+    ) -> Reply {
+        match self {
+            Change::OneBackend => {
+                let path = request.uri().path();
+                let action = Action::of_path(path).unwrap_or(Action::Restart);
+                let name = query_param(request, "name");
+                let (status, body) = operator::one(shared, control, action, name).await;
+                json_reply(status, body)
+            }
+            Change::RollingRestart => rolling_restart(control).await,
+            Change::Reload => reload(control).await,
+            Change::Scale => match count_param(request) {
+                Ok(count) => scale(control, count).await,
+                Err(reply) => *reply,
+            },
+            Change::Signal => signal_workers(shared, request),
         }
-        (&Method::POST, "/workers/restart") => {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
-            }
-            let (started, answer) = oneshot::channel();
-            match ask(control, ControlRequest::RollingRestart { started }, answer).await {
-                Some(Restart::Started) => {
-                    json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"}))
-                }
-                Some(Restart::Merged) => {
-                    json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"}))
-                }
-                Some(Restart::NoWorkers) => json_reply(
-                    StatusCode::CONFLICT,
-                    json!({"rolling_restart": "refused", "error": "there are no workers to restart"}),
-                ),
-                None => stopping(),
-            }
+    }
+}
+
+/// `POST /workers/restart`: a rolling restart of every worker.
+async fn rolling_restart(control: &mpsc::Sender<ControlRequest>) -> Reply {
+    let (started, answer) = oneshot::channel();
+    match ask(control, ControlRequest::RollingRestart { started }, answer).await {
+        Some(Restart::Started) => {
+            json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "started"}))
         }
-        (&Method::POST, "/reload") => {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
-            }
-            let (done, answer) = oneshot::channel();
-            match ask(control, ControlRequest::Reload { done }, answer).await {
-                Some(Ok(report)) => json_reply(
-                    StatusCode::OK,
-                    json!({"reload": "applied", "report": report, "lines": report.lines()}),
-                ),
-                Some(Err(why)) => json_reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"reload": "refused", "error": why.to_string()}),
-                ),
-                None => stopping(),
-            }
+        Some(Restart::Merged) => {
+            json_reply(StatusCode::ACCEPTED, json!({"rolling_restart": "merged"}))
         }
-        (&Method::POST, "/workers/scale") => {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
-            }
-            let count = match count_param(&request) {
-                Ok(count) => count,
-                Err(reply) => return *reply,
-            };
-            let (done, answer) = oneshot::channel();
-            match ask(control, ControlRequest::Scale { count, done }, answer).await {
-                Some(Ok(file)) => json_reply(
-                    StatusCode::ACCEPTED,
-                    json!({"scale": count, "config_file": file.map(|f| f.display().to_string())}),
-                ),
-                Some(Err(why)) => json_reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"scale": "refused", "error": why.to_string()}),
-                ),
-                None => stopping(),
-            }
-        }
-        (&Method::POST, "/workers/signal") => {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
-            }
-            signal_workers(shared, &request)
-        }
-        (&Method::GET, "/sticky") => sticky_lookup(shared, &request),
-        (&Method::GET, "/clients") => clients(shared, &request),
-        (&Method::DELETE, "/sticky") => {
-            if let Err(denied) = authorize(shared, &request) {
-                return *denied;
-            }
-            sticky_forget(shared, &request)
-        }
-        (
-            _,
-            "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/workers/restart"
-            | "/workers/scale" | "/workers/signal" | "/reload" | "/sticky" | "/clients"
-            | "/workers/disable" | "/workers/enable",
-        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        Some(Restart::NoWorkers) => json_reply(
+            StatusCode::CONFLICT,
+            json!({"rolling_restart": "refused", "error": "there are no workers to restart"}),
+        ),
+        None => stopping(),
+    }
+}
+
+/// `POST /reload`: the config file again.
+async fn reload(control: &mpsc::Sender<ControlRequest>) -> Reply {
+    let (done, answer) = oneshot::channel();
+    match ask(control, ControlRequest::Reload { done }, answer).await {
+        Some(Ok(report)) => json_reply(
+            StatusCode::OK,
+            json!({"reload": "applied", "report": report, "lines": report.lines()}),
+        ),
+        Some(Err(why)) => json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"reload": "refused", "error": why.to_string()}),
+        ),
+        None => stopping(),
+    }
+}
+
+/// `POST /workers/scale?count=N`.
+async fn scale(control: &mpsc::Sender<ControlRequest>, count: usize) -> Reply {
+    let (done, answer) = oneshot::channel();
+    match ask(control, ControlRequest::Scale { count, done }, answer).await {
+        Some(Ok(file)) => json_reply(
+            StatusCode::ACCEPTED,
+            json!({"scale": count, "config_file": file.map(|f| f.display().to_string())}),
+        ),
+        Some(Err(why)) => json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"scale": "refused", "error": why.to_string()}),
+        ),
+        None => stopping(),
     }
 }
 
@@ -253,7 +322,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     let table = processes(shared, &snapshot).await;
     let usage: Vec<_> = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .filter_map(|b| {
             let root = b.instance().tree()?;
             Some((b.label.clone(), table.tree(root)?))
@@ -262,7 +331,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
     let queues: Option<Vec<(String, u32)>> = shared.steering.as_ref().map(|steering| {
         snapshot
             .pool
-            .workers()
+            .worker_backends()
             .filter_map(|b| match b.kind {
                 Kind::Worker(slot) => Some((b.label.clone(), steering.queue_length(slot)?)),
                 Kind::Static => None,
@@ -322,7 +391,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
 async fn processes(shared: &Shared, snapshot: &Snapshot) -> Arc<Sample> {
     let newest = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .map(|b| b.instance())
         .filter(|i| i.tree().is_some())
         .map(|i| i.started)
@@ -405,7 +474,7 @@ fn status_entry(
     if matches!(b.kind, Kind::Worker(_)) {
         // A crashed or stopped worker has no uptime, only a last pid (a
         // disabled one shows `disabled` though its process is down).
-        let running = !matches!(state, State::Stopped)
+        let running = !matches!(state, BackendState::Stopped)
             && !matches!(b.reason(), Some(DownReason::Crashed | DownReason::NotReady));
         entry["uptime_seconds"] = json!(instance
             .pid
@@ -456,7 +525,7 @@ fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
     let snapshot = shared.snapshot();
     let targets: Vec<_> = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .filter(|b| name == "all" || b.label == name)
         .collect();
     if targets.is_empty() {
@@ -470,7 +539,7 @@ fn signal_workers(shared: &Shared, request: &Request<Incoming>) -> Reply {
         let Some(pid) = backend
             .instance()
             .pid
-            .filter(|_| backend.state() != State::Stopped)
+            .filter(|_| backend.state() != BackendState::Stopped)
         else {
             continue;
         };

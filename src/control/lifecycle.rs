@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::signals::Signals;
 use super::{admin, notify, Source};
 use crate::config::{defaults, Config, ListenMode};
-use crate::datapath::listener;
+use crate::datapath::listener::{self, FrontEnd};
 use crate::sampler::Sampler;
 use crate::shared::Shared;
 use crate::steering::{self, Steering};
@@ -63,51 +63,10 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
     result
 }
 
+/// Start-up, serving, and the graceful stop, in that order.
 async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
-    // In `fd` mode the front end is the workers' slot sockets, and corral
-    // runs no proxy threads.
-    let (front, steering) = match config
-        .workers
-        .as_ref()
-        .filter(|w| w.listen == ListenMode::Fd)
-    {
-        Some(workers) => {
-            // Validation allows exactly one front-end address in fd mode.
-            let addr = config
-                .listener
-                .binds
-                .first()
-                .copied()
-                .unwrap_or(defaults::LISTENER_BIND);
-            let steering = Steering::bind(
-                addr,
-                config.listener.backlog,
-                workers.count,
-                steering::rule_of(&config).map_err(Fatal::io("balance.strategy"))?,
-                &config.clients,
-            )
-            .map_err(|source| Fatal::Bind {
-                what: "front end (one socket per worker)",
-                addr,
-                source,
-            })?;
-            (None, Some(Arc::new(steering)))
-        }
-        None => {
-            let front = listener::bind_all(
-                &config.listener.binds,
-                config.listener.backlog,
-                config.runtime.threads,
-            )
-            .map_err(|(addr, source)| Fatal::Bind {
-                what: "front end",
-                addr,
-                source,
-            })?;
-            (Some(front), None)
-        }
-    };
+    let (front, steering) = bind_front(&config)?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
         .await
         .map_err(|source| Fatal::Bind {
@@ -115,46 +74,14 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
             addr: config.admin.bind,
             source,
         })?;
-    // With the front end and the admin port bound, the workers' ports are
-    // picked clear of them (when the config leaves them to corral).
-    crate::supervisor::ports::settle(&mut config, None).map_err(Fatal::Ports)?;
-    let mut signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
-    raise_fd_limit();
-    if let Some(who) = config
-        .runtime
-        .drop_to
-        .as_ref()
-        .filter(|_| nix::unistd::geteuid().is_root())
-    {
-        crate::privileges::drop_to(who).map_err(Fatal::io("cannot drop privileges"))?;
-        tracing::info!(uid = ?who.uid, gid = who.gid, "dropped privileges");
-    }
+    let mut signals = settle_process(&mut config)?;
     let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
     let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
     let shared = Shared::new(config.clone(), steering.clone(), sampler);
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
-    tokio::spawn(admin::serve(
-        Arc::clone(&shared),
-        admin_listener,
-        control_tx,
-    ));
-    tokio::spawn(crate::health::run(Arc::clone(&shared)));
-    tokio::spawn(crate::dispatch::sweep_sticky(
-        Arc::clone(&shared),
-        |shared| &shared.dispatcher.sticky,
-    ));
-    tokio::spawn(crate::clients::sweep(Arc::clone(&shared), |shared| {
-        &shared.clients
-    }));
-    if let Some(steering) = &steering {
-        tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
-        tokio::spawn(steering::watch_intruders(
-            Arc::clone(&shared),
-            Arc::clone(steering),
-        ));
-    }
+    start_tasks(&shared, admin_listener, control_tx, steering.as_ref());
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let stopped_while_starting = match &config.workers {
@@ -186,7 +113,111 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
             .await
         }
     };
-    drain(&shared, signals).await;
+    stop(&shared, signals, proxies_stop, &supervisor, proxies).await;
+    Ok(())
+}
+
+/// The front end: the proxy threads' sockets, or in `fd` mode the
+/// workers' slot sockets (and corral runs no proxy threads).
+fn bind_front(config: &Config) -> Result<(Option<FrontEnd>, Option<Arc<Steering>>), Fatal> {
+    match config
+        .workers
+        .as_ref()
+        .filter(|w| w.listen == ListenMode::Fd)
+    {
+        Some(workers) => {
+            // Validation allows exactly one front-end address in fd mode.
+            let addr = config
+                .listener
+                .binds
+                .first()
+                .copied()
+                .unwrap_or(defaults::LISTENER_BIND);
+            let steering = Steering::bind(
+                addr,
+                config.listener.backlog,
+                workers.count,
+                steering::rule_of(config).map_err(Fatal::io("balance.strategy"))?,
+                &config.clients,
+            )
+            .map_err(|source| Fatal::Bind {
+                what: "front end (one socket per worker)",
+                addr,
+                source,
+            })?;
+            Ok((None, Some(Arc::new(steering))))
+        }
+        None => {
+            let front = listener::bind_all(
+                &config.listener.binds,
+                config.listener.backlog,
+                config.runtime.threads,
+            )
+            .map_err(|(addr, source)| Fatal::Bind {
+                what: "front end",
+                addr,
+                source,
+            })?;
+            Ok((Some(front), None))
+        }
+    }
+}
+
+/// With every address bound: the workers' ports (picked clear of them
+/// when the config leaves them to corral), the signal handlers, the fd
+/// limit, and the drop of root's privileges.
+fn settle_process(config: &mut Config) -> Result<Signals, Fatal> {
+    crate::supervisor::ports::settle(config, None).map_err(Fatal::Ports)?;
+    let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
+    raise_fd_limit();
+    if let Some(who) = config
+        .runtime
+        .drop_to
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    {
+        crate::privileges::drop_to(who).map_err(Fatal::io("cannot drop privileges"))?;
+        tracing::info!(uid = ?who.uid, gid = who.gid, "dropped privileges");
+    }
+    Ok(signals)
+}
+
+/// The control plane's tasks: the admin port, the health checks, the
+/// sticky and client table sweeps, and in `fd` mode the steering.
+fn start_tasks(
+    shared: &Arc<Shared>,
+    admin_listener: tokio::net::TcpListener,
+    control_tx: mpsc::Sender<super::Request>,
+    steering: Option<&Arc<Steering>>,
+) {
+    tokio::spawn(admin::serve(Arc::clone(shared), admin_listener, control_tx));
+    tokio::spawn(crate::health::run(Arc::clone(shared)));
+    tokio::spawn(crate::dispatch::sweep_sticky(
+        Arc::clone(shared),
+        |shared| &shared.dispatcher.sticky,
+    ));
+    tokio::spawn(crate::clients::sweep(Arc::clone(shared), |shared| {
+        &shared.clients
+    }));
+    if let Some(steering) = steering {
+        tokio::spawn(steering::run(Arc::clone(shared), Arc::clone(steering)));
+        tokio::spawn(steering::watch_intruders(
+            Arc::clone(shared),
+            Arc::clone(steering),
+        ));
+    }
+}
+
+/// The graceful stop: drain the open connections, stop the proxy threads
+/// and the workers, close the slot sockets.
+async fn stop(
+    shared: &Arc<Shared>,
+    signals: Signals,
+    proxies_stop: CancellationToken,
+    supervisor: &Supervisor,
+    proxies: Vec<std::thread::JoinHandle<()>>,
+) {
+    drain(shared, signals).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
     if let Some(steering) = &shared.steering {
@@ -199,7 +230,6 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     })
     .await;
     tracing::info!("corral stopped");
-    Ok(())
 }
 
 /// Starts the worker slots and holds the first clients in the backlog
@@ -213,7 +243,7 @@ async fn first_start(
     workers: &crate::config::WorkersConfig,
     signals: &mut Signals,
 ) -> Option<&'static str> {
-    let backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
+    let backends: Vec<_> = shared.snapshot().pool.worker_backends().cloned().collect();
     let first_starts = supervisor
         .start_slots(&Arc::new(workers.clone()), &backends)
         .await;
@@ -231,7 +261,7 @@ async fn first_start(
 /// One line that says what runs: front end, admin URL, workers up.
 fn announce(shared: &Shared, config: &Config) {
     let snapshot = shared.snapshot();
-    let workers: Vec<_> = snapshot.pool.workers().collect();
+    let workers: Vec<_> = snapshot.pool.worker_backends().collect();
     let up = workers.iter().filter(|b| b.is_up()).count();
     let pids: Vec<String> = workers
         .iter()

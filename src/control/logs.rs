@@ -128,7 +128,7 @@ fn worker(shared: &Shared, name: &str) -> Result<Option<usize>, (StatusCode, Str
         .filter(|id| format!("worker-{id}") == name);
     let snapshot = shared.snapshot();
     if let Some(id) = slot {
-        let running = snapshot.pool.workers().any(|b| b.label == name);
+        let running = snapshot.pool.worker_backends().any(|b| b.label == name);
         if running || crate::logging::worker_output().has(id) {
             return Ok(Some(id));
         }

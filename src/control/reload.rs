@@ -174,7 +174,7 @@ async fn apply_workers(shared: &Shared, supervisor: &Supervisor, fresh: &Config,
         return;
     };
     let workers = Arc::new(workers.clone());
-    let worker_backends: Vec<_> = shared.snapshot().pool.workers().cloned().collect();
+    let worker_backends: Vec<_> = shared.snapshot().pool.worker_backends().cloned().collect();
     let running = supervisor.backends().await.len();
     // New slots start on their own; nobody waits for their first start here.
     drop(supervisor.start_slots(&workers, &worker_backends).await);

@@ -1,8 +1,13 @@
-//! One client connection, from accept to close, in steps: read the PROXY
-//! header (when the front end expects one), attempt a backend (connect,
-//! moving on to the next backend if that fails), pump bytes, decide
-//! whether a backend that hung up unanswered gets the request replayed on
-//! another one, then account and log how it ended, and which side ended it.
+//! One client connection, from accept to close, in steps ([`serve`]):
+//! the front door (a trusted PROXY peer, its header, the `[clients]`
+//! limits), then until the connection is over ([`relay`]): connect to a
+//! backend (moving on to the next one if that fails), send it what must
+//! precede the pump and pump bytes ([`pump_once`]), account for that
+//! backend connection, and decide ([`after_pump`]) whether the request is
+//! replayed on another backend, a stateless connection carries on, or the
+//! connection closes. Every connection past the front door ends in
+//! [`finish`]: its duration and its log line, with the [`CloseReason`]
+//! and the side that closed it.
 //!
 //! A client relayed to a fixed address ([`serve_relayed`]: in `fd` mode,
 //! one corral took off the queue of a worker slot out of rotation) takes
@@ -21,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
 use super::proxy_protocol;
-use super::pump::{self, End, Side};
+use super::pump::{self, Side, Stop};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
 use crate::dispatch::Tried;
 use crate::health;
@@ -31,7 +36,7 @@ use crate::steering::Relay;
 
 /// Why a connection ended: the log's `end` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub enum CloseReason {
     Eof,
     IdleTimeout,
     /// The backend answered nothing within `timeouts.first_byte`.
@@ -52,33 +57,34 @@ pub enum Reason {
     Resources,
 }
 
-impl Reason {
+impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Eof => "eof",
-            Reason::IdleTimeout => "idle_timeout",
-            Reason::FirstByteTimeout => "first_byte_timeout",
-            Reason::Reset => "reset",
-            Reason::Cut => "cut",
-            Reason::BackendClosed => "backend_closed",
-            Reason::ConnectFailed => "connect_failed",
-            Reason::NoBackend => "no_backend",
-            Reason::ProxyProtocol => "proxy_protocol",
-            Reason::Resources => "resources",
+            CloseReason::Eof => "eof",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::FirstByteTimeout => "first_byte_timeout",
+            CloseReason::Reset => "reset",
+            CloseReason::Cut => "cut",
+            CloseReason::BackendClosed => "backend_closed",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::NoBackend => "no_backend",
+            CloseReason::ProxyProtocol => "proxy_protocol",
+            CloseReason::Resources => "resources",
         }
     }
 }
 
-/// How a connection closed, for the log and the metrics.
+/// How a connection closed: why, and which side closed it (the log's
+/// `end` and `closed_by` fields).
 #[derive(Debug, Clone, Copy)]
-pub struct Closed {
-    pub reason: Reason,
+pub struct Close {
+    pub reason: CloseReason,
     pub by: Side,
 }
 
-impl Closed {
-    fn by_corral(reason: Reason) -> Closed {
-        Closed {
+impl Close {
+    fn by_corral(reason: CloseReason) -> Close {
+        Close {
             reason,
             by: Side::Corral,
         }
@@ -113,17 +119,16 @@ impl Client {
 }
 
 /// Serves one accepted client until it closes or corral cuts it.
+///
+/// A client turned away at the front door (an untrusted PROXY peer, a
+/// `[clients]` refusal) is counted, not logged. Every other connection
+/// ends through [`finish`], once.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     // One snapshot at a time: config and pool belong together. A stateless
     // connection takes a fresh one each time it moves to another backend.
     let mut snapshot = shared.snapshot();
-    if snapshot.config.listener.proxy_protocol != ProxyProtocolMode::None
-        && !snapshot.config.listener.trusts(peer.ip())
-    {
-        // Only the listed balancers may say who the client is: anyone else
-        // is closed before a byte of its header is read.
-        shared.metrics.rejected.untrusted_proxy.inc();
+    if !trusted(&shared, &snapshot, peer) {
         return;
     }
     // One statement, so the future holds the client once (not also the
@@ -134,11 +139,12 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         // grow every connection's future, PROXY protocol or not.
         mode => Box::pin(read_proxy_header(&shared, mode, stream, peer)).await,
     }) else {
-        let closed = Closed {
-            reason: Reason::ProxyProtocol,
+        let close = Close {
+            reason: CloseReason::ProxyProtocol,
             by: Side::Client,
         };
-        log_closed(&snapshot.config, peer, "", (0, 0), started, closed, None);
+        let trail = Trail::default();
+        finish(&snapshot.config, peer, &trail, started, close);
         return;
     };
     // The front door: allow/deny and the per-client limits, before any
@@ -154,7 +160,6 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let client_key = shared.dispatcher.client_key(client.addr.ip());
     // `workers.stateless`: the HTTP/1.x view that lets the connection move
     // between backends. Boxed: other connections carry one pointer.
     let mut exchange = snapshot
@@ -166,105 +171,203 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if let Some(exchange) = exchange.as_deref_mut() {
         exchange.client_sent(&client.pending);
     }
+    let mut trail = Trail {
+        bytes: (client.pending.len() as u64, 0),
+        last: None,
+    };
+    let close = relay(
+        &shared,
+        &mut snapshot,
+        &mut client,
+        exchange.as_deref_mut(),
+        &mut trail,
+    )
+    .await;
+    finish(&snapshot.config, client.addr, &trail, started, close);
+}
+
+/// Step 0: with PROXY headers on, only the listed balancers may say who
+/// the client is: anyone else is closed (and counted) before a byte of
+/// its header is read.
+fn trusted(shared: &Shared, snapshot: &Snapshot, peer: SocketAddr) -> bool {
+    let listener = &snapshot.config.listener;
+    if listener.proxy_protocol != ProxyProtocolMode::None && !listener.trusts(peer.ip()) {
+        shared.metrics.rejected.untrusted_proxy.inc();
+        return false;
+    }
+    true
+}
+
+/// What a connection went through, for its close: the bytes from the
+/// client (read once, however often replayed) and to it, and the last
+/// backend it was sent to.
+#[derive(Default)]
+struct Trail {
+    bytes: (u64, u64),
+    last: Option<Arc<Backend>>,
+}
+
+/// Steps 2 to 4, until the connection is over: connect to a backend,
+/// pump, and then replay on another backend, carry on with the next
+/// request, or close.
+async fn relay(
+    shared: &Shared,
+    snapshot: &mut Arc<Snapshot>,
+    client: &mut Client,
+    mut exchange: Option<&mut Exchange>,
+    trail: &mut Trail,
+) -> Close {
+    let client_key = shared.dispatcher.client_key(client.addr.ip());
     let mut tried = Tried::default();
-    // Bytes from the client (read once, however often replayed) and to it.
-    let mut bytes = (client.pending.len() as u64, 0u64);
-    let mut last: Option<Arc<Backend>> = None;
-    let closed = loop {
-        let attempt = match connect(&shared, &snapshot, client_key, &mut tried).await {
+    loop {
+        let attempt = match connect(shared, snapshot, client_key, &mut tried).await {
             Ok(attempt) => attempt,
-            Err(reason) => break Closed::by_corral(reason),
+            Err(reason) => return Close::by_corral(reason),
         };
-        let Attempt {
-            mut upstream,
-            guard,
-            index,
-        } = attempt;
-        let backend = Arc::clone(&guard.backend);
-        let instance = Arc::clone(&guard.instance);
-        last = Some(Arc::clone(&backend));
-        let config = Arc::clone(&snapshot.config);
-        let send_proxy = snapshot.pool.send_proxy(index);
-        if !introduce(&mut client, &mut upstream, send_proxy, &config).await {
+        let index = attempt.index;
+        let backend = Arc::clone(&attempt.guard.backend);
+        let instance = Arc::clone(&attempt.guard.instance);
+        trail.last = Some(Arc::clone(&backend));
+        let pumped = pump_once(shared, snapshot, client, exchange.as_deref_mut(), attempt).await;
+        let Some(pumped) = pumped else {
             tried.push(index);
             continue;
-        }
-        // A stateless connection stays while its backend is in rotation.
-        let stay = || backend.is_up() && !instance.is_retired();
-        let outcome = pump::pump(
-            &mut client.stream,
-            &mut upstream,
-            pump::Options {
-                idle: config.timeouts.idle,
-                first_byte: config.timeouts.first_byte,
-                replayable: exchange.is_none(),
-                splice: config.runtime.splice,
-                already_sent: !client.pending.is_empty(),
-                meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
-                cut: shared.cut_signal(),
-                stateless: exchange.as_deref_mut().map(|exchange| pump::Stateless {
-                    exchange,
-                    stay: &stay,
-                    leave: shared.stop_signal(),
-                }),
-            },
+        };
+        account(shared, client, &backend, &pumped);
+        trail.bytes.0 += pumped.from_client;
+        trail.bytes.1 += pumped.from_backend;
+        let exchange = exchange.as_deref();
+        match after_pump(
+            shared, snapshot, client, exchange, &backend, &instance, pumped,
         )
-        .await;
-        drop((guard, upstream));
-        account(&shared, &client, &backend, &outcome);
-        bytes.0 += outcome.from_client;
-        bytes.1 += outcome.from_backend;
-        match outcome.end {
-            End::BackendGaveUp {
-                replay,
-                client_done,
-            } => {
-                if !replay_allowed(&shared, &client, &replay, &instance).await {
-                    break Closed {
-                        reason: Reason::BackendClosed,
-                        by: Side::Backend,
-                    };
+        .await
+        {
+            Then::Replay => tried.push(index),
+            Then::CarryOn(carry) => {
+                match carry {
+                    Carry::NextRequest => tried = Tried::default(),
+                    Carry::Replay => tried.push(index),
                 }
-                tracing::warn!(
-                    backend = %backend.label,
-                    client = %client.addr,
-                    bytes = client.pending.len() + replay.len(),
-                    "backend closed before answering; replaying the request on another backend"
-                );
-                client.pending.extend_from_slice(&replay);
-                client.done_sending = client_done;
-                tried.push(index);
+                *snapshot = shared.snapshot();
             }
-            End::Detached { client_done } => {
-                let Some(exchange) = exchange.as_deref() else {
-                    break Closed::by_corral(Reason::BackendClosed);
-                };
-                match carry_on(&shared, &mut client, exchange, &instance, client_done).await {
-                    Ok(Carry::NextRequest) => tried = Tried::default(),
-                    Ok(Carry::Replay) => tried.push(index),
-                    Err(closed) => break closed,
-                }
-                snapshot = shared.snapshot();
-            }
-            end => break closing(&shared, &snapshot, &backend, &instance, end, outcome.by),
+            Then::Close(close) => return close,
         }
-    };
-    if let Some(backend) = &last {
+    }
+}
+
+/// One backend connection: what must precede the pump, then the pump.
+/// `None` when the backend could not be sent what precedes it.
+async fn pump_once(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    exchange: Option<&mut Exchange>,
+    attempt: Attempt,
+) -> Option<pump::Pumped> {
+    let Attempt {
+        mut upstream,
+        guard,
+        index,
+    } = attempt;
+    let config = &snapshot.config;
+    let send_proxy = snapshot.pool.send_proxy(index);
+    if !introduce(client, &mut upstream, send_proxy, config).await {
+        return None;
+    }
+    let (backend, instance) = (&guard.backend, &guard.instance);
+    // A stateless connection stays while its backend is in rotation.
+    let stay = || backend.is_up() && !instance.is_retired();
+    let pumped = pump::pump(
+        &mut client.stream,
+        &mut upstream,
+        pump::Options {
+            idle: config.timeouts.idle,
+            first_byte: config.timeouts.first_byte,
+            replayable: exchange.is_none(),
+            splice: config.runtime.splice,
+            already_sent: !client.pending.is_empty(),
+            meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
+            cut: shared.cut_signal(),
+            stateless: exchange.map(|exchange| pump::Stateless {
+                exchange,
+                stay: &stay,
+                leave: shared.stop_signal(),
+            }),
+        },
+    )
+    .await;
+    drop((guard, upstream));
+    Some(pumped)
+}
+
+/// What a connection does once a backend connection ended.
+enum Then {
+    /// The backend hung up unanswered: the request goes to another one.
+    Replay,
+    /// Stateless: the backend connection ended between exchanges and the
+    /// connection goes on, with a fresh snapshot.
+    CarryOn(Carry),
+    /// The connection is over.
+    Close(Close),
+}
+
+/// Step 3: after the pump, replay the request, carry on, or close.
+async fn after_pump(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    exchange: Option<&Exchange>,
+    backend: &Backend,
+    instance: &Arc<Instance>,
+    pumped: pump::Pumped,
+) -> Then {
+    match pumped.stop {
+        Stop::BackendGaveUp {
+            replay,
+            client_done,
+        } => {
+            if !replay_allowed(shared, client, &replay, instance).await {
+                return Then::Close(Close {
+                    reason: CloseReason::BackendClosed,
+                    by: Side::Backend,
+                });
+            }
+            tracing::warn!(
+                backend = %backend.label,
+                client = %client.addr,
+                bytes = client.pending.len() + replay.len(),
+                "backend closed before answering; replaying the request on another backend"
+            );
+            client.pending.extend_from_slice(&replay);
+            client.done_sending = client_done;
+            Then::Replay
+        }
+        Stop::Detached { client_done } => {
+            let Some(exchange) = exchange else {
+                return Then::Close(Close::by_corral(CloseReason::BackendClosed));
+            };
+            match carry_on(shared, client, exchange, instance, client_done).await {
+                Ok(carry) => Then::CarryOn(carry),
+                Err(close) => Then::Close(close),
+            }
+        }
+        stop => Then::Close(close_of(
+            shared, snapshot, backend, instance, stop, pumped.by,
+        )),
+    }
+}
+
+/// The one end of every connection past the front door: the duration on
+/// the last backend's histogram, and the log line.
+fn finish(config: &Config, client: SocketAddr, trail: &Trail, started: Instant, close: Close) {
+    if let Some(backend) = &trail.last {
         backend
             .metrics
             .connection_duration
             .observe(started.elapsed().as_secs_f64());
     }
-    let label = last.as_ref().map_or("", |b| b.label.as_str());
-    log_closed(
-        &snapshot.config,
-        client.addr,
-        label,
-        bytes,
-        started,
-        closed,
-        None,
-    );
+    let label = trail.last.as_ref().map_or("", |b| b.label.as_str());
+    log_closed(config, client, label, trail.bytes, started, close, None);
 }
 
 /// How a stateless connection goes on once its backend connection ended
@@ -290,12 +393,12 @@ async fn carry_on(
     exchange: &Exchange,
     instance: &Instance,
     client_done: bool,
-) -> Result<Carry, Closed> {
+) -> Result<Carry, Close> {
     let unanswered = exchange.movable().unwrap_or_default();
     if unanswered.is_empty() {
         if shared.is_draining() {
             // corral's graceful stop, between two requests: a clean close.
-            return Err(Closed::by_corral(Reason::Eof));
+            return Err(Close::by_corral(CloseReason::Eof));
         }
         next_request(&client.stream, shared).await?;
         client.pending.clear();
@@ -306,8 +409,8 @@ async fn carry_on(
         || instance.is_retired()
         || worker_exiting(shared, instance).await;
     if !safe {
-        return Err(Closed {
-            reason: Reason::BackendClosed,
+        return Err(Close {
+            reason: CloseReason::BackendClosed,
             by: Side::Backend,
         });
     }
@@ -324,21 +427,21 @@ async fn carry_on(
 /// Waits, holding no backend connection, until the client sends its next
 /// bytes (left in the socket for the next backend), for at most
 /// `timeouts.idle`.
-async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Closed> {
+async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Close> {
     let idle = shared.config().timeouts.idle;
     let mut first = [0u8; 1];
     tokio::select! {
         // corral's graceful stop: between two requests, a clean close.
-        _ = shared.accepting_stopped() => Err(Closed::by_corral(Reason::Eof)),
-        _ = shared.connections_cut() => Err(Closed::by_corral(Reason::Cut)),
+        _ = shared.accepting_stopped() => Err(Close::by_corral(CloseReason::Eof)),
+        _ = shared.connections_cut() => Err(Close::by_corral(CloseReason::Cut)),
         peeked = tokio::time::timeout(idle, stream.peek(&mut first)) => match peeked {
             Err(_) => {
                 shared.metrics.errors.timeout.inc();
-                Err(Closed::by_corral(Reason::IdleTimeout))
+                Err(Close::by_corral(CloseReason::IdleTimeout))
             }
-            Ok(Ok(0)) => Err(Closed { reason: Reason::Eof, by: Side::Client }),
+            Ok(Ok(0)) => Err(Close { reason: CloseReason::Eof, by: Side::Client }),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Closed { reason: Reason::Reset, by: Side::Client }),
+            Ok(Err(_)) => Err(Close { reason: CloseReason::Reset, by: Side::Client }),
         },
     }
 }
@@ -384,7 +487,7 @@ async fn connect(
     snapshot: &Snapshot,
     client_key: u128,
     tried: &mut Tried,
-) -> Result<Attempt, Reason> {
+) -> Result<Attempt, CloseReason> {
     let config = &snapshot.config;
     let pool = &snapshot.pool;
     let first_try = tried.is_empty();
@@ -395,9 +498,9 @@ async fn connect(
         else {
             if first_try && tried.is_empty() {
                 shared.metrics.errors.no_backend.inc();
-                return Err(Reason::NoBackend);
+                return Err(CloseReason::NoBackend);
             }
-            return Err(Reason::ConnectFailed);
+            return Err(CloseReason::ConnectFailed);
         };
         let backend = &pool.backends[index];
         let instance = backend.instance();
@@ -423,7 +526,7 @@ async fn connect(
                 // corral's shortage, not the backend's: it stays in rotation.
                 shared.metrics.errors.resources.inc();
                 tracing::warn!(%error, "no socket for a backend connection: corral is short of resources");
-                return Err(Reason::Resources);
+                return Err(CloseReason::Resources);
             }
             Ok(Err(error)) => {
                 shared.metrics.errors.connect_failed.inc();
@@ -519,7 +622,7 @@ async fn worker_exiting(shared: &Shared, instance: &Instance) -> bool {
 }
 
 /// Step 4: the metrics of one backend connection, however it ended.
-fn account(shared: &Shared, client: &Client, backend: &Backend, outcome: &pump::Outcome) {
+fn account(shared: &Shared, client: &Client, backend: &Backend, outcome: &pump::Pumped) {
     // The pump counted bytes as they moved; what this backend was handed
     // before the pump (bytes after a PROXY header, a replay) counts too.
     backend
@@ -536,41 +639,41 @@ fn account(shared: &Shared, client: &Client, backend: &Backend, outcome: &pump::
 
 /// Step 5: how a pumped connection closed, with the passive check of a
 /// first-byte timeout.
-fn closing(
+fn close_of(
     shared: &Shared,
     snapshot: &Snapshot,
     backend: &Backend,
     instance: &Arc<Instance>,
-    end: End,
+    end: Stop,
     by: Side,
-) -> Closed {
-    if end == End::FirstByteTimeout {
+) -> Close {
+    if end == Stop::FirstByteTimeout {
         let config = &snapshot.config;
         if let Some(limit) = config.timeouts.first_byte {
             health::first_byte_timed_out(&snapshot.pool, backend, instance, &config.health, limit);
         }
     }
-    Closed {
-        reason: reason_of(shared, end),
+    Close {
+        reason: close_reason(shared, end),
         by,
     }
 }
 
 /// The close reason of a pump's end, with its timeouts counted.
-fn reason_of(shared: &Shared, end: End) -> Reason {
+fn close_reason(shared: &Shared, end: Stop) -> CloseReason {
     match end {
-        End::Eof => Reason::Eof,
-        End::IdleTimeout => {
+        Stop::Eof => CloseReason::Eof,
+        Stop::IdleTimeout => {
             shared.metrics.errors.timeout.inc();
-            Reason::IdleTimeout
+            CloseReason::IdleTimeout
         }
-        End::FirstByteTimeout => {
+        Stop::FirstByteTimeout => {
             shared.metrics.errors.timeout.inc();
-            Reason::FirstByteTimeout
+            CloseReason::FirstByteTimeout
         }
-        End::Reset => Reason::Reset,
-        End::Cut => Reason::Cut,
-        End::BackendGaveUp { .. } | End::Detached { .. } => Reason::BackendClosed,
+        Stop::Reset => CloseReason::Reset,
+        Stop::Cut => CloseReason::Cut,
+        Stop::BackendGaveUp { .. } | Stop::Detached { .. } => CloseReason::BackendClosed,
     }
 }
 
@@ -581,7 +684,7 @@ fn log_closed(
     backend: &str,
     (bytes_in, bytes_out): (u64, u64),
     started: Instant,
-    closed: Closed,
+    closed: Close,
     relayed: Option<&str>,
 ) {
     if config.log.connections {
@@ -633,8 +736,8 @@ pub async fn serve_relayed(
             if outcome.spliced {
                 shared.metrics.spliced.inc();
             }
-            let closed = Closed {
-                reason: reason_of(&shared, outcome.end),
+            let closed = Close {
+                reason: close_reason(&shared, outcome.stop),
                 by: outcome.by,
             };
             (closed, (outcome.from_client, outcome.from_backend))
@@ -642,18 +745,18 @@ pub async fn serve_relayed(
         Ok(Err(error)) => {
             let reason = if health::is_local_shortage(&error) {
                 shared.metrics.errors.resources.inc();
-                Reason::Resources
+                CloseReason::Resources
             } else {
                 shared.metrics.errors.connect_failed.inc();
-                Reason::ConnectFailed
+                CloseReason::ConnectFailed
             };
             tracing::warn!(%error, target = %relay.target, "cannot relay a client: {}", relay.why);
-            (Closed::by_corral(reason), (0, 0))
+            (Close::by_corral(reason), (0, 0))
         }
         Err(_) => {
             shared.metrics.errors.timeout.inc();
             tracing::warn!(target = %relay.target, timeout = ?config.timeouts.connect, "relaying a client timed out connecting: {}", relay.why);
-            (Closed::by_corral(Reason::ConnectFailed), (0, 0))
+            (Close::by_corral(CloseReason::ConnectFailed), (0, 0))
         }
     };
     let backend = relay.backend.as_deref().unwrap_or("");

@@ -90,9 +90,11 @@ impl Side {
     }
 }
 
-/// How a pumped connection ended.
+/// Why the pump stopped: the connection's end (which the caller turns
+/// into its close reason), or a hand-over, where the client stays and
+/// another backend takes over ([`Stop::BackendGaveUp`], [`Stop::Detached`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub enum Stop {
     /// Both sides closed cleanly.
     Eof,
     /// Nothing moved for the idle timeout.
@@ -115,16 +117,16 @@ pub enum End {
     Detached { client_done: bool },
 }
 
-/// What a pump moved and how it ended.
+/// What a pump moved and why it stopped.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Pumped {
     /// Bytes read from the client (and sent to the backend).
     pub from_client: u64,
     /// Bytes read from the backend (and sent to the client).
     pub from_backend: u64,
     /// A direction switched to splice(2).
     pub spliced: bool,
-    pub end: End,
+    pub stop: Stop,
     /// The side that ended it.
     pub by: Side,
 }
@@ -166,6 +168,12 @@ impl<'m> Half<'m> {
         if let Some(meter) = self.meter {
             meter.inc_by(n as u64);
         }
+    }
+
+    /// This direction read its EOF and wrote out everything before it.
+    #[inline]
+    fn done(&self, polled: &Polled) -> bool {
+        polled.is_ready() && self.read_done
     }
 
     fn release(&mut self) {
@@ -374,11 +382,11 @@ pub struct Stateless<'m> {
     /// The HTTP/1.x view, fed every byte.
     pub exchange: &'m mut Exchange,
     /// Whether the backend should keep the connection (false once it left
-    /// rotation): if not, the pump ends with [`End::Detached`] before the
+    /// rotation): if not, the pump ends with [`Stop::Detached`] before the
     /// client's next request is read.
     pub stay: &'m (dyn Fn() -> bool + Sync),
     /// Cancelled when corral stops: the pump ends with
-    /// [`End::Detached`] as soon as nothing is unanswered.
+    /// [`Stop::Detached`] as soon as nothing is unanswered.
     pub leave: &'m CancellationToken,
 }
 
@@ -391,7 +399,7 @@ pub fn pump<'a>(
     client: &'a mut TcpStream,
     backend: &'a mut TcpStream,
     options: Options<'a>,
-) -> impl Future<Output = Outcome> + 'a {
+) -> impl Future<Output = Pumped> + 'a {
     let Options {
         idle,
         first_byte,
@@ -403,32 +411,23 @@ pub fn pump<'a>(
         mut stateless,
     } = options;
     async move {
-        let (mut client_in, mut client_out) = client.split();
-        let (mut backend_in, mut backend_out) = backend.split();
-        let mut up = Half::new(splice, meters.map(|m| m.0));
-        let mut down = Half::new(splice, meters.map(|m| m.1));
-        let mut replay: Option<Vec<u8>> = replayable.then(Vec::new);
-        let mut last_activity = Instant::now();
-        // While the backend has answered nothing: when it was last sent a byte.
-        let mut awaiting_since: Option<Instant> = already_sent.then(Instant::now);
-        let mut first_eof: Option<Side> = None;
-        let first_deadline = awaiting_since
-            .zip(first_byte)
-            .map_or(last_activity + idle, |(since, limit)| {
-                (since + limit).min(last_activity + idle)
-            });
-        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(first_deadline));
-        // The timer has been polled since it was last set, so it holds this
-        // task's waker and will wake it at its deadline: before then, polling it
-        // again would only register the same waker once more.
-        let mut timer_armed = false;
+        let (client_in, client_out) = client.split();
+        let (backend_in, backend_out) = backend.split();
+        let mut sockets = Sockets {
+            client_in,
+            client_out,
+            backend_in,
+            backend_out,
+        };
+        let mut flow = Flow::new(splice, meters, replayable, already_sent);
+        let mut deadline = Deadline::new(idle, first_byte, &flow);
         let mut cut_now = std::pin::pin!(cut.cancelled());
         // Boxed, and only for stateless connections: the others' futures stay
         // as small as they were.
         let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
-        let (end, by) = poll_fn(|cx| {
+        let (stop, by) = poll_fn(|cx| {
             if cut_now.as_mut().poll(cx).is_ready() {
-                return Poll::Ready((End::Cut, Side::Corral));
+                return Poll::Ready((Stop::Cut, Side::Corral));
             }
             let leaving = leave_now
                 .as_mut()
@@ -437,175 +436,314 @@ pub fn pump<'a>(
                 // Between exchanges, before the client's next request is read:
                 // a backend leaving rotation, or corral stopping, lets the
                 // connection go.
-                if s.exchange.is_idle() && !up.read_done && (leaving || !(s.stay)()) {
-                    return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
+                if flow.between_exchanges(s.exchange) && (leaving || !(s.stay)()) {
+                    return Poll::Ready((Stop::Detached { client_done: false }, Side::Corral));
                 }
             }
             let mut progress = false;
-            let sent_before = up.total;
-            let up_result = up.poll_copy(
-                cx,
-                &mut client_in,
-                &mut backend_out,
-                &mut progress,
-                |chunk| {
-                    if let Some(s) = &mut stateless {
-                        s.exchange.client_sent(chunk);
-                    }
-                    if let Some(kept) = &mut replay {
-                        if kept.len() + chunk.len() <= REPLAY_LIMIT {
-                            kept.extend_from_slice(chunk);
-                        } else {
-                            replay = None;
-                        }
-                    }
-                },
-            );
-            let down_result = down.poll_copy(
-                cx,
-                &mut backend_in,
-                &mut client_out,
-                &mut progress,
-                |chunk| {
-                    if let Some(s) = &mut stateless {
-                        s.exchange.backend_sent(chunk);
-                    }
-                },
-            );
-            if let Some(Stateless { exchange, .. }) = &stateless {
-                if leaving && exchange.is_idle() && !up.read_done && down_result.is_pending() {
-                    // corral is stopping and the answer just went out in full.
-                    return Poll::Ready((End::Detached { client_done: false }, Side::Corral));
-                }
-                // The backend is gone (its close passed on in full to nobody
-                // yet, or a reset, or a failed write) at a point where another
-                // backend can take over: the client never sees the close.
-                let backend_failed =
-                    matches!(down_result, Poll::Ready(Err(_))) && !down.write_failed;
-                let backend_closed = down.read_done && down_result.is_ready();
-                if backend_failed || up.write_failed || backend_closed {
-                    let carry_on = exchange
-                        .movable()
-                        .is_some_and(|unanswered| !unanswered.is_empty() || !up.read_done);
-                    if carry_on {
-                        return Poll::Ready((
-                            End::Detached {
-                                client_done: up.read_done,
-                            },
-                            Side::Backend,
-                        ));
-                    }
+            let sent_before = flow.up.total;
+            let (up, down) = flow.poll_both(cx, &mut sockets, &mut stateless, &mut progress);
+            if let Some(s) = &stateless {
+                if let Some(stop) = flow.detached(s.exchange, leaving, &down) {
+                    return Poll::Ready(stop);
                 }
             }
-            if down.total > 0 {
-                replay = None;
-                awaiting_since = None;
-            } else if up.total > sent_before {
-                let now = Instant::now();
-                awaiting_since = Some(now);
-                // The idle timer is re-armed lazily when it fires; a first-byte
-                // deadline may be earlier than it.
-                if let Some(limit) = first_byte {
-                    if now + limit < timer.deadline() {
-                        timer.as_mut().reset(now + limit);
-                        timer_armed = false;
-                    }
-                }
+            flow.note_answer(sent_before, &mut deadline);
+            if let Some(stop) = flow.ended(&up, &down) {
+                return Poll::Ready(stop);
             }
-            if first_eof.is_none() {
-                if up.read_done {
-                    first_eof = Some(Side::Client);
-                } else if down.read_done {
-                    first_eof = Some(Side::Backend);
-                }
-            }
-            // A backend that hung up before answering at all, while the client
-            // still had its say (a clean close after the client's own half-close
-            // is an answer, not a failure). Even with nothing to replay yet, the
-            // client is better off on another backend than closed.
-            let hung_up = matches!(down_result, Poll::Ready(Err(_)))
-                || up.write_failed
-                || (down.read_done && !up.read_done);
-            if down.total == 0 && hung_up && replay.is_some() {
-                if let Some(kept) = replay.take() {
-                    return Poll::Ready((
-                        End::BackendGaveUp {
-                            replay: kept,
-                            client_done: up.read_done,
-                        },
-                        Side::Backend,
-                    ));
-                }
-            }
-            if let Poll::Ready(Err(_)) = &up_result {
-                let by = if up.write_failed {
-                    Side::Backend
-                } else {
-                    Side::Client
-                };
-                return Poll::Ready((End::Reset, by));
-            }
-            if let Poll::Ready(Err(_)) = &down_result {
-                let by = if down.write_failed {
-                    Side::Client
-                } else {
-                    Side::Backend
-                };
-                return Poll::Ready((End::Reset, by));
-            }
-            let up_done = up_result.is_ready() && up.read_done;
-            let down_done = down_result.is_ready() && down.read_done;
-            if up_done && down_done {
-                // Both sides said all they had: closing the sockets sends the
-                // last FIN, no shutdown call needed.
-                return Poll::Ready((End::Eof, first_eof.unwrap_or(Side::Client)));
-            }
-            // EOFs are passed on only now that a replay is ruled out: a client
-            // must not see its write side closed by a backend we are replacing.
-            if up_done {
-                up.finish(&backend_out);
-            }
-            if down_done {
-                down.finish(&client_out);
-            }
+            flow.pass_on_eofs(&up, &down, &sockets);
             let now = Instant::now();
             if progress {
-                last_activity = now;
+                flow.last_activity = now;
             }
-            if timer_armed && now < timer.deadline() {
-                return Poll::Pending;
-            }
-            loop {
-                if timer.as_mut().poll(cx).is_pending() {
-                    timer_armed = true;
-                    return Poll::Pending;
-                }
-                let now = Instant::now();
-                let silent_deadline = awaiting_since
-                    .zip(first_byte)
-                    .map(|(since, limit)| since + limit);
-                if silent_deadline.is_some_and(|deadline| now >= deadline) {
-                    return Poll::Ready((End::FirstByteTimeout, Side::Corral));
-                }
-                let idle_deadline = last_activity + idle;
-                if now >= idle_deadline {
-                    return Poll::Ready((End::IdleTimeout, Side::Corral));
-                }
-                let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
-                timer.as_mut().reset(next);
-                timer_armed = false;
-            }
+            deadline.poll(cx, &flow, now)
         })
         .await;
-        let spliced = up.pipe.is_some() || down.pipe.is_some();
-        up.release();
-        down.release();
-        Outcome {
-            from_client: up.total,
-            from_backend: down.total,
+        flow.into_pumped(stop, by)
+    }
+}
+
+/// Both sockets of a pumped connection, each split in its two directions.
+struct Sockets<'s> {
+    client_in: ReadHalf<'s>,
+    client_out: WriteHalf<'s>,
+    backend_in: ReadHalf<'s>,
+    backend_out: WriteHalf<'s>,
+}
+
+/// What a pump tracks between polls, besides the sockets and the signals:
+/// both directions, the client's bytes kept for a replay, and when bytes
+/// last moved (for the idle and first-byte timeouts).
+struct Flow<'m> {
+    /// Client to backend.
+    up: Half<'m>,
+    /// Backend to client.
+    down: Half<'m>,
+    /// What the client sent, while a replay is still possible.
+    replay: Option<Vec<u8>>,
+    last_activity: Instant,
+    /// While the backend has answered nothing: when it was last sent a byte.
+    awaiting_since: Option<Instant>,
+    /// The side whose EOF came first.
+    first_eof: Option<Side>,
+}
+
+/// The outcome of one poll of a direction.
+type Polled = Poll<io::Result<()>>;
+
+impl<'m> Flow<'m> {
+    fn new(splice: bool, meters: Meters<'m>, replayable: bool, already_sent: bool) -> Flow<'m> {
+        Flow {
+            up: Half::new(splice, meters.map(|m| m.0)),
+            down: Half::new(splice, meters.map(|m| m.1)),
+            replay: replayable.then(Vec::new),
+            last_activity: Instant::now(),
+            awaiting_since: already_sent.then(Instant::now),
+            first_eof: None,
+        }
+    }
+
+    /// A stateless connection with nothing unanswered, and the client's
+    /// next request not read yet.
+    #[inline]
+    fn between_exchanges(&self, exchange: &Exchange) -> bool {
+        exchange.is_idle() && !self.up.read_done
+    }
+
+    /// Moves what can be moved in both directions, feeding the stateless
+    /// view and the replay buffer every chunk read.
+    #[inline]
+    fn poll_both(
+        &mut self,
+        cx: &mut Context<'_>,
+        sockets: &mut Sockets<'_>,
+        stateless: &mut Option<Stateless<'m>>,
+        progress: &mut bool,
+    ) -> (Polled, Polled) {
+        let replay = &mut self.replay;
+        let up = self.up.poll_copy(
+            cx,
+            &mut sockets.client_in,
+            &mut sockets.backend_out,
+            progress,
+            |chunk| {
+                if let Some(s) = stateless.as_mut() {
+                    s.exchange.client_sent(chunk);
+                }
+                if let Some(kept) = replay {
+                    if kept.len() + chunk.len() <= REPLAY_LIMIT {
+                        kept.extend_from_slice(chunk);
+                    } else {
+                        *replay = None;
+                    }
+                }
+            },
+        );
+        let down = self.down.poll_copy(
+            cx,
+            &mut sockets.backend_in,
+            &mut sockets.client_out,
+            progress,
+            |chunk| {
+                if let Some(s) = stateless.as_mut() {
+                    s.exchange.backend_sent(chunk);
+                }
+            },
+        );
+        (up, down)
+    }
+
+    /// A stateless connection whose backend connection may end here: corral
+    /// is stopping and the answer went out in full, or the backend is gone
+    /// at a point where another backend can take over (the client never
+    /// sees the close).
+    #[inline]
+    fn detached(&self, exchange: &Exchange, leaving: bool, down: &Polled) -> Option<(Stop, Side)> {
+        if leaving && self.between_exchanges(exchange) && down.is_pending() {
+            return Some((Stop::Detached { client_done: false }, Side::Corral));
+        }
+        // Its close passed on in full to nobody yet, or a reset, or a
+        // failed write.
+        let backend_failed = matches!(down, Poll::Ready(Err(_))) && !self.down.write_failed;
+        let backend_closed = self.down.read_done && down.is_ready();
+        if backend_failed || self.up.write_failed || backend_closed {
+            let carry_on = exchange
+                .movable()
+                .is_some_and(|unanswered| !unanswered.is_empty() || !self.up.read_done);
+            if carry_on {
+                let client_done = self.up.read_done;
+                return Some((Stop::Detached { client_done }, Side::Backend));
+            }
+        }
+        None
+    }
+
+    /// Once the backend answers, no replay and no first-byte deadline;
+    /// until then, each byte sent to it restarts the first-byte clock.
+    #[inline]
+    fn note_answer(&mut self, sent_before: u64, deadline: &mut Deadline) {
+        if self.down.total > 0 {
+            self.replay = None;
+            self.awaiting_since = None;
+        } else if self.up.total > sent_before {
+            let now = Instant::now();
+            self.awaiting_since = Some(now);
+            deadline.awaiting_from(now);
+        }
+    }
+
+    /// How the connection ended, if it did in this poll: a backend that
+    /// gave up unanswered (with the replay), a reset, or both sides done.
+    #[inline]
+    fn ended(&mut self, up: &Polled, down: &Polled) -> Option<(Stop, Side)> {
+        let (up_half, down_half) = (&self.up, &self.down);
+        if self.first_eof.is_none() {
+            if up_half.read_done {
+                self.first_eof = Some(Side::Client);
+            } else if down_half.read_done {
+                self.first_eof = Some(Side::Backend);
+            }
+        }
+        // A backend that hung up before answering at all, while the client
+        // still had its say (a clean close after the client's own half-close
+        // is an answer, not a failure). Even with nothing to replay yet, the
+        // client is better off on another backend than closed.
+        let hung_up = matches!(down, Poll::Ready(Err(_)))
+            || up_half.write_failed
+            || (down_half.read_done && !up_half.read_done);
+        if down_half.total == 0 && hung_up {
+            let client_done = up_half.read_done;
+            if let Some(replay) = self.replay.take() {
+                return Some((
+                    Stop::BackendGaveUp {
+                        replay,
+                        client_done,
+                    },
+                    Side::Backend,
+                ));
+            }
+        }
+        if let Poll::Ready(Err(_)) = up {
+            let by = if self.up.write_failed {
+                Side::Backend
+            } else {
+                Side::Client
+            };
+            return Some((Stop::Reset, by));
+        }
+        if let Poll::Ready(Err(_)) = down {
+            let by = if self.down.write_failed {
+                Side::Client
+            } else {
+                Side::Backend
+            };
+            return Some((Stop::Reset, by));
+        }
+        if self.up.done(up) && self.down.done(down) {
+            // Both sides said all they had: closing the sockets sends the
+            // last FIN, no shutdown call needed.
+            return Some((Stop::Eof, self.first_eof.unwrap_or(Side::Client)));
+        }
+        None
+    }
+
+    /// EOFs are passed on only once a replay is ruled out: a client must
+    /// not see its write side closed by a backend we are replacing.
+    #[inline]
+    fn pass_on_eofs(&mut self, up: &Polled, down: &Polled, sockets: &Sockets<'_>) {
+        if self.up.done(up) {
+            self.up.finish(&sockets.backend_out);
+        }
+        if self.down.done(down) {
+            self.down.finish(&sockets.client_out);
+        }
+    }
+
+    /// Gives the buffers back and says what moved.
+    fn into_pumped(mut self, stop: Stop, by: Side) -> Pumped {
+        let spliced = self.up.pipe.is_some() || self.down.pipe.is_some();
+        self.up.release();
+        self.down.release();
+        Pumped {
+            from_client: self.up.total,
+            from_backend: self.down.total,
             spliced,
-            end,
+            stop,
             by,
+        }
+    }
+}
+
+/// The pump's one timer, at the earlier of the idle and the first-byte
+/// deadlines. It is re-armed lazily: only when it fires is the next
+/// deadline computed.
+struct Deadline {
+    timer: Pin<Box<Sleep>>,
+    /// The timer has been polled since it was last set, so it holds this
+    /// task's waker and will wake it at its deadline: before then, polling
+    /// it again would only register the same waker once more.
+    armed: bool,
+    idle: Duration,
+    first_byte: Option<Duration>,
+}
+
+impl Deadline {
+    fn new(idle: Duration, first_byte: Option<Duration>, flow: &Flow<'_>) -> Deadline {
+        let idle_deadline = flow.last_activity + idle;
+        let first = flow
+            .awaiting_since
+            .zip(first_byte)
+            .map_or(idle_deadline, |(since, limit)| {
+                (since + limit).min(idle_deadline)
+            });
+        Deadline {
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            armed: false,
+            idle,
+            first_byte,
+        }
+    }
+
+    /// The backend was just sent a byte and has not answered: a first-byte
+    /// deadline may be earlier than the timer.
+    #[inline]
+    fn awaiting_from(&mut self, now: Instant) {
+        if let Some(limit) = self.first_byte {
+            if now + limit < self.timer.deadline() {
+                self.timer.as_mut().reset(now + limit);
+                self.armed = false;
+            }
+        }
+    }
+
+    /// A timeout, if one is due; else pending with the timer set to the
+    /// next deadline.
+    #[inline]
+    fn poll(&mut self, cx: &mut Context<'_>, flow: &Flow<'_>, now: Instant) -> Poll<(Stop, Side)> {
+        if self.armed && now < self.timer.deadline() {
+            return Poll::Pending;
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let silent_deadline = flow
+                .awaiting_since
+                .zip(self.first_byte)
+                .map(|(since, limit)| since + limit);
+            if silent_deadline.is_some_and(|deadline| now >= deadline) {
+                return Poll::Ready((Stop::FirstByteTimeout, Side::Corral));
+            }
+            let idle_deadline = flow.last_activity + self.idle;
+            if now >= idle_deadline {
+                return Poll::Ready((Stop::IdleTimeout, Side::Corral));
+            }
+            let next = silent_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
+            self.timer.as_mut().reset(next);
+            self.armed = false;
         }
     }
 }
@@ -645,7 +783,7 @@ mod tests {
     async fn pumping(
         idle: Duration,
         splice: bool,
-    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Pumped>) {
         let (client, mut client_side) = pair().await;
         let (mut backend_side, backend) = pair().await;
         let task = tokio::spawn(async move {
@@ -675,7 +813,7 @@ mod tests {
         assert_eq!(answer, b"world!");
         let outcome = pumping.await.unwrap();
         assert_eq!((outcome.from_client, outcome.from_backend), (5, 6));
-        assert_eq!((outcome.end, outcome.by), (End::Eof, Side::Client));
+        assert_eq!((outcome.stop, outcome.by), (Stop::Eof, Side::Client));
     }
 
     #[tokio::test]
@@ -687,8 +825,8 @@ mod tests {
         drop(backend);
         let outcome = pumping.await.unwrap();
         assert_eq!(
-            outcome.end,
-            End::BackendGaveUp {
+            outcome.stop,
+            Stop::BackendGaveUp {
                 replay: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
                 client_done: false
             }
@@ -727,7 +865,7 @@ mod tests {
             let outcome = pumping.await.unwrap();
             assert_eq!(outcome.from_backend, payload.len() as u64);
             assert_eq!(outcome.spliced, splice);
-            assert_eq!(outcome.end, End::Eof);
+            assert_eq!(outcome.stop, Stop::Eof);
         }
     }
 
@@ -742,7 +880,10 @@ mod tests {
             options(Duration::from_millis(100), true, true, &cut),
         )
         .await;
-        assert_eq!((outcome.end, outcome.by), (End::IdleTimeout, Side::Corral));
+        assert_eq!(
+            (outcome.stop, outcome.by),
+            (Stop::IdleTimeout, Side::Corral)
+        );
     }
 
     #[tokio::test]
@@ -755,8 +896,8 @@ mod tests {
         opts.first_byte = Some(Duration::from_millis(100));
         let outcome = pump(&mut client_side, &mut backend_side, opts).await;
         assert_eq!(
-            (outcome.end, outcome.by),
-            (End::FirstByteTimeout, Side::Corral)
+            (outcome.stop, outcome.by),
+            (Stop::FirstByteTimeout, Side::Corral)
         );
         assert_eq!(outcome.from_client, 18);
     }
@@ -779,7 +920,7 @@ mod tests {
         client.read_exact(&mut answer).await.unwrap();
         cutter.cancel();
         let outcome = pumping.await.unwrap();
-        assert_eq!((outcome.end, outcome.by), (End::Cut, Side::Corral));
+        assert_eq!((outcome.stop, outcome.by), (Stop::Cut, Side::Corral));
         assert_eq!((outcome.from_client, outcome.from_backend), (5, 2));
     }
 }

@@ -149,6 +149,120 @@ fn family_vec<T: MetricVecBuilder + 'static>(
     vec
 }
 
+/// Registers a counter family with one label.
+fn by_label(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    family_vec(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+    )
+}
+
+impl ErrorCounters {
+    /// Registers `corral_connection_errors_total` and resolves a handle
+    /// per reason.
+    fn register(registry: &Registry) -> ErrorCounters {
+        let errors = by_label(
+            registry,
+            names::CONNECTION_ERRORS,
+            "Client connections that failed, by reason.",
+            names::REASON,
+        );
+        ErrorCounters {
+            connect_failed: errors.with_label_values(&["connect_failed"]),
+            no_backend: errors.with_label_values(&["no_backend"]),
+            timeout: errors.with_label_values(&["timeout"]),
+            limit: errors.with_label_values(&["limit"]),
+            proxy_protocol: errors.with_label_values(&["proxy_protocol"]),
+            resources: errors.with_label_values(&["resources"]),
+        }
+    }
+}
+
+impl RejectedCounters {
+    /// Registers `corral_connections_rejected_total` and resolves a handle
+    /// per reason.
+    fn register(registry: &Registry) -> RejectedCounters {
+        let rejected = by_label(
+            registry,
+            names::CONNECTIONS_REJECTED,
+            "Client connections closed at the front door before reaching a backend, by reason.",
+            names::REASON,
+        );
+        RejectedCounters {
+            denied: rejected.with_label_values(&["denied"]),
+            client_connections: rejected.with_label_values(&["client_connections"]),
+            client_rate: rejected.with_label_values(&["client_rate"]),
+            untrusted_proxy: rejected.with_label_values(&["untrusted_proxy"]),
+        }
+    }
+}
+
+impl BackendFamilies {
+    /// Registers every per-backend family through `per_backend`, which
+    /// keeps each for [`Metrics::forget_backend`].
+    fn register(per_backend: &mut PerBackend<'_>) -> BackendFamilies {
+        BackendFamilies {
+            connections: per_backend.counter(
+                names::CONNECTIONS,
+                "Client connections proxied to each backend.",
+                &[],
+            ),
+            active: per_backend.gauge(
+                names::CONNECTIONS_ACTIVE,
+                "Client connections open to each backend.",
+            ),
+            bytes_received: per_backend.counter(
+                names::BYTES_RECEIVED,
+                "Bytes received from clients, by the backend they were sent to.",
+                &[],
+            ),
+            bytes_sent: per_backend.counter(
+                names::BYTES_SENT,
+                "Bytes sent to clients, by the backend they came from.",
+                &[],
+            ),
+            up: per_backend.gauge(
+                names::BACKEND_UP,
+                "1 while the backend is in rotation, else 0.",
+            ),
+            disabled: per_backend.gauge(
+                names::BACKEND_DISABLED,
+                "1 while the operator keeps the backend out of rotation (corral disable), else 0; corral_backend_up is 0 meanwhile.",
+            ),
+            connect_duration: per_backend.histogram(
+                names::CONNECT_DURATION,
+                "Time to open a TCP connection to the backend.",
+                CONNECT_BUCKETS,
+            ),
+            connection_duration: per_backend.histogram(
+                names::CONNECTION_DURATION,
+                "Lifetime of proxied client connections.",
+                DURATION_BUCKETS,
+            ),
+            health_checks: per_backend.counter(
+                names::HEALTH_CHECKS,
+                "Active health checks by backend and result.",
+                &[names::RESULT],
+            ),
+            restarts: per_backend.counter(
+                names::WORKER_RESTARTS,
+                "Worker restarts: after a crash or a failed start, and replacements for unhealthy_restart or max_memory.",
+                &[],
+            ),
+            worker_scrape_errors: per_backend.counter(
+                names::WORKER_SCRAPE_ERRORS,
+                "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
+                &[],
+            ),
+            worker_series_skipped: per_backend.counter(
+                names::WORKER_SERIES_SKIPPED,
+                "Series of a worker's own metrics left out because the worker exported more than the cap per scrape.",
+                &[],
+            ),
+        }
+    }
+}
+
 /// A family whose first label is [`names::BACKEND`]: every one of them is
 /// registered through [`PerBackend::add`], which keeps it in the one list
 /// [`Metrics::forget_backend`] walks.
@@ -218,28 +332,14 @@ impl Metrics {
             r.register(Box::new(process))
                 .expect("process metrics registered once");
         }
-        let by = |name: &str, help: &str, label: &str| {
-            family_vec(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-            )
-        };
-        let errors = by(
-            names::CONNECTION_ERRORS,
-            "Client connections that failed, by reason.",
-            names::REASON,
-        );
-        let rejected = by(
-            names::CONNECTIONS_REJECTED,
-            "Client connections closed at the front door before reaching a backend, by reason.",
-            names::REASON,
-        );
-        let sticky_lookups = by(
+        let sticky_lookups = by_label(
+            &r,
             names::STICKY_LOOKUPS,
             "Sticky table lookups by result.",
             names::RESULT,
         );
-        let reloads = by(
+        let reloads = by_label(
+            &r,
             names::CONFIG_RELOADS,
             "Configuration reloads by result.",
             names::RESULT,
@@ -252,65 +352,7 @@ impl Metrics {
             registry: &r,
             families: Vec::new(),
         };
-        let backend = BackendFamilies {
-            connections: per_backend.counter(
-                names::CONNECTIONS,
-                "Client connections proxied to each backend.",
-                &[],
-            ),
-            active: per_backend.gauge(
-                names::CONNECTIONS_ACTIVE,
-                "Client connections open to each backend.",
-            ),
-            bytes_received: per_backend.counter(
-                names::BYTES_RECEIVED,
-                "Bytes received from clients, by the backend they were sent to.",
-                &[],
-            ),
-            bytes_sent: per_backend.counter(
-                names::BYTES_SENT,
-                "Bytes sent to clients, by the backend they came from.",
-                &[],
-            ),
-            up: per_backend.gauge(
-                names::BACKEND_UP,
-                "1 while the backend is in rotation, else 0.",
-            ),
-            disabled: per_backend.gauge(
-                names::BACKEND_DISABLED,
-                "1 while the operator keeps the backend out of rotation (corral disable), else 0; corral_backend_up is 0 meanwhile.",
-            ),
-            connect_duration: per_backend.histogram(
-                names::CONNECT_DURATION,
-                "Time to open a TCP connection to the backend.",
-                CONNECT_BUCKETS,
-            ),
-            connection_duration: per_backend.histogram(
-                names::CONNECTION_DURATION,
-                "Lifetime of proxied client connections.",
-                DURATION_BUCKETS,
-            ),
-            health_checks: per_backend.counter(
-                names::HEALTH_CHECKS,
-                "Active health checks by backend and result.",
-                &[names::RESULT],
-            ),
-            restarts: per_backend.counter(
-                names::WORKER_RESTARTS,
-                "Worker restarts: after a crash or a failed start, and replacements for unhealthy_restart or max_memory.",
-                &[],
-            ),
-            worker_scrape_errors: per_backend.counter(
-                names::WORKER_SCRAPE_ERRORS,
-                "Scrapes of a worker's own metrics (workers.metrics_path) that failed or were unusable.",
-                &[],
-            ),
-            worker_series_skipped: per_backend.counter(
-                names::WORKER_SERIES_SKIPPED,
-                "Series of a worker's own metrics left out because the worker exported more than the cap per scrape.",
-                &[],
-            ),
-        };
+        let backend = BackendFamilies::register(&mut per_backend);
         let backend_families = per_backend.families;
         Metrics {
             carried: std::sync::OnceLock::new(),
@@ -329,20 +371,8 @@ impl Metrics {
                 names::SPLICED_CONNECTIONS,
                 "Connections that moved bulk data with splice(2).",
             ),
-            errors: ErrorCounters {
-                connect_failed: errors.with_label_values(&["connect_failed"]),
-                no_backend: errors.with_label_values(&["no_backend"]),
-                timeout: errors.with_label_values(&["timeout"]),
-                limit: errors.with_label_values(&["limit"]),
-                proxy_protocol: errors.with_label_values(&["proxy_protocol"]),
-                resources: errors.with_label_values(&["resources"]),
-            },
-            rejected: RejectedCounters {
-                denied: rejected.with_label_values(&["denied"]),
-                client_connections: rejected.with_label_values(&["client_connections"]),
-                client_rate: rejected.with_label_values(&["client_rate"]),
-                untrusted_proxy: rejected.with_label_values(&["untrusted_proxy"]),
-            },
+            errors: ErrorCounters::register(&r),
+            rejected: RejectedCounters::register(&r),
             log_lines_dropped: counter(
                 &r,
                 names::LOG_LINES_DROPPED,

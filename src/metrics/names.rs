@@ -8,8 +8,9 @@
 //! # Adding a metric
 //!
 //! 1. Add its name here (a `corral_` prefix; `_total` for a counter).
-//! 2. Register it in [`super::Metrics::new`]. A per-backend family goes
-//!    through `per_backend` there, with [`BACKEND`] as its first label: it
+//! 2. Register it in [`super::Metrics::new`], or, for a per-backend
+//!    family, in `BackendFamilies::register` (through `per_backend`, with
+//!    [`BACKEND`] as its first label): it
 //!    is then forgotten with the backend's other series when a reload
 //!    removes the backend (nothing else to edit), and its handle is
 //!    resolved once in [`super::Metrics::backend`] if the hot path uses it.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use nom_openmetrics::{MetricDescriptor, MetricType};
+use nom_openmetrics::{Family, MetricDescriptor, MetricType, Sample};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -131,28 +131,20 @@ pub struct Merge {
 /// Merges the workers' answers into exposition text, leaving out families
 /// named in `reserved` or with a reserved prefix.
 pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> Merge {
-    let mut families: BTreeMap<String, Merged> = BTreeMap::new();
+    let mut merger = Merger {
+        families: BTreeMap::new(),
+        reserved,
+    };
     let mut failed = Vec::new();
     let mut skipped = Vec::new();
     for (target, answer) in answers {
         let text = match answer {
-            Ok(text) => text,
+            Ok(text) => parser_input(text),
             Err(why) => {
                 failed.push((target.label.clone(), why.clone()));
                 continue;
             }
         };
-        // The parser takes no blank lines and no comments other than HELP
-        // and TYPE, which the text format allows.
-        let mut text: String = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .filter(|l| !l.starts_with('#') || l.starts_with("# HELP ") || l.starts_with("# TYPE "))
-            .flat_map(|l| [l, "\n"])
-            .collect();
-        if text.is_empty() {
-            text.push('\n');
-        }
         let parsed = match nom_openmetrics::parser::prometheus(&text) {
             Ok((_, parsed)) => parsed,
             Err(error) => {
@@ -161,24 +153,50 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> Merge {
                 continue;
             }
         };
-        let worker = target.id.to_string();
+        let over = merger.add_worker(&target.id.to_string(), &parsed);
+        if over > 0 {
+            skipped.push((target.label.clone(), over));
+        }
+    }
+    Merge {
+        text: merger.into_text(),
+        failed,
+        skipped,
+    }
+}
+
+/// A worker's answer as the parser takes it: no blank lines and no
+/// comments other than HELP and TYPE (which the text format allows), and
+/// never empty.
+fn parser_input(text: &str) -> String {
+    let mut text: String = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.starts_with('#') || l.starts_with("# HELP ") || l.starts_with("# TYPE "))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    if text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
+/// The families merged so far, by name, leaving out the reserved ones.
+struct Merger<'r> {
+    families: BTreeMap<String, Merged>,
+    reserved: &'r HashSet<String>,
+}
+
+impl Merger<'_> {
+    /// Adds one worker's families, its samples labelled `worker`, up to
+    /// [`MAX_SERIES`] samples; gives how many were past it.
+    fn add_worker(&mut self, worker: &str, parsed: &[Family<'_>]) -> u64 {
         let mut kept = 0usize;
         let mut over = 0u64;
-        for family in &parsed {
+        for family in parsed {
             let described = family.descriptors.first().map(|d| d.metric());
-            if let Some(name) = described.filter(|n| !is_reserved(n, reserved)) {
-                let merged = families.entry(name.to_string()).or_default();
-                for descriptor in &family.descriptors {
-                    match descriptor {
-                        MetricDescriptor::Help { help, .. } if merged.help.is_none() => {
-                            merged.help = Some(help.clone());
-                        }
-                        MetricDescriptor::Type { r#type, .. } if merged.kind.is_none() => {
-                            merged.kind = Some(type_name(r#type));
-                        }
-                        _ => {}
-                    }
-                }
+            if let Some(name) = described.filter(|n| !is_reserved(n, self.reserved)) {
+                self.describe(name, &family.descriptors);
             }
             for sample in &family.samples {
                 // The parser groups by position; a sample belongs to the
@@ -187,7 +205,7 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> Merge {
                     Some(d) if belongs(sample.name(), d) => d,
                     _ => sample.name(),
                 };
-                if is_reserved(name, reserved) {
+                if is_reserved(name, self.reserved) {
                     continue;
                 }
                 if kept >= MAX_SERIES {
@@ -195,45 +213,56 @@ pub fn merge(answers: &[Scraped], reserved: &HashSet<String>) -> Merge {
                     continue;
                 }
                 kept += 1;
-                let merged = families.entry(name.to_string()).or_default();
-                let _ = write!(merged.samples, "{}{{", sample.name());
-                for label in sample.labels().iter().filter(|l| l.name != "worker") {
-                    let _ = write!(
-                        merged.samples,
-                        "{}=\"{}\",",
-                        label.name,
-                        escape(&label.value, true)
-                    );
-                }
-                let _ = writeln!(
-                    merged.samples,
-                    "worker=\"{worker}\"}} {}",
-                    number(sample.number())
-                );
+                let merged = self.families.entry(name.to_string()).or_default();
+                write_sample(&mut merged.samples, sample, worker);
             }
         }
-        if over > 0 {
-            skipped.push((target.label.clone(), over));
+        over
+    }
+
+    /// The family's HELP and TYPE, from the first worker that gives them.
+    fn describe(&mut self, name: &str, descriptors: &[MetricDescriptor<'_>]) {
+        let merged = self.families.entry(name.to_string()).or_default();
+        for descriptor in descriptors {
+            match descriptor {
+                MetricDescriptor::Help { help, .. } if merged.help.is_none() => {
+                    merged.help = Some(help.clone());
+                }
+                MetricDescriptor::Type { r#type, .. } if merged.kind.is_none() => {
+                    merged.kind = Some(type_name(r#type));
+                }
+                _ => {}
+            }
         }
     }
-    let mut out = String::new();
-    for (name, merged) in families {
-        // promtool wants a HELP line for every family; not every worker
-        // writes one.
-        let help = merged
-            .help
-            .unwrap_or_else(|| "Exported by corral's workers.".to_string());
-        let _ = writeln!(out, "# HELP {name} {}", escape(&help, false));
-        if let Some(kind) = merged.kind {
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+
+    /// The exposition text: each family's HELP, TYPE and samples.
+    fn into_text(self) -> String {
+        let mut out = String::new();
+        for (name, merged) in self.families {
+            // promtool wants a HELP line for every family; not every worker
+            // writes one.
+            let help = merged
+                .help
+                .unwrap_or_else(|| "Exported by corral's workers.".to_string());
+            let _ = writeln!(out, "# HELP {name} {}", escape(&help, false));
+            if let Some(kind) = merged.kind {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+            }
+            out.push_str(&merged.samples);
         }
-        out.push_str(&merged.samples);
+        out
     }
-    Merge {
-        text: out,
-        failed,
-        skipped,
+}
+
+/// One sample line, its `worker` label (if the worker gave one) replaced
+/// by `worker`.
+fn write_sample(out: &mut String, sample: &Sample<'_>, worker: &str) {
+    let _ = write!(out, "{}{{", sample.name());
+    for label in sample.labels().iter().filter(|l| l.name != "worker") {
+        let _ = write!(out, "{}=\"{}\",", label.name, escape(&label.value, true));
     }
+    let _ = writeln!(out, "worker=\"{worker}\"}} {}", number(sample.number()));
 }
 
 /// Is `sample` a line of the family `family` (itself, or a histogram's or

@@ -4,8 +4,9 @@
 //! The machine's representation is private. The supervisor, the health
 //! checks and the data path ask for named transitions (`starting`,
 //! `ready`, `crashed`, `check_failed`, `first_byte_timed_out`, `stalled`,
-//! `draining`, `stopped`, ...); nothing else writes it. The hot path reads
-//! one atomic, [`Backend::is_up`], which every transition republishes.
+//! `draining`, `stopped`, ...); nothing else writes it. Others read the
+//! [`BackendState`] it shows ([`Backend::state`]); the hot path reads one
+//! atomic, [`Backend::is_up`], which every transition republishes.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,9 +16,12 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{BackendMetrics, Metrics};
 
-/// A backend's state, as `/status` reports it.
+/// A backend's state as the world sees it: the `state` of `/status`,
+/// what steering and the operator commands read. Derived from the private
+/// [`ProcessPhase`] with the health checks' verdict and the operator's
+/// disable; never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum BackendState {
     /// A worker that was spawned and does not accept connections yet.
     Starting,
     /// In rotation.
@@ -33,25 +37,27 @@ pub enum State {
     Disabled,
 }
 
-impl State {
+impl BackendState {
     /// Why the backend is down, when it is.
     pub fn reason(self) -> Option<DownReason> {
         match self {
-            State::Down(reason) => Some(reason),
-            State::Starting | State::Up | State::Draining | State::Stopped | State::Disabled => {
-                None
-            }
+            BackendState::Down(reason) => Some(reason),
+            BackendState::Starting
+            | BackendState::Up
+            | BackendState::Draining
+            | BackendState::Stopped
+            | BackendState::Disabled => None,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Starting => "starting",
-            State::Up => "up",
-            State::Down(_) => "down",
-            State::Draining => "draining",
-            State::Stopped => "stopped",
-            State::Disabled => "disabled",
+            BackendState::Starting => "starting",
+            BackendState::Up => "up",
+            BackendState::Down(_) => "down",
+            BackendState::Draining => "draining",
+            BackendState::Stopped => "stopped",
+            BackendState::Disabled => "disabled",
         }
     }
 }
@@ -211,10 +217,12 @@ impl Instance {
     }
 }
 
-/// Where a backend's processes are in their life (the machine's private
-/// half: [`State`] is what it shows, with the health checks' verdict).
+/// Where a backend's processes are in their life, and nothing else (the
+/// machine's private half, written only by the named transitions):
+/// [`BackendState`] is what it shows, with the health checks' verdict and
+/// the operator's disable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum ProcessPhase {
     Starting,
     Running,
     Down(DownReason),
@@ -225,7 +233,7 @@ enum Phase {
 /// The private state machine behind [`Backend`].
 #[derive(Debug)]
 struct Machine {
-    phase: Phase,
+    phase: ProcessPhase,
     /// While running: why it is out of rotation, and since when.
     failing: Option<(DownReason, Instant)>,
     /// Active-check results in a row that disagree with the current health.
@@ -239,29 +247,29 @@ struct Machine {
 impl Machine {
     /// The state shown: the operator's disable wins, except over corral's
     /// own drain and stop.
-    fn state(&self) -> State {
+    fn state(&self) -> BackendState {
         match self.phase {
-            Phase::Draining | Phase::Stopped => self.lifecycle(),
-            _ if self.disabled => State::Disabled,
-            _ => self.lifecycle(),
+            ProcessPhase::Draining | ProcessPhase::Stopped => self.state_ignoring_disable(),
+            _ if self.disabled => BackendState::Disabled,
+            _ => self.state_ignoring_disable(),
         }
     }
 
     /// The state of the process's lifecycle and health, disable aside.
-    fn lifecycle(&self) -> State {
+    fn state_ignoring_disable(&self) -> BackendState {
         match (self.phase, self.failing) {
-            (Phase::Starting, _) => State::Starting,
-            (Phase::Running, Some((reason, _))) => State::Down(reason),
-            (Phase::Running, None) => State::Up,
-            (Phase::Down(reason), _) => State::Down(reason),
-            (Phase::Draining, _) => State::Draining,
-            (Phase::Stopped, _) => State::Stopped,
+            (ProcessPhase::Starting, _) => BackendState::Starting,
+            (ProcessPhase::Running, Some((reason, _))) => BackendState::Down(reason),
+            (ProcessPhase::Running, None) => BackendState::Up,
+            (ProcessPhase::Down(reason), _) => BackendState::Down(reason),
+            (ProcessPhase::Draining, _) => BackendState::Draining,
+            (ProcessPhase::Stopped, _) => BackendState::Stopped,
         }
     }
 
     /// Why the backend is down, disabled or not.
     fn reason(&self) -> Option<DownReason> {
-        self.lifecycle().reason()
+        self.state_ignoring_disable().reason()
     }
 }
 
@@ -305,8 +313,8 @@ impl Backend {
         metrics: &Metrics,
     ) -> Arc<Backend> {
         let phase = match kind {
-            Kind::Worker(_) => Phase::Starting,
-            Kind::Static => Phase::Running,
+            Kind::Worker(_) => ProcessPhase::Starting,
+            Kind::Static => ProcessPhase::Running,
         };
         let backend = Backend {
             key: crate::labels::label_key(&label),
@@ -337,7 +345,7 @@ impl Backend {
     }
 
     fn publish(&self, machine: &Machine) {
-        let up = machine.state() == State::Up;
+        let up = machine.state() == BackendState::Up;
         self.up.store(up, Ordering::Release);
         self.metrics.up.set(i64::from(up));
         self.metrics.disabled.set(i64::from(machine.disabled));
@@ -358,7 +366,7 @@ impl Backend {
     }
 
     /// The state `/status` shows, with the reason when it is down.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> BackendState {
         self.machine().state()
     }
 
@@ -370,14 +378,14 @@ impl Backend {
     /// True while a process of this worker is running and has been ready
     /// (it may be failing its checks): the health checks' business.
     pub fn is_running(&self) -> bool {
-        self.machine().phase == Phase::Running
+        self.machine().phase == ProcessPhase::Running
     }
 
     /// How long a running backend has been out of rotation, if it is.
     pub fn unhealthy_for(&self) -> Option<Duration> {
         let machine = self.machine();
         match machine.phase {
-            Phase::Running => machine.failing.map(|(_, since)| since.elapsed()),
+            ProcessPhase::Running => machine.failing.map(|(_, since)| since.elapsed()),
             _ => None,
         }
     }
@@ -386,14 +394,14 @@ impl Backend {
 
     /// A process is being started for a slot that serves nothing.
     pub fn starting(&self) {
-        self.transition(|m| m.phase = Phase::Starting);
+        self.transition(|m| m.phase = ProcessPhase::Starting);
     }
 
     /// Shows a starting process in `/status` while nothing else serves
     /// (it gets no traffic until [`Backend::ready`]).
     pub fn show_starting(&self, instance: Arc<Instance>) {
         let machine = self.machine();
-        if machine.phase != Phase::Running {
+        if machine.phase != ProcessPhase::Running {
             self.current.store(instance);
         }
     }
@@ -404,7 +412,7 @@ impl Backend {
         let previous = self.current.swap(instance);
         self.silent_in_a_row.store(0, Ordering::Relaxed);
         self.transition(|m| {
-            m.phase = Phase::Running;
+            m.phase = ProcessPhase::Running;
             m.failing = None;
             m.streak = 0;
         });
@@ -413,12 +421,12 @@ impl Backend {
 
     /// The process exited unexpectedly; it will be restarted.
     pub fn crashed(&self) {
-        self.transition(|m| m.phase = Phase::Down(DownReason::Crashed));
+        self.transition(|m| m.phase = ProcessPhase::Down(DownReason::Crashed));
     }
 
     /// The process did not start or never became ready.
     pub fn failed_to_start(&self) {
-        self.transition(|m| m.phase = Phase::Down(DownReason::NotReady));
+        self.transition(|m| m.phase = ProcessPhase::Down(DownReason::NotReady));
     }
 
     /// fd mode: the starting process listens on a port of its own instead
@@ -427,8 +435,8 @@ impl Backend {
     /// restart: that one stays in rotation).
     pub fn listens_elsewhere(&self) {
         self.transition(|m| {
-            if m.phase != Phase::Running {
-                m.phase = Phase::Down(DownReason::ListensElsewhere);
+            if m.phase != ProcessPhase::Running {
+                m.phase = ProcessPhase::Down(DownReason::ListensElsewhere);
             }
         });
     }
@@ -438,33 +446,33 @@ impl Backend {
     pub fn restarting_unhealthy(&self) {
         self.transition(|m| {
             let reason = m.reason().unwrap_or(DownReason::Checks);
-            m.phase = Phase::Down(reason);
+            m.phase = ProcessPhase::Down(reason);
         });
     }
 
     /// Leaves rotation to finish open connections (scale-down).
     pub fn draining(&self) {
-        self.transition(|m| m.phase = Phase::Draining);
+        self.transition(|m| m.phase = ProcessPhase::Draining);
     }
 
     /// Its process said `STOPPING=1`: out of rotation at once, until a
     /// process of the slot is ready again.
     pub fn stopping_by_itself(&self) {
         self.transition(|m| {
-            if m.phase == Phase::Running {
-                m.phase = Phase::Down(DownReason::Stopping);
+            if m.phase == ProcessPhase::Running {
+                m.phase = ProcessPhase::Down(DownReason::Stopping);
             }
         });
     }
 
     /// Its watchdog expired: out of rotation while it is replaced.
     pub fn watchdog_expired(&self) {
-        self.transition(|m| m.phase = Phase::Down(DownReason::Watchdog));
+        self.transition(|m| m.phase = ProcessPhase::Down(DownReason::Watchdog));
     }
 
     /// Stopped on purpose.
     pub fn stopped(&self) {
-        self.transition(|m| m.phase = Phase::Stopped);
+        self.transition(|m| m.phase = ProcessPhase::Stopped);
     }
 
     // ---- transitions asked for by the operator ----
@@ -492,7 +500,7 @@ impl Backend {
     /// One active check passed; `rise` in a row bring a failing backend back.
     pub fn check_passed(&self, rise: u32) -> Option<HealthChange> {
         self.transition(|m| {
-            if m.phase != Phase::Running || m.failing.is_none() {
+            if m.phase != ProcessPhase::Running || m.failing.is_none() {
                 m.streak = 0;
                 return None;
             }
@@ -520,7 +528,7 @@ impl Backend {
 
     fn fail(&self, reason: DownReason, fall: u32) -> Option<HealthChange> {
         self.transition(|m| {
-            if m.phase != Phase::Running {
+            if m.phase != ProcessPhase::Running {
                 return None;
             }
             if m.failing.is_some() {
@@ -563,7 +571,7 @@ impl Backend {
 
     fn take_out(&self, reason: DownReason) -> bool {
         self.transition(|m| {
-            if m.phase != Phase::Running || m.failing.is_some() {
+            if m.phase != ProcessPhase::Running || m.failing.is_some() {
                 return false;
             }
             m.streak = 0;
@@ -654,12 +662,12 @@ mod tests {
     #[test]
     fn a_worker_goes_up_only_when_ready() {
         let b = worker();
-        assert_eq!(b.state(), State::Starting);
+        assert_eq!(b.state(), BackendState::Starting);
         assert!(!b.is_up());
         b.ready(b.instance());
         assert!(b.is_up());
         b.crashed();
-        assert_eq!(b.state(), State::Down(DownReason::Crashed));
+        assert_eq!(b.state(), BackendState::Down(DownReason::Crashed));
         assert!(!b.is_up());
     }
 
@@ -710,27 +718,27 @@ mod tests {
         b.ready(b.instance());
         assert!(b.disable());
         assert!(!b.disable(), "disabled twice");
-        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.state(), BackendState::Disabled);
         assert!(!b.is_up());
         assert_eq!(b.metrics.up.get(), 0);
         assert_eq!(b.metrics.disabled.get(), 1);
         // A rolling restart's replacement, a crash and a restart stay disabled.
         b.ready(b.instance());
-        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.state(), BackendState::Disabled);
         b.crashed();
-        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.state(), BackendState::Disabled);
         assert_eq!(b.reason(), Some(DownReason::Crashed));
         b.ready(b.instance());
         assert!(!b.is_up());
         assert!(b.enable());
         assert!(!b.enable(), "enabled twice");
         assert!(b.is_up());
-        assert_eq!(b.state(), State::Up);
+        assert_eq!(b.state(), BackendState::Up);
         assert_eq!(b.metrics.disabled.get(), 0);
         // corral's own stop shows through a disable.
         b.disable();
         b.draining();
-        assert_eq!(b.state(), State::Draining);
+        assert_eq!(b.state(), BackendState::Draining);
     }
 
     #[test]
@@ -739,8 +747,8 @@ mod tests {
         b.ready(b.instance());
         b.draining();
         assert_eq!(b.check_failed(1), None);
-        assert_eq!(b.state(), State::Draining);
+        assert_eq!(b.state(), BackendState::Draining);
         b.stopped();
-        assert_eq!(b.state(), State::Stopped);
+        assert_eq!(b.state(), BackendState::Stopped);
     }
 }

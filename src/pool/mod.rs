@@ -11,7 +11,7 @@ pub mod ring;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use backend::{ActiveGuard, Backend, DownReason, HealthChange, Instance, Kind, State};
+pub use backend::{ActiveGuard, Backend, BackendState, DownReason, HealthChange, Instance, Kind};
 
 use crate::config::{Config, SendProxy};
 use crate::metrics::Metrics;
@@ -103,8 +103,9 @@ impl Pool {
         self.backends.iter().any(|b| b.is_up())
     }
 
-    /// The worker backends, in slot order.
-    pub fn workers(&self) -> impl Iterator<Item = &Arc<Backend>> {
+    /// The backends that are corral's worker processes (not
+    /// `[[backends]]`), in slot order.
+    pub fn worker_backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.backends
             .iter()
             .filter(|b| matches!(b.kind, Kind::Worker(_)))

@@ -114,6 +114,32 @@ fn listeners() -> io::Result<Vec<(std::net::SocketAddrV4, u64)>> {
 /// Every listening TCP socket of `family` (`AF_INET` or `AF_INET6`) in
 /// this network namespace: its local address and inode.
 pub(crate) fn listening(family: u8) -> io::Result<Vec<(SocketAddr, u64)>> {
+    let socket = sock_diag_socket()?;
+    send_to_kernel(&socket, &dump_request(family))?;
+    let mut found = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: recv writes at most `buffer.len()` bytes into it.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if read_messages(&buffer[..got as usize], family, &mut found)? {
+            return Ok(found);
+        }
+    }
+}
+
+/// A netlink socket to the kernel's sock_diag, whose reads give up after
+/// a second.
+fn sock_diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned at once.
     let raw = unsafe {
         libc::socket(
@@ -141,8 +167,13 @@ pub(crate) fn listening(family: u8) -> io::Result<Vec<(SocketAddr, u64)>> {
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         );
     }
-    // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
-    // and a zero inet_diag_sockid (48 bytes): dump them all.
+    Ok(socket)
+}
+
+/// The request for a dump of every listening TCP socket of `family`:
+/// nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
+/// and a zero inet_diag_sockid (48 bytes).
+fn dump_request(family: u8) -> Vec<u8> {
     let mut request = Vec::with_capacity(HEADER + 56);
     request.extend_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
     request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -153,6 +184,11 @@ pub(crate) fn listening(family: u8) -> io::Result<Vec<(SocketAddr, u64)>> {
     request.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     request.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     request.extend_from_slice(&[0u8; 48]);
+    request
+}
+
+/// Sends `request` to the kernel over `socket`.
+fn send_to_kernel(socket: &OwnedFd, request: &[u8]) -> io::Result<()> {
     // SAFETY: a zeroed sockaddr_nl with the family set addresses the
     // kernel; `request` is valid for its length.
     let sent = unsafe {
@@ -170,61 +206,58 @@ pub(crate) fn listening(family: u8) -> io::Result<Vec<(SocketAddr, u64)>> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: recv writes at most `buffer.len()` bytes into it.
-        let got = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
+    Ok(())
+}
+
+/// Adds the listening sockets in one datagram of the dump to `found`;
+/// true once the dump is done.
+fn read_messages(
+    mut rest: &[u8],
+    family: u8,
+    found: &mut Vec<(SocketAddr, u64)>,
+) -> io::Result<bool> {
+    while rest.len() >= HEADER {
+        let word =
+            |at: usize| u32::from_ne_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        let length = word(0) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if length < HEADER || length > rest.len() {
+            return Err(io::Error::other("a malformed sock_diag answer"));
         }
-        let mut rest = &buffer[..got as usize];
-        while rest.len() >= HEADER {
-            let word = |at: usize| {
-                u32::from_ne_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]])
-            };
-            let length = word(0) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if length < HEADER || length > rest.len() {
-                return Err(io::Error::other("a malformed sock_diag answer"));
+        match kind as libc::c_int {
+            libc::NLMSG_DONE => return Ok(true),
+            libc::NLMSG_ERROR => {
+                let errno = if length >= HEADER + 4 {
+                    word(HEADER) as i32
+                } else {
+                    0
+                };
+                return Err(io::Error::from_raw_os_error(-errno));
             }
-            match kind as libc::c_int {
-                libc::NLMSG_DONE => return Ok(found),
-                libc::NLMSG_ERROR => {
-                    let errno = if length >= HEADER + 4 {
-                        word(HEADER) as i32
-                    } else {
-                        0
-                    };
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                _ if kind == SOCK_DIAG_BY_FAMILY && length >= HEADER + DIAG_MSG => {
-                    let msg = &rest[HEADER..length];
-                    let port = u16::from_be_bytes([msg[4], msg[5]]);
-                    let ip: std::net::IpAddr = if family == libc::AF_INET6 as u8 {
-                        let mut octets = [0u8; 16];
-                        octets.copy_from_slice(&msg[8..24]);
-                        std::net::Ipv6Addr::from(octets).into()
-                    } else {
-                        Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]).into()
-                    };
-                    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
-                    found.push((SocketAddr::new(ip, port), u64::from(inode)));
-                }
-                _ => {}
+            _ if kind == SOCK_DIAG_BY_FAMILY && length >= HEADER + DIAG_MSG => {
+                found.push(listener_of(&rest[HEADER..length], family));
             }
-            // Messages are aligned to 4 bytes.
-            let step = (length + 3) & !3;
-            rest = &rest[step.min(rest.len())..];
+            _ => {}
         }
+        // Messages are aligned to 4 bytes.
+        let step = (length + 3) & !3;
+        rest = &rest[step.min(rest.len())..];
     }
+    Ok(false)
+}
+
+/// The local address and inode in one `inet_diag_msg`.
+fn listener_of(msg: &[u8], family: u8) -> (SocketAddr, u64) {
+    let port = u16::from_be_bytes([msg[4], msg[5]]);
+    let ip: std::net::IpAddr = if family == libc::AF_INET6 as u8 {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&msg[8..24]);
+        std::net::Ipv6Addr::from(octets).into()
+    } else {
+        Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]).into()
+    };
+    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
+    (SocketAddr::new(ip, port), u64::from(inode))
 }
 
 #[cfg(test)]

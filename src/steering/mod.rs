@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pool::Snapshot;
-use crate::pool::{DownReason, Kind, State};
+use crate::pool::{BackendState, DownReason, Kind};
 use crate::strategy::FdPlacement;
 pub use program::{probe_source, Rule};
 pub use rescue::Relay;
@@ -412,7 +412,7 @@ pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
         let mut any_up = false;
         let slots = steering.slots();
         let mut seen = Vec::new();
-        for backend in snapshot.pool.workers() {
+        for backend in snapshot.pool.worker_backends() {
             let Kind::Worker(slot) = backend.kind else {
                 continue;
             };
@@ -422,7 +422,7 @@ pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
             seen.push(slot);
             let state = backend.state();
             let watch = watches.entry(slot).or_default();
-            if state == State::Up {
+            if state == BackendState::Up {
                 any_up = true;
                 watch.was_up = true;
                 watch.down_since = None;
@@ -480,14 +480,14 @@ pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
 /// slot whose first worker is still starting does not (it gets clients
 /// once it is up), nor does one whose worker runs but does not take
 /// connections or fails its checks, nor one that is draining or stopped.
-fn stays_in_rotation(state: State, down_for: Option<Duration>, was_up: bool) -> bool {
+fn stays_in_rotation(state: BackendState, down_for: Option<Duration>, was_up: bool) -> bool {
     let within_grace = was_up && down_for.is_none_or(|d| d < GRACE);
     match state {
-        State::Up => true,
-        State::Starting => within_grace,
-        State::Down(DownReason::Crashed | DownReason::NotReady) => within_grace,
-        State::Down(_) => false,
-        State::Draining | State::Stopped | State::Disabled => false,
+        BackendState::Up => true,
+        BackendState::Starting => within_grace,
+        BackendState::Down(DownReason::Crashed | DownReason::NotReady) => within_grace,
+        BackendState::Down(_) => false,
+        BackendState::Draining | BackendState::Stopped | BackendState::Disabled => false,
     }
 }
 
@@ -497,32 +497,36 @@ mod tests {
 
     #[test]
     fn a_crashed_slot_keeps_its_clients_for_the_grace_only() {
-        let crashed = State::Down(DownReason::Crashed);
+        let crashed = BackendState::Down(DownReason::Crashed);
         let soon = Some(Duration::from_millis(200));
         assert!(stays_in_rotation(crashed, soon, true));
         assert!(!stays_in_rotation(crashed, Some(GRACE), true));
-        assert!(stays_in_rotation(State::Starting, soon, true));
-        assert!(!stays_in_rotation(State::Starting, Some(GRACE * 2), true));
+        assert!(stays_in_rotation(BackendState::Starting, soon, true));
+        assert!(!stays_in_rotation(
+            BackendState::Starting,
+            Some(GRACE * 2),
+            true
+        ));
     }
 
     #[test]
     fn a_new_slot_gets_clients_once_its_worker_is_up() {
         let now = Some(Duration::ZERO);
-        assert!(!stays_in_rotation(State::Starting, now, false));
-        assert!(stays_in_rotation(State::Up, None, false));
+        assert!(!stays_in_rotation(BackendState::Starting, now, false));
+        assert!(stays_in_rotation(BackendState::Up, None, false));
     }
 
     #[test]
     fn a_stalled_or_retiring_slot_leaves_at_once() {
         let now = Some(Duration::ZERO);
-        let stalled = State::Down(DownReason::Stalled);
+        let stalled = BackendState::Down(DownReason::Stalled);
         assert!(!stays_in_rotation(stalled, now, true));
         assert!(!stays_in_rotation(
-            State::Down(DownReason::Checks),
+            BackendState::Down(DownReason::Checks),
             now,
             true
         ));
-        assert!(!stays_in_rotation(State::Draining, now, true));
+        assert!(!stays_in_rotation(BackendState::Draining, now, true));
     }
 
     #[test]
