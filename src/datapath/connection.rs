@@ -23,7 +23,7 @@ use super::http1::Exchange;
 use super::proxy_protocol;
 use super::pump::{self, End, Side};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
-use crate::dispatch::Tried;
+use crate::dispatch::{sticky, Tried};
 use crate::health;
 use crate::pool::{ActiveGuard, Backend, Instance, Snapshot};
 use crate::shared::Shared;
@@ -154,7 +154,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let client_key = shared.dispatcher.client_key(client.addr.ip());
+    let client_key = sticky::key_of(client.addr.ip(), &snapshot.config.sticky);
     // `workers.stateless`: the HTTP/1.x view that lets the connection move
     // between backends. Boxed: other connections carry one pointer.
     let mut exchange = snapshot
@@ -389,9 +389,10 @@ async fn connect(
     let pool = &snapshot.pool;
     let first_try = tried.is_empty();
     loop {
-        let Some(index) = shared
-            .dispatcher
-            .pick(config.strategy, pool, client_key, tried)
+        let Some(index) =
+            shared
+                .dispatcher
+                .pick(config.strategy, &config.sticky, pool, client_key, tried)
         else {
             if first_try && tried.is_empty() {
                 shared.metrics.errors.no_backend.inc();
@@ -410,9 +411,14 @@ async fn connect(
                     .connect_duration
                     .observe(attempt.elapsed().as_secs_f64());
                 let _ = upstream.set_nodelay(true);
-                shared
-                    .dispatcher
-                    .placed(config.strategy, pool, client_key, index, &shared.metrics);
+                shared.dispatcher.placed(
+                    config.strategy,
+                    &config.sticky,
+                    pool,
+                    client_key,
+                    index,
+                    &shared.metrics,
+                );
                 return Ok(Attempt {
                     upstream,
                     guard: backend.open(instance),
