@@ -61,7 +61,7 @@ fn main() {
     const CLIENTS: u32 = 1_000_000;
     let limited = config(true);
     let before = rss_bytes();
-    let table = ClientTable::new(&limited);
+    let table = ClientTable::new();
     for i in 0..CLIENTS {
         drop(table.admit(client(i), &limited));
     }

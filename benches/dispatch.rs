@@ -20,7 +20,8 @@
 //!   entries, so it stays between 100,000 and 200,000 and shard growth is
 //!   included at its amortised rate. Target: under 1 µs.
 //! - `client_key/*`: [`client_key`] for IPv4, IPv4-mapped IPv6 and IPv6, and
-//!   [`Dispatcher::client_key`] (which also loads the configured prefixes).
+//!   [`key_of`] (which takes the prefixes from the snapshot's `[sticky]`;
+//!   still named `dispatcher_*` so results compare across runs).
 //! - `anatomy/*`: the parts the sticky path is made of, to see what dominates:
 //!   `clock_now_ms` (read by every lookup and record), `hash_u128_randomstate`
 //!   (the table's SipHash of a client key), `ring_point_of` (the ring's),
@@ -40,7 +41,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use corral::config::{StickyConfig, StrategyKind};
-use corral::dispatch::sticky::{client_key, StickyTable};
+use corral::dispatch::sticky::{client_key, key_of, StickyTable};
 use corral::dispatch::{Dispatcher, Tried};
 use corral::metrics::Metrics;
 use corral::pool::{Backend, Kind, Pool};
@@ -60,14 +61,14 @@ const ABSENT_BASE: u32 = 0x6440_0000;
 /// Clients cycled through by the miss benchmarks.
 const ABSENT_COUNT: u32 = 1 << 20;
 
-fn sticky_config() -> StickyConfig {
-    StickyConfig {
-        ttl: Duration::from_secs(3600),
-        max_entries: 2_000_000,
-        ipv4_prefix: 32,
-        ipv6_prefix: 64,
-    }
-}
+/// The `[sticky]` every call is given (as a connection passes its
+/// snapshot's).
+const STICKY: StickyConfig = StickyConfig {
+    ttl: Duration::from_secs(3600),
+    max_entries: 2_000_000,
+    ipv4_prefix: 32,
+    ipv6_prefix: 64,
+};
 
 fn pool(n: usize, metrics: &Metrics) -> Pool {
     Pool::new(
@@ -101,16 +102,16 @@ fn scattered(n: u32) -> impl Iterator<Item = u32> {
 /// A dispatcher whose table holds `PREFILLED` clients, each placed by the
 /// ring of `pool`; returns the (client, backend key) pairs in a scattered order.
 fn prefilled(pool: &Pool) -> (Dispatcher, Vec<(u128, u64)>) {
-    let d = Dispatcher::new(&sticky_config());
+    let d = Dispatcher::new();
     let tried = Tried::default();
     let mut clients = Vec::with_capacity(PREFILLED as usize);
     for i in scattered(PREFILLED) {
         let key = v4_key(PREFILLED_BASE + i);
         let index = d
-            .pick(StrategyKind::Sticky, pool, key, &tried)
+            .pick(StrategyKind::Sticky, &STICKY, pool, key, &tried)
             .expect("a backend is up");
         let backend = pool.backends[index].key;
-        d.sticky.record(key, backend);
+        d.sticky.record(key, backend, &STICKY);
         clients.push((key, backend));
     }
     (d, clients)
@@ -125,10 +126,10 @@ fn round_robin_and_least_connections(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         for n in SIZES {
             let pool = pool(n, &metrics);
-            let d = Dispatcher::new(&sticky_config());
+            let d = Dispatcher::new();
             let tried = Tried::default();
             group.bench_with_input(BenchmarkId::from_parameter(n), &pool, |b, pool| {
-                b.iter(|| d.pick(black_box(strategy), pool, black_box(0), &tried))
+                b.iter(|| d.pick(black_box(strategy), &STICKY, pool, black_box(0), &tried))
             });
         }
         group.finish();
@@ -148,7 +149,7 @@ fn sticky_hit(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % clients.len();
                 let (key, _) = clients[i];
-                d.pick(StrategyKind::Sticky, &pool, black_box(key), &tried)
+                d.pick(StrategyKind::Sticky, &STICKY, &pool, black_box(key), &tried)
             })
         });
         group.bench_function(BenchmarkId::new("pick_and_placed", n), |b| {
@@ -156,9 +157,9 @@ fn sticky_hit(c: &mut Criterion) {
                 i = (i + 1) % clients.len();
                 let (key, _) = clients[i];
                 let index = d
-                    .pick(StrategyKind::Sticky, &pool, black_box(key), &tried)
+                    .pick(StrategyKind::Sticky, &STICKY, &pool, black_box(key), &tried)
                     .expect("a backend is up");
-                d.placed(StrategyKind::Sticky, &pool, key, index, &metrics);
+                d.placed(StrategyKind::Sticky, &STICKY, &pool, key, index, &metrics);
             })
         });
         table_of_16 = Some((d, clients));
@@ -169,7 +170,7 @@ fn sticky_hit(c: &mut Criterion) {
     group.bench_function("lookup", |b| {
         b.iter(|| {
             i = (i + 1) % clients.len();
-            table.lookup(black_box(clients[i].0))
+            table.lookup(black_box(clients[i].0), &STICKY)
         })
     });
     let mut i = 0;
@@ -177,12 +178,12 @@ fn sticky_hit(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % clients.len();
             let (key, backend) = clients[i];
-            table.record(black_box(key), black_box(backend))
+            table.record(black_box(key), black_box(backend), &STICKY)
         })
     });
     let (key, _) = clients[0];
     group.bench_function("lookup_same_client", |b| {
-        b.iter(|| table.lookup(black_box(key)))
+        b.iter(|| table.lookup(black_box(key), &STICKY))
     });
     group.finish();
 }
@@ -232,6 +233,7 @@ fn sticky_new(c: &mut Criterion) {
                 i = (i + 1) % ABSENT_COUNT;
                 d.pick(
                     StrategyKind::Sticky,
+                    &STICKY,
                     &pool,
                     black_box(v4_key(ABSENT_BASE + i)),
                     &tried,
@@ -242,9 +244,9 @@ fn sticky_new(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 time_new_clients(&mut d, &pool, &mut next_key, iters, |d, pool, key| {
                     let index = d
-                        .pick(StrategyKind::Sticky, pool, black_box(key), &tried)
+                        .pick(StrategyKind::Sticky, &STICKY, pool, black_box(key), &tried)
                         .expect("a backend is up");
-                    black_box(d.sticky.record(key, pool.backends[index].key));
+                    black_box(d.sticky.record(key, pool.backends[index].key, &STICKY));
                 })
             })
         });
@@ -253,7 +255,7 @@ fn sticky_new(c: &mut Criterion) {
             group.bench_function("record_insert", |b| {
                 b.iter_custom(|iters| {
                     time_new_clients(&mut d, &pool, &mut next_key, iters, |d, _, key| {
-                        black_box(d.sticky.record(black_box(key), backend));
+                        black_box(d.sticky.record(black_box(key), backend, &STICKY));
                     })
                 })
             });
@@ -272,9 +274,8 @@ fn client_keys(c: &mut Criterion) {
             b.iter(|| client_key(black_box(ip), black_box(24), black_box(64)))
         });
     }
-    let d = Dispatcher::new(&sticky_config());
     for (name, ip) in [("dispatcher_ipv4", v4), ("dispatcher_ipv6", v6)] {
-        group.bench_function(name, |b| b.iter(|| d.client_key(black_box(ip))));
+        group.bench_function(name, |b| b.iter(|| key_of(black_box(ip), &STICKY)));
     }
     group.finish();
 }

@@ -19,7 +19,7 @@
 //!    - `idle`: lookups with no sweep running (the noise floor of the machine);
 //!    - `no-op`: a sweep with nothing to remove (the periodic steady state;
 //!      three rounds);
-//!    - `evict`: `max_entries` lowered to 500,000 with `configure`, so the
+//!    - `evict`: `max_entries` lowered to 500,000 (the limits the sweep is given), so the
 //!      sweep removes the least recently used half (three rounds, each refilled
 //!      to a million with new clients);
 //!    - `expire`: the older half of the entries past the ttl, so the sweep's
@@ -60,6 +60,14 @@ const ROUNDS: usize = 3;
 /// is set to fall in the middle of it.
 const AGE_GAP_MS: u64 = 300;
 
+/// The limits of the fill and the lookups: nothing expires or is evicted.
+const WIDE: StickyConfig = StickyConfig {
+    ttl: Duration::from_secs(3600),
+    max_entries: 2_000_000,
+    ipv4_prefix: 32,
+    ipv6_prefix: 64,
+};
+
 fn config(ttl: Duration, max_entries: usize) -> StickyConfig {
     StickyConfig {
         ttl,
@@ -76,7 +84,7 @@ fn key(n: u32) -> u128 {
 /// Records clients `from..to`, spread over four backends.
 fn fill(table: &StickyTable, from: u32, to: u32, backends: &[u64; 4]) {
     for n in from..to {
-        table.record(key(n), backends[n as usize % 4]);
+        table.record(key(n), backends[n as usize % 4], &WIDE);
     }
 }
 
@@ -252,7 +260,7 @@ fn lookups(table: &StickyTable, clients: u32, active: &AtomicBool, stop: &Atomic
         seed ^= seed << 17;
         let k = key((seed % u64::from(clients)) as u32);
         let start = Instant::now();
-        std::hint::black_box(table.lookup(std::hint::black_box(k)));
+        std::hint::black_box(table.lookup(std::hint::black_box(k), &WIDE));
         let ns = start.elapsed().as_nanos() as u64;
         if !active.load(Ordering::Relaxed) {
             switches = thread_switches();
@@ -353,7 +361,7 @@ fn main() {
     // 1. Memory.
     clock::now_ms(); // start the clock before measuring
     let rss_before = rss_bytes();
-    let table = StickyTable::new(&config(Duration::from_secs(3600), 2_000_000));
+    let table = StickyTable::new();
     let start = Instant::now();
     fill(&table, 0, MILLION, &backends);
     let fill_time = start.elapsed();
@@ -405,7 +413,7 @@ fn main() {
             &format!("no-op #{round}"),
             &table,
             MILLION,
-            Some(&|| table.sweep()),
+            Some(&|| table.sweep(&WIDE)),
             Duration::ZERO,
             lookup_cpu,
         ));
@@ -413,18 +421,17 @@ fn main() {
 
     // Evict: lower max_entries to half; refill with new clients between rounds.
     let mut next = MILLION;
+    let half = config(Duration::from_secs(3600), HALF as usize);
     for round in 1..=ROUNDS {
         if round > 1 {
-            table.configure(&config(Duration::from_secs(3600), 2_000_000));
             fill(&table, next, next + HALF, &backends);
             next += HALF;
         }
-        table.configure(&config(Duration::from_secs(3600), HALF as usize));
         rows.push(measure(
             &format!("evict #{round}"),
             &table,
             next,
-            Some(&|| table.sweep()),
+            Some(&|| table.sweep(&half)),
             Duration::ZERO,
             lookup_cpu,
         ));
@@ -433,7 +440,7 @@ fn main() {
 
     // Expire: an old half and a new half AGE_GAP_MS apart; the ttl falls
     // in the middle of the gap when the sweep runs.
-    let table = StickyTable::new(&config(Duration::from_secs(3600), 2_000_000));
+    let table = StickyTable::new();
     fill(&table, 0, HALF, &backends);
     let mut next = HALF;
     for round in 1..=ROUNDS {
@@ -445,8 +452,7 @@ fn main() {
             // Entries seen at or after `boundary` stay live a further half
             // gap; those before it (at least a gap older) are expired.
             let ttl = clock::now_ms() - boundary + AGE_GAP_MS / 2;
-            table.configure(&config(Duration::from_millis(ttl), 2_000_000));
-            table.sweep();
+            table.sweep(&config(Duration::from_millis(ttl), 2_000_000));
         };
         rows.push(measure(
             &format!("expire #{round}"),
@@ -456,7 +462,6 @@ fn main() {
             Duration::ZERO,
             lookup_cpu,
         ));
-        table.configure(&config(Duration::from_secs(3600), 2_000_000));
     }
 
     let ticks_after = cpu_ticks();

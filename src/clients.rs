@@ -165,9 +165,9 @@ pub struct ClientTable {
     v6: DashMap<u64, Entry>,
     wide: DashMap<[u64; 2], Entry>,
     /// Entries, kept by inserts and made exact by every sweep
-    /// (`DashMap::len` locks every shard).
+    /// (`DashMap::len` locks every shard). The bound they are held to,
+    /// `max_tracked`, is the snapshot's, passed to each call.
     approximate_len: AtomicUsize,
-    max_tracked: AtomicUsize,
     /// Woken when an insert takes the table past `max_tracked`.
     pub over_limit: Notify,
     started: Instant,
@@ -235,24 +235,30 @@ fn attempt<K: Hash + Eq>(
     (verdict, inserted)
 }
 
+impl Default for ClientTable {
+    fn default() -> ClientTable {
+        ClientTable::new()
+    }
+}
+
 impl ClientTable {
-    pub fn new(config: &ClientsConfig) -> ClientTable {
+    pub fn new() -> ClientTable {
         ClientTable {
             v4: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             v6: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             wide: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             approximate_len: AtomicUsize::new(0),
-            max_tracked: AtomicUsize::new(config.max_tracked),
             over_limit: Notify::new(),
             started: Instant::now(),
             since_summary: Default::default(),
         }
     }
 
-    /// Takes a reload's `max_tracked`.
-    pub fn configure(&self, config: &ClientsConfig) {
-        self.max_tracked
-            .store(config.max_tracked, Ordering::Relaxed);
+    /// A new snapshot's `[clients]` is in force: when its `max_tracked` is
+    /// below what the table holds, the sweeper is woken now rather than at
+    /// the next new client. Nothing is stored (the limits are read from
+    /// the snapshot each call is given).
+    pub fn bound_changed(&self, config: &ClientsConfig) {
         if self.approximate_len.load(Ordering::Relaxed) > config.max_tracked {
             self.over_limit.notify_one();
         }
@@ -279,7 +285,7 @@ impl ClientTable {
         };
         if inserted {
             let len = self.approximate_len.fetch_add(1, Ordering::Relaxed) + 1;
-            if len > self.max_tracked.load(Ordering::Relaxed) {
+            if len > config.max_tracked {
                 self.over_limit.notify_one();
             }
         }
@@ -338,11 +344,12 @@ impl ClientTable {
         self.wide.retain(|_, entry| keep(entry));
     }
 
-    /// Past `max_tracked`, forgets the clients least recently seen that
-    /// hold no connection, down to 95% of it. Two passes, no copy of the
-    /// table: one finds the age that cuts enough, one removes what is older.
-    pub fn sweep(&self) {
-        let limit = self.max_tracked.load(Ordering::Relaxed);
+    /// Past `config.max_tracked`, forgets the clients least recently seen
+    /// that hold no connection, down to 95% of it. Two passes, no copy of
+    /// the table: one finds the age that cuts enough, one removes what is
+    /// older.
+    pub fn sweep(&self, config: &ClientsConfig) {
+        let limit = config.max_tracked;
         let len = self.len();
         self.approximate_len.store(len, Ordering::Relaxed);
         if len <= limit {
@@ -412,10 +419,12 @@ impl ClientTable {
 /// and logs one summary line a minute of the connections refused, never
 /// one per connection.
 /// `table` finds the table inside `owner` (which the blocking sweep keeps
-/// alive).
+/// alive), and `config` the config in force, whose `[clients]` each sweep
+/// reads.
 pub async fn sweep<T: Send + Sync + 'static>(
     owner: std::sync::Arc<T>,
     table: fn(&T) -> &ClientTable,
+    config: fn(&T) -> std::sync::Arc<crate::config::Config>,
 ) {
     use std::time::Duration;
     const SUMMARY: Duration = Duration::from_secs(60);
@@ -425,7 +434,10 @@ pub async fn sweep<T: Send + Sync + 'static>(
         tokio::select! {
             _ = table(&owner).over_limit.notified() => {
                 let sweeping = std::sync::Arc::clone(&owner);
-                let _ = tokio::task::spawn_blocking(move || table(&sweeping).sweep()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    table(&sweeping).sweep(&config(&sweeping).clients);
+                })
+                .await;
                 // At most ten sweeps a second, however fast clients come.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -494,7 +506,7 @@ mod tests {
 
     #[test]
     fn connections_past_the_limit_are_refused_and_given_back() {
-        let table = ClientTable::new(&config());
+        let table = ClientTable::new();
         let limited = ClientsConfig {
             max_connections: 2,
             ..config()
@@ -515,7 +527,7 @@ mod tests {
 
     #[test]
     fn a_rate_refuses_past_the_count_within_the_period() {
-        let table = ClientTable::new(&config());
+        let table = ClientTable::new();
         let limited = ClientsConfig {
             max_rate: Some(Rate {
                 count: 3,
@@ -563,7 +575,7 @@ mod tests {
         listed.allow = vec!["10.0.0.0/8".parse().unwrap()];
         listed.deny = vec!["10.0.0.7/32".parse().unwrap()];
         listed.ipv4_prefix = 24;
-        let table = ClientTable::new(&listed);
+        let table = ClientTable::new();
         assert_eq!(
             table.admit(ip("10.0.0.7"), &listed).err(),
             Some(Refused::Denied)
@@ -586,18 +598,66 @@ mod tests {
             max_tracked: 100,
             ..config()
         };
-        let table = ClientTable::new(&bounded);
+        let table = ClientTable::new();
         let held = table.admit(ip("10.1.0.0"), &bounded).unwrap();
         for i in 1..300u32 {
             drop(table.admit(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)), &bounded));
         }
-        table.sweep();
+        table.sweep(&bounded);
         assert!(table.len() <= 100, "{} entries", table.len());
         assert!(table
             .top(1, &bounded)
             .first()
             .is_some_and(|r| r.client == "10.1.0.0" && r.connections == 1));
         drop(held);
+    }
+
+    /// The bound a sweep keeps is the one it is given (a reload's), never
+    /// one the table kept from before; a lower bound wakes the sweeper.
+    #[test]
+    fn a_new_bound_holds_at_the_next_sweep() {
+        let wide = ClientsConfig {
+            max_tracked: 1000,
+            ..config()
+        };
+        let narrow = ClientsConfig {
+            max_tracked: 20,
+            ..config()
+        };
+        let table = ClientTable::new();
+        for i in 0..100u32 {
+            drop(table.admit(IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + i)), &wide));
+        }
+        table.sweep(&wide);
+        assert_eq!(table.len(), 100);
+        let woken = table.over_limit.notified();
+        tokio::pin!(woken);
+        assert!(
+            futures_ready(woken.as_mut()).is_none(),
+            "nothing woke it yet"
+        );
+        table.bound_changed(&wide);
+        assert!(
+            futures_ready(woken.as_mut()).is_none(),
+            "the bound did not drop"
+        );
+        table.bound_changed(&narrow);
+        assert!(
+            futures_ready(woken.as_mut()).is_some(),
+            "a lower bound wakes the sweeper"
+        );
+        table.sweep(&narrow);
+        assert!(table.len() <= 20, "{} entries", table.len());
+    }
+
+    /// Polls `future` once.
+    fn futures_ready<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        match future.poll(&mut context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[test]
@@ -617,7 +677,7 @@ mod tests {
                 max_connections: 1,
                 ..config()
             };
-            let table = ClientTable::new(&prefixed);
+            let table = ClientTable::new();
             let _v4 = table.admit(ip("10.0.0.1"), &prefixed).unwrap();
             let _v6 = table.admit(ip("0:ffff:a00:1::"), &prefixed).unwrap();
             let _low = table.admit(ip("::a00:1"), &prefixed).unwrap();

@@ -3,7 +3,9 @@
 //! - the [`Snapshot`] (config and pool, swapped together): published only
 //!   by [`Shared::publish`], which start-up and reloads call;
 //! - the dispatcher (round-robin counter, sticky table): dispatch's own;
-//! - the per-client table: [`crate::clients`]' own;
+//!   its limits are the snapshot's `[sticky]`, passed with each call;
+//! - the per-client table: [`crate::clients`]' own; its limits are the
+//!   snapshot's `[clients]`, passed with each call;
 //! - the metrics registry: written through the handles it hands out;
 //! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
 //!   (its thread makes every pass; everyone else reads them);
@@ -71,8 +73,8 @@ impl Shared {
         Arc::new(Shared {
             steering,
             sampler,
-            dispatcher: Dispatcher::new(&config.sticky),
-            clients: ClientTable::new(&config.clients),
+            dispatcher: Dispatcher::new(),
+            clients: ClientTable::new(),
             current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
             metrics,
             worker_metrics: Default::default(),
@@ -96,17 +98,20 @@ impl Shared {
     }
 
     /// Publishes a new config with the pool built from it (a reload).
-    /// Returns the snapshot it replaced.
+    /// Returns the snapshot it replaced. The sticky and per-client tables
+    /// keep no copy of their limits (every call reads them from the
+    /// snapshot it is given), so nothing is written into them here; a lower
+    /// `clients.max_tracked` only wakes the client sweeper.
     pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
-        self.dispatcher.sticky.configure(&config.sticky);
-        self.clients.configure(&config.clients);
         if let Some(steering) = &self.steering {
             if let Err(error) = steering.set_access(&config.clients) {
                 tracing::error!(%error, "cannot apply clients.allow/deny to the front-end sockets");
             }
         }
-        let next = self.current.load().next(config, &self.metrics);
-        self.current.swap(Arc::new(next))
+        let next = self.current.load().next(Arc::clone(&config), &self.metrics);
+        let previous = self.current.swap(Arc::new(next));
+        self.clients.bound_changed(&config.clients);
+        previous
     }
 
     /// The graceful stop begins: the front end stops accepting.

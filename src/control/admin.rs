@@ -603,10 +603,14 @@ fn sticky_lookup(shared: &Shared, request: &Request<Incoming>) -> Reply {
         Ok(ip) => ip,
         Err(reply) => return *reply,
     };
-    let key = shared.dispatcher.client_key(ip);
     let snapshot = shared.snapshot();
+    let sticky = &snapshot.config.sticky;
+    let key = crate::dispatch::sticky::key_of(ip, sticky);
     let pool = &snapshot.pool;
-    match shared.dispatcher.sticky_pick(pool, key, &Tried::default()) {
+    match shared
+        .dispatcher
+        .sticky_pick(sticky, pool, key, &Tried::default())
+    {
         Some((index, placement)) => json_reply(
             StatusCode::OK,
             json!({
@@ -631,7 +635,7 @@ fn sticky_forget(shared: &Shared, request: &Request<Incoming>) -> Reply {
         Ok(ip) => ip,
         Err(reply) => return *reply,
     };
-    let key = shared.dispatcher.client_key(ip);
+    let key = crate::dispatch::sticky::key_of(ip, &shared.config().sticky);
     if shared.dispatcher.sticky.forget(key) {
         json_reply(
             StatusCode::OK,

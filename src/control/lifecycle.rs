@@ -85,7 +85,7 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let stopped_while_starting = match &config.workers {
-        Some(workers) => first_start(&shared, &supervisor, workers, &mut signals).await,
+        Some(workers) => first_start(&supervisor, workers, &mut signals).await,
         None => None,
     };
 
@@ -195,10 +195,13 @@ fn start_tasks(
     tokio::spawn(crate::dispatch::sweep_sticky(
         Arc::clone(shared),
         |shared| &shared.dispatcher.sticky,
+        Shared::config,
     ));
-    tokio::spawn(crate::clients::sweep(Arc::clone(shared), |shared| {
-        &shared.clients
-    }));
+    tokio::spawn(crate::clients::sweep(
+        Arc::clone(shared),
+        |shared| &shared.clients,
+        Shared::config,
+    ));
     if let Some(steering) = steering {
         tokio::spawn(steering::run(Arc::clone(shared), Arc::clone(steering)));
         tokio::spawn(steering::watch_intruders(
@@ -238,15 +241,11 @@ async fn stop(
 /// worker booted first. A SIGTERM or SIGINT meanwhile ends the wait at
 /// once: its name is returned, and corral stops.
 async fn first_start(
-    shared: &Shared,
     supervisor: &Supervisor,
     workers: &crate::config::WorkersConfig,
     signals: &mut Signals,
 ) -> Option<&'static str> {
-    let backends: Vec<_> = shared.snapshot().pool.worker_backends().cloned().collect();
-    let first_starts = supervisor
-        .start_slots(&Arc::new(workers.clone()), &backends)
-        .await;
+    let first_starts = supervisor.start_slots(&Arc::new(workers.clone())).await;
     let all_started = async {
         for started in first_starts {
             let _ = started.await;
@@ -306,15 +305,26 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
         // stop; the workers' own accept keeps working until they stop.
         steering.stop_listening();
     }
-    shared.connections().close();
     let limit = shared.config().timeouts.drain;
+    wait_then_cut(shared, limit, signals.next_stop()).await;
+}
+
+/// The drain's deadline: the open connections get up to `limit` to finish
+/// (none is added any more), or until `second_stop` (a second stop signal)
+/// comes; those still open then are cut and given a second to close.
+async fn wait_then_cut(
+    shared: &Shared,
+    limit: Duration,
+    second_stop: impl std::future::Future<Output = &'static str>,
+) {
+    shared.connections().close();
     let open = shared.connections().len();
     if open > 0 {
         tracing::info!(open, limit = ?limit, "draining open connections");
     }
     tokio::select! {
         _ = tokio::time::timeout(limit, shared.connections().wait()) => {}
-        name = signals.next_stop() => tracing::warn!("second stop signal ({name}): closing open connections now"),
+        name = second_stop => tracing::warn!("second stop signal ({name}): closing open connections now"),
     }
     if !shared.connections().is_empty() {
         tracing::warn!(
@@ -341,5 +351,73 @@ fn raise_fd_limit() {
             );
         }
         Err(error) => tracing::warn!(%error, "cannot read the file descriptor limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Sampler;
+    use tokio::time::Instant;
+
+    fn shared() -> Arc<Shared> {
+        let config = Config::parse(
+            "[[backends]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
+        Shared::new(config, None, sampler)
+    }
+
+    /// An open connection that would never finish by itself: it ends when
+    /// connections are cut.
+    fn endless_connection(shared: &Arc<Shared>) {
+        let own = Arc::clone(shared);
+        shared
+            .connections()
+            .spawn(async move { own.connections_cut().await });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_connections_get_the_drain_limit_then_are_cut() {
+        let shared = shared();
+        endless_connection(&shared);
+        let started = Instant::now();
+        wait_then_cut(&shared, Duration::from_secs(30), std::future::pending()).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(30) && took < Duration::from_secs(31),
+            "cut after {took:?}"
+        );
+        assert!(shared.cut_signal().is_cancelled());
+        assert!(shared.connections().is_empty(), "the cut one closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_that_finish_end_the_drain_uncut() {
+        let shared = shared();
+        shared
+            .connections()
+            .spawn(tokio::time::sleep(Duration::from_secs(5)));
+        let started = Instant::now();
+        wait_then_cut(&shared, Duration::from_secs(30), std::future::pending()).await;
+        assert_eq!(started.elapsed().as_secs(), 5);
+        assert!(!shared.cut_signal().is_cancelled(), "nothing was cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_stop_cuts_at_once() {
+        let shared = shared();
+        endless_connection(&shared);
+        let started = Instant::now();
+        let second_stop = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            "SIGTERM"
+        };
+        wait_then_cut(&shared, Duration::from_secs(30), second_stop).await;
+        assert_eq!(started.elapsed().as_secs(), 2);
+        assert!(shared.cut_signal().is_cancelled());
+        assert!(shared.connections().is_empty());
     }
 }

@@ -174,10 +174,9 @@ async fn apply_workers(shared: &Shared, supervisor: &Supervisor, fresh: &Config,
         return;
     };
     let workers = Arc::new(workers.clone());
-    let worker_backends: Vec<_> = shared.snapshot().pool.worker_backends().cloned().collect();
-    let running = supervisor.backends().await.len();
+    let running = supervisor.running_count().await;
     // New slots start on their own; nobody waits for their first start here.
-    drop(supervisor.start_slots(&workers, &worker_backends).await);
+    drop(supervisor.start_slots(&workers).await);
     if roll && running > 0 {
         tracing::info!("reload changed how workers run; rolling it out");
         if let Err(error) = supervisor.rolling_restart(workers, running).await {

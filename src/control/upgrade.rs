@@ -128,7 +128,7 @@ async fn hand_over(
     let snapshot = shared.snapshot();
     let ports = snapshot
         .pool
-        .workers()
+        .worker_backends()
         .filter_map(|b| match b.kind {
             Kind::Worker(slot) => Some((slot, b.instance().addr.port())),
             Kind::Static => None,

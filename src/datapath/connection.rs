@@ -28,7 +28,7 @@ use super::http1::Exchange;
 use super::proxy_protocol;
 use super::pump::{self, Side, Stop};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
-use crate::dispatch::Tried;
+use crate::dispatch::{sticky, Tried};
 use crate::health;
 use crate::pool::{ActiveGuard, Backend, Instance, Snapshot};
 use crate::shared::Shared;
@@ -217,7 +217,7 @@ async fn relay(
     mut exchange: Option<&mut Exchange>,
     trail: &mut Trail,
 ) -> Close {
-    let client_key = shared.dispatcher.client_key(client.addr.ip());
+    let client_key = sticky::key_of(client.addr.ip(), &snapshot.config.sticky);
     let mut tried = Tried::default();
     loop {
         let attempt = match connect(shared, snapshot, client_key, &mut tried).await {
@@ -492,9 +492,10 @@ async fn connect(
     let pool = &snapshot.pool;
     let first_try = tried.is_empty();
     loop {
-        let Some(index) = shared
-            .dispatcher
-            .pick(config.strategy, pool, client_key, tried)
+        let Some(index) =
+            shared
+                .dispatcher
+                .pick(config.strategy, &config.sticky, pool, client_key, tried)
         else {
             if first_try && tried.is_empty() {
                 shared.metrics.errors.no_backend.inc();
@@ -513,9 +514,14 @@ async fn connect(
                     .connect_duration
                     .observe(attempt.elapsed().as_secs_f64());
                 let _ = upstream.set_nodelay(true);
-                shared
-                    .dispatcher
-                    .placed(config.strategy, pool, client_key, index, &shared.metrics);
+                shared.dispatcher.placed(
+                    config.strategy,
+                    &config.sticky,
+                    pool,
+                    client_key,
+                    index,
+                    &shared.metrics,
+                );
                 return Ok(Attempt {
                     upstream,
                     guard: backend.open(instance),

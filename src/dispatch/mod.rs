@@ -5,7 +5,6 @@
 
 pub mod sticky;
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{StickyConfig, StrategyKind};
@@ -42,26 +41,27 @@ pub enum PlacedBy {
     Ring,
 }
 
-/// The dispatch state that outlives reloads: counters and the sticky table.
+/// The dispatch state that outlives reloads: counters and the sticky
+/// table. Its settings (the strategy, `[sticky]`) are the snapshot's,
+/// passed to each call.
+#[derive(Default)]
 pub struct Dispatcher {
     next: AtomicUsize,
     pub sticky: StickyTable,
 }
 
 impl Dispatcher {
-    pub fn new(sticky: &StickyConfig) -> Dispatcher {
-        Dispatcher {
-            next: AtomicUsize::new(0),
-            sticky: StickyTable::new(sticky),
-        }
+    pub fn new() -> Dispatcher {
+        Dispatcher::default()
     }
 
     /// The index of the backend to try next for this client, or `None` when
-    /// no untried backend is up.
+    /// no untried backend is up. `sticky`: the snapshot's `[sticky]`.
     #[inline]
     pub fn pick(
         &self,
         strategy: StrategyKind,
+        sticky: &StickyConfig,
         pool: &Pool,
         client: ClientKey,
         tried: &Tried,
@@ -69,16 +69,20 @@ impl Dispatcher {
         match strategy {
             StrategyKind::RoundRobin => self.round_robin(pool, tried),
             StrategyKind::LeastConnections => self.least_connections(pool, tried),
-            StrategyKind::Sticky => self.sticky_pick(pool, client, tried).map(|(i, _)| i),
+            StrategyKind::Sticky => self
+                .sticky_pick(sticky, pool, client, tried)
+                .map(|(i, _)| i),
         }
     }
 
     /// Tells dispatch that the client is now connected to backend `index`;
-    /// the sticky strategy records it and counts the lookup.
+    /// the sticky strategy records it (under the snapshot's `sticky`) and
+    /// counts the lookup.
     #[inline]
     pub fn placed(
         &self,
         strategy: StrategyKind,
+        sticky: &StickyConfig,
         pool: &Pool,
         client: ClientKey,
         index: usize,
@@ -86,11 +90,13 @@ impl Dispatcher {
     ) {
         match strategy {
             StrategyKind::RoundRobin | StrategyKind::LeastConnections => {}
-            StrategyKind::Sticky => match self.sticky.record(client, pool.backends[index].key) {
-                Lookup::Hit => metrics.sticky_hit.inc(),
-                Lookup::Miss => metrics.sticky_miss.inc(),
-                Lookup::Redispatch => metrics.sticky_redispatch.inc(),
-            },
+            StrategyKind::Sticky => {
+                match self.sticky.record(client, pool.backends[index].key, sticky) {
+                    Lookup::Hit => metrics.sticky_hit.inc(),
+                    Lookup::Miss => metrics.sticky_miss.inc(),
+                    Lookup::Redispatch => metrics.sticky_redispatch.inc(),
+                }
+            }
         }
     }
 
@@ -98,11 +104,13 @@ impl Dispatcher {
     /// (for `GET /sticky`).
     pub fn sticky_pick(
         &self,
+        sticky: &StickyConfig,
         pool: &Pool,
         client: ClientKey,
         tried: &Tried,
     ) -> Option<(usize, PlacedBy)> {
-        if let Some(index) = self.sticky.lookup(client).and_then(|k| pool.index_of(k)) {
+        let entry = self.sticky.lookup(client, sticky);
+        if let Some(index) = entry.and_then(|k| pool.index_of(k)) {
             if !tried.contains(index) && pool.backends[index].is_up() {
                 return Some((index, PlacedBy::Entry));
             }
@@ -111,11 +119,6 @@ impl Dispatcher {
             .walk(Ring::point_of(client))
             .find(|&i| !tried.contains(i) && pool.backends[i].is_up())
             .map(|i| (i, PlacedBy::Ring))
-    }
-
-    /// The key for a client address under the current prefixes.
-    pub fn client_key(&self, ip: IpAddr) -> ClientKey {
-        self.sticky.key_of(ip)
     }
 
     /// The backends that may take a client now (up, not yet tried), in
@@ -146,21 +149,25 @@ impl Dispatcher {
 
 /// Expires sticky entries and enforces `max_entries`, off the proxy threads,
 /// until the process exits. `table` finds the table inside `owner` (which
-/// the blocking sweep keeps alive).
+/// the blocking sweep keeps alive), and `config` the config in force,
+/// whose `[sticky]` every pass reads again (a reload's limits apply at the
+/// next pass).
 pub async fn sweep_sticky<T: Send + Sync + 'static>(
     owner: std::sync::Arc<T>,
     table: fn(&T) -> &StickyTable,
+    config: fn(&T) -> std::sync::Arc<crate::config::Config>,
 ) {
     use std::time::Duration;
     loop {
-        let period =
-            (table(&owner).ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(sticky::sweep_period(&config(&owner).sticky)) => {}
             _ = table(&owner).over_limit.notified() => {}
         }
         let sweeping = std::sync::Arc::clone(&owner);
-        let _ = tokio::task::spawn_blocking(move || table(&sweeping).sweep()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            table(&sweeping).sweep(&config(&sweeping).sticky);
+        })
+        .await;
         // At most ten passes a second, however fast new clients arrive.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -190,13 +197,17 @@ mod tests {
         )
     }
 
-    fn dispatcher() -> Dispatcher {
-        Dispatcher::new(&StickyConfig {
+    fn sticky() -> StickyConfig {
+        StickyConfig {
             ttl: Duration::from_secs(60),
             max_entries: 1000,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-        })
+        }
+    }
+
+    fn dispatcher() -> Dispatcher {
+        Dispatcher::new()
     }
 
     #[test]
@@ -207,15 +218,24 @@ mod tests {
         p.backends[1].crashed();
         let picks: Vec<_> = (0..4)
             .map(|_| {
-                d.pick(StrategyKind::RoundRobin, &p, 0, &Tried::default())
-                    .unwrap()
+                d.pick(
+                    StrategyKind::RoundRobin,
+                    &sticky(),
+                    &p,
+                    0,
+                    &Tried::default(),
+                )
+                .unwrap()
             })
             .collect();
         assert!(!picks.contains(&1));
         let mut tried = Tried::default();
         tried.push(0);
         tried.push(2);
-        assert_eq!(d.pick(StrategyKind::RoundRobin, &p, 0, &tried), None);
+        assert_eq!(
+            d.pick(StrategyKind::RoundRobin, &sticky(), &p, 0, &tried),
+            None
+        );
     }
 
     #[test]
@@ -227,7 +247,13 @@ mod tests {
         let _guard = busy.open(busy.instance());
         for _ in 0..4 {
             assert_eq!(
-                d.pick(StrategyKind::LeastConnections, &p, 0, &Tried::default()),
+                d.pick(
+                    StrategyKind::LeastConnections,
+                    &sticky(),
+                    &p,
+                    0,
+                    &Tried::default()
+                ),
                 Some(1)
             );
         }
@@ -238,23 +264,24 @@ mod tests {
         let m = Metrics::new();
         let p = pool(3, &m);
         let d = dispatcher();
-        let client = d.client_key("10.0.0.1".parse().unwrap());
+        let s = sticky();
+        let client = sticky::key_of("10.0.0.1".parse().unwrap(), &s);
         let first = d
-            .pick(StrategyKind::Sticky, &p, client, &Tried::default())
+            .pick(StrategyKind::Sticky, &s, &p, client, &Tried::default())
             .unwrap();
-        d.placed(StrategyKind::Sticky, &p, client, first, &m);
+        d.placed(StrategyKind::Sticky, &s, &p, client, first, &m);
         assert_eq!(m.sticky_miss.get(), 1);
         p.backends[first].crashed();
         let second = d
-            .pick(StrategyKind::Sticky, &p, client, &Tried::default())
+            .pick(StrategyKind::Sticky, &s, &p, client, &Tried::default())
             .unwrap();
         assert_ne!(first, second);
-        d.placed(StrategyKind::Sticky, &p, client, second, &m);
+        d.placed(StrategyKind::Sticky, &s, &p, client, second, &m);
         assert_eq!(m.sticky_redispatch.get(), 1);
         // The client stays on its new backend when the old one returns.
         p.backends[first].ready(p.backends[first].instance());
         assert_eq!(
-            d.pick(StrategyKind::Sticky, &p, client, &Tried::default()),
+            d.pick(StrategyKind::Sticky, &s, &p, client, &Tried::default()),
             Some(second)
         );
     }

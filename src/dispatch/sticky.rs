@@ -7,14 +7,21 @@
 //! once and removed by the periodic [`StickyTable::sweep`]; past
 //! `max_entries` the sweep removes the least recently used entries down to
 //! 95% of the limit.
+//!
+//! The table owns its entries only. Its limits (`ttl`, `max_entries`, the
+//! prefixes) are `[sticky]` of the snapshot in force, passed to each call
+//! that needs them, so a reload changes them by publishing its snapshot:
+//! there is no copy here that could disagree with it.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::clock;
+use crate::config::StickyConfig;
 
 /// Shards of the map: with a million entries, about 4,000 per shard, so one
 /// shard's sweep takes well under a millisecond.
@@ -41,13 +48,9 @@ struct Entry {
     last_seen_ms: AtomicU64,
 }
 
-/// The table, with limits that a reload may change.
+/// The table; its limits come with each call, from the snapshot in force.
 pub struct StickyTable {
     map: DashMap<ClientKey, Entry>,
-    ttl_ms: AtomicU64,
-    max_entries: AtomicUsize,
-    ipv4_prefix: AtomicUsize,
-    ipv6_prefix: AtomicUsize,
     /// Entries, kept by inserts and forgets and made exact by every sweep:
     /// `DashMap::len` locks all 256 shards, too slow for every new client.
     approximate_len: AtomicUsize,
@@ -58,69 +61,44 @@ pub struct StickyTable {
     now_ms: fn() -> u64,
 }
 
+impl Default for StickyTable {
+    fn default() -> StickyTable {
+        StickyTable::new()
+    }
+}
+
 impl StickyTable {
-    pub fn new(config: &crate::config::StickyConfig) -> StickyTable {
-        StickyTable::with_clock(config, clock::now_ms)
+    pub fn new() -> StickyTable {
+        StickyTable::with_clock(clock::now_ms)
     }
 
     /// A table that reads the time from `now_ms`.
-    pub fn with_clock(config: &crate::config::StickyConfig, now_ms: fn() -> u64) -> StickyTable {
-        let table = StickyTable {
+    pub fn with_clock(now_ms: fn() -> u64) -> StickyTable {
+        StickyTable {
             map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
-            ttl_ms: AtomicU64::new(0),
-            max_entries: AtomicUsize::new(0),
-            ipv4_prefix: AtomicUsize::new(32),
-            ipv6_prefix: AtomicUsize::new(64),
             approximate_len: AtomicUsize::new(0),
             over_limit: Notify::new(),
             now_ms,
-        };
-        table.configure(config);
-        table
+        }
     }
 
-    /// Applies new limits (on start and on reload).
-    pub fn configure(&self, config: &crate::config::StickyConfig) {
-        self.ttl_ms
-            .store(config.ttl.as_millis() as u64, Ordering::Relaxed);
-        self.max_entries
-            .store(config.max_entries, Ordering::Relaxed);
-        self.ipv4_prefix
-            .store(config.ipv4_prefix.into(), Ordering::Relaxed);
-        self.ipv6_prefix
-            .store(config.ipv6_prefix.into(), Ordering::Relaxed);
-    }
-
-    /// How long an idle entry lives.
-    pub fn ttl(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
-    }
-
-    /// The key for a client address, masked to the configured prefix.
-    pub fn key_of(&self, ip: IpAddr) -> ClientKey {
-        client_key(
-            ip,
-            self.ipv4_prefix.load(Ordering::Relaxed) as u32,
-            self.ipv6_prefix.load(Ordering::Relaxed) as u32,
-        )
-    }
-
-    /// The backend key of the client's live entry, if it has one.
+    /// The backend key of the client's live entry (seen within
+    /// `limits.ttl`), if it has one.
     #[inline]
-    pub fn lookup(&self, key: ClientKey) -> Option<u64> {
+    pub fn lookup(&self, key: ClientKey, limits: &StickyConfig) -> Option<u64> {
         let entry = self.map.get(&key)?;
         let now = (self.now_ms)();
         let seen = entry.last_seen_ms.load(Ordering::Relaxed);
-        (now.saturating_sub(seen) < self.ttl_ms.load(Ordering::Relaxed))
-            .then(|| entry.backend.load(Ordering::Relaxed))
+        (now.saturating_sub(seen) < ttl_ms(limits)).then(|| entry.backend.load(Ordering::Relaxed))
     }
 
-    /// Records that the client was just sent to `backend`.
-    pub fn record(&self, key: ClientKey, backend: u64) -> Lookup {
+    /// Records that the client was just sent to `backend`; an insert that
+    /// takes the table past `limits.max_entries` wakes the sweeper.
+    pub fn record(&self, key: ClientKey, backend: u64, limits: &StickyConfig) -> Lookup {
         let now = (self.now_ms)();
-        let ttl = self.ttl_ms.load(Ordering::Relaxed);
         if let Some(entry) = self.map.get(&key) {
-            let live = now.saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)) < ttl;
+            let live =
+                now.saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)) < ttl_ms(limits);
             let previous = entry.backend.swap(backend, Ordering::Relaxed);
             entry.last_seen_ms.store(now, Ordering::Relaxed);
             return match (live, previous == backend) {
@@ -135,7 +113,7 @@ impl StickyTable {
         };
         if self.map.insert(key, entry).is_none() {
             let len = self.approximate_len.fetch_add(1, Ordering::Relaxed) + 1;
-            if len > self.max_entries.load(Ordering::Relaxed) {
+            if len > limits.max_entries {
                 self.over_limit.notify_one();
             }
         }
@@ -191,20 +169,20 @@ impl StickyTable {
         self.map.is_empty()
     }
 
-    /// Removes expired entries, then the least recently used ones past
-    /// `max_entries`. Locks one shard at a time.
-    pub fn sweep(&self) {
-        self.evict();
+    /// Removes entries idle for `limits.ttl`, then the least recently used
+    /// ones past `limits.max_entries`. Locks one shard at a time.
+    pub fn sweep(&self, limits: &StickyConfig) {
+        self.evict(limits);
         self.approximate_len
             .store(self.map.len(), Ordering::Relaxed);
     }
 
-    fn evict(&self) {
+    fn evict(&self, limits: &StickyConfig) {
         let now = (self.now_ms)();
-        let ttl = self.ttl_ms.load(Ordering::Relaxed);
+        let ttl = ttl_ms(limits);
         self.map
             .retain(|_, e| now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) < ttl);
-        let max = self.max_entries.load(Ordering::Relaxed);
+        let max = limits.max_entries;
         if self.map.len() <= max {
             return;
         }
@@ -239,6 +217,24 @@ impl StickyTable {
             }
         });
     }
+}
+
+/// `ttl` in milliseconds, the unit of the table's clock.
+#[inline]
+fn ttl_ms(limits: &StickyConfig) -> u64 {
+    limits.ttl.as_secs() * 1000 + u64::from(limits.ttl.subsec_millis())
+}
+
+/// How often the sweeper runs under `limits`: a quarter of the ttl,
+/// between a tenth of a second and five seconds.
+pub fn sweep_period(limits: &StickyConfig) -> Duration {
+    (limits.ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// The key of a client at `ip` under the prefixes of `limits`.
+#[inline]
+pub fn key_of(ip: IpAddr, limits: &StickyConfig) -> ClientKey {
+    client_key(ip, limits.ipv4_prefix.into(), limits.ipv6_prefix.into())
 }
 
 /// Masks `ip` to its family's prefix; IPv4-mapped IPv6 counts as IPv4.
@@ -287,14 +283,13 @@ mod tests {
         NOW_MS.with(|now| now.set(now.get() + by.as_millis() as u64));
     }
 
-    fn table(ttl: Duration, max: usize) -> StickyTable {
-        let config = StickyConfig {
+    fn limits(ttl: Duration, max_entries: usize) -> StickyConfig {
+        StickyConfig {
             ttl,
-            max_entries: max,
+            max_entries,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-        };
-        StickyTable::with_clock(&config, test_now)
+        }
     }
 
     #[test]
@@ -313,38 +308,71 @@ mod tests {
 
     #[test]
     fn record_reports_hit_miss_and_redispatch() {
-        let t = table(Duration::from_secs(60), 10);
-        assert_eq!(t.record(1, 7), Lookup::Miss);
-        assert_eq!(t.lookup(1), Some(7));
-        assert_eq!(t.record(1, 7), Lookup::Hit);
-        assert_eq!(t.record(1, 8), Lookup::Redispatch);
-        assert_eq!(t.lookup(1), Some(8));
+        let t = StickyTable::with_clock(test_now);
+        let l = limits(Duration::from_secs(60), 10);
+        assert_eq!(t.record(1, 7, &l), Lookup::Miss);
+        assert_eq!(t.lookup(1, &l), Some(7));
+        assert_eq!(t.record(1, 7, &l), Lookup::Hit);
+        assert_eq!(t.record(1, 8, &l), Lookup::Redispatch);
+        assert_eq!(t.lookup(1, &l), Some(8));
         assert!(t.forget(1));
-        assert_eq!(t.lookup(1), None);
+        assert_eq!(t.lookup(1, &l), None);
     }
 
     #[test]
     fn sweep_keeps_the_most_recent_entries_below_the_limit() {
-        let t = table(Duration::from_secs(60), 100);
+        let t = StickyTable::with_clock(test_now);
+        let l = limits(Duration::from_secs(60), 100);
         for k in 0..500u128 {
-            t.record(k, 1);
+            t.record(k, 1, &l);
             advance(Duration::from_millis(if k >= 400 { 2 } else { 0 }));
         }
-        t.sweep();
+        t.sweep(&l);
         assert_eq!(t.len(), 95);
         // The 95 kept are the most recently seen.
-        assert!((405..500u128).all(|k| t.lookup(k).is_some()));
+        assert!((405..500u128).all(|k| t.lookup(k, &l).is_some()));
     }
 
     #[test]
     fn expired_entries_are_absent_and_swept() {
-        let t = table(Duration::from_millis(20), 100);
-        t.record(5, 1);
+        let t = StickyTable::with_clock(test_now);
+        let l = limits(Duration::from_millis(20), 100);
+        t.record(5, 1, &l);
         advance(Duration::from_millis(19));
-        assert_eq!(t.lookup(5), Some(1));
+        assert_eq!(t.lookup(5, &l), Some(1));
         advance(Duration::from_millis(1));
-        assert_eq!(t.lookup(5), None);
-        t.sweep();
+        assert_eq!(t.lookup(5, &l), None);
+        t.sweep(&l);
         assert!(t.is_empty());
+    }
+
+    /// A reload's limits hold from the first call given them: the table
+    /// keeps no copy of the old ones to refresh.
+    #[test]
+    fn the_limits_given_hold_at_once() {
+        let t = StickyTable::with_clock(test_now);
+        let before = limits(Duration::from_secs(60), 100);
+        let after = limits(Duration::from_secs(1), 10);
+        for k in 0..20u128 {
+            t.record(k, 1, &before);
+        }
+        advance(Duration::from_secs(2));
+        assert_eq!(t.lookup(0, &before), Some(1));
+        assert_eq!(t.lookup(0, &after), None, "the shorter ttl expires it");
+        t.record(100, 1, &after);
+        t.sweep(&after);
+        assert_eq!(t.len(), 1, "the idle entries went under the new ttl");
+        let prefixes = StickyConfig {
+            ipv4_prefix: 24,
+            ..after.clone()
+        };
+        assert_eq!(
+            key_of("10.1.2.3".parse().unwrap(), &prefixes),
+            key_of("10.1.2.200".parse().unwrap(), &prefixes)
+        );
+        assert_ne!(
+            key_of("10.1.2.3".parse().unwrap(), &after),
+            key_of("10.1.2.200".parse().unwrap(), &after)
+        );
     }
 }

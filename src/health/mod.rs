@@ -19,6 +19,7 @@
 //! and are not checked; a worker that runs but fails its checks goes down.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -88,18 +89,33 @@ pub enum Verdict {
 /// started (not after it ended), so `fall` failures take `interval × fall`
 /// even when each check waits out its `health.timeout`.
 pub async fn run(shared: Arc<Shared>) {
+    check_in_rounds(&shared, |backend, health, sampler| async move {
+        check(&backend, &health, &sampler).await
+    })
+    .await;
+}
+
+/// The rounds of [`run`], each backend's check made by `check` (given the
+/// backend, `[health]` and the sampler): its verdicts counted towards
+/// `rise` and `fall`, a round every `health.interval` of the snapshot in
+/// force, until the front end stops.
+async fn check_in_rounds<C, F>(shared: &Shared, check: C)
+where
+    C: Fn(Arc<Backend>, HealthConfig, Sampler) -> F,
+    F: Future<Output = Verdict> + Send + 'static,
+{
     loop {
         let round = tokio::time::Instant::now();
         let snapshot = shared.snapshot();
         let health = snapshot.config.health.clone();
         let mut checks = JoinSet::new();
         for backend in snapshot.pool.backends.iter().filter(|b| should_check(b)) {
+            let checking = check(Arc::clone(backend), health.clone(), shared.sampler.clone());
             let backend = Arc::clone(backend);
             let health = health.clone();
             let metrics_errors = shared.metrics.errors.resources.clone();
-            let sampler = shared.sampler.clone();
             checks.spawn(async move {
-                let verdict = check(&backend, &health, &sampler).await;
+                let verdict = checking.await;
                 match &verdict {
                     Verdict::Skipped(error) if is_local_shortage(error) => {
                         metrics_errors.inc();
@@ -405,4 +421,98 @@ fn others_up(pool: &Pool, backend: &Backend) -> bool {
     pool.backends
         .iter()
         .any(|b| !std::ptr::eq(b.as_ref(), backend) && b.is_up())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::time::{sleep_until, Instant};
+
+    /// One static backend, checked every 2 s; `fall` 3, `rise` 2.
+    fn shared() -> Arc<Shared> {
+        let config = Config::parse(
+            "[[backends]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n[health]\ninterval = \"2s\"\nfall = 3\nrise = 2\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
+        Shared::new(config, None, sampler)
+    }
+
+    /// Rounds at 0, 2, 4, ... s (on the paused clock): the third failure in
+    /// a row (at 4 s) takes the backend down, the second pass after it
+    /// comes back (at 8 s) brings it back; a check made meanwhile does not.
+    #[tokio::test(start_paused = true)]
+    async fn fall_failures_take_it_down_and_rise_passes_bring_it_back() {
+        let shared = shared();
+        let backend = Arc::clone(&shared.snapshot().pool.backends[0]);
+        let healthy = Arc::new(AtomicBool::new(false));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let rounds = tokio::spawn({
+            let (shared, healthy, checks) = (shared.clone(), healthy.clone(), checks.clone());
+            async move {
+                check_in_rounds(&shared, move |_, _, _| {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    let passes = healthy.load(Ordering::SeqCst);
+                    async move {
+                        match passes {
+                            true => Verdict::Passed,
+                            false => Verdict::Failed(CheckFailure::Timeout),
+                        }
+                    }
+                })
+                .await
+            }
+        });
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        sleep_until(at(3_900)).await;
+        assert_eq!(checks.load(Ordering::SeqCst), 2);
+        assert!(backend.is_up(), "two failures of three");
+        sleep_until(at(4_100)).await;
+        assert_eq!(checks.load(Ordering::SeqCst), 3);
+        assert_eq!(backend.reason(), Some(DownReason::Checks));
+        healthy.store(true, Ordering::SeqCst);
+        sleep_until(at(6_100)).await;
+        assert!(!backend.is_up(), "one pass of two");
+        sleep_until(at(8_100)).await;
+        assert!(backend.is_up(), "the second pass in a row");
+        assert_eq!(checks.load(Ordering::SeqCst), 5);
+        shared.stop_accepting();
+        rounds.await.unwrap();
+    }
+
+    /// A pass between failures starts the count of `fall` over.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_between_failures_starts_the_fall_count_over() {
+        let shared = shared();
+        let backend = Arc::clone(&shared.snapshot().pool.backends[0]);
+        let round = Arc::new(AtomicUsize::new(0));
+        let rounds = tokio::spawn({
+            let (shared, round) = (shared.clone(), round.clone());
+            async move {
+                check_in_rounds(&shared, move |_, _, _| {
+                    // fail, fail, pass, fail, fail, fail
+                    let n = round.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        match n {
+                            2 => Verdict::Passed,
+                            _ => Verdict::Failed(CheckFailure::Timeout),
+                        }
+                    }
+                })
+                .await
+            }
+        });
+        let start = Instant::now();
+        sleep_until(start + Duration::from_millis(8_100)).await;
+        assert_eq!(round.load(Ordering::SeqCst), 5);
+        assert!(backend.is_up(), "only two failures in a row since the pass");
+        sleep_until(start + Duration::from_millis(10_100)).await;
+        assert_eq!(backend.reason(), Some(DownReason::Checks));
+        shared.stop_accepting();
+        rounds.await.unwrap();
+    }
 }

@@ -1,15 +1,17 @@
 //! The worker slots as a whole: starting them, rolling restarts one slot at
 //! a time, scaling on reload, and stopping them all on shutdown. Each slot's
-//! own life (spawn, readiness, backoff) is in [`slot`]; forking from one
-//! long-lived thread is in [`spawn`] (a started process is a
-//! [`process::WorkerProcess`], its output goes through [`output`], and its
-//! shim learns of corral's end through the [`lifeline`]); what workers say on their notify
+//! own life (spawn, readiness, restarts) is in [`slot`], the delay before
+//! a restart in [`backoff`]; forking from one long-lived thread is in
+//! [`spawn`] (a started process is a [`process::WorkerProcess`], its output
+//! goes through [`output`], and its shim learns of corral's end through the
+//! [`lifeline`]); what workers say on their notify
 //! socket (`workers.notify`) is read in [`notify`]; which ports workers
 //! use (and picking them when no `port_base` is given) is in [`ports`]; an
 //! fd-mode worker that listens on a port of its own is spotted by
 //! [`strays`].
 
 pub(crate) mod lifeline;
+mod backoff;
 pub mod notify;
 pub(crate) mod output;
 pub mod ports;
@@ -44,10 +46,18 @@ pub struct RolloutError {
     pub source: SlotError,
 }
 
-struct SlotHandle {
+/// A slot task that runs, and how the supervisor commands it.
+struct RunningSlot {
+    /// The backend the task serves: the pool's own (the same `Arc` as in
+    /// `pool.workers()` while the slot is configured), kept here because a
+    /// slot retired by a scale-down drains it after the new pool has
+    /// dropped it.
     backend: Arc<Backend>,
+    /// Rolling-restart commands to the task.
     commands: mpsc::Sender<Command>,
+    /// Cancelled to stop the task (its process is stopped first).
     stop: CancellationToken,
+    /// Awaited until the task, and so its process, is gone.
     task: JoinHandle<()>,
 }
 
@@ -60,9 +70,15 @@ pub struct Supervisor {
     /// Which worker ports live processes hold, so a replacement takes the
     /// other port of its slot's pair.
     ports: Arc<PortBook>,
-    /// The task of each running slot (index = slot id) and how to command
-    /// it: the supervisor is the only one that adds, retires or replaces.
-    slots: Mutex<Vec<SlotHandle>>,
+    /// The slot tasks that run (index = slot id), and how to command and
+    /// stop each: the supervisor is the only one that adds or retires them.
+    /// Not a second list of workers: which worker backends exist is the
+    /// snapshot's pool (`pool.worker_backends()`), the one owner, from which
+    /// [`Supervisor::start_slots`] derives the tasks to add. This list
+    /// holds what the pool cannot: the tasks themselves, which lag the
+    /// pool while a reload's scale is applied (and slots retired by a
+    /// scale-down, still draining, have left it already).
+    running: Mutex<Vec<RunningSlot>>,
     /// Held for the length of a rolling restart: one at a time.
     rollout: Mutex<()>,
     /// A restart asked for by a signal or the admin API is pending or
@@ -77,7 +93,7 @@ impl Supervisor {
         Arc::new(Supervisor {
             spawner,
             ports: Arc::new(PortBook::default()),
-            slots: Mutex::new(Vec::new()),
+            running: Mutex::new(Vec::new()),
             rollout: Mutex::new(()),
             restart_requested: AtomicBool::new(false),
             notifier: Arc::new(notify::Notifier::new(shared.metrics.notify_ignored.clone())),
@@ -85,15 +101,14 @@ impl Supervisor {
         })
     }
 
-    /// Starts a slot task for each of `backends` (worker backends, in slot
-    /// order) beyond those already running. Each returned receiver hears
-    /// when that slot's first process is ready or has failed.
-    pub async fn start_slots(
-        &self,
-        workers: &Arc<WorkersConfig>,
-        backends: &[Arc<Backend>],
-    ) -> Vec<oneshot::Receiver<()>> {
-        let mut slots = self.slots.lock().await;
+    /// Starts a slot task for each worker backend of the pool in force
+    /// (in slot order) beyond the slots already running. Each returned
+    /// receiver hears when that slot's first process is ready or has
+    /// failed.
+    pub async fn start_slots(&self, workers: &Arc<WorkersConfig>) -> Vec<oneshot::Receiver<()>> {
+        let mut slots = self.running.lock().await;
+        let snapshot = self.shared.snapshot();
+        let backends: Vec<&Arc<Backend>> = snapshot.pool.worker_backends().collect();
         if let Some(steering) = &self.shared.steering {
             // New slots need their sockets first (they join the group at its
             // end, so slot i stays index i). A slot without one fails to
@@ -119,7 +134,7 @@ impl Supervisor {
             };
             let task =
                 tokio::spawn(slot.run(Arc::clone(workers), incoming, stop.clone(), first_start));
-            slots.push(SlotHandle {
+            slots.push(RunningSlot {
                 backend: Arc::clone(backend),
                 commands,
                 stop,
@@ -156,14 +171,14 @@ impl Supervisor {
         id: usize,
         workers: Arc<WorkersConfig>,
     ) -> bool {
-        if id >= self.slots.lock().await.len() {
+        if id >= self.running.lock().await.len() {
             return false;
         }
         let supervisor = Arc::clone(self);
         tokio::spawn(async move {
             let _rollout = supervisor.rollout.lock().await;
             let commands = supervisor
-                .slots
+                .running
                 .lock()
                 .await
                 .get(id)
@@ -194,14 +209,9 @@ impl Supervisor {
         true
     }
 
-    /// The worker backends, in slot order.
-    pub async fn backends(&self) -> Vec<Arc<Backend>> {
-        self.slots
-            .lock()
-            .await
-            .iter()
-            .map(|s| Arc::clone(&s.backend))
-            .collect()
+    /// How many slot tasks run (retired ones not counted).
+    pub async fn running_count(&self) -> usize {
+        self.running.lock().await.len()
     }
 
     /// Replaces every worker, one slot at a time, each new process ready
@@ -217,7 +227,7 @@ impl Supervisor {
         // waits its turn rather than being dropped.
         let _rollout = self.rollout.lock().await;
         let targets: Vec<(usize, mpsc::Sender<Command>)> = self
-            .slots
+            .running
             .lock()
             .await
             .iter()
@@ -278,8 +288,8 @@ impl Supervisor {
     /// Stops slots `count..`: they leave rotation, drain for up to
     /// `timeouts.drain`, and their processes are stopped.
     pub async fn retire_from(&self, count: usize) -> Vec<Arc<Backend>> {
-        let retired: Vec<SlotHandle> = {
-            let mut slots = self.slots.lock().await;
+        let retired: Vec<RunningSlot> = {
+            let mut slots = self.running.lock().await;
             if slots.len() <= count {
                 return Vec::new();
             }
@@ -318,7 +328,7 @@ impl Supervisor {
             // their sockets close. Under the slots' lock, and never below
             // the slots running now: a scale-up meanwhile keeps its sockets.
             steering::settle().await;
-            let slots = self.slots.lock().await;
+            let slots = self.running.lock().await;
             steering.shrink_to(count.max(slots.len()));
         }
         backends
@@ -334,7 +344,7 @@ impl Supervisor {
     /// Stops every worker (SIGTERM, then SIGKILL after `stop_timeout`) and
     /// waits until all are reaped.
     pub async fn shutdown(&self) {
-        let slots: Vec<SlotHandle> = self.slots.lock().await.drain(..).collect();
+        let slots: Vec<RunningSlot> = self.running.lock().await.drain(..).collect();
         for slot in &slots {
             slot.stop.cancel();
         }

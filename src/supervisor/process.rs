@@ -73,24 +73,47 @@ impl WorkerProcess {
     /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
     /// Returns once the process has been reaped.
     pub async fn stop(&mut self, grace: Duration) {
-        if self.reaped.is_some() {
-            return;
-        }
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.wait()).await.is_err() {
-            tracing::warn!(pid = self.pid, grace = ?grace, "worker ignored SIGTERM; sending SIGKILL");
-            self.kill().await;
-        }
+        self.stop_through(grace, signal_group).await;
     }
 
     /// SIGKILL to the process group; returns once it has been reaped.
     pub async fn kill(&mut self) {
+        self.kill_through(signal_group).await;
+    }
+
+    /// [`WorkerProcess::stop`], its signals sent through `send` (given the
+    /// process group and the signal): the grace and the SIGKILL deadline,
+    /// apart from what delivers the signals.
+    async fn stop_through(&mut self, grace: Duration, send: fn(u32, Signal)) {
         if self.reaped.is_some() {
             return;
         }
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+        send(self.pid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            tracing::warn!(pid = self.pid, grace = ?grace, "worker ignored SIGTERM; sending SIGKILL");
+            self.kill_through(send).await;
+        }
     }
+
+    /// [`WorkerProcess::kill`], its signal sent through `send`; waits at
+    /// most [`REAP_AFTER_KILL`] for the reaper.
+    async fn kill_through(&mut self, send: fn(u32, Signal)) {
+        if self.reaped.is_some() {
+            return;
+        }
+        send(self.pid, Signal::SIGKILL);
+        let _ = tokio::time::timeout(REAP_AFTER_KILL, self.wait()).await;
+    }
+}
+
+/// How long a stop waits for the reaper after SIGKILL (which cannot be
+/// ignored; only a process stuck in the kernel outlasts it).
+const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// Sends `signal` to the process group `pgid` (a worker's pid: it leads
+/// its own group).
+fn signal_group(pgid: u32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid as i32), signal);
 }
 
 impl Drop for WorkerProcess {
@@ -103,7 +126,7 @@ impl Drop for WorkerProcess {
                 Err(oneshot::error::TryRecvError::Empty)
             );
         if running {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            signal_group(self.pid, Signal::SIGKILL);
         }
     }
 }
@@ -138,4 +161,87 @@ fn reap(pidfd: &AsyncFd<OwnedFd>) -> Option<ExitStatus> {
         _ => status & 0x7f,
     };
     Some(ExitStatus::from_raw(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::time::Instant;
+
+    /// Above the kernel's largest pid (`PID_MAX_LIMIT`, 2^22): should a
+    /// test's fake process reach `Drop` unreaped, its SIGKILL finds no one.
+    const NO_SUCH_PID: u32 = 0x7fff_0000;
+
+    thread_local! {
+        /// The signals sent, and when (on the paused clock).
+        static SENT: RefCell<Vec<(Signal, Instant)>> = const { RefCell::new(Vec::new()) };
+        /// What ends the fake process (its reaper's status).
+        static EXIT: RefCell<Option<oneshot::Sender<ExitStatus>>> = const { RefCell::new(None) };
+        /// How long after SIGTERM the fake process exits; `None`: it
+        /// ignores SIGTERM.
+        static OBEYS_AFTER: Cell<Option<Duration>> = const { Cell::new(None) };
+    }
+
+    /// A process that dies on SIGKILL at once, and on SIGTERM as
+    /// [`OBEYS_AFTER`] says.
+    fn fake(obeys_after: Option<Duration>) -> WorkerProcess {
+        let (exit, exited) = oneshot::channel();
+        EXIT.set(Some(exit));
+        OBEYS_AFTER.set(obeys_after);
+        SENT.take();
+        WorkerProcess {
+            pid: NO_SUCH_PID,
+            shim: NO_SUCH_PID,
+            exited,
+            reaped: None,
+        }
+    }
+
+    fn deliver(_pgid: u32, signal: Signal) {
+        SENT.with_borrow_mut(|sent| sent.push((signal, Instant::now())));
+        let after = match signal {
+            Signal::SIGKILL => Some(Duration::ZERO),
+            _ => OBEYS_AFTER.get(),
+        };
+        // A process that ignores the signal keeps its exit to come.
+        if let Some((after, exit)) = after.and_then(|after| Some((after, EXIT.take()?))) {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = exit.send(ExitStatus::from_raw(0));
+            });
+        }
+    }
+
+    fn signals_sent() -> Vec<Signal> {
+        SENT.with_borrow(|sent| sent.iter().map(|(signal, _)| *signal).collect())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sigkill_comes_once_the_grace_is_over() {
+        let mut process = fake(None);
+        let started = Instant::now();
+        process.stop_through(Duration::from_secs(10), deliver).await;
+        assert_eq!(signals_sent(), [Signal::SIGTERM, Signal::SIGKILL]);
+        let killed = SENT.with_borrow(|sent| sent[1].1 - started);
+        assert!(
+            killed >= Duration::from_secs(10) && killed < Duration::from_secs(11),
+            "SIGKILL after {killed:?}"
+        );
+        assert!(process.reaped.is_some(), "stop returns once reaped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_that_exits_within_the_grace_gets_no_sigkill() {
+        let mut process = fake(Some(Duration::from_secs(9)));
+        let started = Instant::now();
+        process.stop_through(Duration::from_secs(10), deliver).await;
+        assert_eq!(signals_sent(), [Signal::SIGTERM]);
+        assert_eq!(started.elapsed().as_secs(), 9, "stop waited for its exit");
+        assert!(process.reaped.is_some());
+        // Stopping a reaped process sends nothing.
+        process.stop_through(Duration::from_secs(10), deliver).await;
+        assert_eq!(signals_sent(), [Signal::SIGTERM]);
+    }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
@@ -139,7 +140,7 @@ impl Slot {
         first_start: oneshot::Sender<()>,
     ) {
         let mut first_start = Some(first_start);
-        let mut delay = workers.restart_delay;
+        let mut backoff = Backoff::new(&workers);
         while !stop.is_cancelled() {
             // A restart uses the config in force (a reload may have changed
             // timeouts, the count or the command since this slot started).
@@ -229,9 +230,7 @@ impl Slot {
                                 // Whatever it started (npm -> node) went
                                 // too: its shim killed the rest of the tree.
                                 self.release(&live);
-                                if up_since.elapsed() >= workers.min_uptime {
-                                    delay = workers.restart_delay;
-                                }
+                                backoff.process_exited(up_since.elapsed(), &workers);
                                 tracing::warn!(
                                     worker = self.id,
                                     pid = live.process.pid,
@@ -277,21 +276,8 @@ impl Slot {
                 }
             }
             self.backend.count_restart();
-            tracing::info!(worker = self.id, delay = ?delay, "restarting worker after backoff");
-            let wait = tokio::time::sleep(delay);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    _ = stop.cancelled() => break,
-                    Some(Command::Replace { workers: fresh, done }) = commands.recv() => {
-                        // Nothing runs to replace: the next start uses it.
-                        workers = fresh;
-                        let _ = done.send(Ok(()));
-                    }
-                }
-            }
-            delay = (delay * 2).min(workers.restart_delay_max);
+            tracing::info!(worker = self.id, delay = ?backoff.delay(), "restarting worker after backoff");
+            backoff.wait(&mut workers, &mut commands, &stop).await;
         }
         self.backend.stopped();
     }
