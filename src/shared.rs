@@ -7,8 +7,8 @@
 //! - the metrics registry: written through the handles it hands out;
 //! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
 //!   (its thread makes every pass; everyone else reads them);
-//! - in `fd` mode, the front end's socket group and its steering program:
-//!   [`Steering`]'s own;
+//! - the front end of the mode in force ([`Front`]: proxied, or handed
+//!   with its slot sockets and steering program): its own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
 //!   the open connections): changed only by the lifecycle in
 //!   [`crate::control::lifecycle`], through the named operations here
@@ -24,10 +24,10 @@ use tokio_util::task::TaskTracker;
 use crate::clients::ClientTable;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::front::Front;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
 use crate::sampler::Sampler;
-use crate::steering::Steering;
 
 pub struct Shared {
     /// The config and the pool built from it, swapped whole by a reload
@@ -47,8 +47,9 @@ pub struct Shared {
     /// The last pass over `/proc` (CPU, memory, exiting processes, the
     /// sockets a worker's tree holds), made on the sampler's own thread.
     pub sampler: Sampler,
-    /// `workers.listen = "fd"`: the slot sockets the workers accept from.
-    pub steering: Option<Arc<Steering>>,
+    /// The front end, of the mode `workers.listen` asks for: whatever
+    /// differs between the modes is asked of it.
+    pub front: Front,
     /// Every proxied connection, so shutdown can wait for them to finish.
     connections: TaskTracker,
     /// Cancelled when the front end must stop accepting (graceful stop),
@@ -64,16 +65,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for `config`, its pool built at once; `steering`
-    /// in `fd` mode.
-    pub fn new(config: Config, steering: Option<Arc<Steering>>, sampler: Sampler) -> Arc<Shared> {
+    /// The shared state for `config` behind `front`, its pool built at
+    /// once.
+    pub fn new(config: Config, front: Front, sampler: Sampler) -> Arc<Shared> {
         let metrics = Metrics::new();
+        let first = Snapshot::first(config, &metrics, &|id, w| front.worker_reach(id, w));
         Arc::new(Shared {
-            steering,
+            dispatcher: Dispatcher::new(&first.config.sticky),
+            clients: ClientTable::new(&first.config.clients),
+            current: ArcSwap::from_pointee(first),
+            front,
             sampler,
-            dispatcher: Dispatcher::new(&config.sticky),
-            clients: ClientTable::new(&config.clients),
-            current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
             metrics,
             worker_metrics: Default::default(),
             connections: TaskTracker::new(),
@@ -100,12 +102,9 @@ impl Shared {
     pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
         self.dispatcher.sticky.configure(&config.sticky);
         self.clients.configure(&config.clients);
-        if let Some(steering) = &self.steering {
-            if let Err(error) = steering.set_access(&config.clients) {
-                tracing::error!(%error, "cannot apply clients.allow/deny to the front-end sockets");
-            }
-        }
-        let next = self.current.load().next(config, &self.metrics);
+        self.front.set_access(&config.clients);
+        let reach_of = |id, workers: &_| self.front.worker_reach(id, workers);
+        let next = self.current.load().next(config, &self.metrics, &reach_of);
         self.current.swap(Arc::new(next))
     }
 

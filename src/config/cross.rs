@@ -34,8 +34,8 @@ pub fn cross_check(config: &Config, p: &mut Problems) {
     }
     if let Some(w) = &config.workers {
         match w.listen {
-            ListenMode::Port => check_worker_ports(config, w, p),
-            ListenMode::Fd => check_fd_mode(config, w, p),
+            ListenMode::Proxied => check_worker_ports(config, w, p),
+            ListenMode::Handed => check_handed_mode(config, w, p),
         }
     }
 }
@@ -82,7 +82,7 @@ fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
 /// What `workers.listen = "fd"` cannot do: corral does not see the
 /// connections (the kernel hands them to the workers), and the steering
 /// program reads IPv4 headers and chooses among one group's sockets.
-fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
+fn check_handed_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
     const WHY: &str = "with workers.listen = \"fd\"";
     if config.strategy.fd_placement().is_none() {
         p.general(

@@ -142,7 +142,7 @@ pub static KEYS: &[Key] = &[
     key!("workers", "listen", Refused, |c| c
         .workers
         .as_ref()
-        .is_some_and(|w| w.listen == super::ListenMode::Fd)),
+        .is_some_and(|w| w.listen == super::ListenMode::Handed)),
     worker_key!("max_memory", Hot, |w| w.max_memory),
     worker_key!("metrics_path", Hot, |w| &w.metrics_path),
     worker_key!("stateless", Hot, |w| w.stateless),

@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::signals::Signals;
 use super::{admin, notify, Source};
-use crate::config::{defaults, Config, ListenMode};
+use crate::config::Config;
 use crate::datapath::listener;
+use crate::front::{Front, FrontError};
 use crate::sampler::Sampler;
 use crate::shared::Shared;
-use crate::steering::{self, Steering};
 use crate::supervisor::spawn::Spawner;
 use crate::supervisor::Supervisor;
 
@@ -65,48 +65,30 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
 
 async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
-    // In `fd` mode the front end is the workers' slot sockets, and corral
-    // runs no proxy threads.
-    let (front, steering) = match config
-        .workers
-        .as_ref()
-        .filter(|w| w.listen == ListenMode::Fd)
-    {
-        Some(workers) => {
-            // Validation allows exactly one front-end address in fd mode.
-            let addr = config
-                .listener
-                .binds
-                .first()
-                .copied()
-                .unwrap_or(defaults::LISTENER_BIND);
-            let steering = Steering::bind(
-                addr,
-                config.listener.backlog,
-                workers.count,
-                steering::rule_of(&config).map_err(Fatal::io("balance.strategy"))?,
-                &config.clients,
-            )
-            .map_err(|source| Fatal::Bind {
-                what: "front end (one socket per worker)",
-                addr,
-                source,
-            })?;
-            (None, Some(Arc::new(steering)))
-        }
-        None => {
-            let front = listener::bind_all(
-                &config.listener.binds,
-                config.listener.backlog,
-                config.runtime.threads,
-            )
-            .map_err(|(addr, source)| Fatal::Bind {
-                what: "front end",
-                addr,
-                source,
-            })?;
-            (Some(front), None)
-        }
+    // A handed front end (`workers.listen = "fd"`) is the workers' slot
+    // sockets, and corral runs no proxy threads.
+    let front = Front::bind(&config).map_err(|error| match error {
+        FrontError::Rule(source) => Fatal::io("balance.strategy")(source),
+        FrontError::Bind { addr, source } => Fatal::Bind {
+            what: "front end (one socket per worker)",
+            addr,
+            source,
+        },
+    })?;
+    let listeners = if front.proxies() {
+        let bound = listener::bind_all(
+            &config.listener.binds,
+            config.listener.backlog,
+            config.runtime.threads,
+        )
+        .map_err(|(addr, source)| Fatal::Bind {
+            what: "front end",
+            addr,
+            source,
+        })?;
+        Some(bound)
+    } else {
+        None
     };
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
         .await
@@ -132,7 +114,7 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
     let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
-    let shared = Shared::new(config.clone(), steering.clone(), sampler);
+    let shared = Shared::new(config.clone(), front, sampler);
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
     tokio::spawn(admin::serve(
@@ -148,13 +130,7 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     tokio::spawn(crate::clients::sweep(Arc::clone(&shared), |shared| {
         &shared.clients
     }));
-    if let Some(steering) = &steering {
-        tokio::spawn(steering::run(Arc::clone(&shared), Arc::clone(steering)));
-        tokio::spawn(steering::watch_intruders(
-            Arc::clone(&shared),
-            Arc::clone(steering),
-        ));
-    }
+    shared.front.spawn_tasks(&shared);
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let stopped_while_starting = match &config.workers {
@@ -163,8 +139,8 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     };
 
     let proxies_stop = CancellationToken::new();
-    let proxies = match front {
-        Some(front) => listener::start_threads(&shared, front, proxies_stop.clone())
+    let proxies = match listeners {
+        Some(listeners) => listener::start_threads(&shared, listeners, proxies_stop.clone())
             .map_err(Fatal::io("cannot start the proxy threads"))?,
         None => Vec::new(),
     };
@@ -189,9 +165,7 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     drain(&shared, signals).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
-    if let Some(steering) = &shared.steering {
-        steering.close();
-    }
+    shared.front.close();
     let _ = tokio::task::spawn_blocking(move || {
         for proxy in proxies {
             let _ = proxy.join();
@@ -237,18 +211,7 @@ fn announce(shared: &Shared, config: &Config) {
         .iter()
         .filter_map(|b| b.instance().pid.map(|p| p.to_string()))
         .collect();
-    let fronts: Vec<String> = match &shared.steering {
-        Some(steering) => vec![format!(
-            "{} (fd mode: workers accept from handed sockets)",
-            steering.addr()
-        )],
-        None => config
-            .listener
-            .binds
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-    };
+    let fronts = shared.front.describe();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         strategy = config.strategy.as_str(),
@@ -271,11 +234,7 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     notify::stopping();
     shared.set_draining();
     shared.stop_accepting();
-    if let Some(steering) = &shared.steering {
-        // fd mode: new clients are no longer queued for workers about to
-        // stop; the workers' own accept keeps working until they stop.
-        steering.stop_listening();
-    }
+    shared.front.stop_listening();
     shared.connections().close();
     let limit = shared.config().timeouts.drain;
     let open = shared.connections().len();

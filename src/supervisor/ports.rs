@@ -74,13 +74,13 @@ pub fn settle(config: &mut Config, previous: Option<&Config>) -> Result<(), Stri
     let Some(workers) = config
         .workers
         .as_mut()
-        .filter(|w| w.auto_ports && w.listen == ListenMode::Port)
+        .filter(|w| w.auto_ports && w.listen == ListenMode::Proxied)
     else {
         return Ok(());
     };
     let kept = previous
         .and_then(|p| p.workers.as_ref())
-        .filter(|before| before.auto_ports && before.listen == ListenMode::Port)
+        .filter(|before| before.auto_ports && before.listen == ListenMode::Proxied)
         .filter(|before| still_fits(before, workers, &avoid));
     if let Some(before) = kept {
         workers.port_base = before.port_base;
