@@ -72,3 +72,36 @@ impl fmt::Display for Reach {
         self.target().fmt(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handed_reach_connects_to_the_front_end_from_its_source() {
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let from = Ipv4Addr::new(127, 254, 0, 7);
+        let reach = Reach::Handed(ViaFront { front: addr, from });
+        assert_eq!(reach.own(), None);
+        assert_eq!(reach.to_string(), addr.to_string());
+        let (_stream, accepted) = tokio::join!(reach.connect(), front.accept());
+        let (_, peer) = accepted.unwrap();
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(from));
+    }
+
+    #[tokio::test]
+    async fn an_own_reach_is_its_address() {
+        let worker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = worker.local_addr().unwrap();
+        let reach = Reach::Own(addr);
+        assert_eq!(reach.own(), Some(addr));
+        assert_eq!(reach.target(), addr);
+        let (stream, accepted) = tokio::join!(reach.connect(), worker.accept());
+        assert_eq!(
+            stream.unwrap().local_addr().unwrap(),
+            accepted.unwrap().1,
+            "the worker accepted this very connection"
+        );
+    }
+}

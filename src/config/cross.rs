@@ -1,5 +1,5 @@
 //! The rules that tie keys of different sections together (addresses that
-//! must differ, worker ports, what fd mode cannot do); checked for a file
+//! must differ, worker ports, what handed mode cannot do); checked for a file
 //! and again after command-line overrides.
 
 use std::collections::HashSet;
@@ -84,10 +84,10 @@ fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
 /// program reads IPv4 headers and chooses among one group's sockets.
 fn check_handed_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
     const WHY: &str = "with workers.listen = \"fd\"";
-    if config.strategy.fd_placement().is_none() {
+    if config.strategy.handed_placement().is_none() {
         p.general(
             Some("balance.strategy"),
-            format!("\"{}\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = {}, or listen = \"port\"", config.strategy, StrategyKind::fd_choices()),
+            format!("\"{}\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = {}, or listen = \"port\"", config.strategy, StrategyKind::handed_choices()),
         );
     }
     if w.send_proxy != SendProxy::None {

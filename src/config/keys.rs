@@ -138,7 +138,7 @@ pub static KEYS: &[Key] = &[
     worker_key!("unhealthy_restart", Hot, |w| w.unhealthy_restart),
     worker_key!("send_proxy", RollsWorkers, |w| w.send_proxy),
     // Port mode and "no workers" share the front end the same way; only a
-    // change to or from fd mode moves sockets.
+    // change to or from handed mode moves sockets.
     key!("workers", "listen", Refused, |c| c
         .workers
         .as_ref()

@@ -223,3 +223,50 @@ impl Front {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(listen: &str) -> Config {
+        let text = format!(
+            "[listener]\nbind = \"127.0.0.1:0\"\n[workers]\ncommand = [\"true\"]\ncount = 2\nport_base = 47000\nlisten = \"{listen}\"\n"
+        );
+        Config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_proxied_front_end_knows_every_figure_and_reaches_workers_on_their_ports() {
+        let config = config("port");
+        let front = Front::bind(&config).unwrap();
+        assert_eq!(front.mode(), ListenMode::Proxied);
+        assert!(front.proxies() && front.sees_connections());
+        assert!(front.unknown_metrics().is_empty());
+        assert!(front.intruders().is_none());
+        let workers = config.workers.as_ref().unwrap();
+        assert_eq!(
+            front.worker_reach(1, workers),
+            Reach::Own(SocketAddr::new(workers.host, workers.port(1, false)))
+        );
+    }
+
+    #[test]
+    fn a_handed_front_end_binds_a_socket_per_slot_and_reaches_workers_through_it() {
+        let config = config("fd");
+        let front = Front::bind(&config).unwrap();
+        assert_eq!(front.mode(), ListenMode::Handed);
+        assert!(!front.proxies() && !front.sees_connections());
+        assert!(front
+            .unknown_metrics()
+            .contains(&crate::metrics::names::CONNECTIONS));
+        let handed = front.handed().unwrap();
+        assert!(handed.socket_for(0).is_some() && handed.socket_for(1).is_some());
+        let workers = config.workers.as_ref().unwrap();
+        let Reach::Handed(via) = front.worker_reach(1, workers) else {
+            panic!("a handed worker has no address of its own");
+        };
+        assert_eq!(via.front.port(), handed.addr().port());
+        assert_eq!(via.from, crate::steering::probe_source(1));
+    }
+}

@@ -46,7 +46,7 @@ pub async fn probe_handed(
         Ok(Err(error)) => return Verdict::Failed(CheckFailure::Connect(error)),
         Err(_) => return Verdict::Failed(CheckFailure::Timeout),
     };
-    // In fd mode the connect always succeeds (corral holds the socket), so
+    // In handed mode the connect always succeeds (corral holds the socket), so
     // only the kernel's word that a process of the tree accepted the
     // connection passes: where it cannot be had, nothing is learnt.
     let unknown = || {

@@ -54,7 +54,7 @@ pub enum CheckFailure {
     /// The connection was completed by the kernel but the worker did not
     /// take it off its accept queue within `health.timeout`.
     NotAccepted,
-    /// `fd` mode: another process sharing the slot's socket (the one being
+    /// Handed mode: another process sharing the slot's socket (the one being
     /// replaced), or corral emptying the queue, took the check's connection.
     TakenByAnother,
 }

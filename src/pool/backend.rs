@@ -1,5 +1,6 @@
 //! One backend: its name, the process (or static address) new connections
-//! go to, its counters, and its lifecycle and health as one state machine.
+//! go to (an [`Instance`], reached as its [`Reach`] says), its counters,
+//! and its lifecycle and health as one state machine.
 //!
 //! The machine's representation is private. The supervisor, the health
 //! checks and the data path ask for named transitions (`starting`,

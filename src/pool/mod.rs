@@ -4,6 +4,10 @@
 //! config and a pool that belong together, even during a reload. Each
 //! [`Backend`] inside changes state only through the named transitions of
 //! its state machine (in [`backend`]), so the hot path takes no lock.
+//! Each instance behind a backend says how it is reached ([`Reach`]: its
+//! own address, or a handed worker's way through the front end); how a
+//! new worker slot is reached before its first process is ready, the
+//! front end says ([`ReachOf`]).
 
 pub mod backend;
 pub mod ring;

@@ -1,4 +1,6 @@
-//! `workers.listen = "fd"`: the kernel places clients, corral steers it.
+//! The handed front end's mechanism (`workers.listen = "fd"`; the front
+//! end itself is [`crate::front::Handed`], which owns the [`Steering`]):
+//! the kernel places clients, corral steers it.
 //!
 //! [`Steering`] owns the front end's SO_REUSEPORT group: one listening
 //! socket per worker slot, bound before anything starts and kept for the
@@ -35,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::pool::Snapshot;
 use crate::pool::{DownReason, Kind, State};
-use crate::strategy::FdPlacement;
+use crate::strategy::HandedPlacement;
 pub use program::{probe_source, Rule};
 pub use rescue::Relay;
 
@@ -309,13 +311,13 @@ pub async fn settle() {
 }
 
 /// The placement rule a config asks for.
-/// An error for a strategy fd mode cannot do (validation refuses those).
+/// An error for a strategy handed mode cannot do (validation refuses those).
 pub fn rule_of(config: &Config) -> io::Result<Rule> {
-    match config.strategy.fd_placement() {
-        Some(FdPlacement::ByClient) => Ok(Rule::Sticky {
+    match config.strategy.handed_placement() {
+        Some(HandedPlacement::ByClient) => Ok(Rule::Sticky {
             prefix: config.sticky.ipv4_prefix,
         }),
-        Some(FdPlacement::Spread) => Ok(Rule::Spread),
+        Some(HandedPlacement::Spread) => Ok(Rule::Spread),
         None => Err(io::Error::other(format!(
             "balance.strategy = \"{}\" cannot work with workers.listen = \"fd\"",
             config.strategy

@@ -67,7 +67,7 @@ impl PortBook {
 /// Picks `workers.port_base` for a config that leaves it to corral (no
 /// `port_base` in the file, no `--port-base`). `previous` is the config
 /// running now (a reload, a scale): its pick is kept while it still
-/// fits, so a reload moves no worker. Does nothing in fd mode or for a
+/// fits, so a reload moves no worker. Does nothing in handed mode or for a
 /// `port_base` the user gave.
 pub fn settle(config: &mut Config, previous: Option<&Config>) -> Result<(), String> {
     let avoid = front_ports(config);

@@ -571,7 +571,9 @@ impl Slot {
         old_instance.retire();
         // Stateless workers get SIGTERM at once: their own graceful close
         // ends their connections between requests, and corral carries
-        // each client on to the new process. Others drain first.
+        // each client on to the new process. Others drain first (a handed
+        // worker's connections are the kernel's: corral counts none on its
+        // instance, so the drain ends at once and it finishes its own).
         let drain = if live.workers.stateless {
             Duration::ZERO
         } else {

@@ -39,7 +39,7 @@ pub(super) struct HandedSeat {
     reach: Reach,
 }
 
-/// fd mode: a starting worker's tree, and the inode of the socket it was
+/// Handed mode: a starting worker's tree, and the inode of the socket it was
 /// handed (what it must accept from; any other listener is a stray).
 #[derive(Clone, Copy)]
 pub(super) struct StrayWatch {
