@@ -117,6 +117,10 @@ impl Handed {
         }
     }
 
+    pub fn worker_ready(&self) {
+        self.steering.nudge();
+    }
+
     pub fn shrink_to(&self, count: usize) {
         self.steering.shrink_to(count);
     }

@@ -142,6 +142,15 @@ impl Front {
         }
     }
 
+    /// A worker process became ready (and is in the pool's rotation): a
+    /// handed front end puts its slot in the steering program at once.
+    pub fn worker_ready(&self) {
+        match self {
+            Front::Proxied(_) => {}
+            Front::Handed(handed) => handed.worker_ready(),
+        }
+    }
+
     /// Slots `count..` are gone: a handed front end closes their sockets.
     pub fn shrink_to(&self, count: usize) {
         match self {

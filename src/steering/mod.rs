@@ -10,8 +10,9 @@
 //! (scale-up) and closed from the end (scale-down): closing another one
 //! would move the last socket into its index.
 //!
-//! [`run`] decides, every [`TICK`], which slots are in rotation from the
-//! pool's states, regenerates the program when that set changes, and hands
+//! [`run`] decides, every [`TICK`] and at once when a worker becomes ready
+//! ([`Steering::nudge`]), which slots are in rotation from the pool's
+//! states, regenerates the program when that set changes, and hands
 //! the clients queued on a slot that was steered around to [`rescue`].
 //! [`watch_intruders`] looks for other processes listening on the front end
 //! ([`intruders`]): they are logged with their pid and shown in `/status`,
@@ -82,6 +83,8 @@ pub struct Steering {
     group: Mutex<Group>,
     /// Other processes' listening sockets on the front end, as last seen.
     intruders: Mutex<Vec<intruders::Intruder>>,
+    /// Wakes [`run`] before its next tick: a worker just became ready.
+    nudged: tokio::sync::Notify,
 }
 
 struct Group {
@@ -126,10 +129,18 @@ impl Steering {
                 access: program::access_filter(&clients.allow, &clients.deny),
             }),
             intruders: Mutex::new(Vec::new()),
+            nudged: tokio::sync::Notify::new(),
         };
         steering.grow_to(count)?;
         steering.steer(rule, (0..count).collect())?;
         Ok(steering)
+    }
+
+    /// A worker just became ready: [`run`] puts it in rotation now rather
+    /// than at its next tick, so a worker `/status` shows up is in the
+    /// program too.
+    pub fn nudge(&self) {
+        self.nudged.notify_one();
     }
 
     /// The front-end address the slots listen on.
@@ -406,6 +417,7 @@ pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = steering.nudged.notified() => {}
             _ = host.accepting_stopped() => return,
         }
         let snapshot = host.snapshot();

@@ -468,6 +468,7 @@ impl Slot {
         let instance = self.instance(live);
         let reach = instance.reach;
         self.backend.ready(instance);
+        self.shared.front.worker_ready();
         tracing::info!(worker = self.id, pid = live.process.pid, addr = %reach, "worker is up");
     }
 
@@ -568,6 +569,7 @@ impl Slot {
         let fresh = self.start(workers, live.seat.port(), stop).await?;
         let mut old = std::mem::replace(live, fresh);
         let old_instance = self.backend.ready(self.instance(live));
+        self.shared.front.worker_ready();
         old_instance.retire();
         // Stateless workers get SIGTERM at once: their own graceful close
         // ends their connections between requests, and corral carries
