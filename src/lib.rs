@@ -3,13 +3,21 @@
 //!
 //! # Layout
 //!
+//! The front end, one type per mode of `workers.listen`, behind one enum:
+//! - [`front`]: `Proxied` (`port`: corral accepts and proxies) or `Handed`
+//!   (`fd`: each worker slot is handed a socket of the front end and corral
+//!   leaves the byte path). What differs between the modes is asked of it;
+//!   how one instance is reached (its own address, or through the front
+//!   end) is a [`reach::Reach`].
+//!
 //! The data path, left to right:
-//! - [`datapath`]: front-end sockets and accept loops, one connection from
-//!   accept to close, the byte pump and splice(2), the PROXY protocol.
+//! - [`datapath`]: the proxied front end's sockets and accept loops, one
+//!   connection from accept to close, the byte pump and splice(2), the
+//!   PROXY protocol.
 //! - [`dispatch`]: round-robin, least-connections, the sticky table and ring.
-//! - [`steering`]: `workers.listen = "fd"`, where corral leaves the byte
-//!   path: the slot sockets handed to workers and the kernel program that
-//!   places clients on them.
+//! - [`steering`]: the handed front end's mechanism: the slot sockets handed
+//!   to workers, the kernel program that places clients on them, and the
+//!   rescue of clients queued on a slot out of rotation.
 //!
 //! - [`clients`]: the per-client table: limits and access lists at the
 //!   front door.
@@ -31,7 +39,8 @@
 //! `/proc` while corral serves (one pass a second on its own thread; the
 //! others read its last sample or wait for a fresher one).
 //!
-//! Around them: [`config`] (the file, raw then validated), [`cli`] (the
+//! Around them: [`config`] (the file, raw then validated), [`reach`] (how
+//! an instance is reached; a leaf), [`cli`] (the
 //! client side of the admin API), [`terminal`] (text from elsewhere made
 //! safe to print), [`logging`], [`privileges`], [`clock`] and
 //! [`demo_worker`].
@@ -44,12 +53,14 @@ pub mod control;
 pub(crate) mod datapath;
 pub mod demo_worker;
 pub mod dispatch;
+pub(crate) mod front;
 pub(crate) mod health;
 pub mod labels;
 pub(crate) mod logging;
 pub mod metrics;
 pub mod pool;
 pub(crate) mod privileges;
+pub mod reach;
 pub mod sampler;
 pub(crate) mod shared;
 pub mod steering;

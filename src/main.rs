@@ -199,8 +199,8 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 
 fn parse_listen(text: &str) -> Result<ListenMode, String> {
     match text {
-        "port" => Ok(ListenMode::Port),
-        "fd" => Ok(ListenMode::Fd),
+        "port" => Ok(ListenMode::Proxied),
+        "fd" => Ok(ListenMode::Handed),
         _ => Err(format!("`{text}`: write port or fd")),
     }
 }

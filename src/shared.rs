@@ -9,8 +9,8 @@
 //! - the metrics registry: written through the handles it hands out;
 //! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
 //!   (its thread makes every pass; everyone else reads them);
-//! - in `fd` mode, the front end's socket group and its steering program:
-//!   [`Steering`]'s own;
+//! - the front end of the mode in force ([`Front`]: proxied, or handed
+//!   with its slot sockets and steering program): its own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
 //!   the open connections): changed only by the lifecycle in
 //!   [`crate::control::lifecycle`], through the named operations here
@@ -26,10 +26,10 @@ use tokio_util::task::TaskTracker;
 use crate::clients::ClientTable;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::front::Front;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
 use crate::sampler::Sampler;
-use crate::steering::Steering;
 
 pub struct Shared {
     /// The config and the pool built from it, swapped whole by a reload
@@ -49,8 +49,9 @@ pub struct Shared {
     /// The last pass over `/proc` (CPU, memory, exiting processes, the
     /// sockets a worker's tree holds), made on the sampler's own thread.
     pub sampler: Sampler,
-    /// `workers.listen = "fd"`: the slot sockets the workers accept from.
-    pub steering: Option<Arc<Steering>>,
+    /// The front end, of the mode `workers.listen` asks for: whatever
+    /// differs between the modes is asked of it.
+    pub front: Front,
     /// Every proxied connection, so shutdown can wait for them to finish.
     connections: TaskTracker,
     /// Cancelled when the front end must stop accepting (graceful stop),
@@ -66,16 +67,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for `config`, its pool built at once; `steering`
-    /// in `fd` mode.
-    pub fn new(config: Config, steering: Option<Arc<Steering>>, sampler: Sampler) -> Arc<Shared> {
+    /// The shared state for `config` behind `front`, its pool built at
+    /// once.
+    pub fn new(config: Config, front: Front, sampler: Sampler) -> Arc<Shared> {
         let metrics = Metrics::new();
+        let first = Snapshot::first(config, &metrics, &|id, w| front.worker_reach(id, w));
         Arc::new(Shared {
-            steering,
-            sampler,
             dispatcher: Dispatcher::new(),
             clients: ClientTable::new(),
-            current: ArcSwap::from_pointee(Snapshot::first(config, &metrics)),
+            current: ArcSwap::from_pointee(first),
+            front,
+            sampler,
             metrics,
             worker_metrics: Default::default(),
             connections: TaskTracker::new(),
@@ -103,12 +105,12 @@ impl Shared {
     /// snapshot it is given), so nothing is written into them here; a lower
     /// `clients.max_tracked` only wakes the client sweeper.
     pub fn publish(&self, config: Arc<Config>) -> Arc<Snapshot> {
-        if let Some(steering) = &self.steering {
-            if let Err(error) = steering.set_access(&config.clients) {
-                tracing::error!(%error, "cannot apply clients.allow/deny to the front-end sockets");
-            }
-        }
-        let next = self.current.load().next(Arc::clone(&config), &self.metrics);
+        self.front.set_access(&config.clients);
+        let reach_of = |id, workers: &_| self.front.worker_reach(id, workers);
+        let next = self
+            .current
+            .load()
+            .next(Arc::clone(&config), &self.metrics, &reach_of);
         let previous = self.current.swap(Arc::new(next));
         self.clients.bound_changed(&config.clients);
         previous

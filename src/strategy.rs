@@ -7,8 +7,8 @@
 //!
 //! Adding a strategy: add the variant (its kebab-case name is its
 //! spelling), add it to [`StrategyKind::ALL`], then follow the compiler:
-//! [`StrategyKind::as_str`], [`StrategyKind::fd_placement`] (None if the
-//! kernel cannot do it in `fd` mode), and dispatch's `pick`.
+//! [`StrategyKind::as_str`], [`StrategyKind::handed_placement`] (None if the
+//! kernel cannot do it in handed mode), and dispatch's `pick`.
 
 use serde::Deserialize;
 
@@ -28,7 +28,7 @@ pub enum StrategyKind {
 /// How the kernel places clients in `workers.listen = "fd"` mode (the
 /// steering program's rule is built from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdPlacement {
+pub enum HandedPlacement {
     /// Any slot in rotation.
     Spread,
     /// By the client's address, so one client stays on one slot.
@@ -53,23 +53,23 @@ impl StrategyKind {
         }
     }
 
-    /// What the strategy is in `fd` mode, or `None` when it cannot work
+    /// What the strategy is in handed mode, or `None` when it cannot work
     /// there (the config refuses it).
-    pub fn fd_placement(self) -> Option<FdPlacement> {
+    pub fn handed_placement(self) -> Option<HandedPlacement> {
         match self {
-            StrategyKind::RoundRobin => Some(FdPlacement::Spread),
-            // corral does not see the workers' connections in fd mode.
+            StrategyKind::RoundRobin => Some(HandedPlacement::Spread),
+            // corral does not see the workers' connections in handed mode.
             StrategyKind::LeastConnections => None,
-            StrategyKind::Sticky => Some(FdPlacement::ByClient),
+            StrategyKind::Sticky => Some(HandedPlacement::ByClient),
         }
     }
 
-    /// The strategies that work in `fd` mode, spelled for an error
+    /// The strategies that work in handed mode, spelled for an error
     /// message: `"round-robin" or "sticky"`.
-    pub fn fd_choices() -> String {
+    pub fn handed_choices() -> String {
         let names: Vec<String> = StrategyKind::ALL
             .iter()
-            .filter(|s| s.fd_placement().is_some())
+            .filter(|s| s.handed_placement().is_some())
             .map(|s| format!("\"{}\"", s.as_str()))
             .collect();
         match names.split_last() {
@@ -108,6 +108,9 @@ mod tests {
 
     #[test]
     fn fd_mode_choices_are_named_from_the_enum() {
-        assert_eq!(StrategyKind::fd_choices(), "\"round-robin\" or \"sticky\"");
+        assert_eq!(
+            StrategyKind::handed_choices(),
+            "\"round-robin\" or \"sticky\""
+        );
     }
 }

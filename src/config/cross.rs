@@ -1,5 +1,5 @@
 //! The rules that tie keys of different sections together (addresses that
-//! must differ, worker ports, what fd mode cannot do); checked for a file
+//! must differ, worker ports, what handed mode cannot do); checked for a file
 //! and again after command-line overrides.
 
 use std::collections::HashSet;
@@ -34,8 +34,8 @@ pub fn cross_check(config: &Config, p: &mut Problems) {
     }
     if let Some(w) = &config.workers {
         match w.listen {
-            ListenMode::Port => check_worker_ports(config, w, p),
-            ListenMode::Fd => check_fd_mode(config, w, p),
+            ListenMode::Proxied => check_worker_ports(config, w, p),
+            ListenMode::Handed => check_handed_mode(config, w, p),
         }
     }
 }
@@ -82,12 +82,12 @@ fn check_worker_ports(config: &Config, w: &WorkersConfig, p: &mut Problems) {
 /// What `workers.listen = "fd"` cannot do: corral does not see the
 /// connections (the kernel hands them to the workers), and the steering
 /// program reads IPv4 headers and chooses among one group's sockets.
-fn check_fd_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
+fn check_handed_mode(config: &Config, w: &WorkersConfig, p: &mut Problems) {
     const WHY: &str = "with workers.listen = \"fd\"";
-    if config.strategy.fd_placement().is_none() {
+    if config.strategy.handed_placement().is_none() {
         p.general(
             Some("balance.strategy"),
-            format!("\"{}\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = {}, or listen = \"port\"", config.strategy, StrategyKind::fd_choices()),
+            format!("\"{}\" cannot work {WHY}: corral does not see the workers' connections. Write strategy = {}, or listen = \"port\"", config.strategy, StrategyKind::handed_choices()),
         );
     }
     if w.send_proxy != SendProxy::None {

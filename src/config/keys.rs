@@ -138,11 +138,11 @@ pub static KEYS: &[Key] = &[
     worker_key!("unhealthy_restart", Hot, |w| w.unhealthy_restart),
     worker_key!("send_proxy", RollsWorkers, |w| w.send_proxy),
     // Port mode and "no workers" share the front end the same way; only a
-    // change to or from fd mode moves sockets.
+    // change to or from handed mode moves sockets.
     key!("workers", "listen", Refused, |c| c
         .workers
         .as_ref()
-        .is_some_and(|w| w.listen == super::ListenMode::Fd)),
+        .is_some_and(|w| w.listen == super::ListenMode::Handed)),
     worker_key!("max_memory", Hot, |w| w.max_memory),
     worker_key!("metrics_path", Hot, |w| &w.metrics_path),
     worker_key!("stateless", Hot, |w| w.stateless),

@@ -134,22 +134,25 @@ pub struct RawWorkers {
     pub watchdog: Option<Spanned<String>>,
 }
 
-/// How workers get their clients.
+/// How workers get their clients (`workers.listen`): the front end's
+/// mode ([`crate::front`]). The code calls the modes proxied and handed;
+/// the config spells them `port` and `fd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "lowercase")]
 pub enum ListenMode {
-    /// Each worker listens on its own port; corral proxies.
+    /// `port`: each worker listens on its own port; corral proxies.
     #[default]
-    Port,
-    /// corral hands each worker a listening socket on the front end.
-    Fd,
+    #[serde(rename = "port")]
+    Proxied,
+    /// `fd`: corral hands each worker a listening socket on the front end.
+    #[serde(rename = "fd")]
+    Handed,
 }
 
 impl ListenMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            ListenMode::Port => "port",
-            ListenMode::Fd => "fd",
+            ListenMode::Proxied => "port",
+            ListenMode::Handed => "fd",
         }
     }
 }

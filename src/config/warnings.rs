@@ -19,7 +19,7 @@ impl Config {
         let port_mode = self
             .workers
             .as_ref()
-            .filter(|w| w.listen == ListenMode::Port && !w.auto_ports);
+            .filter(|w| w.listen == ListenMode::Proxied && !w.auto_ports);
         if let (Some(w), Some((low, high))) = (port_mode, ephemeral_ports()) {
             let last = w.port_base as usize + 2 * w.count - 1;
             if (w.port_base as usize) <= high as usize && last >= low as usize {

@@ -34,7 +34,7 @@ pub fn default_workers(command: Vec<String>) -> WorkersConfig {
         min_uptime: defaults::WORKERS_MIN_UPTIME,
         unhealthy_restart: None,
         send_proxy: SendProxy::None,
-        listen: ListenMode::Port,
+        listen: ListenMode::Proxied,
         max_memory: None,
         metrics_path: None,
         stateless: defaults::WORKERS_STATELESS,

@@ -328,17 +328,9 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
             Some((b.label.clone(), table.tree(root)?))
         })
         .collect();
-    let queues: Option<Vec<(String, u32)>> = shared.steering.as_ref().map(|steering| {
-        snapshot
-            .pool
-            .worker_backends()
-            .filter_map(|b| match b.kind {
-                Kind::Worker(slot) => Some((b.label.clone(), steering.queue_length(slot)?)),
-                Kind::Static => None,
-            })
-            .collect()
-    });
-    let (mut body, names) = shared.metrics.render(&usage, queues.as_deref());
+    let queues = shared.front.queue_lengths(&snapshot.pool);
+    let unknown = shared.front.unknown_metrics();
+    let (mut body, names) = shared.metrics.render(&usage, unknown, queues.as_deref());
     if let Some(path) = snapshot
         .config
         .workers
@@ -356,8 +348,7 @@ async fn metrics(shared: &Arc<Shared>) -> Reply {
                     Some(scrape::Target {
                         label: b.label.clone(),
                         id,
-                        addr: instance.addr,
-                        from: instance.probe_from,
+                        reach: instance.reach,
                     })
                 }
                 Kind::Static => None,
@@ -423,11 +414,11 @@ async fn status(shared: &Shared) -> serde_json::Value {
         "admin": snapshot.config.admin.bind.to_string(),
         "token_required": snapshot.config.admin.token.is_some(),
         "strategy": snapshot.config.strategy.as_str(),
-        "mode": snapshot.config.workers.as_ref().map_or("port", |w| w.listen.as_str()),
-        "sticky_entries": shared.steering.is_none().then(|| shared.dispatcher.sticky.len()),
+        "mode": shared.front.mode().as_str(),
+        "sticky_entries": shared.front.sees_connections().then(|| shared.dispatcher.sticky.len()),
         "draining": shared.is_draining(),
         "backends": [],
-        "intruders": shared.steering.as_ref().map(|s| s.intruders()),
+        "intruders": shared.front.intruders(),
     });
     let table = processes(shared, &snapshot).await;
     let entries = backends
@@ -455,22 +446,14 @@ fn status_entry(
     let state = b.state();
     let mut entry = json!({
         "name": b.label,
-        "address": instance.addr.to_string(),
+        "address": instance.reach.to_string(),
         "state": state.as_str(),
         "reason": b.reason().map(|r| r.as_str()),
         "pid": instance.pid,
         "restarts": b.restarts(),
         "active_connections": b.active(),
     });
-    if let Some(steering) = &shared.steering {
-        // The kernel hands clients to the workers: corral does not
-        // know their connections, only what waits in each socket.
-        entry["active_connections"] = serde_json::Value::Null;
-        entry["accept_queue"] = json!(match b.kind {
-            Kind::Worker(slot) => steering.queue_length(slot),
-            Kind::Static => None,
-        });
-    }
+    shared.front.add_status(b, &mut entry);
     if matches!(b.kind, Kind::Worker(_)) {
         // A crashed or stopped worker has no uptime, only a last pid (a
         // disabled one shows `disabled` though its process is down).

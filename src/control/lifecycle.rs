@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::signals::Signals;
 use super::{admin, notify, Source};
-use crate::config::{defaults, Config, ListenMode};
+use crate::config::Config;
 use crate::datapath::listener::{self, FrontEnd};
+use crate::front::{Front, FrontError};
 use crate::sampler::Sampler;
 use crate::shared::Shared;
-use crate::steering::{self, Steering};
 use crate::supervisor::spawn::Spawner;
 use crate::supervisor::Supervisor;
 
@@ -66,7 +66,7 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
 /// Start-up, serving, and the graceful stop, in that order.
 async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     // Bind everything first: if an address is taken nothing is started.
-    let (front, steering) = bind_front(&config)?;
+    let (front, listeners) = bind_front(&config)?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
         .await
         .map_err(|source| Fatal::Bind {
@@ -78,10 +78,10 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
     let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
-    let shared = Shared::new(config.clone(), steering.clone(), sampler);
+    let shared = Shared::new(config.clone(), front, sampler);
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
-    start_tasks(&shared, admin_listener, control_tx, steering.as_ref());
+    start_tasks(&shared, admin_listener, control_tx);
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let stopped_while_starting = match &config.workers {
@@ -90,8 +90,8 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     };
 
     let proxies_stop = CancellationToken::new();
-    let proxies = match front {
-        Some(front) => listener::start_threads(&shared, front, proxies_stop.clone())
+    let proxies = match listeners {
+        Some(listeners) => listener::start_threads(&shared, listeners, proxies_stop.clone())
             .map_err(Fatal::io("cannot start the proxy threads"))?,
         None => Vec::new(),
     };
@@ -117,50 +117,32 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// The front end: the proxy threads' sockets, or in `fd` mode the
-/// workers' slot sockets (and corral runs no proxy threads).
-fn bind_front(config: &Config) -> Result<(Option<FrontEnd>, Option<Arc<Steering>>), Fatal> {
-    match config
-        .workers
-        .as_ref()
-        .filter(|w| w.listen == ListenMode::Fd)
-    {
-        Some(workers) => {
-            // Validation allows exactly one front-end address in fd mode.
-            let addr = config
-                .listener
-                .binds
-                .first()
-                .copied()
-                .unwrap_or(defaults::LISTENER_BIND);
-            let steering = Steering::bind(
-                addr,
-                config.listener.backlog,
-                workers.count,
-                steering::rule_of(config).map_err(Fatal::io("balance.strategy"))?,
-                &config.clients,
-            )
-            .map_err(|source| Fatal::Bind {
-                what: "front end (one socket per worker)",
-                addr,
-                source,
-            })?;
-            Ok((None, Some(Arc::new(steering))))
-        }
-        None => {
-            let front = listener::bind_all(
-                &config.listener.binds,
-                config.listener.backlog,
-                config.runtime.threads,
-            )
-            .map_err(|(addr, source)| Fatal::Bind {
-                what: "front end",
-                addr,
-                source,
-            })?;
-            Ok((Some(front), None))
-        }
+/// The front end ([`Front`]), and for a proxied one the proxy threads'
+/// sockets (a handed front end is the workers' slot sockets, and corral
+/// runs no proxy threads).
+fn bind_front(config: &Config) -> Result<(Front, Option<FrontEnd>), Fatal> {
+    let front = Front::bind(config).map_err(|error| match error {
+        FrontError::Rule(source) => Fatal::io("balance.strategy")(source),
+        FrontError::Bind { addr, source } => Fatal::Bind {
+            what: "front end (one socket per worker)",
+            addr,
+            source,
+        },
+    })?;
+    if !front.proxies() {
+        return Ok((front, None));
     }
+    let bound = listener::bind_all(
+        &config.listener.binds,
+        config.listener.backlog,
+        config.runtime.threads,
+    )
+    .map_err(|(addr, source)| Fatal::Bind {
+        what: "front end",
+        addr,
+        source,
+    })?;
+    Ok((front, Some(bound)))
 }
 
 /// With every address bound: the workers' ports (picked clear of them
@@ -183,12 +165,12 @@ fn settle_process(config: &mut Config) -> Result<Signals, Fatal> {
 }
 
 /// The control plane's tasks: the admin port, the health checks, the
-/// sticky and client table sweeps, and in `fd` mode the steering.
+/// sticky and client table sweeps, and the front end's own (a handed
+/// front end's steering).
 fn start_tasks(
     shared: &Arc<Shared>,
     admin_listener: tokio::net::TcpListener,
     control_tx: mpsc::Sender<super::Request>,
-    steering: Option<&Arc<Steering>>,
 ) {
     tokio::spawn(admin::serve(Arc::clone(shared), admin_listener, control_tx));
     tokio::spawn(crate::health::run(Arc::clone(shared)));
@@ -202,13 +184,7 @@ fn start_tasks(
         |shared| &shared.clients,
         Shared::config,
     ));
-    if let Some(steering) = steering {
-        tokio::spawn(steering::run(Arc::clone(shared), Arc::clone(steering)));
-        tokio::spawn(steering::watch_intruders(
-            Arc::clone(shared),
-            Arc::clone(steering),
-        ));
-    }
+    shared.front.spawn_tasks(shared);
 }
 
 /// The graceful stop: drain the open connections, stop the proxy threads
@@ -223,9 +199,7 @@ async fn stop(
     drain(shared, signals).await;
     proxies_stop.cancel();
     supervisor.shutdown().await;
-    if let Some(steering) = &shared.steering {
-        steering.close();
-    }
+    shared.front.close();
     let _ = tokio::task::spawn_blocking(move || {
         for proxy in proxies {
             let _ = proxy.join();
@@ -266,18 +240,7 @@ fn announce(shared: &Shared, config: &Config) {
         .iter()
         .filter_map(|b| b.instance().pid.map(|p| p.to_string()))
         .collect();
-    let fronts: Vec<String> = match &shared.steering {
-        Some(steering) => vec![format!(
-            "{} (fd mode: workers accept from handed sockets)",
-            steering.addr()
-        )],
-        None => config
-            .listener
-            .binds
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-    };
+    let fronts = shared.front.describe();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         strategy = config.strategy.as_str(),
@@ -300,11 +263,7 @@ async fn drain(shared: &Arc<Shared>, mut signals: Signals) {
     notify::stopping();
     shared.set_draining();
     shared.stop_accepting();
-    if let Some(steering) = &shared.steering {
-        // fd mode: new clients are no longer queued for workers about to
-        // stop; the workers' own accept keeps working until they stop.
-        steering.stop_listening();
-    }
+    shared.front.stop_listening();
     let limit = shared.config().timeouts.drain;
     wait_then_cut(shared, limit, signals.next_stop()).await;
 }

@@ -53,7 +53,7 @@ pub async fn upgrade(
 async fn check(shared: &Shared, source: &Source) -> Result<std::path::PathBuf, Refusal> {
     let config = shared.config();
     if let Some(workers) = &config.workers {
-        if workers.listen == ListenMode::Fd {
+        if workers.listen == ListenMode::Handed {
             return Err(Refusal("workers.listen = \"fd\": this corral cannot hand its slot sockets over yet; restart it instead".into()));
         }
         if workers.notify {
@@ -130,7 +130,7 @@ async fn hand_over(
         .pool
         .worker_backends()
         .filter_map(|b| match b.kind {
-            Kind::Worker(slot) => Some((slot, b.instance().addr.port())),
+            Kind::Worker(slot) => Some((slot, b.instance().reach.own()?.port())),
             Kind::Static => None,
         })
         .collect();

@@ -506,8 +506,7 @@ async fn connect(
         let backend = &pool.backends[index];
         let instance = backend.instance();
         let attempt = Instant::now();
-        match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(instance.addr)).await
-        {
+        match tokio::time::timeout(config.timeouts.connect, instance.reach.connect()).await {
             Ok(Ok(upstream)) => {
                 backend
                     .metrics
@@ -536,11 +535,11 @@ async fn connect(
             }
             Ok(Err(error)) => {
                 shared.metrics.errors.connect_failed.inc();
-                tracing::warn!(backend = %backend.label, addr = %instance.addr, %error, "connect failed; trying another backend");
+                tracing::warn!(backend = %backend.label, addr = %instance.reach, %error, "connect failed; trying another backend");
             }
             Err(_) => {
                 shared.metrics.errors.timeout.inc();
-                tracing::warn!(backend = %backend.label, addr = %instance.addr, timeout = ?config.timeouts.connect, "connect timed out; trying another backend");
+                tracing::warn!(backend = %backend.label, addr = %instance.reach, timeout = ?config.timeouts.connect, "connect timed out; trying another backend");
             }
         }
         health::connect_failed(pool, backend, &instance);

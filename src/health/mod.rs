@@ -9,11 +9,12 @@
 //! would pass. A local shortage (no file descriptor for the check's socket)
 //! says nothing about the backend: such a check is skipped, not failed.
 //!
-//! In `fd` mode ([`probe_handed`]) a worker has no address of its own: the
-//! check connects to the front end from the slot's probe address, which the
-//! steering program sends to that slot's socket, and passes only when a
-//! process of that worker's own tree accepted it (the kernel names the
-//! accepting socket; its owner is found among the tree's descriptors).
+//! What is probed is the instance's [`Reach`] ([`probe_reach`]): a proxied
+//! worker or a static backend at its own address ([`probe`]); a handed
+//! worker (`workers.listen = "fd"`), which has no address of its own,
+//! through the front end ([`handed`]: from the slot's probe address, which
+//! the steering program sends to that slot's socket; it passes only when a
+//! process of that worker's own tree accepted it).
 //!
 //! Workers that are starting, draining or stopped belong to the supervisor
 //! and are not checked; a worker that runs but fails its checks goes down.
@@ -21,7 +22,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +33,13 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 mod accept_queue;
+mod handed;
 
 use crate::config::{HealthConfig, HealthKind};
-use crate::pool::{Backend, DownReason, HealthChange, Instance, Kind, Pool};
+use crate::pool::{Backend, DownReason, HealthChange, Instance, Kind, Pool, Reach};
 use crate::sampler::Sampler;
 use crate::shared::Shared;
+use handed::probe_handed;
 
 /// Why one check failed, for the log (as HAProxy reports it).
 #[derive(Debug)]
@@ -52,7 +55,7 @@ pub enum CheckFailure {
     /// The connection was completed by the kernel but the worker did not
     /// take it off its accept queue within `health.timeout`.
     NotAccepted,
-    /// `fd` mode: another process sharing the slot's socket (the one being
+    /// Handed mode: another process sharing the slot's socket (the one being
     /// replaced), or corral emptying the queue, took the check's connection.
     TakenByAnother,
 }
@@ -147,92 +150,24 @@ fn should_check(backend: &Backend) -> bool {
 /// One check of one backend.
 pub async fn check(backend: &Backend, health: &HealthConfig, sampler: &Sampler) -> Verdict {
     let instance = backend.instance();
-    if let Some(from) = instance.probe_from {
-        return probe_handed(instance.addr, from, instance.tree(), health, sampler).await;
-    }
     let worker = matches!(backend.kind, Kind::Worker(_));
-    probe(instance.addr, health, worker).await
+    probe_reach(&instance.reach, instance.tree(), worker, health, sampler).await
 }
 
-/// One check of a worker that was handed its slot's socket
-/// (`workers.listen = "fd"`), also its readiness test: a connection to the
-/// front end from `from` (the steering program sends it to that slot's
-/// socket) must be accepted by a process of the worker's tree (`tree`;
-/// another process of the slot, or corral emptying the queue, does not
-/// count) within `health.timeout`, and with `health.kind = "http"`, be
-/// answered with a 2xx. Whose the accepting socket is, the sampler says
-/// (a pass made after the accept).
-pub async fn probe_handed(
-    front: SocketAddr,
-    from: Ipv4Addr,
+/// One probe of an instance reached by `reach` (also a new worker's
+/// readiness test), as its front-end mode has it: a connect to its own
+/// address ([`probe`]; `local_worker` as there), or a connection through
+/// the front end that a process of `tree` must accept ([`probe_handed`]).
+pub async fn probe_reach(
+    reach: &Reach,
     tree: Option<u32>,
+    local_worker: bool,
     health: &HealthConfig,
     sampler: &Sampler,
 ) -> Verdict {
-    let socket = match new_socket(front) {
-        Ok(socket) => socket,
-        Err(error) => return Verdict::Skipped(error),
-    };
-    if let Err(error) = socket.bind(SocketAddr::new(IpAddr::V4(from), 0)) {
-        return if is_local_shortage(&error) || error.kind() == io::ErrorKind::AddrInUse {
-            Verdict::Skipped(error)
-        } else {
-            Verdict::Failed(CheckFailure::Connect(error))
-        };
-    }
-    let stream = match tokio::time::timeout(health.timeout, socket.connect(front)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) if is_local_shortage(&error) => return Verdict::Skipped(error),
-        Ok(Err(error)) => return Verdict::Failed(CheckFailure::Connect(error)),
-        Err(_) => return Verdict::Failed(CheckFailure::Timeout),
-    };
-    // In fd mode the connect always succeeds (corral holds the socket), so
-    // only the kernel's word that a process of the tree accepted the
-    // connection passes: where it cannot be had, nothing is learnt.
-    let unknown = || {
-        Verdict::Skipped(io::Error::other(
-            "the kernel does not say whether the check's connection was accepted (sock_diag)",
-        ))
-    };
-    let Ok(ours) = stream.local_addr() else {
-        return unknown();
-    };
-    let taken = async {
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match accept_queue::taken_as(front, ours) {
-                Some(None) => {}
-                Some(Some(inode)) => return Some(inode),
-                None => return None,
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    };
-    let started = tokio::time::Instant::now();
-    let inode = match tokio::time::timeout(health.timeout, taken).await {
-        Ok(Some(inode)) => inode,
-        Ok(None) => return unknown(),
-        Err(_) => return Verdict::Failed(CheckFailure::NotAccepted),
-    };
-    if let Some(root) = tree {
-        if !sampler
-            .sockets_of(root)
-            .await
-            .tree_holds_socket(root, inode)
-        {
-            return Verdict::Failed(CheckFailure::TakenByAnother);
-        }
-    }
-    match health.kind {
-        HealthKind::Tcp => Verdict::Passed,
-        HealthKind::Http => {
-            let left = health.timeout.saturating_sub(started.elapsed());
-            let host = front.to_string();
-            tokio::time::timeout(left, http_ok(stream, &host, &health.path))
-                .await
-                .unwrap_or(Verdict::Failed(CheckFailure::Timeout))
-        }
+    match reach {
+        Reach::Own(addr) => probe(*addr, health, local_worker).await,
+        Reach::Handed(via) => probe_handed(*via, tree, health, sampler).await,
     }
 }
 
@@ -263,7 +198,7 @@ pub async fn probe(addr: SocketAddr, health: &HealthConfig, local_worker: bool) 
     }
 }
 
-fn new_socket(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+pub(super) fn new_socket(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
     if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -300,7 +235,7 @@ async fn accepted(stream: &TcpStream, worker: SocketAddr, limit: Duration) -> Ve
 }
 
 /// GETs `path` over `stream`; passes on a 2xx answer.
-async fn http_ok(stream: TcpStream, host: &str, path: &str) -> Verdict {
+pub(super) async fn http_ok(stream: TcpStream, host: &str, path: &str) -> Verdict {
     let (mut sender, connection) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
         TokioIo::new(stream),
     )

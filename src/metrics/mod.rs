@@ -466,18 +466,19 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with what each
     /// worker's process tree costs (read at scrape time, `usage` by label),
-    /// and the names of the families in it. In `fd` mode, `queues` are the
-    /// slots' accept-queue lengths by label, and the families corral cannot
-    /// know there ([`UNKNOWN_IN_FD_MODE`]) are left out rather than shown
-    /// as zeros.
+    /// and the names of the families in it. The families the front end
+    /// cannot know (`unknown`, [`crate::front::Front::unknown_metrics`])
+    /// are left out rather than shown as zeros; `queues` are the worker
+    /// slots' accept-queue lengths by label, where the front end has them.
     pub fn render(
         &self,
         usage: &[(String, Usage)],
+        unknown: &[&str],
         queues: Option<&[(String, u32)]>,
     ) -> (Vec<u8>, std::collections::HashSet<String>) {
         let mut families = self.gather();
+        families.retain(|f| !unknown.contains(&f.name()));
         if let Some(queues) = queues {
-            families.retain(|f| !UNKNOWN_IN_FD_MODE.contains(&f.name()));
             families.push(family(
                 names::ACCEPT_QUEUE_LENGTH,
                 "Clients waiting in each worker slot's socket (workers.listen = \"fd\").",
@@ -514,23 +515,6 @@ impl Metrics {
         (out, names)
     }
 }
-
-/// What corral does not see in `fd` mode, where the kernel hands clients
-/// straight to the workers: every front-end and per-backend connection
-/// figure, and the sticky table (placement is computed, not stored).
-pub const UNKNOWN_IN_FD_MODE: &[&str] = &[
-    names::CONNECTIONS_ACCEPTED,
-    names::ACCEPT_ERRORS,
-    names::SPLICED_CONNECTIONS,
-    names::CONNECTIONS,
-    names::CONNECTIONS_ACTIVE,
-    names::BYTES_RECEIVED,
-    names::BYTES_SENT,
-    names::CONNECT_DURATION,
-    names::CONNECTION_DURATION,
-    names::STICKY_ENTRIES,
-    names::STICKY_LOOKUPS,
-];
 
 /// A family of one sample per backend, built at scrape time.
 fn family<'a>(
@@ -575,7 +559,7 @@ mod tests {
 
     /// The series of `backend` in the exposition.
     fn series_of(metrics: &Metrics, backend: &str) -> Vec<String> {
-        let (text, _) = metrics.render(&[], None);
+        let (text, _) = metrics.render(&[], &[], None);
         String::from_utf8(text)
             .unwrap()
             .lines()

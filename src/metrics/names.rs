@@ -1,8 +1,9 @@
 //! The name of every metric family corral exports, and of their labels:
 //! written once, here. The registry ([`super::Metrics::new`]), the
 //! families built at scrape time ([`super::Metrics::render`]) and the list
-//! of what `fd` mode cannot know ([`super::UNKNOWN_IN_FD_MODE`]) all name
-//! families through these constants. (Tests and docs spell the names out:
+//! of what the handed front end (`workers.listen = "fd"`) cannot know
+//! (`UNKNOWN_METRICS` in `front/handed.rs`) all name families through
+//! these constants. (Tests and docs spell the names out:
 //! they check the external contract.)
 //!
 //! # Adding a metric
@@ -14,8 +15,8 @@
 //!    is then forgotten with the backend's other series when a reload
 //!    removes the backend (nothing else to edit), and its handle is
 //!    resolved once in [`super::Metrics::backend`] if the hot path uses it.
-//! 3. If `fd` mode cannot know its value, add it to
-//!    [`super::UNKNOWN_IN_FD_MODE`].
+//! 3. If the handed front end (`workers.listen = "fd"`) cannot know its
+//!    value, add it to `UNKNOWN_METRICS` in `front/handed.rs`.
 //! 4. Document it in docs/metrics.md.
 
 /// The label every per-backend family carries: the backend's name.

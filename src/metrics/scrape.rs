@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +19,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use nom_openmetrics::{Family, MetricDescriptor, MetricType, Sample};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+
+use crate::reach::Reach;
 
 /// How long one worker may take to answer.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -38,10 +38,9 @@ pub struct Target {
     pub label: String,
     /// The id, for the `worker` label.
     pub id: usize,
-    pub addr: SocketAddr,
-    /// `fd` mode: `addr` is the front end, and a connection from this
-    /// source reaches the worker's slot (see [`crate::steering::program`]).
-    pub from: Option<Ipv4Addr>,
+    /// How the worker is reached: its own address, or (handed) through
+    /// the front end.
+    pub reach: Reach,
 }
 
 /// What one worker answered: its text, or why there is none.
@@ -53,10 +52,9 @@ pub async fn scrape(targets: Vec<Target>, path: &str) -> Vec<Scraped> {
     for target in targets {
         let path = path.to_string();
         fetches.spawn(async move {
-            let fetched =
-                tokio::time::timeout(SCRAPE_TIMEOUT, fetch(target.addr, target.from, &path))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")));
+            let fetched = tokio::time::timeout(SCRAPE_TIMEOUT, fetch(target.reach, &path))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {SCRAPE_TIMEOUT:?}")));
             (target, fetched)
         });
     }
@@ -70,25 +68,15 @@ pub async fn scrape(targets: Vec<Target>, path: &str) -> Vec<Scraped> {
     answers
 }
 
-async fn fetch(addr: SocketAddr, from: Option<Ipv4Addr>, path: &str) -> Result<String, String> {
-    let stream = match from {
-        None => TcpStream::connect(addr).await,
-        Some(source) => {
-            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source.into(), 0))
-                .map_err(|e| e.to_string())?;
-            socket.connect(addr).await
-        }
-    }
-    .map_err(|e| e.to_string())?;
+async fn fetch(reach: Reach, path: &str) -> Result<String, String> {
+    let stream = reach.connect().await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, reach.to_string())
         .header(hyper::header::USER_AGENT, "corral-metrics")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
@@ -391,8 +379,7 @@ mod tests {
         let target = Target {
             label: format!("worker-{id}"),
             id,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            from: None,
+            reach: crate::reach::Reach::Own("127.0.0.1:1".parse().unwrap()),
         };
         (target, Ok(text.to_string()))
     }

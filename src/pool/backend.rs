@@ -1,5 +1,6 @@
 //! One backend: its name, the process (or static address) new connections
-//! go to, its counters, and its lifecycle and health as one state machine.
+//! go to (an [`Instance`], reached as its [`Reach`] says), its counters,
+//! and its lifecycle and health as one state machine.
 //!
 //! The machine's representation is private. The supervisor, the health
 //! checks and the data path ask for named transitions (`starting`,
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::reach::Reach;
 
 /// A backend's state as the world sees it: the `state` of `/status`,
 /// what steering and the operator commands read. Derived from the private
@@ -84,7 +86,7 @@ pub enum DownReason {
     /// It sent no `WATCHDOG=1` within `workers.watchdog` (or asked with
     /// `WATCHDOG=trigger`); it is being replaced.
     Watchdog,
-    /// fd mode: its process listens on a port of its own and accepts
+    /// A handed worker (`workers.listen = "fd"`): its process listens on a port of its own and accepts
     /// nothing from the socket it was handed.
     ListensElsewhere,
 }
@@ -119,15 +121,13 @@ pub enum Kind {
 /// opened to, so a rolling restart can wait for the old one to drain.
 #[derive(Debug)]
 pub struct Instance {
-    pub addr: std::net::SocketAddr,
+    /// How corral reaches it: its own address, or (a handed worker)
+    /// through the front end.
+    pub reach: Reach,
     pub pid: Option<u32>,
     /// The root of the process tree its CPU and memory are counted over
     /// (the worker's shim), when it differs from `pid`.
     pub tree_root: Option<u32>,
-    /// `workers.listen = "fd"`: the source address whose connections the
-    /// steering program sends to this worker's slot (`addr` is then the
-    /// front end), for health checks.
-    pub probe_from: Option<std::net::Ipv4Addr>,
     /// When the process was started (for `uptime_seconds`).
     pub started: Instant,
     active: AtomicUsize,
@@ -140,41 +140,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(addr: std::net::SocketAddr, pid: Option<u32>) -> Arc<Instance> {
-        Instance::with_tree(addr, pid, None)
-    }
-
-    /// An instance whose process tree hangs from `tree_root`.
-    pub fn with_tree(
-        addr: std::net::SocketAddr,
-        pid: Option<u32>,
-        tree_root: Option<u32>,
-    ) -> Arc<Instance> {
+    /// An instance reached by `reach`, whose process (if any) is `pid` and
+    /// whose process tree hangs from `tree_root`.
+    pub fn new(reach: Reach, pid: Option<u32>, tree_root: Option<u32>) -> Arc<Instance> {
         Arc::new(Instance {
-            addr,
+            reach,
             pid,
             tree_root,
-            probe_from: None,
-            started: Instant::now(),
-            active: AtomicUsize::new(0),
-            closed: tokio::sync::Notify::new(),
-            retired: AtomicBool::new(false),
-        })
-    }
-
-    /// A worker process handed slot socket of the front end `front`,
-    /// reached for checks by connecting from `probe_from`.
-    pub fn handed(
-        front: std::net::SocketAddr,
-        probe_from: std::net::Ipv4Addr,
-        pid: u32,
-        tree_root: u32,
-    ) -> Arc<Instance> {
-        Arc::new(Instance {
-            addr: front,
-            pid: Some(pid),
-            tree_root: Some(tree_root),
-            probe_from: Some(probe_from),
             started: Instant::now(),
             active: AtomicUsize::new(0),
             closed: tokio::sync::Notify::new(),
@@ -306,12 +278,18 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend at its own address `addr`.
     pub fn new(
         label: String,
         kind: Kind,
         addr: std::net::SocketAddr,
         metrics: &Metrics,
     ) -> Arc<Backend> {
+        Backend::reached_by(label, kind, Reach::Own(addr), metrics)
+    }
+
+    /// A backend reached by `reach` until its first process is ready.
+    pub fn reached_by(label: String, kind: Kind, reach: Reach, metrics: &Metrics) -> Arc<Backend> {
         let phase = match kind {
             Kind::Worker(_) => ProcessPhase::Starting,
             Kind::Static => ProcessPhase::Running,
@@ -328,7 +306,7 @@ impl Backend {
                 disabled: false,
             }),
             up: AtomicBool::new(false),
-            current: ArcSwap::from(Instance::new(addr, None)),
+            current: ArcSwap::from(Instance::new(reach, None, None)),
             restarts: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             silent_in_a_row: AtomicU32::new(0),
@@ -429,7 +407,7 @@ impl Backend {
         self.transition(|m| m.phase = ProcessPhase::Down(DownReason::NotReady));
     }
 
-    /// fd mode: the starting process listens on a port of its own instead
+    /// A handed worker: the starting process listens on a port of its own instead
     /// of accepting from its handed socket. Shown as the slot's reason
     /// unless an older process of the slot still serves (a rolling
     /// restart: that one stays in rotation).

@@ -4,6 +4,10 @@
 //! config and a pool that belong together, even during a reload. Each
 //! [`Backend`] inside changes state only through the named transitions of
 //! its state machine (in [`backend`]), so the hot path takes no lock.
+//! Each instance behind a backend says how it is reached ([`Reach`]: its
+//! own address, or a handed worker's way through the front end); how a
+//! new worker slot is reached before its first process is ready, the
+//! front end says ([`ReachOf`]).
 
 pub mod backend;
 pub mod ring;
@@ -11,9 +15,10 @@ pub mod ring;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use crate::reach::{Reach, ViaFront};
 pub use backend::{ActiveGuard, Backend, BackendState, DownReason, HealthChange, Instance, Kind};
 
-use crate::config::{Config, SendProxy};
+use crate::config::{Config, SendProxy, WorkersConfig};
 use crate::metrics::Metrics;
 use ring::Ring;
 
@@ -55,12 +60,18 @@ impl Pool {
     /// The pool for `config`, keeping every backend of `previous` that is
     /// still configured (same label, and for static backends the same
     /// address), so their state, counters and open connections carry over a
-    /// reload.
-    pub fn assemble(config: &Config, metrics: &Metrics, previous: Option<&Pool>) -> Pool {
+    /// reload. A new worker slot `id` is reached by `reach_of(id)` (the
+    /// front end's mode says how) until its first process is ready.
+    pub fn assemble(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&Pool>,
+        reach_of: &ReachOf<'_>,
+    ) -> Pool {
         let keep = |label: &str, addr: Option<SocketAddr>| {
             previous?
                 .by_label(label)
-                .filter(|b| addr.is_none_or(|a| b.instance().addr == a))
+                .filter(|b| addr.is_none_or(|a| b.instance().reach.own() == Some(a)))
                 .cloned()
         };
         let mut backends = Vec::new();
@@ -69,12 +80,7 @@ impl Pool {
             for id in 0..workers.count {
                 let label = crate::labels::worker_label(id);
                 let backend = keep(&label, None).unwrap_or_else(|| {
-                    // In fd mode a worker is reached through the front end.
-                    let addr = match (workers.listen, config.listener.binds.first()) {
-                        (crate::config::ListenMode::Fd, Some(&front)) => front,
-                        _ => SocketAddr::new(workers.host, workers.port(id, false)),
-                    };
-                    Backend::new(label, Kind::Worker(id), addr, metrics)
+                    Backend::reached_by(label, Kind::Worker(id), reach_of(id, workers), metrics)
                 });
                 send_proxy.push(workers.send_proxy);
                 backends.push(backend);
@@ -112,6 +118,10 @@ impl Pool {
     }
 }
 
+/// How worker slot `id` of `workers` is reached before its first process
+/// is ready ([`crate::front::Front::worker_reach`]).
+pub type ReachOf<'a> = dyn Fn(usize, &WorkersConfig) -> Reach + 'a;
+
 /// The config in force and the pool built from it, published together.
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -120,8 +130,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The first snapshot, at start.
-    pub fn first(config: Config, metrics: &Metrics) -> Snapshot {
-        let pool = Pool::assemble(&config, metrics, None);
+    pub fn first(config: Config, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
+        let pool = Pool::assemble(&config, metrics, None, reach_of);
         Snapshot {
             config: Arc::new(config),
             pool,
@@ -130,8 +140,8 @@ impl Snapshot {
 
     /// The snapshot a reload to `config` publishes: backends still
     /// configured carry over from this one.
-    pub fn next(&self, config: Arc<Config>, metrics: &Metrics) -> Snapshot {
-        let pool = Pool::assemble(&config, metrics, Some(&self.pool));
+    pub fn next(&self, config: Arc<Config>, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
+        let pool = Pool::assemble(&config, metrics, Some(&self.pool), reach_of);
         Snapshot { config, pool }
     }
 }

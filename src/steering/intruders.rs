@@ -1,4 +1,4 @@
-//! Other processes listening on the fd-mode front end. A process of the
+//! Other processes listening on the handed-mode front end. A process of the
 //! same user may bind the front-end address with SO_REUSEPORT and join the
 //! slots' group at its end; the steering program never picks an index past
 //! corral's slots, but a slot added later (scale-up) would get the index

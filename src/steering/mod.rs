@@ -1,4 +1,6 @@
-//! `workers.listen = "fd"`: the kernel places clients, corral steers it.
+//! The handed front end's mechanism (`workers.listen = "fd"`; the front
+//! end itself is [`crate::front::Handed`], which owns the [`Steering`]):
+//! the kernel places clients, corral steers it.
 //!
 //! [`Steering`] owns the front end's SO_REUSEPORT group: one listening
 //! socket per worker slot, bound before anything starts and kept for the
@@ -8,8 +10,9 @@
 //! (scale-up) and closed from the end (scale-down): closing another one
 //! would move the last socket into its index.
 //!
-//! [`run`] decides, every [`TICK`], which slots are in rotation from the
-//! pool's states, regenerates the program when that set changes, and hands
+//! [`run`] decides, every [`TICK`] and at once when a worker becomes ready
+//! ([`Steering::nudge`]), which slots are in rotation from the pool's
+//! states, regenerates the program when that set changes, and hands
 //! the clients queued on a slot that was steered around to [`rescue`].
 //! [`watch_intruders`] looks for other processes listening on the front end
 //! ([`intruders`]): they are logged with their pid and shown in `/status`,
@@ -35,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::pool::Snapshot;
 use crate::pool::{BackendState, DownReason, Kind};
-use crate::strategy::FdPlacement;
+use crate::strategy::HandedPlacement;
 pub use program::{probe_source, Rule};
 pub use rescue::Relay;
 
@@ -80,6 +83,8 @@ pub struct Steering {
     group: Mutex<Group>,
     /// Other processes' listening sockets on the front end, as last seen.
     intruders: Mutex<Vec<intruders::Intruder>>,
+    /// Wakes [`run`] before its next tick: a worker just became ready.
+    nudged: tokio::sync::Notify,
 }
 
 struct Group {
@@ -124,10 +129,18 @@ impl Steering {
                 access: program::access_filter(&clients.allow, &clients.deny),
             }),
             intruders: Mutex::new(Vec::new()),
+            nudged: tokio::sync::Notify::new(),
         };
         steering.grow_to(count)?;
         steering.steer(rule, (0..count).collect())?;
         Ok(steering)
+    }
+
+    /// A worker just became ready: [`run`] puts it in rotation now rather
+    /// than at its next tick, so a worker `/status` shows up is in the
+    /// program too.
+    pub fn nudge(&self) {
+        self.nudged.notify_one();
     }
 
     /// The front-end address the slots listen on.
@@ -309,13 +322,13 @@ pub async fn settle() {
 }
 
 /// The placement rule a config asks for.
-/// An error for a strategy fd mode cannot do (validation refuses those).
+/// An error for a strategy handed mode cannot do (validation refuses those).
 pub fn rule_of(config: &Config) -> io::Result<Rule> {
-    match config.strategy.fd_placement() {
-        Some(FdPlacement::ByClient) => Ok(Rule::Sticky {
+    match config.strategy.handed_placement() {
+        Some(HandedPlacement::ByClient) => Ok(Rule::Sticky {
             prefix: config.sticky.ipv4_prefix,
         }),
-        Some(FdPlacement::Spread) => Ok(Rule::Spread),
+        Some(HandedPlacement::Spread) => Ok(Rule::Spread),
         None => Err(io::Error::other(format!(
             "balance.strategy = \"{}\" cannot work with workers.listen = \"fd\"",
             config.strategy
@@ -404,6 +417,7 @@ pub async fn run<H: Host>(host: Arc<H>, steering: Arc<Steering>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = steering.nudged.notified() => {}
             _ = host.accepting_stopped() => return,
         }
         let snapshot = host.snapshot();

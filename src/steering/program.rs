@@ -1,5 +1,5 @@
 //! The classic BPF program corral attaches to a front end's SO_REUSEPORT
-//! group in `fd` mode. The kernel runs it for every new connection; the
+//! group in handed mode. The kernel runs it for every new connection; the
 //! number it returns is the index of the socket (the worker slot) that gets
 //! the connection. An index past the group's end makes the kernel fall
 //! back to its own hash.
@@ -125,11 +125,11 @@ pub fn only_own(sockets: usize) -> Program {
 const SO_ATTACH_FILTER: libc::c_int = libc::SO_ATTACH_FILTER;
 const SO_DETACH_FILTER: libc::c_int = libc::SO_DETACH_FILTER;
 
-/// The most networks `allow` and `deny` may list together in fd mode (4
+/// The most networks `allow` and `deny` may list together in handed mode (4
 /// instructions each within the kernel's 4096).
 pub const MAX_ACCESS_NETWORKS: usize = 1000;
 
-/// The socket filter for `allow` and `deny` (IPv4 networks; the fd-mode
+/// The socket filter for `allow` and `deny` (IPv4 networks; the handed-mode
 /// front end is IPv4), or `None` when both are empty (no filter). Deny
 /// wins; a non-empty allow lets only its networks in; corral's probe range
 /// always passes.

@@ -1,4 +1,4 @@
-//! The consistent table behind sticky placement in `fd` mode, built the way
+//! The consistent table behind sticky placement in handed mode, built the way
 //! Google's Maglev builds its lookup table: each slot walks its own
 //! permutation of the buckets (an offset and a skip derived from its name)
 //! and the slots take turns claiming the next free bucket of their walk.
@@ -12,7 +12,7 @@ use crate::labels::{label_key, worker_label};
 /// Buckets in the table: a prime, so every skip walks all of them.
 pub const BUCKETS: usize = 1021;
 
-/// The most slots a table (and `fd` mode) serves: beyond it the program
+/// The most slots a table (and handed mode) serves: beyond it the program
 /// that searches the table would pass the kernel's instruction limit.
 pub const MAX_SLOTS: usize = 512;
 

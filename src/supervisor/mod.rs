@@ -6,12 +6,14 @@
 //! goes through [`output`], and its shim learns of corral's end through the
 //! [`lifeline`]); what workers say on their notify
 //! socket (`workers.notify`) is read in [`notify`]; which ports workers
-//! use (and picking them when no `port_base` is given) is in [`ports`]; an
-//! fd-mode worker that listens on a port of its own is spotted by
+//! use (and picking them when no `port_base` is given) is in [`ports`];
+//! where a process takes its clients from, as the front end's mode has it
+//! (a port of its own, or its slot's handed socket), is its `seat`; a
+//! handed worker that listens on a port of its own is spotted by
 //! [`strays`].
 
-pub(crate) mod lifeline;
 mod backoff;
+pub(crate) mod lifeline;
 pub mod notify;
 pub(crate) mod output;
 pub mod ports;
@@ -31,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkersConfig;
 use crate::pool::Backend;
 use crate::shared::Shared;
-use crate::steering;
 use ports::PortBook;
 pub use slot::SlotError;
 use slot::{Command, Slot};
@@ -109,14 +110,7 @@ impl Supervisor {
         let mut slots = self.running.lock().await;
         let snapshot = self.shared.snapshot();
         let backends: Vec<&Arc<Backend>> = snapshot.pool.worker_backends().collect();
-        if let Some(steering) = &self.shared.steering {
-            // New slots need their sockets first (they join the group at its
-            // end, so slot i stays index i). A slot without one fails to
-            // start and says why.
-            if let Err(error) = steering.grow_to(backends.len()) {
-                tracing::error!(%error, front = %steering.addr(), "cannot bind the front end for the new workers");
-            }
-        }
+        self.shared.front.add_slots(backends.len());
         let mut first_starts = Vec::new();
         for backend in backends.iter().skip(slots.len()) {
             let id = slots.len();
@@ -322,15 +316,13 @@ impl Supervisor {
                 backends.push(backend);
             }
         }
-        if let Some(steering) = &self.shared.steering {
-            // The retired slots left rotation when they started draining;
-            // let the steering empty what was still queued on them before
-            // their sockets close. Under the slots' lock, and never below
-            // the slots running now: a scale-up meanwhile keeps its sockets.
-            steering::settle().await;
-            let slots = self.running.lock().await;
-            steering.shrink_to(count.max(slots.len()));
-        }
+        // The retired slots left rotation when they started draining; let
+        // the front end serve elsewhere what was still queued for them
+        // before it closes their sockets. Under the slots' lock, and never
+        // below the slots running now: a scale-up meanwhile keeps its own.
+        self.shared.front.settle().await;
+        let slots = self.running.lock().await;
+        self.shared.front.shrink_to(count.max(slots.len()));
         backends
     }
 

@@ -67,20 +67,20 @@ impl PortBook {
 /// Picks `workers.port_base` for a config that leaves it to corral (no
 /// `port_base` in the file, no `--port-base`). `previous` is the config
 /// running now (a reload, a scale): its pick is kept while it still
-/// fits, so a reload moves no worker. Does nothing in fd mode or for a
+/// fits, so a reload moves no worker. Does nothing in handed mode or for a
 /// `port_base` the user gave.
 pub fn settle(config: &mut Config, previous: Option<&Config>) -> Result<(), String> {
     let avoid = front_ports(config);
     let Some(workers) = config
         .workers
         .as_mut()
-        .filter(|w| w.auto_ports && w.listen == ListenMode::Port)
+        .filter(|w| w.auto_ports && w.listen == ListenMode::Proxied)
     else {
         return Ok(());
     };
     let kept = previous
         .and_then(|p| p.workers.as_ref())
-        .filter(|before| before.auto_ports && before.listen == ListenMode::Port)
+        .filter(|before| before.auto_ports && before.listen == ListenMode::Proxied)
         .filter(|before| still_fits(before, workers, &avoid));
     if let Some(before) = kept {
         workers.port_base = before.port_base;

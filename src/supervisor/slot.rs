@@ -4,13 +4,20 @@
 //! connections, puts it in rotation, restarts it with exponential backoff
 //! when it dies, swaps it for a fresh process on a rolling restart (new one
 //! ready first, then the old one drained and stopped), and stops it on
-//! shutdown. In `fd` mode the process gets no port of its own: it is
-//! handed the slot's socket of the front end ([`crate::steering`]) and is
-//! ready once a process of its own tree accepts a probe steered to that
-//! socket. State goes `starting` → `up` → (`draining` →) `stopped`, or
+//! shutdown. State goes `starting` → `up` → (`draining` →) `stopped`, or
 //! `down` while it is crashed and waiting for its restart.
+//!
+//! Each start reads the `workers` config in force from the snapshot; a
+//! running process keeps the config it was started from (its timeouts,
+//! watchdog and limits) until it is replaced. Where a process takes its
+//! clients from (a port of its own, or in handed mode its slot's socket of
+//! the front end) is its [`seat`]; waiting until a new process is ready
+//! (probes, `READY=1`, a handed worker that listens elsewhere) is in
+//! [`ready`].
 
-use std::net::SocketAddr;
+mod ready;
+mod seat;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,20 +28,13 @@ use super::backoff::Backoff;
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
-use super::strays;
 use crate::config::WorkersConfig;
-use crate::health::{self, Verdict};
-use crate::pool::{Backend, DownReason, Instance};
+use crate::health;
+use crate::pool::{Backend, Instance};
 use crate::sampler::Sample;
 use crate::shared::Shared;
-use crate::steering::intruders;
-use crate::steering::{self, Steering};
-use socket2::Socket;
-
-/// The longest pause between two readiness probes of a starting worker
-/// (they start at 2 ms: most workers bind within milliseconds). A process
-/// that starts listening sends corral no notice, so this one wait polls.
-const READY_PROBE_MAX: Duration = Duration::from_millis(50);
+use ready::Waiting;
+use seat::Seat;
 
 /// Samples (the sampler's passes, one a second) in a row above
 /// `workers.max_memory` before a worker is replaced: a short spike is not
@@ -57,7 +57,10 @@ pub enum SlotError {
     #[error("cannot start the worker: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("not accepting connections on {addr} within ready_timeout ({timeout:?}); killed")]
-    NotReady { addr: SocketAddr, timeout: Duration },
+    NotReady {
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    },
     #[error("exited before it was ready ({0})")]
     ExitedEarly(String),
     #[error("stopped while starting")]
@@ -94,8 +97,9 @@ pub struct Slot {
     pub backend: Arc<Backend>,
     /// Starts this slot's processes.
     pub spawner: Spawner,
-    /// The snapshot (each restart takes the `workers` in force from it)
-    /// and the stop signals.
+    /// The snapshot (each start reads the `workers` config in force from
+    /// it), the front end (which says where a process takes its clients
+    /// from) and the stop signals.
     pub shared: Arc<Shared>,
     /// The worker ports held, shared with the other slots.
     pub ports: Arc<PortBook>,
@@ -103,13 +107,14 @@ pub struct Slot {
     pub notifier: Arc<Notifier>,
 }
 
-/// A process that is running and in rotation, with the port it holds
-/// (none in `fd` mode: it accepts from the slot's socket) and, with
-/// `workers.notify`, what its tree says on the notify socket.
+/// A process that is running and in rotation: where it takes its clients
+/// from, what its tree says on the notify socket (`workers.notify`), and
+/// the `workers` config it was started from.
 struct Live {
     process: WorkerProcess,
-    port: Option<u16>,
+    seat: Seat,
     notices: Option<Registration>,
+    workers: Arc<WorkersConfig>,
 }
 
 /// The next notice from a process, or never (no notify socket).
@@ -128,171 +133,282 @@ fn never() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
+/// What happened to a live process, as [`Slot::serve`] waits on it.
+enum Event {
+    Notice(Notice),
+    /// No `WATCHDOG=1` came in time.
+    WatchdogExpired,
+    /// The once-a-second look at its memory and health.
+    Tick,
+    Exited(Option<std::process::ExitStatus>),
+    Command(Command),
+    Stop,
+}
+
+/// What [`Slot::serve`] goes on with after an event.
+enum Next {
+    Serve,
+    /// Go on serving, with the watchdog started again.
+    RearmWatchdog,
+    /// The process is gone: restart after the backoff.
+    Restart,
+}
+
+/// How serving a live process ended.
+enum Ended {
+    /// The slot was stopped; so was the process.
+    Stopped,
+    /// The process is gone and the slot restarts after its backoff, with
+    /// the config that process ran with and how long it had been up (from
+    /// `workers.min_uptime` on, the backoff starts again from
+    /// `restart_delay`).
+    Gone {
+        workers: Arc<WorkersConfig>,
+        uptime: Duration,
+    },
+}
+
 impl Slot {
     /// Runs the slot until `stop` is cancelled; the process is stopped
     /// before this returns. `first_start` hears when the first process is
-    /// ready or has failed.
+    /// ready or has failed. `workers` is the config the slot was created
+    /// with: a start takes the one in force from the snapshot, unless the
+    /// slot is beyond its count (being retired).
     pub async fn run(
         self,
-        mut workers: Arc<WorkersConfig>,
+        workers: Arc<WorkersConfig>,
         mut commands: mpsc::Receiver<Command>,
         stop: CancellationToken,
         first_start: oneshot::Sender<()>,
     ) {
         let mut first_start = Some(first_start);
-        let mut backoff = Backoff::new(&workers);
+        // The config the last process was started from (or a rolling
+        // restart passed since): a start falls back on it.
+        let mut last = workers;
+        let mut backoff = Backoff::new(&last);
         while !stop.is_cancelled() {
-            // A restart uses the config in force (a reload may have changed
-            // timeouts, the count or the command since this slot started).
-            if let Some(current) = self.shared.config().workers.as_ref() {
-                if self.id < current.count && *current != *workers {
-                    workers = Arc::new(current.clone());
-                }
-            }
+            let workers = self.workers_in_force(&last);
             self.backend.starting();
-            let started = self.start(&workers, None, &stop).await;
-            match started {
-                Ok(mut live) => {
-                    self.go_live(&live, &workers);
-                    if let Some(tell) = first_start.take() {
-                        let _ = tell.send(());
-                    }
-                    let up_since = Instant::now();
-                    let mut hang_check = tokio::time::interval(Duration::from_secs(1));
-                    let mut memory = MemoryWatch::default();
-                    let watchdog = tokio::time::sleep_until(watchdog_deadline(&workers));
-                    tokio::pin!(watchdog);
-                    loop {
-                        tokio::select! {
-                            notice = next_notice(&mut live.notices) => match notice {
-                                Notice::Status(text) => self.backend.set_status_text(text),
-                                Notice::Stopping => {
-                                    self.backend.stopping_by_itself();
-                                    tracing::info!(worker = self.id, pid = live.process.pid, "worker said STOPPING=1; out of rotation");
-                                }
-                                Notice::Watchdog => watchdog.as_mut().reset(watchdog_deadline(&workers)),
-                                Notice::WatchdogTrigger => {
-                                    if !self.hung(&mut live, &workers, &stop, "worker sent WATCHDOG=trigger").await {
-                                        break;
-                                    }
-                                    watchdog.as_mut().reset(watchdog_deadline(&workers));
-                                }
-                                Notice::Ready | Notice::ExtendTimeout(_) | Notice::Other => {}
-                            },
-                            () = &mut watchdog => {
-                                let why = format!(
-                                    "worker sent no WATCHDOG=1 for {:?} (workers.watchdog)",
-                                    workers.watchdog.unwrap_or_default()
-                                );
-                                if !self.hung(&mut live, &workers, &stop, &why).await {
-                                    break;
-                                }
-                                watchdog.as_mut().reset(watchdog_deadline(&workers));
-                            }
-                            _ = hang_check.tick() => {
-                                if let Some(limit) = workers.max_memory {
-                                    let sample = self.shared.sampler.latest();
-                                    if let Some(resident) = memory.over(&sample, live.process.shim, limit) {
-                                        tracing::warn!(
-                                            worker = self.id,
-                                            pid = live.process.pid,
-                                            resident_bytes = resident,
-                                            max_memory = limit,
-                                            "worker uses {} of memory, above workers.max_memory ({}); replacing it",
-                                            crate::units::human_bytes(resident),
-                                            crate::units::human_bytes(limit),
-                                        );
-                                        match self.replace(&mut live, &workers, &stop).await {
-                                            Ok(()) => self.backend.count_restart(),
-                                            Err(error) => tracing::error!(worker = self.id, %error, "replacing the worker failed; the old one keeps serving"),
-                                        }
-                                        continue;
-                                    }
-                                }
-                                let hung = workers.unhealthy_restart.zip(self.backend.unhealthy_for());
-                                if let Some((limit, failing)) = hung.filter(|(limit, failing)| failing >= limit) {
-                                    tracing::warn!(
-                                        worker = self.id,
-                                        pid = live.process.pid,
-                                        failing = ?failing,
-                                        unhealthy_restart = ?limit,
-                                        "worker runs but fails its health checks; restarting it"
-                                    );
-                                    self.backend.restarting_unhealthy();
-                                    self.backend.instance().retire();
-                                    live.process.stop(workers.stop_timeout).await;
-                                    self.release(&live);
-                                    break;
-                                }
-                            }
-                            status = live.process.wait() => {
-                                self.backend.crashed();
-                                // Whatever it started (npm -> node) went
-                                // too: its shim killed the rest of the tree.
-                                self.release(&live);
-                                backoff.process_exited(up_since.elapsed(), &workers);
-                                tracing::warn!(
-                                    worker = self.id,
-                                    pid = live.process.pid,
-                                    status = %describe(status),
-                                    uptime = ?up_since.elapsed(),
-                                    "worker exited unexpectedly"
-                                );
-                                break;
-                            }
-                            Some(command) = commands.recv() => match command {
-                                Command::Replace { workers: fresh, done } => {
-                                    let result = self.replace(&mut live, &fresh, &stop).await;
-                                    if result.is_ok() {
-                                        workers = fresh;
-                                        watchdog.as_mut().reset(watchdog_deadline(&workers));
-                                    }
-                                    let _ = done.send(result);
-                                }
-                            },
-                            _ = stop.cancelled() => {
-                                self.backend.stopped();
-                                self.backend.instance().retire();
-                                live.process.stop(workers.stop_timeout).await;
-                                self.release(&live);
-                                tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
-                                return;
-                            }
+            match self.start(Arc::clone(&workers), None, &stop).await {
+                Ok(live) => {
+                    self.go_live(&live);
+                    tell(&mut first_start);
+                    match self.serve(live, &mut commands, &stop).await {
+                        Ended::Stopped => return,
+                        Ended::Gone { workers, uptime } => {
+                            backoff.process_exited(uptime, &workers);
+                            last = workers;
                         }
                     }
                 }
                 Err(error) => {
+                    last = workers;
                     if stop.is_cancelled() {
                         break;
                     }
-                    match error {
-                        SlotError::ListensElsewhere { .. } => self.backend.listens_elsewhere(),
-                        _ => self.backend.failed_to_start(),
-                    }
-                    if let Some(tell) = first_start.take() {
-                        let _ = tell.send(());
-                    }
-                    tracing::error!(worker = self.id, %error, "worker failed to start");
+                    self.failed_to_start(error);
+                    tell(&mut first_start);
                 }
             }
             self.backend.count_restart();
             tracing::info!(worker = self.id, delay = ?backoff.delay(), "restarting worker after backoff");
-            backoff.wait(&mut workers, &mut commands, &stop).await;
+            backoff.wait(&mut last, &mut commands, &stop).await;
         }
         self.backend.stopped();
     }
 
-    /// A worker its watchdog calls hung: out of rotation, and replaced the
-    /// rolling way (its replacement ready first). False when the
-    /// replacement failed: the hung process is stopped and the slot
-    /// restarts after its backoff.
-    async fn hung(
+    /// The `workers` config a start uses: the one in force (a reload may
+    /// have changed timeouts, the count or the command since this slot
+    /// started), or `last` when this slot is beyond the count in force.
+    fn workers_in_force(&self, last: &Arc<WorkersConfig>) -> Arc<WorkersConfig> {
+        match self.shared.config().workers.as_ref() {
+            Some(current) if self.id < current.count && *current != **last => {
+                Arc::new(current.clone())
+            }
+            _ => Arc::clone(last),
+        }
+    }
+
+    /// A start failed (the slot's backoff follows).
+    fn failed_to_start(&self, error: SlotError) {
+        match error {
+            SlotError::ListensElsewhere { .. } => self.backend.listens_elsewhere(),
+            _ => self.backend.failed_to_start(),
+        }
+        tracing::error!(worker = self.id, %error, "worker failed to start");
+    }
+
+    /// Serves with a ready process until it is gone or the slot stops.
+    async fn serve(
+        &self,
+        mut live: Live,
+        commands: &mut mpsc::Receiver<Command>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let up_since = Instant::now();
+        let mut hang_check = tokio::time::interval(Duration::from_secs(1));
+        let mut memory = MemoryWatch::default();
+        let watchdog = tokio::time::sleep_until(watchdog_deadline(&live.workers));
+        tokio::pin!(watchdog);
+        loop {
+            let event = tokio::select! {
+                notice = next_notice(&mut live.notices) => Event::Notice(notice),
+                () = &mut watchdog => Event::WatchdogExpired,
+                _ = hang_check.tick() => Event::Tick,
+                status = live.process.wait() => Event::Exited(status),
+                Some(command) = commands.recv() => Event::Command(command),
+                _ = stop.cancelled() => Event::Stop,
+            };
+            let next = match event {
+                Event::Notice(notice) => self.heard(notice, &mut live, stop).await,
+                Event::WatchdogExpired => {
+                    let why = format!(
+                        "worker sent no WATCHDOG=1 for {:?} (workers.watchdog)",
+                        live.workers.watchdog.unwrap_or_default()
+                    );
+                    self.hung(&mut live, stop, &why).await
+                }
+                Event::Tick => self.look_at(&mut live, &mut memory, stop).await,
+                Event::Exited(status) => return self.exited(live, status, up_since),
+                Event::Command(Command::Replace { workers, done }) => {
+                    let result = self.replace(&mut live, workers, stop).await;
+                    let next = match result {
+                        Ok(()) => Next::RearmWatchdog,
+                        Err(_) => Next::Serve,
+                    };
+                    let _ = done.send(result);
+                    next
+                }
+                Event::Stop => {
+                    self.stop(live).await;
+                    return Ended::Stopped;
+                }
+            };
+            match next {
+                Next::Serve => {}
+                Next::RearmWatchdog => watchdog.as_mut().reset(watchdog_deadline(&live.workers)),
+                Next::Restart => {
+                    return Ended::Gone {
+                        workers: live.workers,
+                        uptime: Duration::ZERO,
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the process said on its notify socket.
+    async fn heard(&self, notice: Notice, live: &mut Live, stop: &CancellationToken) -> Next {
+        match notice {
+            Notice::Status(text) => self.backend.set_status_text(text),
+            Notice::Stopping => {
+                self.backend.stopping_by_itself();
+                tracing::info!(
+                    worker = self.id,
+                    pid = live.process.pid,
+                    "worker said STOPPING=1; out of rotation"
+                );
+            }
+            Notice::Watchdog => return Next::RearmWatchdog,
+            Notice::WatchdogTrigger => {
+                return self.hung(live, stop, "worker sent WATCHDOG=trigger").await
+            }
+            Notice::Ready | Notice::ExtendTimeout(_) | Notice::Other => {}
+        }
+        Next::Serve
+    }
+
+    /// The once-a-second look: a process that stays above
+    /// `workers.max_memory` is replaced the rolling way; one that fails its
+    /// health checks for `workers.unhealthy_restart` is stopped and
+    /// restarted.
+    async fn look_at(
         &self,
         live: &mut Live,
-        workers: &Arc<WorkersConfig>,
+        memory: &mut MemoryWatch,
         stop: &CancellationToken,
-        why: &str,
-    ) -> bool {
+    ) -> Next {
+        if let Some(limit) = live.workers.max_memory {
+            let sample = self.shared.sampler.latest();
+            if let Some(resident) = memory.over(&sample, live.process.shim, limit) {
+                tracing::warn!(
+                    worker = self.id,
+                    pid = live.process.pid,
+                    resident_bytes = resident,
+                    max_memory = limit,
+                    "worker uses {} of memory, above workers.max_memory ({}); replacing it",
+                    crate::units::human_bytes(resident),
+                    crate::units::human_bytes(limit),
+                );
+                let workers = Arc::clone(&live.workers);
+                match self.replace(live, workers, stop).await {
+                    Ok(()) => self.backend.count_restart(),
+                    Err(error) => {
+                        tracing::error!(worker = self.id, %error, "replacing the worker failed; the old one keeps serving")
+                    }
+                }
+                return Next::Serve;
+            }
+        }
+        let hung = live
+            .workers
+            .unhealthy_restart
+            .zip(self.backend.unhealthy_for());
+        let Some((limit, failing)) = hung.filter(|(limit, failing)| failing >= limit) else {
+            return Next::Serve;
+        };
+        tracing::warn!(
+            worker = self.id,
+            pid = live.process.pid,
+            failing = ?failing,
+            unhealthy_restart = ?limit,
+            "worker runs but fails its health checks; restarting it"
+        );
+        self.backend.restarting_unhealthy();
+        self.backend.instance().retire();
+        live.process.stop(live.workers.stop_timeout).await;
+        live.seat.release(&self.ports);
+        Next::Restart
+    }
+
+    /// The process exited unexpectedly.
+    fn exited(
+        &self,
+        live: Live,
+        status: Option<std::process::ExitStatus>,
+        up_since: Instant,
+    ) -> Ended {
+        self.backend.crashed();
+        // Whatever it started (npm -> node) went too: its shim killed the
+        // rest of the tree.
+        live.seat.release(&self.ports);
+        tracing::warn!(
+            worker = self.id,
+            pid = live.process.pid,
+            status = %describe(status),
+            uptime = ?up_since.elapsed(),
+            "worker exited unexpectedly"
+        );
+        Ended::Gone {
+            uptime: up_since.elapsed(),
+            workers: live.workers,
+        }
+    }
+
+    /// The slot stops: so does its process.
+    async fn stop(&self, mut live: Live) {
+        self.backend.stopped();
+        self.backend.instance().retire();
+        live.process.stop(live.workers.stop_timeout).await;
+        live.seat.release(&self.ports);
+        tracing::info!(worker = self.id, pid = live.process.pid, "worker stopped");
+    }
+
+    /// A worker its watchdog calls hung: out of rotation, and replaced the
+    /// rolling way (its replacement ready first). When the replacement
+    /// fails, the hung process is stopped and the slot restarts after its
+    /// backoff.
+    async fn hung(&self, live: &mut Live, stop: &CancellationToken, why: &str) -> Next {
         tracing::warn!(
             worker = self.id,
             pid = live.process.pid,
@@ -300,165 +416,93 @@ impl Slot {
             "{why}; replacing it"
         );
         self.backend.watchdog_expired();
+        let workers = Arc::clone(&live.workers);
         match self.replace(live, workers, stop).await {
             Ok(()) => {
                 self.backend.count_restart();
-                true
+                Next::RearmWatchdog
             }
             Err(error) => {
                 tracing::error!(worker = self.id, %error, "the hung worker's replacement failed; stopping it");
-                live.process.stop(workers.stop_timeout).await;
-                self.release(live);
-                false
+                live.process.stop(live.workers.stop_timeout).await;
+                live.seat.release(&self.ports);
+                Next::Restart
             }
         }
     }
 
     /// Puts a ready process in rotation.
-    fn go_live(&self, live: &Live, workers: &WorkersConfig) {
-        let instance = self.instance(&live.process, live.port, workers);
-        let addr = instance.addr;
+    fn go_live(&self, live: &Live) {
+        let instance = self.instance(live);
+        let reach = instance.reach;
         self.backend.ready(instance);
-        tracing::info!(worker = self.id, pid = live.process.pid, %addr, "worker is up");
+        self.shared.front.worker_ready();
+        tracing::info!(worker = self.id, pid = live.process.pid, addr = %reach, "worker is up");
     }
 
-    /// What the pool knows of `process`: reached on its own `port`, or in
-    /// `fd` mode through the front end from the slot's probe address.
-    fn instance(
-        &self,
-        process: &WorkerProcess,
-        port: Option<u16>,
-        workers: &WorkersConfig,
-    ) -> Arc<Instance> {
-        match &self.shared.steering {
-            Some(steering) => Instance::handed(
-                steering.target(),
-                steering::probe_source(self.id),
-                process.pid,
-                process.shim,
-            ),
-            // A worker of port mode always holds a port.
-            None => Instance::with_tree(
-                SocketAddr::new(workers.host, port.unwrap_or_default()),
-                Some(process.pid),
-                Some(process.shim),
-            ),
-        }
+    /// What the pool knows of a live process: how it is reached (as its
+    /// seat says) and its tree.
+    fn instance(&self, live: &Live) -> Arc<Instance> {
+        Instance::new(
+            live.seat.reach(),
+            Some(live.process.pid),
+            Some(live.process.shim),
+        )
     }
 
-    /// Gives back the port a process held.
-    fn release(&self, live: &Live) {
-        if let Some(port) = live.port {
-            self.ports.release(port);
-        }
-    }
-
-    /// Starts a process and waits until it accepts connections. `avoid` is a
-    /// port not to use (the one the running process holds).
+    /// Starts a process from `workers` and waits until it accepts
+    /// connections. `avoid` is a port not to use (the one the running
+    /// process holds).
     async fn start(
         &self,
-        workers: &WorkersConfig,
+        workers: Arc<WorkersConfig>,
         avoid: Option<u16>,
         stop: &CancellationToken,
     ) -> Result<Live, SlotError> {
-        if let Some(steering) = &self.shared.steering {
-            let (process, notices) = self.start_handed(workers, steering, stop).await?;
-            return Ok(Live {
+        let seat = self.take_seat(&workers, avoid)?;
+        match self.start_in(&workers, &seat, stop).await {
+            Ok((process, notices)) => Ok(Live {
                 process,
-                port: None,
+                seat,
                 notices,
-            });
-        }
-        let primary = workers.port(self.id, false);
-        let alternate = workers.port(self.id, true);
-        let candidates = if avoid == Some(primary) {
-            [alternate, primary]
-        } else {
-            [primary, alternate]
-        };
-        let port = match self.ports.claim(workers.host, candidates) {
-            Some(port) => port,
-            None if workers.auto_ports => self.claim_elsewhere(workers, primary, alternate)?,
-            None => {
-                return Err(SlotError::PortsInUse {
-                    primary,
-                    alternate,
-                    slot: self.id,
-                })
+                workers,
+            }),
+            Err(error) => {
+                seat.release(&self.ports);
+                Err(error)
             }
-        };
-        let started = self.start_on(workers, port, stop).await;
-        if started.is_err() {
-            self.ports.release(port);
         }
-        started.map(|(process, notices)| Live {
-            process,
-            port: Some(port),
-            notices,
-        })
     }
 
-    /// Picked ports another program took since the pick: this slot moves
-    /// to another free port (the others keep theirs).
-    fn claim_elsewhere(
+    /// Starts a process in `seat` and waits until it is ready: it accepts
+    /// a probe (a handed worker: one from its slot's socket, by a process
+    /// of its own tree) and, with `workers.notify`, said `READY=1`.
+    async fn start_in(
         &self,
         workers: &WorkersConfig,
-        primary: u16,
-        alternate: u16,
-    ) -> Result<u16, SlotError> {
-        let avoid = super::ports::front_ports(&self.shared.config());
-        let port = self
-            .ports
-            .claim_elsewhere(workers.host, &avoid)
-            .ok_or(SlotError::NoFreePort { primary, alternate })?;
-        tracing::warn!(
-            worker = self.id,
-            port,
-            "ports {primary} and {alternate}, picked by corral for this worker, were taken by another program since; it moves to port {port}"
-        );
-        Ok(port)
-    }
-
-    /// `fd` mode: starts a process with the slot's socket as fd 3 and waits
-    /// until a process of its own tree accepts a probe from that socket.
-    async fn start_handed(
-        &self,
-        workers: &WorkersConfig,
-        steering: &Steering,
+        seat: &Seat,
         stop: &CancellationToken,
     ) -> Result<(WorkerProcess, Option<Registration>), SlotError> {
-        if steering.socket(self.id).is_none() {
-            // Binding it failed when the slot was created (no descriptor,
-            // say): try again on each start.
-            if let Err(error) = steering.grow_to(self.id + 1) {
-                tracing::error!(worker = self.id, %error, "cannot bind the front end for this worker");
-            }
-        }
-        let socket = steering.socket(self.id).ok_or(SlotError::NoSocket)?;
-        let handed_inode = intruders::inode_of(&*socket);
-        let front = steering.addr().port();
         let notify = self.notify_socket(workers)?;
-        let spec = spec(workers, self.id, front, Some(socket), notify).map_err(SlotError::Spawn)?;
+        let spec = spec(workers, self.id, seat, notify).map_err(SlotError::Spawn)?;
         let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         let notices = self.listen_to(workers, &process);
-        tracing::info!(worker = self.id, pid = process.pid, front = %steering.addr(), "worker started with the front end's socket as fd 3");
-        let instance = self.instance(&process, None, workers);
-        let (target, from) = (instance.addr, steering::probe_source(self.id));
-        self.backend.show_starting(instance);
+        seat.announce(self.id, process.pid);
+        let reach = seat.reach();
+        // Nothing may be serving from this slot: then /status shows the
+        // starting process (it gets no traffic until it is ready).
+        self.backend
+            .show_starting(Instance::new(reach, Some(process.pid), Some(process.shim)));
         let health = self.shared.config().health.clone();
         let shim = process.shim;
         let sampler = &self.shared.sampler;
-        let probe = || health::probe_handed(target, from, Some(shim), &health, sampler);
-        let not_ready = SlotError::HandedNotTaken {
-            timeout: workers.ready_timeout,
-        };
-        let handed = handed_inode.map(|inode| Handed { shim, inode });
+        let probe = || health::probe_reach(&reach, Some(shim), false, &health, sampler);
         let waiting = Waiting {
             workers,
             stop,
-            not_ready,
-            exited: SlotError::HandedExitedEarly,
-            handed,
+            not_ready: seat.not_ready(workers.ready_timeout),
+            exited: seat.exited(),
+            strays: seat.stray_watch(shim),
         };
         self.wait_ready(process, notices, waiting, probe).await
     }
@@ -481,60 +525,26 @@ impl Slot {
         Some(hub.register(process.shim))
     }
 
-    async fn start_on(
-        &self,
-        workers: &WorkersConfig,
-        port: u16,
-        stop: &CancellationToken,
-    ) -> Result<(WorkerProcess, Option<Registration>), SlotError> {
-        let notify = self.notify_socket(workers)?;
-        let spec = spec(workers, self.id, port, None, notify).map_err(SlotError::Spawn)?;
-        let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
-        let notices = self.listen_to(workers, &process);
-        tracing::info!(worker = self.id, pid = process.pid, port, "worker started");
-        let addr = SocketAddr::new(workers.host, port);
-        // Nothing may be serving from this slot: then /status shows the
-        // starting process (it gets no traffic until it is ready).
-        self.backend.show_starting(Instance::with_tree(
-            addr,
-            Some(process.pid),
-            Some(process.shim),
-        ));
-        let health = self.shared.config().health.clone();
-        let probe = || health::probe(addr, &health, false);
-        let not_ready = SlotError::NotReady {
-            addr,
-            timeout: workers.ready_timeout,
-        };
-        let waiting = Waiting {
-            workers,
-            stop,
-            not_ready,
-            exited: SlotError::ExitedEarly,
-            handed: None,
-        };
-        self.wait_ready(process, notices, waiting, probe).await
-    }
-
-    /// A rolling restart of this slot: the new process must be ready before
-    /// the old one is drained and stopped. On failure the old one keeps
-    /// serving.
+    /// A rolling restart of this slot to `workers`: the new process must be
+    /// ready before the old one is drained and stopped. On failure the old
+    /// one keeps serving.
     async fn replace(
         &self,
         live: &mut Live,
-        workers: &Arc<WorkersConfig>,
+        workers: Arc<WorkersConfig>,
         stop: &CancellationToken,
     ) -> Result<(), SlotError> {
-        let fresh = self.start(workers, live.port, stop).await?;
-        let old = std::mem::replace(live, fresh);
-        let old_instance = self
-            .backend
-            .ready(self.instance(&live.process, live.port, workers));
+        let fresh = self.start(workers, live.seat.port(), stop).await?;
+        let mut old = std::mem::replace(live, fresh);
+        let old_instance = self.backend.ready(self.instance(live));
+        self.shared.front.worker_ready();
         old_instance.retire();
         // Stateless workers get SIGTERM at once: their own graceful close
         // ends their connections between requests, and corral carries
-        // each client on to the new process. Others drain first.
-        let drain = if workers.stateless {
+        // each client on to the new process. Others drain first (a handed
+        // worker's connections are the kernel's: corral counts none on its
+        // instance, so the drain ends at once and it finishes its own).
+        let drain = if live.workers.stateless {
             Duration::ZERO
         } else {
             self.shared.config().timeouts.drain
@@ -546,7 +556,6 @@ impl Slot {
             drain = ?drain,
             "worker replaced; draining the old process"
         );
-        let mut old = old;
         // While the old process drains, a crash of the new one or a stop
         // must not wait for the drain to end.
         tokio::select! {
@@ -557,9 +566,16 @@ impl Slot {
             }
             _ = stop.cancelled() => {}
         }
-        old.process.stop(workers.stop_timeout).await;
-        self.release(&old);
+        old.process.stop(live.workers.stop_timeout).await;
+        old.seat.release(&self.ports);
         Ok(())
+    }
+}
+
+/// Tells whoever waits for the slot's first start that it is over.
+fn tell(first_start: &mut Option<oneshot::Sender<()>>) {
+    if let Some(tell) = first_start.take() {
+        let _ = tell.send(());
     }
 }
 
@@ -591,162 +607,6 @@ impl MemoryWatch {
     }
 }
 
-/// How a starting process is waited for, and the errors it can end with.
-struct Waiting<'a> {
-    workers: &'a WorkersConfig,
-    stop: &'a CancellationToken,
-    /// It never accepted within `ready_timeout`.
-    not_ready: SlotError,
-    /// It exited first (with its status).
-    exited: fn(String) -> SlotError,
-    /// fd mode: the tree to watch for listeners of its own, and the
-    /// handed socket's inode.
-    handed: Option<Handed>,
-}
-
-#[derive(Clone, Copy)]
-struct Handed {
-    shim: u32,
-    inode: u64,
-}
-
-/// What a starting fd-mode worker was seen listening on besides fd 3, and
-/// since when.
-#[derive(Default)]
-struct Strays {
-    addrs: Vec<SocketAddr>,
-    since: Option<tokio::time::Instant>,
-    told: bool,
-}
-
-impl Slot {
-    /// Waits until `probe` passes for a starting `process` (probes start
-    /// 2 ms apart, doubling up to [`READY_PROBE_MAX`]) and, with
-    /// `workers.notify`, until it sent `READY=1` (`EXTEND_TIMEOUT_USEC`
-    /// extends the wait, as under systemd), for at most
-    /// `workers.ready_timeout`: then the process is killed. A process that
-    /// exits first fails with `exited`; a stop meanwhile stops it.
-    async fn wait_ready<Probe, Checked>(
-        &self,
-        mut process: WorkerProcess,
-        mut notices: Option<Registration>,
-        waiting: Waiting<'_>,
-        probe: Probe,
-    ) -> Result<(WorkerProcess, Option<Registration>), SlotError>
-    where
-        Probe: Fn() -> Checked,
-        Checked: std::future::Future<Output = Verdict>,
-    {
-        let Waiting {
-            workers,
-            stop,
-            not_ready,
-            exited,
-            handed,
-        } = waiting;
-        let mut strays = Strays::default();
-        let mut look = tokio::time::interval(strays::LOOK_EVERY);
-        let accepting = async {
-            let mut pause = Duration::from_millis(2);
-            loop {
-                if let Verdict::Passed = probe().await {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(READY_PROBE_MAX);
-            }
-        };
-        tokio::pin!(accepting);
-        let deadline = tokio::time::sleep(workers.ready_timeout);
-        tokio::pin!(deadline);
-        let mut accepts = false;
-        let mut said_ready = notices.is_none();
-        while !(accepts && said_ready) {
-            tokio::select! {
-                () = &mut accepting, if !accepts => accepts = true,
-                notice = next_notice(&mut notices), if !said_ready => match notice {
-                    Notice::Ready => said_ready = true,
-                    Notice::ExtendTimeout(more) => {
-                        let later = tokio::time::Instant::now() + more;
-                        if later > deadline.deadline() {
-                            deadline.as_mut().reset(later);
-                        }
-                    }
-                    Notice::Status(text) => self.backend.set_status_text(text),
-                    _ => {}
-                },
-                _ = look.tick(), if !accepts && handed.is_some() => {
-                    if let Some(handed) = handed {
-                        self.look_for_strays(handed, process.pid, &mut strays).await;
-                    }
-                }
-                () = &mut deadline => {
-                    process.kill().await;
-                    return Err(if accepts {
-                        SlotError::NoReadyNotice { timeout: workers.ready_timeout }
-                    } else if strays.told {
-                        SlotError::ListensElsewhere {
-                            timeout: workers.ready_timeout,
-                            advice: strays::advice(&strays.addrs),
-                        }
-                    } else {
-                        not_ready
-                    });
-                }
-                status = process.wait() => return Err(exited(describe(status))),
-                _ = stop.cancelled() => {
-                    process.stop(workers.stop_timeout).await;
-                    return Err(SlotError::Stopped);
-                }
-            }
-        }
-        Ok((process, notices))
-    }
-}
-
-impl Slot {
-    /// fd mode: looks whether a starting worker's tree listens somewhere
-    /// other than its handed socket. Once it has for [`strays::GRACE`], it
-    /// is said at once in the log and the slot is marked down with the
-    /// reason (it stays out of rotation; its clients go to the others).
-    async fn look_for_strays(&self, handed: Handed, pid: u32, strays: &mut Strays) {
-        let held = self
-            .shared
-            .sampler
-            .sockets_of(handed.shim)
-            .await
-            .sockets_held(handed.shim);
-        let found =
-            tokio::task::spawn_blocking(move || strays::listening_elsewhere(&held, handed.inode))
-                .await;
-        let addrs = match found {
-            Ok(Ok(addrs)) => addrs,
-            _ => return, // /proc or sock_diag unreadable: the ready_timeout still applies
-        };
-        if addrs.is_empty() {
-            *strays = Strays::default();
-            return;
-        }
-        let since = *strays.since.get_or_insert_with(tokio::time::Instant::now);
-        if strays.told && strays.addrs == addrs || since.elapsed() < strays::GRACE {
-            strays.addrs = addrs;
-            return;
-        }
-        strays.addrs = addrs;
-        strays.told = true;
-        self.backend.listens_elsewhere();
-        tracing::error!(
-            worker = self.id,
-            pid,
-            listens_on = %strays::list(&strays.addrs),
-            reason = DownReason::ListensElsewhere.as_str(),
-            "worker-{} is out of rotation: {}",
-            self.id,
-            strays::advice(&strays.addrs)
-        );
-    }
-}
-
 /// When the watchdog of a process ready now expires (never without
 /// `workers.watchdog`).
 fn watchdog_deadline(workers: &WorkersConfig) -> tokio::time::Instant {
@@ -765,16 +625,17 @@ pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut 
     }
 }
 
-/// The argv and environment of worker `id` on `port`; in `fd` mode, `port`
-/// is the front end's and `socket` the slot's, and the worker gets no
-/// `PORT` or `HOST` (it has no port of its own).
+/// The argv and environment of worker `id` in `seat`: `{port}` is its own
+/// port, or a handed worker's front end's; a handed worker gets the slot's
+/// socket and no `PORT` or `HOST` (it has no port of its own).
 fn spec(
     workers: &WorkersConfig,
     id: usize,
-    port: u16,
-    socket: Option<Arc<Socket>>,
+    seat: &Seat,
     notify: Option<&std::path::Path>,
 ) -> std::io::Result<WorkerSpec> {
+    let port = seat.spec_port();
+    let socket = seat.socket();
     let expand = |arg: &String| {
         arg.replace("{port}", &port.to_string())
             .replace("{id}", &id.to_string())

@@ -1,4 +1,4 @@
-//! fd mode: a worker that listens on a port of its own instead of
+//! Handed mode: a worker that listens on a port of its own instead of
 //! accepting from the socket corral handed it as fd 3 (a server started
 //! with its usual `--port`, or code that ignores `LISTEN_FDS`). Its clients
 //! would wait in fd 3's queue for ever, so a starting worker is looked at
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use crate::steering::intruders;
 
-/// How often a starting fd-mode worker is looked at.
+/// How often a starting handed-mode worker is looked at.
 pub const LOOK_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a worker may hold a listener of its own without accepting
