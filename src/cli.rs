@@ -155,6 +155,28 @@ pub fn restart(target: &Target, name: Option<&str>) -> Result<String, ClientErro
     }
 }
 
+/// `corral upgrade`: the running corral executes the file at the path it
+/// was started from, in the same process; one line says what was handed
+/// over, or why it was refused.
+pub fn upgrade(target: &Target) -> Result<String, ClientError> {
+    let answer = runtime()?.block_on(ask(target, "POST", "/upgrade"))?;
+    let value = serde_json::from_str::<serde_json::Value>(&answer.body).unwrap_or_default();
+    match answer.status {
+        200 => Ok(format!(
+            "upgraded corral {} to {} in {} ms: {} workers handed over, {} open connections handed over",
+            escape(value["from"].as_str().unwrap_or("?")),
+            escape(value["to"].as_str().unwrap_or("?")),
+            value["milliseconds"].as_u64().unwrap_or(0),
+            value["workers"].as_u64().unwrap_or(0),
+            value["connections"].as_u64().unwrap_or(0),
+        )),
+        _ => Err(ClientError::Refused(format!(
+            "upgrade refused: {}",
+            refusal(&answer)
+        ))),
+    }
+}
+
 /// `corral reload`: reload the config file.
 pub fn reload(target: &Target) -> Result<String, ClientError> {
     let answer = runtime()?.block_on(ask(target, "POST", "/reload"))?;

@@ -53,6 +53,7 @@ pub mod control;
 pub(crate) mod datapath;
 pub mod demo_worker;
 pub mod dispatch;
+pub(crate) mod fds;
 pub(crate) mod front;
 pub(crate) mod health;
 pub mod labels;

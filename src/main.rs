@@ -79,6 +79,14 @@ enum Command {
     },
     /// Ask the running corral to reload its config file.
     Reload(Find),
+    /// Replace the running corral's program with the file now at the path it
+    /// was started from, in the same process: workers, connections' sockets,
+    /// tables and counters are handed over.
+    Upgrade(Find),
+    /// (internal) The handover format this program reads, for a running
+    /// corral about to upgrade to it.
+    #[command(hide = true, name = "handover-format")]
+    HandoverFormat,
     /// Send a signal (USR1, HUP, ...; not KILL or STOP) to one worker or all.
     Signal {
         /// A worker's name (worker-0, ...) or `all`.
@@ -230,6 +238,11 @@ fn main() -> ExitCode {
             client(&find, |target| cli::one_backend::enable(target, &name))
         }
         Command::Reload(find) => client(&find, cli::reload),
+        Command::Upgrade(find) => client(&find, cli::upgrade),
+        Command::HandoverFormat => {
+            println!("{}", corral::upgrade::format_line());
+            ExitCode::SUCCESS
+        }
         Command::Scale { count, find } => client(&find, |target| cli::scale(target, count)),
         Command::Signal { name, signal, find } => {
             client(&find, |target| cli::signal(target, &name, &signal))
@@ -291,9 +304,23 @@ fn run(args: RunArgs) -> ExitCode {
         port_base,
         command: (!command.is_empty()).then_some(command),
     };
-    let loaded = match &config {
-        Some(file) => reload::load(file, &overrides).map_err(|e| e.to_string()),
-        None => {
+    corral::upgrade::remember_program();
+    let incoming = match corral::upgrade::handover::Handover::incoming() {
+        None => None,
+        Some(Ok(handover)) => Some(handover),
+        Some(Err(why)) => {
+            // Only the old program can read this handover: give it back.
+            let failed = corral::upgrade::adopt::roll_back_unread(&why);
+            eprintln!(
+                "corral: error: cannot take over from the previous corral: {why} ({failed:?})"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let loaded = match (&incoming, &config) {
+        (Some(handover), _) => Ok(handover.config.clone()),
+        (None, Some(file)) => reload::load(file, &overrides).map_err(|e| e.to_string()),
+        (None, None) => {
             let mut embedded = Config::embedded();
             embedded.apply(overrides.clone()).map(|()| embedded)
         }
@@ -309,7 +336,7 @@ fn run(args: RunArgs) -> ExitCode {
         file: config,
         overrides,
     };
-    match corral::run(config_value, source) {
+    match corral::run(config_value, source, incoming) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("corral: error: {error}");

@@ -25,6 +25,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,10 +83,12 @@ pub async fn serve(
         };
         let shared = Arc::clone(&shared);
         let control = control.clone();
+        let connection = Connection(stream.as_raw_fd());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
                 let control = control.clone();
+                request.extensions_mut().insert(connection);
                 async move {
                     let reply = match screen(&shared, &request) {
                         Some(refused) => refused.map(BodyExt::boxed),
@@ -109,6 +112,11 @@ pub async fn serve(
     }
 }
 
+/// The admin connection a request came on, by descriptor: `POST /upgrade`
+/// hands it to the next image, which answers on it.
+#[derive(Debug, Clone, Copy)]
+struct Connection(std::os::fd::RawFd);
+
 /// Every path the admin port answers on some method: another method on
 /// one of them gets 405, any other path 404. (`/logs` is answered before
 /// routing.)
@@ -122,6 +130,7 @@ const PATHS: &[&str] = &[
     "/workers/scale",
     "/workers/signal",
     "/reload",
+    "/upgrade",
     "/sticky",
     "/clients",
     "/workers/disable",
@@ -197,6 +206,8 @@ enum Change {
     Reload,
     Scale,
     Signal,
+    /// `/upgrade`: corral's own program, replaced in the same process.
+    Upgrade,
 }
 
 impl Change {
@@ -210,6 +221,7 @@ impl Change {
             }
             "/workers/restart" => Change::RollingRestart,
             "/reload" => Change::Reload,
+            "/upgrade" => Change::Upgrade,
             "/workers/scale" => Change::Scale,
             "/workers/signal" => Change::Signal,
             _ => return None,
@@ -238,6 +250,7 @@ impl Change {
                 Err(reply) => *reply,
             },
             Change::Signal => signal_workers(shared, request),
+            Change::Upgrade => upgrade(control, request).await,
         }
     }
 }
@@ -271,6 +284,20 @@ async fn reload(control: &mpsc::Sender<ControlRequest>) -> Reply {
         Some(Err(why)) => json_reply(
             StatusCode::BAD_REQUEST,
             json!({"reload": "refused", "error": why.to_string()}),
+        ),
+        None => stopping(),
+    }
+}
+
+/// `POST /upgrade`: answered here only when refused (409); once the new
+/// program serves, it answers on this request's connection itself.
+async fn upgrade(control: &mpsc::Sender<ControlRequest>, request: &Request<Incoming>) -> Reply {
+    let answer_to = request.extensions().get::<Connection>().map(|c| c.0);
+    let (done, answer) = oneshot::channel();
+    match ask(control, ControlRequest::Upgrade { answer_to, done }, answer).await {
+        Some(refusal) => json_reply(
+            StatusCode::CONFLICT,
+            json!({"upgraded": false, "error": refusal.to_string()}),
         ),
         None => stopping(),
     }

@@ -18,6 +18,8 @@ use crate::sampler::Sampler;
 use crate::shared::Shared;
 use crate::supervisor::spawn::Spawner;
 use crate::supervisor::Supervisor;
+use crate::upgrade::{adopt, handover::Handover};
+use std::os::fd::AsRawFd;
 
 /// A failure that stops corral at run time (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum Fatal {
     },
     #[error("{0}")]
     Ports(String),
+    /// `corral upgrade`: this image cannot take over what it was handed.
+    #[error("cannot take over from the previous corral: {0}")]
+    Adopt(String),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -43,8 +48,10 @@ impl Fatal {
     }
 }
 
-/// Runs corral until a graceful stop completes.
-pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
+/// Runs corral until a graceful stop completes. `incoming`: what an
+/// earlier image of this process handed over (`corral upgrade`), to adopt
+/// rather than bind and spawn; `config` is then the one handed over.
+pub fn run(config: Config, source: Source, incoming: Option<Handover>) -> Result<(), Fatal> {
     let _flush_on_exit = crate::logging::init(&config.log)
         .map_err(Fatal::io("cannot open the log file (log.file)"))?;
     for warning in config.warnings() {
@@ -56,7 +63,16 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
         .enable_all()
         .build()
         .map_err(Fatal::io("cannot start the runtime"))?;
-    let result = runtime.block_on(serve(config, source));
+    let rollback = incoming.clone();
+    let result = runtime.block_on(serve(config, source, incoming));
+    if let (Err(error), Some(handover)) = (&result, rollback) {
+        // Start-up is the only place serve fails: this image could not
+        // adopt what it was handed.
+        if handover.rolled_back.is_none() {
+            let failed = adopt::roll_back(&handover, &error.to_string());
+            tracing::error!(error = %failed, "cannot execute the old program again");
+        }
+    }
     // Nothing is left to do: a blocking task still in flight (a rescue
     // blocked in accept, a /proc or netlink read) must not hold the exit.
     runtime.shutdown_background();
@@ -64,26 +80,66 @@ pub fn run(config: Config, source: Source) -> Result<(), Fatal> {
 }
 
 /// Start-up, serving, and the graceful stop, in that order.
-async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
+async fn serve(
+    mut config: Config,
+    source: Source,
+    incoming: Option<Handover>,
+) -> Result<(), Fatal> {
+    if let Some(handover) = &incoming {
+        adopt::refuse_for_test(handover).map_err(Fatal::Adopt)?;
+    }
     // Bind everything first: if an address is taken nothing is started.
-    let (front, listeners) = bind_front(&config)?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin.bind)
-        .await
-        .map_err(|source| Fatal::Bind {
-            what: "admin port",
-            addr: config.admin.bind,
-            source,
-        })?;
-    let mut signals = settle_process(&mut config)?;
-    let spawner = Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?;
+    let (front, listeners) = match &incoming {
+        Some(handover) => adopt_front(&config, handover)?,
+        None => bind_front(&config)?,
+    };
+    let admin_listener = match &incoming {
+        Some(handover) => adopt::admin_listener(handover)
+            .map_err(|e| Fatal::Adopt(format!("cannot take the admin port: {e}")))?,
+        None => tokio::net::TcpListener::bind(config.admin.bind)
+            .await
+            .map_err(|source| Fatal::Bind {
+                what: "admin port",
+                addr: config.admin.bind,
+                source,
+            })?,
+    };
+    let upgrade_listeners = super::upgrade::Listeners {
+        front: listeners
+            .as_ref()
+            .map(|l| {
+                l.per_thread
+                    .iter()
+                    .map(|thread| thread.iter().map(|s| s.as_raw_fd()).collect())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        admin: admin_listener.as_raw_fd(),
+    };
+    let mut signals = settle_process(&mut config, incoming.is_none())?;
+    let (spawner, adopted) = match &incoming {
+        Some(handover) => Spawner::adopt(handover.spawner.clone())
+            .map_err(|e| Fatal::Adopt(format!("cannot take the workers over: {e}")))?,
+        None => (
+            Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?,
+            Vec::new(),
+        ),
+    };
     let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
     let shared = Shared::new(config.clone(), front, sampler);
+    if let Some(handover) = &incoming {
+        adopt::state(&shared, handover);
+    }
     shared.set_bound();
     let (control_tx, control_rx) = mpsc::channel(8);
     start_tasks(&shared, admin_listener, control_tx);
 
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
+    let adopted_workers = adopted.len();
+    if let Some(handover) = &incoming {
+        supervisor.adopt(adopted, &handover.ports);
+    }
     let stopped_while_starting = match &config.workers {
         Some(workers) => first_start(&supervisor, workers, &mut signals).await,
         None => None,
@@ -95,6 +151,9 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
             .map_err(Fatal::io("cannot start the proxy threads"))?,
         None => Vec::new(),
     };
+    if let Some(handover) = &incoming {
+        took_over(&shared, handover, adopted_workers);
+    }
     let signals = match stopped_while_starting {
         Some(name) => {
             tracing::info!("{name} while the first workers started: stopping gracefully");
@@ -107,6 +166,7 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
                 Arc::clone(&shared),
                 Arc::clone(&supervisor),
                 source,
+                upgrade_listeners,
                 signals,
                 control_rx,
             )
@@ -115,6 +175,49 @@ async fn serve(mut config: Config, source: Source) -> Result<(), Fatal> {
     };
     stop(&shared, signals, proxies_stop, &supervisor, proxies).await;
     Ok(())
+}
+
+/// The front end and the proxy threads' sockets an earlier image handed
+/// over (only a proxied front end is handed over).
+fn adopt_front(config: &Config, handover: &Handover) -> Result<(Front, Option<FrontEnd>), Fatal> {
+    let front = Front::bind(config)
+        .map_err(|e| Fatal::Adopt(format!("cannot set the front end up: {e:?}")))?;
+    let sockets = adopt::front_end(handover)
+        .map_err(|e| Fatal::Adopt(format!("cannot take the front-end sockets: {e}")))?;
+    Ok((front, Some(sockets)))
+}
+
+/// This image serves what the earlier one handed over: the originals are
+/// closed, the upgrade counted, and the request that asked for it answered.
+fn took_over(shared: &Shared, handover: &Handover, workers: usize) {
+    let milliseconds = super::upgrade::wall_ms().saturating_sub(handover.asked_at_ms);
+    match &handover.rolled_back {
+        None => {
+            shared.metrics.upgrade_done.inc();
+            tracing::info!(
+                from = %handover.from,
+                to = crate::upgrade::VERSION,
+                milliseconds,
+                workers,
+                "upgrade: the new program serves"
+            );
+        }
+        Some(why) => {
+            shared.metrics.upgrade_rolled_back.inc();
+            tracing::error!(
+                milliseconds,
+                workers,
+                "upgrade rolled back: the old program took everything back: {why}"
+            );
+        }
+    }
+    let done = adopt::Done {
+        milliseconds,
+        workers,
+        connections: 0,
+    };
+    adopt::answer(handover, &done);
+    adopt::release(handover);
 }
 
 /// The front end ([`Front`]), and for a proxied one the proxy threads'
@@ -146,10 +249,13 @@ fn bind_front(config: &Config) -> Result<(Front, Option<FrontEnd>), Fatal> {
 }
 
 /// With every address bound: the workers' ports (picked clear of them
-/// when the config leaves them to corral), the signal handlers, the fd
+/// when the config leaves them to corral and `pick_ports`: an adopted
+/// config has its ports), the signal handlers, the fd
 /// limit, and the drop of root's privileges.
-fn settle_process(config: &mut Config) -> Result<Signals, Fatal> {
-    crate::supervisor::ports::settle(config, None).map_err(Fatal::Ports)?;
+fn settle_process(config: &mut Config, pick_ports: bool) -> Result<Signals, Fatal> {
+    if pick_ports {
+        crate::supervisor::ports::settle(config, None).map_err(Fatal::Ports)?;
+    }
     let signals = Signals::install().map_err(Fatal::io("cannot install signal handlers"))?;
     raise_fd_limit();
     if let Some(who) = config
@@ -326,7 +432,8 @@ mod tests {
         )
         .unwrap();
         let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
-        Shared::new(config, None, sampler)
+        let front = crate::front::Front::Proxied(crate::front::Proxied::new(&config));
+        Shared::new(config, front, sampler)
     }
 
     /// An open connection that would never finish by itself: it ends when

@@ -8,6 +8,8 @@
 //!   [`logs`]: `GET /logs`, the workers' output, streamed when followed).
 //! - [`operator`]: restart, disable and enable of one backend by name.
 //! - [`notify`]: systemd readiness notifications.
+//! - [`upgrade`]: `corral upgrade`, the old image's side (the new image's
+//!   is [`crate::upgrade`]).
 //!
 //! The control loop ([`run`]) is the one owner of reloads, scaling and
 //! rolling restarts: signals and admin requests only ask it.
@@ -52,6 +54,12 @@ pub enum Request {
         count: usize,
         done: oneshot::Sender<Result<Option<std::path::PathBuf>, ReloadError>>,
     },
+    /// `corral upgrade`: `done` hears only a refusal (once the new program
+    /// serves, it answers `answer_to`, the asking connection, itself).
+    Upgrade {
+        answer_to: Option<std::os::fd::RawFd>,
+        done: oneshot::Sender<crate::upgrade::Refusal>,
+    },
 }
 
 /// Acts on signals and admin requests until SIGTERM or SIGINT; returns the
@@ -60,6 +68,7 @@ pub async fn run(
     shared: Arc<Shared>,
     supervisor: Arc<Supervisor>,
     source: Source,
+    listeners: upgrade::Listeners,
     mut signals: Signals,
     mut requests: mpsc::Receiver<Request>,
 ) -> Signals {
@@ -110,6 +119,13 @@ pub async fn run(
                     tracing::info!(count, "admin request: scale");
                     let result = reload::scale(&shared, &supervisor, count);
                     let _ = done.send(result.map(|()| source.file.clone()));
+                }
+                Request::Upgrade { answer_to, done } => {
+                    tracing::info!("admin request: upgrade");
+                    let refusal = upgrade::upgrade(&shared, &supervisor, &source, &listeners, answer_to).await;
+                    tracing::error!("upgrade refused: {refusal}");
+                    shared.metrics.upgrade_refused.inc();
+                    let _ = done.send(refusal);
                 }
             },
         }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use super::reload::Source;
 use crate::config::ListenMode;
+use crate::fds::set_cloexec;
 use crate::pool::Kind;
 use crate::shared::Shared;
-use crate::supervisor::lifeline::set_cloexec;
 use crate::supervisor::Supervisor;
 use crate::upgrade::{exec, handover::Handover, probe, started_from, Refusal, FORMAT, VERSION};
 

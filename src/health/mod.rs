@@ -373,7 +373,8 @@ mod tests {
         )
         .unwrap();
         let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
-        Shared::new(config, None, sampler)
+        let front = crate::front::Front::Proxied(crate::front::Proxied::new(&config));
+        Shared::new(config, front, sampler)
     }
 
     /// Rounds at 0, 2, 4, ... s (on the paused clock): the third failure in

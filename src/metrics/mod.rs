@@ -48,6 +48,13 @@ pub struct Metrics {
     pub sticky_redispatch: IntCounter,
     pub reload_success: IntCounter,
     pub reload_failure: IntCounter,
+    /// `corral upgrade`: the new program serves (counted by it).
+    pub upgrade_done: IntCounter,
+    /// `corral upgrade` refused before anything changed.
+    pub upgrade_refused: IntCounter,
+    /// `corral upgrade` whose new program could not adopt: the old one
+    /// took everything back (counted by it).
+    pub upgrade_rolled_back: IntCounter,
     /// Log lines not written because the log sink was not keeping up.
     pub log_lines_dropped: IntCounter,
     /// Datagrams on the workers' notify socket that were ignored: from a
@@ -344,6 +351,12 @@ impl Metrics {
             "Configuration reloads by result.",
             names::RESULT,
         );
+        let upgrades = by_label(
+            &r,
+            names::UPGRADES,
+            "Upgrades of corral itself (corral upgrade) by result.",
+            names::RESULT,
+        );
         let sticky_entries = IntGauge::new(names::STICKY_ENTRIES, "Entries in the sticky table.")
             .expect("valid metric");
         r.register(Box::new(sticky_entries.clone()))
@@ -394,6 +407,9 @@ impl Metrics {
             sticky_redispatch: sticky_lookups.with_label_values(&["redispatch"]),
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
+            upgrade_done: upgrades.with_label_values(&["done"]),
+            upgrade_refused: upgrades.with_label_values(&["refused"]),
+            upgrade_rolled_back: upgrades.with_label_values(&["rolled_back"]),
             backend,
             backend_families,
             registry: r,

@@ -58,6 +58,7 @@ pub const WORKER_RESIDENT_MEMORY: &str = "corral_worker_resident_memory_bytes";
 
 // ---- the process ----
 pub const CONFIG_RELOADS: &str = "corral_config_reloads_total";
+pub const UPGRADES: &str = "corral_upgrades_total";
 pub const LOG_LINES_DROPPED: &str = "corral_log_lines_dropped_total";
 pub const WORKER_NOTIFY_IGNORED: &str = "corral_worker_notify_ignored_total";
 pub const RESCUED_CONNECTIONS: &str = "corral_rescued_connections_total";

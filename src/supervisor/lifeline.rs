@@ -19,6 +19,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::fds::duplicate;
+pub use crate::fds::set_cloexec;
+
 /// The descriptor the read end gets in a shim.
 pub const SHIM_FD: RawFd = 4;
 
@@ -50,20 +53,14 @@ impl Lifeline {
         })
     }
 
-    /// Takes over the ends an earlier image of corral handed over; both are
-    /// made close-on-exec again.
-    ///
-    /// # Safety
-    /// `read` and `write` must be open descriptors this process owns and
-    /// nothing else uses.
-    pub unsafe fn adopt(read: RawFd, write: RawFd) -> io::Result<Lifeline> {
-        let lifeline = Lifeline {
-            read: OwnedFd::from_raw_fd(read),
-            write: OwnedFd::from_raw_fd(write),
-        };
-        set_cloexec(lifeline.read.as_raw_fd(), true)?;
-        set_cloexec(lifeline.write.as_raw_fd(), true)?;
-        Ok(lifeline)
+    /// Takes over the ends an earlier image of corral handed over, as
+    /// duplicates: the originals stay as they were (see
+    /// [`crate::upgrade::adopt`]).
+    pub fn adopt(read: RawFd, write: RawFd) -> io::Result<Lifeline> {
+        Ok(Lifeline {
+            read: duplicate(read, HIGH_FD)?,
+            write: duplicate(write, HIGH_FD)?,
+        })
     }
 
     /// The read end, which a spawn puts at [`SHIM_FD`] in the shim.
@@ -73,40 +70,18 @@ impl Lifeline {
 
     /// Both ends, kept open across an `execve` of corral: (read, write).
     pub fn keep_across_exec(&self) -> io::Result<(RawFd, RawFd)> {
-        set_cloexec(self.read.as_raw_fd(), false)?;
-        set_cloexec(self.write.as_raw_fd(), false)?;
+        let keep = |fd: RawFd| {
+            set_cloexec(fd, false)
+                .map_err(|e| io::Error::new(e.kind(), format!("the lifeline's fd {fd}: {e}")))
+        };
+        keep(self.read.as_raw_fd())?;
+        keep(self.write.as_raw_fd())?;
         Ok((self.read.as_raw_fd(), self.write.as_raw_fd()))
     }
 }
 
 fn move_high(fd: OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, owned by the result.
-    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
-    if high < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `high` was just created and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(high) })
-}
-
-/// Sets or clears close-on-exec on `fd`.
-pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFD/F_SETFD only read and set a flag of the descriptor.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let wanted = if on {
-            flags | libc::FD_CLOEXEC
-        } else {
-            flags & !libc::FD_CLOEXEC
-        };
-        if libc::fcntl(fd, libc::F_SETFD, wanted) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    duplicate(fd.as_raw_fd(), HIGH_FD)
 }
 
 /// In the shim: the read end at [`SHIM_FD`] raises SIGIO in this process

@@ -87,6 +87,9 @@ pub struct Supervisor {
     restart_requested: AtomicBool,
     /// The workers' notify socket (`workers.notify`), shared by every slot.
     notifier: Arc<notify::Notifier>,
+    /// Processes an earlier image of corral started (`corral upgrade`), by
+    /// slot, until their slot starts and takes its own.
+    adopted: std::sync::Mutex<std::collections::HashMap<usize, slot::Adopted>>,
 }
 
 impl Supervisor {
@@ -98,8 +101,24 @@ impl Supervisor {
             rollout: Mutex::new(()),
             restart_requested: AtomicBool::new(false),
             notifier: Arc::new(notify::Notifier::new(shared.metrics.notify_ignored.clone())),
+            adopted: Default::default(),
             shared,
         })
+    }
+
+    /// Takes over processes an earlier image of corral started (`corral
+    /// upgrade`): `processes` by slot, `ports` the port each holds. Each
+    /// slot started next serves with its adopted process (not restarted)
+    /// rather than starting one.
+    pub fn adopt(&self, processes: Vec<(usize, process::WorkerProcess)>, ports: &[(usize, u16)]) {
+        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, process) in processes {
+            let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
+            if let Some(port) = port {
+                self.ports.hold(port);
+            }
+            adopted.insert(id, slot::Adopted { process, port });
+        }
     }
 
     /// Starts a slot task for each worker backend of the pool in force
@@ -125,6 +144,11 @@ impl Supervisor {
                 shared: Arc::clone(&self.shared),
                 ports: Arc::clone(&self.ports),
                 notifier: Arc::clone(&self.notifier),
+                adopted: self
+                    .adopted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id),
             };
             let task =
                 tokio::spawn(slot.run(Arc::clone(workers), incoming, stop.clone(), first_start));

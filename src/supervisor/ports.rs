@@ -55,6 +55,15 @@ impl PortBook {
         Some(port)
     }
 
+    /// Holds `port` for a process already listening on it (one an earlier
+    /// image of corral started).
+    pub fn hold(&self, port: u16) {
+        let mut held = self.held();
+        if !held.contains(&port) {
+            held.push(port);
+        }
+    }
+
     pub fn release(&self, port: u16) {
         self.held().retain(|&p| p != port);
     }

@@ -105,6 +105,16 @@ pub struct Slot {
     pub ports: Arc<PortBook>,
     /// The workers' notify socket (`workers.notify`).
     pub notifier: Arc<Notifier>,
+    /// A process an earlier image of corral started for this slot (`corral
+    /// upgrade`): the slot serves with it instead of starting one.
+    pub adopted: Option<Adopted>,
+}
+
+/// A worker process handed over by an earlier image of corral, with the
+/// port it listens on (proxied mode).
+pub struct Adopted {
+    pub process: WorkerProcess,
+    pub port: Option<u16>,
 }
 
 /// A process that is running and in rotation: where it takes its clients
@@ -175,7 +185,7 @@ impl Slot {
     /// with: a start takes the one in force from the snapshot, unless the
     /// slot is beyond its count (being retired).
     pub async fn run(
-        self,
+        mut self,
         workers: Arc<WorkersConfig>,
         mut commands: mpsc::Receiver<Command>,
         stop: CancellationToken,
@@ -188,8 +198,14 @@ impl Slot {
         let mut backoff = Backoff::new(&last);
         while !stop.is_cancelled() {
             let workers = self.workers_in_force(&last);
-            self.backend.starting();
-            match self.start(Arc::clone(&workers), None, &stop).await {
+            let started = match self.adopted.take() {
+                Some(adopted) => self.resume(adopted, Arc::clone(&workers)),
+                None => {
+                    self.backend.starting();
+                    self.start(Arc::clone(&workers), None, &stop).await
+                }
+            };
+            match started {
                 Ok(live) => {
                     self.go_live(&live);
                     tell(&mut first_start);
@@ -448,6 +464,27 @@ impl Slot {
             Some(live.process.pid),
             Some(live.process.shim),
         )
+    }
+
+    /// Serves with a process an earlier image of corral started: it was up
+    /// (only up processes are handed over), so it goes back in rotation at
+    /// once, in the seat it holds.
+    fn resume(&self, adopted: Adopted, workers: Arc<WorkersConfig>) -> Result<Live, SlotError> {
+        let seat = match adopted.port {
+            Some(port) => Seat::Port(std::net::SocketAddr::new(workers.host, port)),
+            None => self.take_seat(&workers, None)?,
+        };
+        tracing::info!(
+            worker = self.id,
+            pid = adopted.process.pid,
+            "worker adopted from the previous corral"
+        );
+        Ok(Live {
+            process: adopted.process,
+            seat,
+            notices: None,
+            workers,
+        })
     }
 
     /// Starts a process from `workers` and waits until it accepts

@@ -100,9 +100,7 @@ impl Spawner {
     /// returns the processes it adopted, each with its worker slot.
     pub fn adopt(handover: Handover) -> io::Result<(Spawner, Vec<(usize, WorkerProcess)>)> {
         let (read, write) = handover.lifeline;
-        // SAFETY: the handover's descriptors are this process's, inherited
-        // across exec, and used by nothing else.
-        let lifeline = unsafe { Lifeline::adopt(read, write)? };
+        let lifeline = Lifeline::adopt(read, write)?;
         let (spawner, adopted) = Spawner::start_with(lifeline, Some(handover))?;
         Ok((spawner, adopted))
     }
@@ -246,10 +244,20 @@ impl Thread {
 
     /// Everything the next image needs, close-on-exec cleared.
     fn hand_over(&self) -> io::Result<Handover> {
-        let pipes = self.outputs.open_pipes();
-        for pipe in &pipes {
-            lifeline::set_cloexec(pipe.fd, false)?;
-        }
+        // A pipe that cannot be kept is left out (its worker's output is
+        // lost to the log, the worker is not).
+        let pipes: Vec<OpenPipe> = self
+            .outputs
+            .open_pipes()
+            .into_iter()
+            .filter(|pipe| match lifeline::set_cloexec(pipe.fd, false) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(worker = pipe.worker, fd = pipe.fd, %error, "upgrade: the worker's output pipe cannot be handed over");
+                    false
+                }
+            })
+            .collect();
         Ok(Handover {
             lifeline: self.lifeline.keep_across_exec()?,
             children: self.lock().values().copied().collect(),
@@ -302,6 +310,7 @@ fn shim_command(spec: &WorkerSpec, reported: std::io::PipeWriter) -> std::proces
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env_remove(crate::upgrade::handover::ENV)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(reported))
         .stdout(Stdio::piped())

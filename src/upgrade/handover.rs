@@ -76,9 +76,10 @@ fn read(fd_text: &str) -> Result<Handover, String> {
     let fd: RawFd = fd_text
         .parse()
         .map_err(|_| format!("{ENV}={fd_text:?} is not a descriptor number"))?;
-    // SAFETY: the previous image left this descriptor open for this image
-    // and nothing else in this image uses it.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // A duplicate: the original stays for a rollback (see super::adopt).
+    let mut file = std::fs::File::from(crate::fds::duplicate(fd, 3).map_err(|e| e.to_string())?);
+    file.rewind()
+        .map_err(|e| format!("cannot read the handover: {e}"))?;
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| format!("cannot read the handover (fd {}): {e}", file.as_raw_fd()))?;

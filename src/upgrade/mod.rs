@@ -8,10 +8,13 @@
 //!   descriptor survives the exec, and read back by the next image.
 //! - [`exec`]: the exec itself, and the way back (the old program, from a
 //!   descriptor kept open across the exec) when the new one cannot adopt.
+//! - [`adopt`]: the new image's side: take the descriptors, the workers
+//!   and the state, answer the request, or roll back.
 //!
 //! The path is resolved once, at start ([`remember_program`]); no path is
 //! ever taken from a request.
 
+pub mod adopt;
 pub mod exec;
 pub mod handover;
 pub mod probe;

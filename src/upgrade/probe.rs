@@ -130,8 +130,8 @@ fn ask(program: &Path, args: &[&str]) -> Result<Answer, Refusal> {
             )),
             _ => Refusal(format!("{shown} cannot be run: {error}")),
         })?;
-    let stdout = child.stdout.take().map(|s| read_bounded(s));
-    let stderr = child.stderr.take().map(|s| read_bounded(s));
+    let stdout = child.stdout.take().map(read_bounded);
+    let stderr = child.stderr.take().map(read_bounded);
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {

@@ -1,0 +1,185 @@
+//! The new image's side of `corral upgrade`: take what the old image handed
+//! over, serve, and answer the request that asked for it.
+//!
+//! Every descriptor named in the handover is *duplicated*, never taken: the
+//! originals stay open, without close-on-exec, until this image serves
+//! ([`release`] then closes them). So a failure while adopting leaves the
+//! handover whole, and [`roll_back`] executes the old program with it: the
+//! old program takes everything back, in the same process.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::Socket;
+
+use super::handover::{Handover, ENV};
+use super::{exec, VERSION};
+use crate::datapath::listener::FrontEnd;
+use crate::shared::Shared;
+
+/// An environment variable read only by the tests: a new image that finds
+/// it set fails to adopt (and rolls back), as an image that cannot take a
+/// handover would.
+pub const FAIL_FOR_TEST: &str = "CORRAL_TEST_FAIL_ADOPTION";
+
+/// A duplicate of `fd` (close-on-exec), owned by the caller.
+pub fn take(fd: RawFd) -> std::io::Result<OwnedFd> {
+    crate::fds::duplicate(fd, 3)
+}
+
+/// Whether this image may adopt at all: a test can tell it not to (only a
+/// new image, never the old one taking everything back).
+pub fn refuse_for_test(handover: &Handover) -> Result<(), String> {
+    if handover.rolled_back.is_none() && std::env::var_os(FAIL_FOR_TEST).is_some() {
+        return Err(format!("{FAIL_FOR_TEST} is set"));
+    }
+    Ok(())
+}
+
+/// The proxy threads' front-end sockets.
+pub fn front_end(handover: &Handover) -> std::io::Result<FrontEnd> {
+    let per_thread = handover
+        .front
+        .iter()
+        .map(|thread| {
+            thread
+                .iter()
+                .map(|&fd| take(fd).map(Socket::from))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(FrontEnd { per_thread })
+}
+
+/// The admin port's listening socket.
+pub fn admin_listener(handover: &Handover) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = TcpListener::from(take(handover.admin)?);
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// The sticky table's entries and the counters, into `shared`.
+pub fn state(shared: &Shared, handover: &Handover) {
+    let entries: Vec<(u128, u64, u64)> = handover
+        .sticky
+        .iter()
+        .filter_map(|(client, backend, age)| Some((client.parse().ok()?, *backend, *age)))
+        .collect();
+    shared.dispatcher.sticky.import(&entries);
+    shared.metrics.carry_over(handover.counters.clone());
+}
+
+/// What the upgrade did, for the answer and the log.
+pub struct Done {
+    pub milliseconds: u64,
+    pub workers: usize,
+    pub connections: usize,
+}
+
+/// Answers the request that asked for the upgrade (200 and what was done;
+/// or, after a rollback, 409 and why), then closes that connection.
+pub fn answer(handover: &Handover, done: &Done) {
+    let Some(fd) = handover.answer_to else {
+        return;
+    };
+    let (status, body) = match &handover.rolled_back {
+        None => (
+            "200 OK",
+            serde_json::json!({
+                "upgraded": true,
+                "from": handover.from,
+                "to": VERSION,
+                "milliseconds": done.milliseconds,
+                "workers": done.workers,
+                "connections": done.connections,
+            }),
+        ),
+        Some(why) => (
+            "409 Conflict",
+            serde_json::json!({
+                "upgraded": false,
+                "error": format!("the new program could not take over, and everything was taken back: {why}"),
+            }),
+        ),
+    };
+    let body = body.to_string();
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    match take(fd) {
+        Ok(socket) => {
+            let mut stream = std::net::TcpStream::from(socket);
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            let _ = stream.write_all(reply.as_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        Err(error) => tracing::warn!(%error, "cannot answer the upgrade request"),
+    }
+}
+
+/// Once this image serves: closes the handover's original descriptors
+/// (this image works on duplicates), so none leaks into a worker.
+pub fn release(handover: &Handover) {
+    let mut fds: Vec<RawFd> = handover.front.iter().flatten().copied().collect();
+    fds.push(handover.admin);
+    fds.extend(handover.answer_to);
+    fds.push(handover.spawner.lifeline.0);
+    fds.push(handover.spawner.lifeline.1);
+    fds.extend(handover.spawner.pipes.iter().map(|p| p.fd));
+    fds.push(handover.old_program);
+    fds.extend(
+        std::env::var(ENV)
+            .ok()
+            .and_then(|fd| fd.parse::<RawFd>().ok()),
+    );
+    for fd in fds {
+        // SAFETY: each is a descriptor the old image left for this one,
+        // which this image only ever duplicated.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// This image cannot adopt: executes the old program with the handover
+/// (marked with `why`), which takes everything back. Returns only if that
+/// exec failed too (the caller then exits, and the workers go with it).
+pub fn roll_back(handover: &Handover, why: &str) -> std::io::Error {
+    tracing::error!("upgrade: cannot take over ({why}); executing the old program again");
+    let mut back = handover.clone();
+    back.rolled_back = Some(why.to_string());
+    let written = match back.write() {
+        Ok(fd) => fd,
+        Err(error) => return error,
+    };
+    exec::back(handover.old_program, written.as_raw_fd())
+}
+
+/// The handover's descriptor number, for a new image whose handover could
+/// not even be read: only the old program can read it then.
+pub fn roll_back_unread(why: &str) -> Option<std::io::Error> {
+    let fd: RawFd = std::env::var(ENV).ok()?.parse().ok()?;
+    // Read it again as plain JSON for the one field that matters.
+    let mut text = String::new();
+    // SAFETY: the descriptor the old image left; read through a duplicate.
+    let file = unsafe { std::fs::File::from_raw_fd(libc::dup(fd)) };
+    use std::io::{Read, Seek};
+    let mut file = file;
+    let _ = file.rewind();
+    file.read_to_string(&mut text).ok()?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let old = value.get("old_program")?.as_i64()? as RawFd;
+    value["rolled_back"] = serde_json::Value::String(why.to_string());
+    // SAFETY: memfd_create of a constant name.
+    let memfd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
+    if memfd < 0 {
+        return Some(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned here.
+    let mut out = unsafe { std::fs::File::from_raw_fd(memfd) };
+    if serde_json::to_writer(&mut out, &value).is_err() || out.rewind().is_err() {
+        return Some(std::io::Error::other("cannot write the handover back"));
+    }
+    Some(exec::back(old, out.as_raw_fd()))
+}
