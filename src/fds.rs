@@ -3,6 +3,11 @@
 //! left open. A leaf module: it knows no other part of corral.
 
 use std::io;
+
+/// The environment variable that names the handover's descriptor in a new
+/// image of corral (`corral upgrade`); no worker is given it.
+pub const HANDOVER_ENV: &str = "CORRAL_HANDOVER_FD";
+
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Sets or clears close-on-exec on `fd`.

@@ -54,6 +54,12 @@ pub struct Shared {
     pub front: Front,
     /// Every proxied connection, so shutdown can wait for them to finish.
     connections: TaskTracker,
+    /// Every accept loop of the proxy threads, so an upgrade can wait until
+    /// none accepts any more before it counts the open connections.
+    accept_loops: TaskTracker,
+    /// Connections parked for `corral upgrade`, and the signal that asks
+    /// for it.
+    pub parking: crate::datapath::parked::Parking,
     /// Cancelled when the front end must stop accepting (graceful stop),
     /// by [`Shared::stop_accepting`] only.
     stop_accepting: CancellationToken,
@@ -81,6 +87,8 @@ impl Shared {
             metrics,
             worker_metrics: Default::default(),
             connections: TaskTracker::new(),
+            accept_loops: TaskTracker::new(),
+            parking: Default::default(),
             stop_accepting: CancellationToken::new(),
             cut_connections: CancellationToken::new(),
             bound: AtomicBool::new(false),
@@ -163,6 +171,11 @@ impl Shared {
 
     /// The open connections (the listeners and rescues add to it; the
     /// graceful stop closes it and waits).
+    /// The proxy threads' accept loops (see the field).
+    pub fn accept_loops(&self) -> &TaskTracker {
+        &self.accept_loops
+    }
+
     pub fn connections(&self) -> &TaskTracker {
         &self.connections
     }
@@ -170,5 +183,17 @@ impl Shared {
     /// `/readyz`: bound, not draining, and at least one backend up.
     pub fn is_ready(&self) -> bool {
         self.bound.load(Ordering::Acquire) && !self.is_draining() && self.snapshot().pool.any_up()
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// The shared state of a proxied corral running `config` (TOML), for
+    /// unit tests: its sampler samples once an hour.
+    pub(crate) fn for_test(config: &str) -> Arc<Shared> {
+        let config = Config::parse(config, std::path::Path::new("test.toml")).unwrap();
+        let sampler = Sampler::start_every(std::time::Duration::from_secs(3600)).unwrap();
+        let front = Front::Proxied(crate::front::Proxied::new(&config));
+        Shared::new(config, front, sampler)
     }
 }

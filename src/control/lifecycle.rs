@@ -13,6 +13,7 @@ use super::signals::Signals;
 use super::{admin, notify, Source};
 use crate::config::Config;
 use crate::datapath::listener::{self, FrontEnd};
+use crate::datapath::parked::Resumed;
 use crate::front::{Front, FrontError};
 use crate::sampler::Sampler;
 use crate::shared::Shared;
@@ -146,13 +147,20 @@ async fn serve(
     };
 
     let proxies_stop = CancellationToken::new();
+    let resumed = incoming
+        .as_ref()
+        .map(resume_connections)
+        .unwrap_or_default();
+    let resumed_connections = resumed.len();
     let proxies = match listeners {
-        Some(listeners) => listener::start_threads(&shared, listeners, proxies_stop.clone())
-            .map_err(Fatal::io("cannot start the proxy threads"))?,
+        Some(listeners) => {
+            listener::start_threads(&shared, listeners, proxies_stop.clone(), resumed)
+                .map_err(Fatal::io("cannot start the proxy threads"))?
+        }
         None => Vec::new(),
     };
     if let Some(handover) = &incoming {
-        took_over(&shared, handover, adopted_workers);
+        took_over(&shared, handover, adopted_workers, resumed_connections);
     }
     let signals = match stopped_while_starting {
         Some(name) => {
@@ -187,9 +195,25 @@ fn adopt_front(config: &Config, handover: &Handover) -> Result<(Front, Option<Fr
     Ok((front, Some(sockets)))
 }
 
+/// The connections an earlier image parked, their sockets taken over (one
+/// that cannot be is left to close with the originals).
+fn resume_connections(handover: &Handover) -> Vec<Resumed> {
+    handover
+        .connections
+        .iter()
+        .filter_map(|parked| match Resumed::take(parked) {
+            Ok(resumed) => Some(resumed),
+            Err(error) => {
+                tracing::warn!(client = %parked.client_addr, %error, "upgrade: cannot take over a connection");
+                None
+            }
+        })
+        .collect()
+}
+
 /// This image serves what the earlier one handed over: the originals are
 /// closed, the upgrade counted, and the request that asked for it answered.
-fn took_over(shared: &Shared, handover: &Handover, workers: usize) {
+fn took_over(shared: &Shared, handover: &Handover, workers: usize, connections: usize) {
     let milliseconds = super::upgrade::wall_ms().saturating_sub(handover.asked_at_ms);
     match &handover.rolled_back {
         None => {
@@ -199,6 +223,7 @@ fn took_over(shared: &Shared, handover: &Handover, workers: usize) {
                 to = crate::upgrade::VERSION,
                 milliseconds,
                 workers,
+                connections,
                 "upgrade: the new program serves"
             );
         }
@@ -214,7 +239,7 @@ fn took_over(shared: &Shared, handover: &Handover, workers: usize) {
     let done = adopt::Done {
         milliseconds,
         workers,
-        connections: 0,
+        connections,
     };
     adopt::answer(handover, &done);
     adopt::release(handover);
@@ -422,18 +447,10 @@ fn raise_fd_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::Sampler;
     use tokio::time::Instant;
 
     fn shared() -> Arc<Shared> {
-        let config = Config::parse(
-            "[[backends]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n",
-            std::path::Path::new("test.toml"),
-        )
-        .unwrap();
-        let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
-        let front = crate::front::Front::Proxied(crate::front::Proxied::new(&config));
-        Shared::new(config, front, sampler)
+        Shared::for_test("[[backends]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n")
     }
 
     /// An open connection that would never finish by itself: it ends when

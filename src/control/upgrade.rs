@@ -3,9 +3,10 @@
 //! hands over, and exec the new program. The new image's side is
 //! [`crate::upgrade::adopt`].
 //!
-//! Not handed over yet: open proxied connections. They get
-//! [`CONNECTIONS_GRACE`] to finish (new clients wait in the listening
-//! sockets' backlog meanwhile); those still open then are closed.
+//! Open proxied connections park at a quiet moment (nothing read and not
+//! yet written) and are handed over open. One that is never quiet within
+//! [`CONNECTIONS_GRACE`] (a transfer in full flow) is closed: bytes in
+//! corral's buffers are not handed over yet.
 
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
@@ -100,6 +101,12 @@ async fn hand_over(
         Err(error) => return Refusal(format!("cannot keep the listening sockets open: {error}")),
     };
     shared.stop_accepting();
+    // No loop may accept after the count below: each one ends at its next
+    // turn (a client it took meanwhile is a tracked connection).
+    shared.accept_loops().close();
+    let _ = tokio::time::timeout(CONNECTIONS_GRACE, shared.accept_loops().wait()).await;
+    // Every open connection parks at its next quiet moment (or ends).
+    shared.parking.begin();
     shared.connections().close();
     let open = shared.connections().len();
     if open > 0
@@ -109,7 +116,7 @@ async fn hand_over(
     {
         tracing::warn!(
             open = shared.connections().len(),
-            "upgrade: closing connections still open (open connections are not handed over yet)"
+            "upgrade: closing connections never quiet within the grace (a transfer in full flow is not handed over yet)"
         );
         shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;
@@ -154,6 +161,7 @@ async fn hand_over(
             .map(|(client, backend, age)| (client.to_string(), backend, age))
             .collect(),
         counters: shared.metrics.export_counters(),
+        connections: shared.parking.hand_over(),
     };
     let written = match handover.write() {
         Ok(fd) => fd,

@@ -25,6 +25,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
+use super::parked::Resumed;
 use super::proxy_protocol;
 use super::pump::{self, Side, Stop};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
@@ -55,6 +56,9 @@ pub enum CloseReason {
     ProxyProtocol,
     /// corral was out of file descriptors or memory for the backend socket.
     Resources,
+    /// `corral upgrade`: the connection was handed to the next image of
+    /// corral, open (its log line there says how it ended).
+    HandedOver,
 }
 
 impl CloseReason {
@@ -70,6 +74,7 @@ impl CloseReason {
             CloseReason::NoBackend => "no_backend",
             CloseReason::ProxyProtocol => "proxy_protocol",
             CloseReason::Resources => "resources",
+            CloseReason::HandedOver => "handed_over",
         }
     }
 }
@@ -288,6 +293,7 @@ async fn pump_once(
             already_sent: !client.pending.is_empty(),
             meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
             cut: shared.cut_signal(),
+            park: shared.parking.signal(),
             stateless: exchange.map(|exchange| pump::Stateless {
                 exchange,
                 stay: &stay,
@@ -296,6 +302,16 @@ async fn pump_once(
         },
     )
     .await;
+    if pumped.stop == Stop::Parked {
+        let bytes = (pumped.from_client, pumped.from_backend);
+        let parked =
+            shared
+                .parking
+                .park(&client.stream, &upstream, client.addr, backend.key, bytes);
+        if let Err(error) = parked {
+            tracing::warn!(client = %client.addr, %error, "upgrade: cannot park the connection; it is closed");
+        }
+    }
     drop((guard, upstream));
     Some(pumped)
 }
@@ -360,7 +376,12 @@ async fn after_pump(
 /// The one end of every connection past the front door: the duration on
 /// the last backend's histogram, and the log line.
 fn finish(config: &Config, client: SocketAddr, trail: &Trail, started: Instant, close: Close) {
-    if let Some(backend) = &trail.last {
+    // A connection handed to the next image is timed there, once.
+    if let Some(backend) = trail
+        .last
+        .as_ref()
+        .filter(|_| close.reason != CloseReason::HandedOver)
+    {
         backend
             .metrics
             .connection_duration
@@ -678,6 +699,7 @@ fn close_reason(shared: &Shared, end: Stop) -> CloseReason {
         }
         Stop::Reset => CloseReason::Reset,
         Stop::Cut => CloseReason::Cut,
+        Stop::Parked => CloseReason::HandedOver,
         Stop::BackendGaveUp { .. } | Stop::Detached { .. } => CloseReason::BackendClosed,
     }
 }
@@ -709,6 +731,86 @@ fn log_closed(
     }
 }
 
+/// Serves a connection an earlier image of corral parked (`corral
+/// upgrade`): its two sockets are pumped on from where they were, to the
+/// same backend, and it ends like any other (or parks again).
+pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
+    let started = Instant::now();
+    let snapshot = shared.snapshot();
+    let Resumed {
+        parked,
+        client,
+        backend: upstream,
+    } = resumed;
+    let (Ok(client), Ok(mut upstream)) = (stream_of(client), stream_of(upstream)) else {
+        tracing::warn!(client = %parked.client_addr, "upgrade: cannot take over a parked connection's sockets; it is closed");
+        return;
+    };
+    let Some(backend) = snapshot
+        .pool
+        .backends
+        .iter()
+        .find(|b| b.key == parked.backend_key)
+        .cloned()
+    else {
+        tracing::warn!(client = %parked.client_addr, "upgrade: a parked connection's backend is gone; it is closed");
+        return;
+    };
+    let mut client = Client::new(client, parked.client_addr);
+    let guard = backend.open(backend.instance());
+    let config = &snapshot.config;
+    let pumped = pump::pump(
+        &mut client.stream,
+        &mut upstream,
+        pump::Options {
+            idle: config.timeouts.idle,
+            first_byte: config.timeouts.first_byte,
+            replayable: false,
+            splice: config.runtime.splice,
+            already_sent: false,
+            meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
+            cut: shared.cut_signal(),
+            park: shared.parking.signal(),
+            stateless: None,
+        },
+    )
+    .await;
+    account(&shared, &client, &backend, &pumped);
+    let bytes = (
+        parked.bytes.0 + pumped.from_client,
+        parked.bytes.1 + pumped.from_backend,
+    );
+    if pumped.stop == Stop::Parked {
+        let again = shared
+            .parking
+            .park(&client.stream, &upstream, client.addr, backend.key, bytes);
+        if let Err(error) = again {
+            tracing::warn!(client = %client.addr, %error, "upgrade: cannot park the connection; it is closed");
+        }
+    }
+    let close = close_of(
+        &shared,
+        &snapshot,
+        &backend,
+        &guard.instance,
+        pumped.stop,
+        pumped.by,
+    );
+    drop((guard, upstream));
+    let trail = Trail {
+        bytes,
+        last: Some(backend),
+    };
+    finish(config, client.addr, &trail, started, close);
+}
+
+/// A tokio stream on a socket taken over from an earlier image.
+fn stream_of(fd: std::os::fd::OwnedFd) -> std::io::Result<TcpStream> {
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
 /// Serves a client through `relay.target` until either side closes, a
 /// timeout, or corral cuts it; counted, and logged as any connection.
 pub async fn serve_relayed(
@@ -734,6 +836,7 @@ pub async fn serve_relayed(
                     already_sent: false,
                     meters: None,
                     cut: shared.cut_signal(),
+                    park: shared.parking.signal(),
                     stateless: None,
                 },
             )

@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::connection;
+use super::parked::Resumed;
 use crate::health::is_local_shortage;
 use crate::shared::Shared;
 
@@ -105,10 +106,18 @@ pub fn start_threads(
     shared: &Arc<Shared>,
     front: FrontEnd,
     stop: CancellationToken,
+    resumed: Vec<Resumed>,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let limit = Arc::new(Semaphore::new(shared.config().listener.max_connections));
     let mut handles = Vec::new();
-    for (index, sockets) in front.per_thread.into_iter().enumerate() {
+    // Connections an earlier image parked (`corral upgrade`), dealt out
+    // over the threads.
+    let threads = front.per_thread.len().max(1);
+    let mut dealt: Vec<Vec<Resumed>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, connection) in resumed.into_iter().enumerate() {
+        dealt[n % threads].push(connection);
+    }
+    for ((index, sockets), resumed) in front.per_thread.into_iter().enumerate().zip(dealt) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -119,6 +128,11 @@ pub fn start_threads(
             .name(format!("corral-proxy-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    for connection in resumed {
+                        shared
+                            .connections()
+                            .spawn(connection::resume(Arc::clone(&shared), connection));
+                    }
                     for socket in sockets {
                         // SAFETY: the AsyncFd owns the socket, so its fd stays
                         // open and the same for the AsyncFd's whole life.
@@ -127,7 +141,7 @@ pub fn start_threads(
                         };
                         match registered.map_err(|e| e.into_parts().1) {
                             Ok(listener) => {
-                                tokio::spawn(accept_loop(
+                                shared.accept_loops().spawn(accept_loop(
                                     Arc::clone(&shared),
                                     listener,
                                     Arc::clone(&limit),

@@ -12,6 +12,7 @@
 pub mod connection;
 pub mod http1;
 pub mod listener;
+pub mod parked;
 pub mod proxy_protocol;
 pub mod pump;
 pub mod splice;

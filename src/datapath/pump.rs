@@ -106,6 +106,9 @@ pub enum Stop {
     Reset,
     /// corral cut the connection (the drain ended).
     Cut,
+    /// `corral upgrade`: the connection was quiet, and its sockets go to
+    /// the next image, open (see [`super::parked`]).
+    Parked,
     /// The backend closed or reset before sending a single byte; here is
     /// everything the client had sent, and whether it had half-closed.
     BackendGaveUp { replay: Vec<u8>, client_done: bool },
@@ -372,6 +375,9 @@ pub struct Options<'m> {
     pub meters: Meters<'m>,
     /// Cancelled when corral cuts every open connection (the drain ended).
     pub cut: &'m CancellationToken,
+    /// Cancelled when an upgrade asks every connection to park: the pump
+    /// ends with [`Stop::Parked`] at its next quiet moment.
+    pub park: &'m CancellationToken,
     /// `workers.stateless`: the HTTP/1.x view of the client's connection,
     /// fed every byte.
     pub stateless: Option<Stateless<'m>>,
@@ -408,6 +414,7 @@ pub fn pump<'a>(
         already_sent,
         meters,
         cut,
+        park,
         mut stateless,
     } = options;
     async move {
@@ -422,12 +429,18 @@ pub fn pump<'a>(
         let mut flow = Flow::new(splice, meters, replayable, already_sent);
         let mut deadline = Deadline::new(idle, first_byte, &flow);
         let mut cut_now = std::pin::pin!(cut.cancelled());
+        let mut park_now = std::pin::pin!(park.cancelled());
+        let mut parking = false;
         // Boxed, and only for stateless connections: the others' futures stay
         // as small as they were.
         let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
         let (stop, by) = poll_fn(|cx| {
             if cut_now.as_mut().poll(cx).is_ready() {
                 return Poll::Ready((Stop::Cut, Side::Corral));
+            }
+            parking = parking || park_now.as_mut().poll(cx).is_ready();
+            if parking && flow.quiet(stateless.as_ref().map(|s| &*s.exchange)) {
+                return Poll::Ready((Stop::Parked, Side::Corral));
             }
             let leaving = leave_now
                 .as_mut()
@@ -502,6 +515,23 @@ impl<'m> Flow<'m> {
             awaiting_since: already_sent.then(Instant::now),
             first_eof: None,
         }
+    }
+
+    /// Nothing read and not yet written in either direction (buffers and
+    /// splice pipes empty), no EOF, nothing kept for a replay, and for a
+    /// stateless connection nothing unanswered: the sockets alone hold the
+    /// connection's state, and it can be handed over.
+    #[inline]
+    fn quiet(&self, exchange: Option<&Exchange>) -> bool {
+        let empty = |half: &Half<'_>| {
+            half.start == half.end
+                && !half.read_done
+                && half.pipe.as_ref().is_none_or(|pipe| pipe.pending == 0)
+        };
+        empty(&self.up)
+            && empty(&self.down)
+            && self.replay.as_ref().is_none_or(|r| r.is_empty())
+            && exchange.is_none_or(|e| self.between_exchanges(e))
     }
 
     /// A stateless connection with nothing unanswered, and the client's
@@ -775,6 +805,8 @@ mod tests {
             already_sent: false,
             meters: None,
             cut,
+            // Checked after `cut`, and never cancelled alone here.
+            park: cut,
             stateless: None,
         }
     }

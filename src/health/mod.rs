@@ -361,20 +361,14 @@ fn others_up(pool: &Pool, backend: &Backend) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::time::{sleep_until, Instant};
 
     /// One static backend, checked every 2 s; `fall` 3, `rise` 2.
     fn shared() -> Arc<Shared> {
-        let config = Config::parse(
+        Shared::for_test(
             "[[backends]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n[health]\ninterval = \"2s\"\nfall = 3\nrise = 2\n",
-            std::path::Path::new("test.toml"),
         )
-        .unwrap();
-        let sampler = Sampler::start_every(Duration::from_secs(3600)).unwrap();
-        let front = crate::front::Front::Proxied(crate::front::Proxied::new(&config));
-        Shared::new(config, front, sampler)
     }
 
     /// Rounds at 0, 2, 4, ... s (on the paused clock): the third failure in

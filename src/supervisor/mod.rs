@@ -1,7 +1,7 @@
 //! The worker slots as a whole: starting them, rolling restarts one slot at
 //! a time, scaling on reload, and stopping them all on shutdown. Each slot's
-//! own life (spawn, readiness, restarts) is in [`slot`], the delay before
-//! a restart in [`backoff`]; forking from one long-lived thread is in
+//! own life (spawn, readiness, restarts, and the delay before a restart) is
+//! in [`slot`]; forking from one long-lived thread is in
 //! [`spawn`] (a started process is a [`process::WorkerProcess`], its output
 //! goes through [`output`], and its shim learns of corral's end through the
 //! [`lifeline`]); what workers say on their notify
@@ -12,7 +12,6 @@
 //! handed worker that listens on a port of its own is spotted by
 //! [`strays`].
 
-mod backoff;
 pub(crate) mod lifeline;
 pub mod notify;
 pub(crate) mod output;

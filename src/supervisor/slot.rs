@@ -15,6 +15,7 @@
 //! (probes, `READY=1`, a handed worker that listens elsewhere) is in
 //! [`ready`].
 
+mod backoff;
 mod ready;
 mod seat;
 
@@ -24,7 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::notify::{Notice, Notifier, Registration};
 use super::ports::PortBook;
 use super::spawn::{Spawner, WorkerProcess, WorkerSpec};
@@ -33,6 +33,7 @@ use crate::health;
 use crate::pool::{Backend, Instance};
 use crate::sampler::Sample;
 use crate::shared::Shared;
+use backoff::Backoff;
 use ready::Waiting;
 use seat::Seat;
 

@@ -270,12 +270,16 @@ impl Thread {
     /// starts a new process.
     fn adopt(&self, handover: Handover) -> Vec<(usize, WorkerProcess)> {
         for pipe in handover.pipes {
-            // SAFETY: inherited across exec, named by the handover, owned by
-            // nothing else in this image.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pipe.fd) };
-            let _ = lifeline::set_cloexec(pipe.fd, true);
-            self.outputs
-                .forward(fd, pipe.worker, pipe.shim, pipe.stream);
+            // A duplicate: the original stays for a rollback, and is closed
+            // once this image serves (see crate::upgrade::adopt).
+            match crate::fds::duplicate(pipe.fd, 3) {
+                Ok(fd) => self
+                    .outputs
+                    .forward(fd, pipe.worker, pipe.shim, pipe.stream),
+                Err(error) => {
+                    tracing::warn!(worker = pipe.worker, %error, "cannot take over the worker's output")
+                }
+            }
         }
         handover
             .children
@@ -310,7 +314,7 @@ fn shim_command(spec: &WorkerSpec, reported: std::io::PipeWriter) -> std::proces
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
-        .env_remove(crate::upgrade::handover::ENV)
+        .env_remove(crate::fds::HANDOVER_ENV)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(reported))
         .stdout(Stdio::piped())

@@ -130,6 +130,10 @@ pub fn release(handover: &Handover) {
     fds.push(handover.spawner.lifeline.1);
     fds.extend(handover.spawner.pipes.iter().map(|p| p.fd));
     fds.push(handover.old_program);
+    for connection in &handover.connections {
+        fds.push(connection.client);
+        fds.push(connection.backend);
+    }
     fds.extend(
         std::env::var(ENV)
             .ok()

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::supervisor::spawn;
 
 /// The environment variable that names the handover's descriptor.
-pub const ENV: &str = "CORRAL_HANDOVER_FD";
+pub use crate::fds::HANDOVER_ENV as ENV;
 
 /// Everything the next image takes over. Descriptors are numbers in this
 /// process, open across the exec.
@@ -44,6 +44,9 @@ pub struct Handover {
     pub sticky: Vec<(String, u64, u64)>,
     /// Every counter and histogram so far.
     pub counters: crate::metrics::carried::Carried,
+    /// The open connections, parked at a quiet moment.
+    #[serde(default)]
+    pub connections: Vec<crate::datapath::parked::ParkedConnection>,
 }
 
 impl Handover {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::slot::Command;
+use super::Command;
 use crate::config::WorkersConfig;
 
 /// The delay the next restart waits.
