@@ -20,7 +20,6 @@ use crate::shared::Shared;
 use crate::supervisor::spawn::Spawner;
 use crate::supervisor::Supervisor;
 use crate::upgrade::{adopt, handover::Handover};
-use std::os::fd::AsRawFd;
 
 /// A failure that stops corral at run time (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -90,42 +89,10 @@ async fn serve(
         adopt::refuse_for_test(handover).map_err(Fatal::Adopt)?;
     }
     // Bind everything first: if an address is taken nothing is started.
-    let (front, listeners) = match &incoming {
-        Some(handover) => adopt_front(&config, handover)?,
-        None => bind_front(&config)?,
-    };
-    let admin_listener = match &incoming {
-        Some(handover) => adopt::admin_listener(handover)
-            .map_err(|e| Fatal::Adopt(format!("cannot take the admin port: {e}")))?,
-        None => tokio::net::TcpListener::bind(config.admin.bind)
-            .await
-            .map_err(|source| Fatal::Bind {
-                what: "admin port",
-                addr: config.admin.bind,
-                source,
-            })?,
-    };
-    let upgrade_listeners = super::upgrade::Listeners {
-        front: listeners
-            .as_ref()
-            .map(|l| {
-                l.per_thread
-                    .iter()
-                    .map(|thread| thread.iter().map(|s| s.as_raw_fd()).collect())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        admin: admin_listener.as_raw_fd(),
-    };
+    let (front, listeners, admin_listener) = open_listeners(&config, incoming.as_ref()).await?;
+    let upgrade_listeners = super::upgrade::Listeners::of(listeners.as_ref(), &admin_listener);
     let mut signals = settle_process(&mut config, incoming.is_none())?;
-    let (spawner, adopted) = match &incoming {
-        Some(handover) => Spawner::adopt(handover.spawner.clone())
-            .map_err(|e| Fatal::Adopt(format!("cannot take the workers over: {e}")))?,
-        None => (
-            Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?,
-            Vec::new(),
-        ),
-    };
+    let (spawner, adopted) = start_spawner(incoming.as_ref())?;
     let sampler = Sampler::start().map_err(Fatal::io("cannot start the /proc sampler thread"))?;
 
     let shared = Shared::new(config.clone(), front, sampler);
@@ -183,6 +150,50 @@ async fn serve(
     };
     stop(&shared, signals, proxies_stop, &supervisor, proxies).await;
     Ok(())
+}
+
+/// The front end, the proxy threads' sockets and the admin port: bound
+/// afresh, or taken over from an earlier image (`incoming`).
+async fn open_listeners(
+    config: &Config,
+    incoming: Option<&Handover>,
+) -> Result<(Front, Option<FrontEnd>, tokio::net::TcpListener), Fatal> {
+    let Some(handover) = incoming else {
+        let (front, listeners) = bind_front(config)?;
+        let admin = tokio::net::TcpListener::bind(config.admin.bind)
+            .await
+            .map_err(|source| Fatal::Bind {
+                what: "admin port",
+                addr: config.admin.bind,
+                source,
+            })?;
+        return Ok((front, listeners, admin));
+    };
+    let (front, listeners) = adopt_front(config, handover)?;
+    let admin = adopt::admin_listener(handover)
+        .map_err(|e| Fatal::Adopt(format!("cannot take the admin port: {e}")))?;
+    Ok((front, listeners, admin))
+}
+
+/// The spawner thread: new, or holding the workers an earlier image
+/// handed over (returned by slot).
+fn start_spawner(
+    incoming: Option<&Handover>,
+) -> Result<
+    (
+        Spawner,
+        Vec<(usize, crate::supervisor::process::WorkerProcess)>,
+    ),
+    Fatal,
+> {
+    match incoming {
+        Some(handover) => Spawner::adopt(handover.spawner.clone())
+            .map_err(|e| Fatal::Adopt(format!("cannot take the workers over: {e}"))),
+        None => Ok((
+            Spawner::start().map_err(Fatal::io("cannot start the worker spawner thread"))?,
+            Vec::new(),
+        )),
+    }
 }
 
 /// The front end and the proxy threads' sockets an earlier image handed

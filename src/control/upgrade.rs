@@ -8,13 +8,13 @@
 //! [`CONNECTIONS_GRACE`] (a transfer in full flow) is closed: bytes in
 //! corral's buffers are not handed over yet.
 
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::reload::Source;
 use crate::config::ListenMode;
-use crate::fds::set_cloexec;
+use crate::fds::{duplicate, set_cloexec};
 use crate::pool::Kind;
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
@@ -30,6 +30,28 @@ pub struct Listeners {
     /// Per proxy thread, one socket per front-end address.
     pub front: Vec<Vec<RawFd>>,
     pub admin: RawFd,
+}
+
+impl Listeners {
+    /// The descriptors of the proxy threads' sockets (none for a handed
+    /// front end) and of the admin port.
+    pub fn of(
+        front: Option<&crate::datapath::listener::FrontEnd>,
+        admin: &tokio::net::TcpListener,
+    ) -> Listeners {
+        let front = front
+            .map(|f| {
+                f.per_thread
+                    .iter()
+                    .map(|thread| thread.iter().map(|s| s.as_raw_fd()).collect())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Listeners {
+            front,
+            admin: admin.as_raw_fd(),
+        }
+    }
 }
 
 /// Checks the file at the started path, then hands everything over and
@@ -73,9 +95,11 @@ async fn check(shared: &Shared, source: &Source) -> Result<std::path::PathBuf, R
 
 /// Past the checks. Once the handover is written, a failed exec executes
 /// the old program again with it. Before that, only the loss of the
-/// spawner thread or of memory for the handover can fail, and the image
-/// then keeps its workers but no longer accepts: it says so, and a restart
-/// of corral is the way out.
+/// spawner thread or of memory for the handover can fail: the image then
+/// keeps its workers but no longer accepts, it says so, and a restart of
+/// corral is the way out. Every descriptor kept for the next image stays
+/// close-on-exec (and is closed on such a failure) until just before the
+/// exec.
 async fn hand_over(
     shared: &Arc<Shared>,
     supervisor: &Supervisor,
@@ -85,7 +109,7 @@ async fn hand_over(
 ) -> Refusal {
     let asked_at_ms = wall_ms();
     let old_program = match exec::open_own_program() {
-        Ok(fd) => fd.into_raw_fd(),
+        Ok(fd) => fd,
         Err(error) => {
             return Refusal(format!(
                 "cannot open the running program for a rollback: {error}"
@@ -94,18 +118,78 @@ async fn hand_over(
     };
     super::notify::reloading();
     // The listening sockets outlive their owners from here: duplicates
-    // without close-on-exec keep them listening (clients wait in their
-    // backlogs) when the accept loops end below.
-    let kept = match keep_listeners(listeners, answer_to) {
+    // keep them listening (clients wait in their backlogs) when the accept
+    // loops end below.
+    let kept = match Kept::take(listeners, answer_to) {
         Ok(kept) => kept,
         Err(error) => return Refusal(format!("cannot keep the listening sockets open: {error}")),
     };
+    stop_taking_work(shared).await;
+    let spawner = match supervisor.hand_over().await {
+        Ok(spawner) => spawner,
+        Err(error) => {
+            tracing::error!(%error, "upgrade: the spawner could not hand its workers over");
+            return Refusal(format!(
+                "the spawner could not hand its workers over: {error}"
+            ));
+        }
+    };
+    let (connections, connection_fds) = shared.parking.hand_over();
+    let handover = Handover {
+        format: FORMAT,
+        from: VERSION.to_string(),
+        asked_at_ms,
+        old_program: old_program.as_raw_fd(),
+        rolled_back: None,
+        config: (*shared.config()).clone(),
+        front: kept.raw_front(),
+        admin: kept.admin.as_raw_fd(),
+        answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
+        spawner,
+        ports: worker_ports(shared),
+        sticky: shared
+            .dispatcher
+            .sticky
+            .export()
+            .into_iter()
+            .map(|(client, backend, age)| (client.to_string(), backend, age))
+            .collect(),
+        counters: shared.metrics.export_counters(),
+        connections,
+    };
+    let written = match handover.write() {
+        Ok(fd) => fd,
+        Err(error) => return Refusal(format!("cannot write the handover: {error}")),
+    };
+    let across: Vec<RawFd> = kept
+        .all()
+        .chain(connection_fds.iter().map(|fd| fd.as_raw_fd()))
+        .chain([old_program.as_raw_fd()])
+        .collect();
+    for fd in across {
+        if let Err(error) = set_cloexec(fd, false) {
+            tracing::error!(fd, %error, "upgrade: a descriptor cannot be kept across the exec");
+        }
+    }
+    tracing::info!(program = %program.display(), "upgrade: executing the new program");
+    let error = exec::into(&program, written.as_raw_fd());
+    tracing::error!(%error, "upgrade: cannot execute the new program; taking everything back");
+    let error = exec::back(old_program.as_raw_fd(), written.as_raw_fd());
+    Refusal(format!(
+        "cannot execute {} ({error}), nor the old program again",
+        program.display()
+    ))
+}
+
+/// No new client is taken (they wait in the backlogs), and every open
+/// connection parks at its next quiet moment or ends; one never quiet
+/// within [`CONNECTIONS_GRACE`] is cut.
+async fn stop_taking_work(shared: &Shared) {
     shared.stop_accepting();
     // No loop may accept after the count below: each one ends at its next
     // turn (a client it took meanwhile is a tracked connection).
     shared.accept_loops().close();
     let _ = tokio::time::timeout(CONNECTIONS_GRACE, shared.accept_loops().wait()).await;
-    // Every open connection parks at its next quiet moment (or ends).
     shared.parking.begin();
     shared.connections().close();
     let open = shared.connections().len();
@@ -121,90 +205,59 @@ async fn hand_over(
         shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;
     }
-    let spawner = match supervisor.hand_over().await {
-        Ok(spawner) => spawner,
-        Err(error) => {
-            // The spawner still runs: nothing was handed over; the old
-            // program takes everything back from the handover below.
-            tracing::error!(%error, "upgrade: the spawner could not hand its workers over");
-            return Refusal(format!(
-                "the spawner could not hand its workers over: {error}"
-            ));
-        }
-    };
-    let snapshot = shared.snapshot();
-    let ports = snapshot
+}
+
+/// Each worker slot's port (proxied workers listen on one of their own).
+fn worker_ports(shared: &Shared) -> Vec<(usize, u16)> {
+    shared
+        .snapshot()
         .pool
         .worker_backends()
         .filter_map(|b| match b.kind {
             Kind::Worker(slot) => Some((slot, b.instance().reach.own()?.port())),
             Kind::Static => None,
         })
-        .collect();
-    let handover = Handover {
-        format: FORMAT,
-        from: VERSION.to_string(),
-        asked_at_ms,
-        old_program,
-        rolled_back: None,
-        config: (*snapshot.config).clone(),
-        front: kept.front,
-        admin: kept.admin,
-        answer_to: kept.answer_to,
-        spawner,
-        ports,
-        sticky: shared
-            .dispatcher
-            .sticky
-            .export()
-            .into_iter()
-            .map(|(client, backend, age)| (client.to_string(), backend, age))
-            .collect(),
-        counters: shared.metrics.export_counters(),
-        connections: shared.parking.hand_over(),
-    };
-    let written = match handover.write() {
-        Ok(fd) => fd,
-        Err(error) => return Refusal(format!("cannot write the handover: {error}")),
-    };
-    tracing::info!(program = %program.display(), "upgrade: executing the new program");
-    let error = exec::into(&program, written.as_raw_fd());
-    tracing::error!(%error, "upgrade: cannot execute the new program; taking everything back");
-    let error = exec::back(old_program, written.as_raw_fd());
-    Refusal(format!(
-        "cannot execute {} ({error}), nor the old program again",
-        program.display()
-    ))
+        .collect()
 }
 
-/// Duplicates, without close-on-exec, of the listening sockets and of the
-/// connection to answer.
+/// Duplicates of the listening sockets and of the connection to answer,
+/// owned until the exec (close-on-exec until just before it).
 struct Kept {
-    front: Vec<Vec<RawFd>>,
-    admin: RawFd,
-    answer_to: Option<RawFd>,
+    front: Vec<Vec<OwnedFd>>,
+    admin: OwnedFd,
+    answer_to: Option<OwnedFd>,
 }
 
-fn keep_listeners(listeners: &Listeners, answer_to: Option<RawFd>) -> std::io::Result<Kept> {
-    let keep = |fd: RawFd| -> std::io::Result<RawFd> {
-        // SAFETY: dup makes a new descriptor, which is then owned by the
-        // handover (it outlives this image).
-        let copy = unsafe { libc::dup(fd) };
-        if copy < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        set_cloexec(copy, false)?;
-        Ok(copy)
-    };
-    Ok(Kept {
-        front: listeners
-            .front
+impl Kept {
+    fn take(listeners: &Listeners, answer_to: Option<RawFd>) -> std::io::Result<Kept> {
+        let keep = |fd: RawFd| duplicate(fd, 3);
+        Ok(Kept {
+            front: listeners
+                .front
+                .iter()
+                .map(|thread| thread.iter().map(|&fd| keep(fd)).collect())
+                .collect::<std::io::Result<_>>()?,
+            admin: keep(listeners.admin)?,
+            answer_to: answer_to.map(keep).transpose()?,
+        })
+    }
+
+    fn raw_front(&self) -> Vec<Vec<RawFd>> {
+        self.front
             .iter()
-            .map(|thread| thread.iter().map(|&fd| keep(fd)).collect())
-            .collect::<std::io::Result<_>>()?,
-        admin: keep(listeners.admin)?,
-        answer_to: answer_to.map(keep).transpose()?,
-    })
+            .map(|thread| thread.iter().map(|fd| fd.as_raw_fd()).collect())
+            .collect()
+    }
+
+    /// Every descriptor kept.
+    fn all(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.front
+            .iter()
+            .flatten()
+            .chain([&self.admin])
+            .chain(self.answer_to.as_ref())
+            .map(|fd| fd.as_raw_fd())
+    }
 }
 
 /// Milliseconds since the Unix epoch (the one clock both images agree on

@@ -8,7 +8,7 @@
 //! nothing is lost and no connection is reset.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::net::TcpStream;
@@ -80,25 +80,28 @@ impl Parking {
         Ok(())
     }
 
-    /// Every parked connection, its descriptors left open across an exec
-    /// (no close-on-exec) and no longer owned here.
-    pub fn hand_over(&self) -> Vec<ParkedConnection> {
+    /// Every parked connection, as the handover names it, and its sockets,
+    /// owned by the caller until the exec (still close-on-exec: the
+    /// caller clears that just before it).
+    pub fn hand_over(&self) -> (Vec<ParkedConnection>, Vec<OwnedFd>) {
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner));
-        held.into_iter()
-            .filter_map(|h| {
-                let keep = |fd: OwnedFd| -> Option<RawFd> {
-                    let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
-                    crate::fds::set_cloexec(raw, false).ok().map(|()| raw)
-                };
-                Some(ParkedConnection {
-                    client: keep(h.client)?,
-                    backend: keep(h.backend)?,
+        let mut fds = Vec::with_capacity(2 * held.len());
+        let connections = held
+            .into_iter()
+            .map(|h| {
+                let connection = ParkedConnection {
+                    client: h.client.as_raw_fd(),
+                    backend: h.backend.as_raw_fd(),
                     client_addr: h.client_addr,
                     backend_key: h.backend_key,
                     bytes: h.bytes,
-                })
+                };
+                fds.push(h.client);
+                fds.push(h.backend);
+                connection
             })
-            .collect()
+            .collect();
+        (connections, fds)
     }
 }
 

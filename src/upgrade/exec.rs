@@ -10,11 +10,12 @@ use std::path::Path;
 
 use super::handover::ENV;
 
-/// The running program's file, open without close-on-exec: what a new
-/// image that cannot adopt executes to hand everything back.
+/// The running program's file, open: what a new image that cannot adopt
+/// executes to hand everything back. Close-on-exec until the caller clears
+/// it just before the exec.
 pub fn open_own_program() -> io::Result<OwnedFd> {
     // SAFETY: open of a constant path; the descriptor is owned by the result.
-    let fd = unsafe { libc::open(c"/proc/self/exe".as_ptr(), libc::O_RDONLY) };
+    let fd = unsafe { libc::open(c"/proc/self/exe".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
