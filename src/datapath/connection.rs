@@ -762,17 +762,13 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
     let pumped = pump::pump(
         &mut client.stream,
         &mut upstream,
-        pump::Options {
-            idle: config.timeouts.idle,
-            first_byte: config.timeouts.first_byte,
-            replayable: false,
-            splice: config.runtime.splice,
-            already_sent: false,
-            meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
-            cut: shared.cut_signal(),
-            park: shared.parking.signal(),
-            stateless: None,
-        },
+        pump::Options::whole(
+            &config.timeouts,
+            config.runtime.splice,
+            Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
+            shared.cut_signal(),
+            shared.parking.signal(),
+        ),
     )
     .await;
     account(&shared, &client, &backend, &pumped);
@@ -828,17 +824,13 @@ pub async fn serve_relayed(
             let outcome = pump::pump(
                 &mut stream,
                 &mut upstream,
-                pump::Options {
-                    idle: config.timeouts.idle,
-                    first_byte: config.timeouts.first_byte,
-                    replayable: false,
-                    splice: config.runtime.splice,
-                    already_sent: false,
-                    meters: None,
-                    cut: shared.cut_signal(),
-                    park: shared.parking.signal(),
-                    stateless: None,
-                },
+                pump::Options::whole(
+                    &config.timeouts,
+                    config.runtime.splice,
+                    None,
+                    shared.cut_signal(),
+                    shared.parking.signal(),
+                ),
             )
             .await;
             if outcome.spliced {

@@ -383,6 +383,31 @@ pub struct Options<'m> {
     pub stateless: Option<Stateless<'m>>,
 }
 
+impl<'m> Options<'m> {
+    /// A connection pumped whole, as the config times it: no replay, no
+    /// stateless view, nothing sent before (a rescued connection, or one
+    /// taken over from an earlier image).
+    pub fn whole(
+        timeouts: &crate::config::Timeouts,
+        splice: bool,
+        meters: Meters<'m>,
+        cut: &'m CancellationToken,
+        park: &'m CancellationToken,
+    ) -> Options<'m> {
+        Options {
+            idle: timeouts.idle,
+            first_byte: timeouts.first_byte,
+            replayable: false,
+            splice,
+            already_sent: false,
+            meters,
+            cut,
+            park,
+            stateless: None,
+        }
+    }
+}
+
 /// What a stateless connection's pump needs besides the sockets.
 pub struct Stateless<'m> {
     /// The HTTP/1.x view, fed every byte.
