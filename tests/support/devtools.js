@@ -61,12 +61,20 @@ async function main() {
     const colon = step.indexOf(":");
     const [kind, arg] = [step.slice(0, colon), step.slice(colon + 1)];
     if (kind === "wait") {
+      // An expression that throws (the page not built yet: an element
+      // still missing) is "not yet", like one that is false.
       let ok = false;
+      let last = "";
       for (let i = 0; i < 300 && !ok; i++) {
-        ok = Boolean(await evaluate(arg));
+        try {
+          ok = Boolean(await evaluate(arg));
+        } catch (error) {
+          ok = false;
+          last = ` (last: ${error.message})`;
+        }
         if (!ok) await sleep(100);
       }
-      if (!ok) throw new Error(`never true: ${arg}; the page says: ${await evaluate("document.body.innerText")}`);
+      if (!ok) throw new Error(`never true: ${arg}${last}; the page says: ${await evaluate("document.body.innerText")}`);
     } else if (kind === "click") {
       const box = await evaluate(`(() => { const e = document.querySelector(${JSON.stringify(arg)});
         if (!e) return null; e.scrollIntoView(); const r = e.getBoundingClientRect();
