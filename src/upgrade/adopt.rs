@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use socket2::Socket;
 
@@ -163,27 +163,12 @@ pub fn roll_back(handover: &Handover, why: &str) -> std::io::Error {
 /// The handover's descriptor number, for a new image whose handover could
 /// not even be read: only the old program can read it then.
 pub fn roll_back_unread(why: &str) -> Option<std::io::Error> {
-    let fd: RawFd = std::env::var(ENV).ok()?.parse().ok()?;
     // Read it again as plain JSON for the one field that matters.
-    let mut text = String::new();
-    // SAFETY: the descriptor the old image left; read through a duplicate.
-    let file = unsafe { std::fs::File::from_raw_fd(libc::dup(fd)) };
-    use std::io::{Read, Seek};
-    let mut file = file;
-    let _ = file.rewind();
-    file.read_to_string(&mut text).ok()?;
-    let mut value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mut value = super::handover::incoming_json()?.ok()?;
     let old = value.get("old_program")?.as_i64()? as RawFd;
     value["rolled_back"] = serde_json::Value::String(why.to_string());
-    // SAFETY: memfd_create of a constant name.
-    let memfd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
-    if memfd < 0 {
-        return Some(std::io::Error::last_os_error());
+    match super::handover::write_json(&value) {
+        Ok(written) => Some(exec::back(old, written.as_raw_fd())),
+        Err(error) => Some(error),
     }
-    // SAFETY: just created, owned here.
-    let mut out = unsafe { std::fs::File::from_raw_fd(memfd) };
-    if serde_json::to_writer(&mut out, &value).is_err() || out.rewind().is_err() {
-        return Some(std::io::Error::other("cannot write the handover back"));
-    }
-    Some(exec::back(old, out.as_raw_fd()))
 }

@@ -53,18 +53,7 @@ impl Handover {
     /// Writes the handover to a new memory file left open across exec;
     /// returns its descriptor.
     pub fn write(&self) -> std::io::Result<OwnedFd> {
-        // SAFETY: memfd_create takes a C string and flags, returns a new fd.
-        let fd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the descriptor was just created and is owned here.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut file = std::fs::File::from(owned);
-        serde_json::to_writer(&mut file, self).map_err(std::io::Error::other)?;
-        file.flush()?;
-        file.rewind()?;
-        Ok(OwnedFd::from(file))
+        write_json(self)
     }
 
     /// The handover this image was started with, if any: read from the
@@ -75,19 +64,45 @@ impl Handover {
     }
 }
 
-fn read(fd_text: &str) -> Result<Handover, String> {
+/// Writes `value` as JSON to a new memory file left open across exec;
+/// returns its descriptor, rewound.
+pub fn write_json(value: &impl serde::Serialize) -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create takes a C string and flags, returns a new fd.
+    let fd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned here.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    serde_json::to_writer(&mut file, value).map_err(std::io::Error::other)?;
+    file.flush()?;
+    file.rewind()?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The handover this image was started with as plain JSON, whatever its
+/// format, if [`ENV`] names one: read through a duplicate, so the original
+/// stays for a rollback (see super::adopt).
+pub fn incoming_json() -> Option<Result<serde_json::Value, String>> {
+    let fd_text = std::env::var(ENV).ok()?;
+    Some(read_json(&fd_text))
+}
+
+fn read_json(fd_text: &str) -> Result<serde_json::Value, String> {
     let fd: RawFd = fd_text
         .parse()
         .map_err(|_| format!("{ENV}={fd_text:?} is not a descriptor number"))?;
-    // A duplicate: the original stays for a rollback (see super::adopt).
     let mut file = std::fs::File::from(crate::fds::duplicate(fd, 3).map_err(|e| e.to_string())?);
     file.rewind()
         .map_err(|e| format!("cannot read the handover: {e}"))?;
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| format!("cannot read the handover (fd {}): {e}", file.as_raw_fd()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("the handover is not JSON: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("the handover is not JSON: {e}"))
+}
+
+fn read(fd_text: &str) -> Result<Handover, String> {
+    let value = read_json(fd_text)?;
     let format = value["format"].as_u64().unwrap_or(0);
     if format != u64::from(super::FORMAT) {
         return Err(format!(
