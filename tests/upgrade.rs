@@ -271,3 +271,196 @@ fn ask_on(stream: &mut std::net::TcpStream, front: std::net::SocketAddr) -> std:
         }
     }
 }
+
+/// Bytes per download in [`transfers_in_flight_complete_byte_exact`].
+const DOWNLOAD: u64 = 64 * 1024 * 1024;
+
+/// The byte at `offset` of a bulk worker's download: the 32-bit
+/// little-endian words 0, 1, 2, ... back to back.
+fn pattern_byte(offset: u64) -> u8 {
+    ((offset / 4) as u32).to_le_bytes()[(offset % 4) as usize]
+}
+
+/// A slow download of [`DOWNLOAD`] bytes from tests/support/bulk_worker.py
+/// that checks every byte's place; `read` follows its progress.
+fn slow_download(
+    front: std::net::SocketAddr,
+    read: &std::sync::atomic::AtomicU64,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(front).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    writeln!(stream, "download {DOWNLOAD}").map_err(|e| e.to_string())?;
+    let mut offset = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("after {offset} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        for (i, byte) in chunk[..n].iter().enumerate() {
+            let at = offset + i as u64;
+            if *byte != pattern_byte(at) {
+                return Err(format!("byte {at} is {byte}, not {}", pattern_byte(at)));
+            }
+        }
+        offset += n as u64;
+        read.store(offset, std::sync::atomic::Ordering::SeqCst);
+        // About 16 MiB/s at most: the download spans the upgrades, and
+        // corral's buffers (or splice pipes) toward it are full meanwhile.
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    if offset != DOWNLOAD {
+        return Err(format!("ended after {offset} of {DOWNLOAD} bytes"));
+    }
+    Ok(())
+}
+
+/// An interactive echo connection: messages of varying sizes, each read
+/// back whole and compared, until `stop`; then a half-close, answered by
+/// the rest of the echo and a clean close.
+fn echo_rounds(
+    front: std::net::SocketAddr,
+    rounds: &std::sync::atomic::AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(front).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(b"echo\n").map_err(|e| e.to_string())?;
+    let mut round = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let size = 1 + (round * 7919) % 40_000;
+        let message: Vec<u8> = (0..size).map(|i| (i as u8) ^ (round as u8)).collect();
+        stream
+            .write_all(&message)
+            .map_err(|e| format!("round {round}: {e}"))?;
+        let mut back = vec![0u8; message.len()];
+        stream
+            .read_exact(&mut back)
+            .map_err(|e| format!("round {round}: {e}"))?;
+        if back != message {
+            return Err(format!("round {round}: the echo differs"));
+        }
+        round += 1;
+        rounds.store(round, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("after the half-close: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last echo", rest.len()));
+    }
+    Ok(())
+}
+
+/// 4 slow downloads and 8 echo connections in flight across two upgrades,
+/// with bytes moved through buffers or (`splice`) through splice(2) pipes:
+/// every byte arrives once, in place, and no connection is reset.
+fn transfers_in_flight_complete_byte_exact(splice: bool) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed_copy(bin.path());
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&[python(), &support("bulk_worker.py")], 2)
+        .set("runtime.splice", splice);
+    let corral = Corral::start_binary(&program, &config);
+    corral.wait_up(2);
+    let front = corral.front;
+    let stop = Arc::new(AtomicBool::new(false));
+    let downloads: Vec<_> = (0..4)
+        .map(|_| {
+            let read = Arc::new(AtomicU64::new(0));
+            let thread = std::thread::spawn({
+                let read = Arc::clone(&read);
+                move || slow_download(front, &read)
+            });
+            (read, thread)
+        })
+        .collect();
+    let echoes: Vec<_> = (0..8)
+        .map(|_| {
+            let rounds = Arc::new(AtomicU64::new(0));
+            let thread = std::thread::spawn({
+                let (rounds, stop) = (Arc::clone(&rounds), Arc::clone(&stop));
+                move || echo_rounds(front, &rounds, &stop)
+            });
+            (rounds, thread)
+        })
+        .collect();
+    let under_way = eventually(Duration::from_secs(20), || {
+        downloads
+            .iter()
+            .all(|(read, _)| read.load(Ordering::SeqCst) > 1 << 20)
+            && echoes
+                .iter()
+                .all(|(rounds, _)| rounds.load(Ordering::SeqCst) > 3)
+    });
+    assert!(
+        under_way,
+        "the transfers never got going:\n{}",
+        corral.log()
+    );
+    for round in 1..=2 {
+        let read: Vec<u64> = downloads
+            .iter()
+            .map(|(read, _)| read.load(Ordering::SeqCst))
+            .collect();
+        let echoed: Vec<u64> = echoes
+            .iter()
+            .map(|(rounds, _)| rounds.load(Ordering::SeqCst))
+            .collect();
+        install(&program, &std::fs::read(CORRAL).unwrap(), true);
+        let (code, said) = upgrade(&corral);
+        assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
+        assert!(
+            said.contains("12 open connections handed over"),
+            "upgrade {round}: {said}"
+        );
+        let progressing = eventually(Duration::from_secs(10), || {
+            downloads
+                .iter()
+                .zip(&read)
+                .all(|((now, _), before)| now.load(Ordering::SeqCst) > *before)
+                && echoes
+                    .iter()
+                    .zip(&echoed)
+                    .all(|((now, _), before)| now.load(Ordering::SeqCst) > *before)
+        });
+        assert!(progressing, "upgrade {round}: a transfer stopped");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for (_, thread) in downloads {
+        assert_eq!(thread.join().unwrap(), Ok(()), "a download");
+    }
+    for (_, thread) in echoes {
+        assert_eq!(thread.join().unwrap(), Ok(()), "an echo connection");
+    }
+    if splice {
+        assert!(corral.metric("corral_spliced_connections_total") > 0.0);
+    }
+    assert_eq!(corral.metric("corral_upgrades_total{result=\"done\"}"), 2.0);
+}
+
+#[test]
+fn buffered_transfers_in_flight_complete_byte_exact_across_upgrades() {
+    transfers_in_flight_complete_byte_exact(false);
+}
+
+#[test]
+fn spliced_transfers_in_flight_complete_byte_exact_across_upgrades() {
+    transfers_in_flight_complete_byte_exact(true);
+}

@@ -215,7 +215,7 @@ fn resume_connections(handover: &Handover) -> Vec<Resumed> {
         .filter_map(|parked| match Resumed::take(parked) {
             Ok(resumed) => Some(resumed),
             Err(error) => {
-                tracing::warn!(client = %parked.client_addr, %error, "upgrade: cannot take over a connection");
+                tracing::warn!(client = %parked.state.client_addr, %error, "upgrade: cannot take over a connection");
                 None
             }
         })

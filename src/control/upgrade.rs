@@ -3,10 +3,12 @@
 //! hands over, and exec the new program. The new image's side is
 //! [`crate::upgrade::adopt`].
 //!
-//! Open proxied connections park at a quiet moment (nothing read and not
-//! yet written) and are handed over open. One that is never quiet within
-//! [`CONNECTIONS_GRACE`] (a transfer in full flow) is closed: bytes in
-//! corral's buffers are not handed over yet.
+//! Open proxied connections park at once, with the bytes corral read and
+//! had not written yet, and are handed over open (see
+//! [`crate::datapath::parked`]). What cannot park within
+//! [`CONNECTIONS_GRACE`] is closed: a stateless connection whose request
+//! is still unanswered, or a client that has not sent its next request
+//! (or PROXY header) yet.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -182,8 +184,8 @@ async fn hand_over(
 }
 
 /// No new client is taken (they wait in the backlogs), and every open
-/// connection parks at its next quiet moment or ends; one never quiet
-/// within [`CONNECTIONS_GRACE`] is cut.
+/// connection parks or ends; one that cannot within [`CONNECTIONS_GRACE`]
+/// is cut.
 async fn stop_taking_work(shared: &Shared) {
     shared.stop_accepting();
     // No loop may accept after the count below: each one ends at its next
@@ -200,7 +202,7 @@ async fn stop_taking_work(shared: &Shared) {
     {
         tracing::warn!(
             open = shared.connections().len(),
-            "upgrade: closing connections never quiet within the grace (a transfer in full flow is not handed over yet)"
+            "upgrade: closing connections that could not park within the grace (a stateless request unanswered, or a client between requests)"
         );
         shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;

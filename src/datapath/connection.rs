@@ -25,7 +25,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
-use super::parked::Resumed;
+use super::parked::{ConnectionState, Resumed};
 use super::proxy_protocol;
 use super::pump::{self, Side, Stop};
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
@@ -111,6 +111,12 @@ struct Client {
 }
 
 impl Client {
+    /// Who the client is and the address it connected to, as a parked
+    /// connection keeps them.
+    fn id(&self) -> (SocketAddr, Option<SocketAddr>) {
+        (self.addr, self.local)
+    }
+
     /// A client that is who its socket says.
     fn new(stream: TcpStream, peer: SocketAddr) -> Client {
         Client {
@@ -132,13 +138,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     // One snapshot at a time: config and pool belong together. A stateless
     // connection takes a fresh one each time it moves to another backend.
-    let mut snapshot = shared.snapshot();
+    let snapshot = shared.snapshot();
     if !trusted(&shared, &snapshot, peer) {
         return;
     }
     // One statement, so the future holds the client once (not also the
     // `Option` it came in).
-    let Some(mut client) = (match snapshot.config.listener.proxy_protocol {
+    let Some(client) = (match snapshot.config.listener.proxy_protocol {
         ProxyProtocolMode::None => Some(Client::new(stream, peer)),
         // Boxed: reading a header takes a large future, and inline it would
         // grow every connection's future, PROXY protocol or not.
@@ -165,6 +171,22 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let trail = Trail {
+        bytes: (client.pending.len() as u64, 0),
+        last: None,
+    };
+    serve_admitted(&shared, snapshot, client, trail, started).await;
+}
+
+/// Steps 2 to 5 for an admitted client: relay it to backends until the
+/// connection is over, then log its close.
+async fn serve_admitted(
+    shared: &Shared,
+    mut snapshot: Arc<Snapshot>,
+    mut client: Client,
+    mut trail: Trail,
+    started: Instant,
+) {
     // `workers.stateless`: the HTTP/1.x view that lets the connection move
     // between backends. Boxed: other connections carry one pointer.
     let mut exchange = snapshot
@@ -176,12 +198,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if let Some(exchange) = exchange.as_deref_mut() {
         exchange.client_sent(&client.pending);
     }
-    let mut trail = Trail {
-        bytes: (client.pending.len() as u64, 0),
-        last: None,
-    };
     let close = relay(
-        &shared,
+        shared,
         &mut snapshot,
         &mut client,
         exchange.as_deref_mut(),
@@ -280,9 +298,10 @@ async fn pump_once(
         return None;
     }
     let (backend, instance) = (&guard.backend, &guard.instance);
+    let stateless = exchange.is_some();
     // A stateless connection stays while its backend is in rotation.
     let stay = || backend.is_up() && !instance.is_retired();
-    let pumped = pump::pump(
+    let mut pumped = pump::pump(
         &mut client.stream,
         &mut upstream,
         pump::Options {
@@ -294,6 +313,7 @@ async fn pump_once(
             meters: Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
             cut: shared.cut_signal(),
             park: shared.parking.signal(),
+            unsent: pump::Unsent::default(),
             stateless: exchange.map(|exchange| pump::Stateless {
                 exchange,
                 stay: &stay,
@@ -302,15 +322,13 @@ async fn pump_once(
         },
     )
     .await;
-    if pumped.stop == Stop::Parked {
+    if let Stop::Parked(unsent) = &mut pumped.stop {
         let bytes = (pumped.from_client, pumped.from_backend);
-        let parked =
-            shared
-                .parking
-                .park(&client.stream, &upstream, client.addr, backend.key, bytes);
-        if let Err(error) = parked {
-            tracing::warn!(client = %client.addr, %error, "upgrade: cannot park the connection; it is closed");
-        }
+        let state = ConnectionState::new(client.id(), backend.key, bytes, std::mem::take(unsent));
+        // A stateless connection parks between two requests, without its
+        // backend: the next request goes to whichever backend is picked.
+        let upstream = (!stateless).then_some(&upstream);
+        park(shared, &client.stream, upstream, state);
     }
     drop((guard, upstream));
     Some(pumped)
@@ -421,7 +439,7 @@ async fn carry_on(
             // corral's graceful stop, between two requests: a clean close.
             return Err(Close::by_corral(CloseReason::Eof));
         }
-        next_request(&client.stream, shared).await?;
+        next_request(client, shared).await?;
         client.pending.clear();
         client.done_sending = false;
         return Ok(Carry::NextRequest);
@@ -447,11 +465,17 @@ async fn carry_on(
 
 /// Waits, holding no backend connection, until the client sends its next
 /// bytes (left in the socket for the next backend), for at most
-/// `timeouts.idle`.
-async fn next_request(stream: &TcpStream, shared: &Shared) -> Result<(), Close> {
+/// `timeouts.idle`. An upgrade meanwhile parks the client's socket.
+async fn next_request(client: &Client, shared: &Shared) -> Result<(), Close> {
     let idle = shared.config().timeouts.idle;
+    let stream = &client.stream;
     let mut first = [0u8; 1];
     tokio::select! {
+        _ = shared.parking.signal().cancelled() => {
+            let state = ConnectionState::new(client.id(), 0, (0, 0), pump::Unsent::default());
+            park(shared, stream, None, state);
+            Err(Close::by_corral(CloseReason::HandedOver))
+        }
         // corral's graceful stop: between two requests, a clean close.
         _ = shared.accepting_stopped() => Err(Close::by_corral(CloseReason::Eof)),
         _ = shared.connections_cut() => Err(Close::by_corral(CloseReason::Cut)),
@@ -699,7 +723,7 @@ fn close_reason(shared: &Shared, end: Stop) -> CloseReason {
         }
         Stop::Reset => CloseReason::Reset,
         Stop::Cut => CloseReason::Cut,
-        Stop::Parked => CloseReason::HandedOver,
+        Stop::Parked(_) => CloseReason::HandedOver,
         Stop::BackendGaveUp { .. } | Stop::Detached { .. } => CloseReason::BackendClosed,
     }
 }
@@ -738,54 +762,71 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
     let started = Instant::now();
     let snapshot = shared.snapshot();
     let Resumed {
-        parked,
+        state,
         client,
-        backend: upstream,
+        backend,
     } = resumed;
-    let (Ok(client), Ok(mut upstream)) = (stream_of(client), stream_of(upstream)) else {
-        tracing::warn!(client = %parked.client_addr, "upgrade: cannot take over a parked connection's sockets; it is closed");
+    let (Ok(stream), Ok(upstream)) = (stream_of(client), backend.map(stream_of).transpose()) else {
+        tracing::warn!(client = %state.client_addr, "upgrade: cannot take over a parked connection's sockets; it is closed");
         return;
     };
+    let mut client = Client::new(stream, state.client_addr);
+    client.local = state.client_local;
+    // Counted at the front door again (this image's per-client table
+    // starts empty); it was admitted once, so a refusal does not close it.
+    let _admitted = shared
+        .clients
+        .admit(client.addr.ip(), &snapshot.config.clients)
+        .ok();
+    match upstream {
+        Some(upstream) => resume_pumped(&shared, snapshot, client, upstream, state, started).await,
+        None => resume_between_requests(&shared, snapshot, client, state, started).await,
+    }
+}
+
+/// A connection parked with its backend: pumped on to the same backend,
+/// the bytes read and not written first.
+async fn resume_pumped(
+    shared: &Shared,
+    snapshot: Arc<Snapshot>,
+    mut client: Client,
+    mut upstream: TcpStream,
+    mut state: ConnectionState,
+    started: Instant,
+) {
     let Some(backend) = snapshot
         .pool
         .backends
         .iter()
-        .find(|b| b.key == parked.backend_key)
+        .find(|b| b.key == state.backend_key)
         .cloned()
     else {
-        tracing::warn!(client = %parked.client_addr, "upgrade: a parked connection's backend is gone; it is closed");
+        tracing::warn!(client = %state.client_addr, "upgrade: a parked connection's backend is gone; it is closed");
         return;
     };
-    let mut client = Client::new(client, parked.client_addr);
     let guard = backend.open(backend.instance());
     let config = &snapshot.config;
-    let pumped = pump::pump(
-        &mut client.stream,
-        &mut upstream,
-        pump::Options::whole(
-            &config.timeouts,
-            config.runtime.splice,
-            Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
-            shared.cut_signal(),
-            shared.parking.signal(),
-        ),
-    )
-    .await;
-    account(&shared, &client, &backend, &pumped);
-    let bytes = (
-        parked.bytes.0 + pumped.from_client,
-        parked.bytes.1 + pumped.from_backend,
+    let mut options = pump::Options::whole(
+        &config.timeouts,
+        config.runtime.splice,
+        Some((&backend.metrics.bytes_received, &backend.metrics.bytes_sent)),
+        shared.cut_signal(),
+        shared.parking.signal(),
     );
-    if pumped.stop == Stop::Parked {
-        let again = shared
-            .parking
-            .park(&client.stream, &upstream, client.addr, backend.key, bytes);
-        if let Err(error) = again {
-            tracing::warn!(client = %client.addr, %error, "upgrade: cannot park the connection; it is closed");
-        }
+    options.already_sent = state.awaiting_answer();
+    options.unsent = state.take_unsent();
+    let mut pumped = pump::pump(&mut client.stream, &mut upstream, options).await;
+    account(shared, &client, &backend, &pumped);
+    let bytes = (
+        state.bytes.0 + pumped.from_client,
+        state.bytes.1 + pumped.from_backend,
+    );
+    if let Stop::Parked(unsent) = &mut pumped.stop {
+        let again = ConnectionState::new(client.id(), backend.key, bytes, std::mem::take(unsent));
+        park(shared, &client.stream, Some(&upstream), again);
     }
     let close = close_of(
-        &shared,
+        shared,
         &snapshot,
         &backend,
         &guard.instance,
@@ -798,6 +839,50 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
         last: Some(backend),
     };
     finish(config, client.addr, &trail, started, close);
+}
+
+/// A stateless connection parked between two requests: the end of the
+/// last answer is written, and the client's next request goes to whichever
+/// backend is picked then, as in [`serve`].
+async fn resume_between_requests(
+    shared: &Shared,
+    snapshot: Arc<Snapshot>,
+    mut client: Client,
+    mut state: ConnectionState,
+    started: Instant,
+) {
+    let unsent = state.take_unsent();
+    let trail = Trail {
+        bytes: state.bytes,
+        last: None,
+    };
+    let idle = snapshot.config.timeouts.idle;
+    let written = tokio::time::timeout(idle, client.stream.write_all(&unsent.to_client)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        let close = Close {
+            reason: CloseReason::Reset,
+            by: Side::Client,
+        };
+        finish(&snapshot.config, client.addr, &trail, started, close);
+        return;
+    }
+    client.pending = unsent.to_backend;
+    if client.pending.is_empty() {
+        if let Err(close) = next_request(&client, shared).await {
+            finish(&snapshot.config, client.addr, &trail, started, close);
+            return;
+        }
+    }
+    serve_admitted(shared, snapshot, client, trail, started).await;
+}
+
+/// Leaves a parked connection's sockets for the next image; one that
+/// cannot be kept (no descriptor left) is closed.
+fn park(shared: &Shared, client: &TcpStream, backend: Option<&TcpStream>, state: ConnectionState) {
+    let client_addr = state.client_addr;
+    if let Err(error) = shared.parking.park(client, backend, state) {
+        tracing::warn!(client = %client_addr, %error, "upgrade: cannot park the connection; it is closed");
+    }
 }
 
 /// A tokio stream on a socket taken over from an earlier image.

@@ -129,9 +129,14 @@ pub fn start_threads(
             .spawn(move || {
                 runtime.block_on(async move {
                     for connection in resumed {
-                        shared
-                            .connections()
-                            .spawn(connection::resume(Arc::clone(&shared), connection));
+                        // Within max_connections as any other; one over it
+                        // (the limit was lowered) is served all the same.
+                        let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                        let shared_here = Arc::clone(&shared);
+                        shared.connections().spawn(async move {
+                            let _permit = permit;
+                            connection::resume(shared_here, connection).await;
+                        });
                     }
                     for socket in sockets {
                         // SAFETY: the AsyncFd owns the socket, so its fd stays

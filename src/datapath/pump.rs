@@ -13,6 +13,9 @@
 //!   (up to [`REPLAY_LIMIT`]); if the backend closes or resets before
 //!   answering at all (a worker killed mid-request), the pump returns it so
 //!   the proxy can replay it on another backend and the client never notices.
+//! - For `corral upgrade` a pump stops between two polls and hands back the
+//!   bytes it read and has not written yet ([`Unsent`], from its buffers or
+//!   splice pipes); the next image's pump writes them first.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -63,6 +66,11 @@ fn take_buffer() -> Box<[u8]> {
 }
 
 fn give_back(buffer: Box<[u8]>) {
+    // A buffer of another size (bytes an earlier image handed over) is not
+    // pooled.
+    if buffer.len() != BUFFER {
+        return;
+    }
     BUFFERS.with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() < POOLED_PER_THREAD {
@@ -106,9 +114,10 @@ pub enum Stop {
     Reset,
     /// corral cut the connection (the drain ended).
     Cut,
-    /// `corral upgrade`: the connection was quiet, and its sockets go to
-    /// the next image, open (see [`super::parked`]).
-    Parked,
+    /// `corral upgrade`: the connection stopped between two polls, and
+    /// its sockets go to the next image, open, with the bytes read and not
+    /// yet written (see [`super::parked`]).
+    Parked(Unsent),
     /// The backend closed or reset before sending a single byte; here is
     /// everything the client had sent, and whether it had half-closed.
     BackendGaveUp { replay: Vec<u8>, client_done: bool },
@@ -118,6 +127,16 @@ pub enum Stop {
     /// backend. The [`Exchange`] holds what the client sent that was never
     /// answered; `client_done`: the client had half-closed.
     Detached { client_done: bool },
+}
+
+/// Bytes a pump read and had not written yet when it parked, per
+/// direction; the next image's pump writes them before anything else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsent {
+    /// Read from the client, for the backend.
+    pub to_backend: Vec<u8>,
+    /// Read from the backend, for the client.
+    pub to_client: Vec<u8>,
 }
 
 /// What a pump moved and why it stopped.
@@ -157,12 +176,31 @@ struct Half<'m> {
 }
 
 impl<'m> Half<'m> {
-    fn new(splice: bool, meter: Option<&'m IntCounter>) -> Half<'m> {
+    /// A direction whose first bytes to write are `unsent` (read by an
+    /// earlier image).
+    fn new(splice: bool, meter: Option<&'m IntCounter>, unsent: Vec<u8>) -> Half<'m> {
+        let end = unsent.len();
         Half {
             splice,
             meter,
+            buffer: (end > 0).then(|| unsent.into_boxed_slice()),
+            end,
             ..Half::default()
         }
+    }
+
+    /// The bytes read and not written yet, taken out of the buffer or the
+    /// splice pipe (which is left empty).
+    fn take_unsent(&mut self) -> io::Result<Vec<u8>> {
+        let mut unsent = match &self.buffer {
+            Some(buffer) => buffer[self.start..self.end].to_vec(),
+            None => Vec::new(),
+        };
+        self.start = self.end;
+        if let Some(pipe) = self.pipe.as_mut() {
+            pipe.empty_into(&mut unsent)?;
+        }
+        Ok(unsent)
     }
 
     /// Accounts for `n` bytes just read.
@@ -292,7 +330,11 @@ impl<'m> Half<'m> {
             if self.read_done {
                 return Poll::Ready(Ok(()));
             }
-            let mut buffer = self.buffer.take().unwrap_or_else(take_buffer);
+            let mut buffer = self
+                .buffer
+                .take()
+                .filter(|buffer| buffer.len() == BUFFER)
+                .unwrap_or_else(take_buffer);
             let mut space = ReadBuf::new(&mut buffer);
             match Pin::new(&mut *reader).poll_read(cx, &mut space) {
                 Poll::Ready(Ok(())) => {
@@ -376,8 +418,11 @@ pub struct Options<'m> {
     /// Cancelled when corral cuts every open connection (the drain ended).
     pub cut: &'m CancellationToken,
     /// Cancelled when an upgrade asks every connection to park: the pump
-    /// ends with [`Stop::Parked`] at its next quiet moment.
+    /// ends with [`Stop::Parked`] at its next poll (for a stateless
+    /// connection, once nothing is unanswered).
     pub park: &'m CancellationToken,
+    /// Bytes an earlier image read and did not write: written first.
+    pub unsent: Unsent,
     /// `workers.stateless`: the HTTP/1.x view of the client's connection,
     /// fed every byte.
     pub stateless: Option<Stateless<'m>>,
@@ -385,8 +430,8 @@ pub struct Options<'m> {
 
 impl<'m> Options<'m> {
     /// A connection pumped whole, as the config times it: no replay, no
-    /// stateless view, nothing sent before (a rescued connection, or one
-    /// taken over from an earlier image).
+    /// stateless view, nothing sent before and nothing unsent (a rescued
+    /// connection; one taken over from an earlier image sets those two).
     pub fn whole(
         timeouts: &crate::config::Timeouts,
         splice: bool,
@@ -403,6 +448,7 @@ impl<'m> Options<'m> {
             meters,
             cut,
             park,
+            unsent: Unsent::default(),
             stateless: None,
         }
     }
@@ -440,6 +486,7 @@ pub fn pump<'a>(
         meters,
         cut,
         park,
+        unsent,
         mut stateless,
     } = options;
     async move {
@@ -451,7 +498,7 @@ pub fn pump<'a>(
             backend_in,
             backend_out,
         };
-        let mut flow = Flow::new(splice, meters, replayable, already_sent);
+        let mut flow = Flow::new(splice, meters, replayable, already_sent, unsent);
         let mut deadline = Deadline::new(idle, first_byte, &flow);
         let mut cut_now = std::pin::pin!(cut.cancelled());
         let mut park_now = std::pin::pin!(park.cancelled());
@@ -464,8 +511,11 @@ pub fn pump<'a>(
                 return Poll::Ready((Stop::Cut, Side::Corral));
             }
             parking = parking || park_now.as_mut().poll(cx).is_ready();
-            if parking && flow.quiet(stateless.as_ref().map(|s| &*s.exchange)) {
-                return Poll::Ready((Stop::Parked, Side::Corral));
+            if parking && flow.parkable(stateless.as_ref().map(|s| &*s.exchange)) {
+                return Poll::Ready(match flow.take_unsent() {
+                    Ok(unsent) => (Stop::Parked(unsent), Side::Corral),
+                    Err(_) => (Stop::Cut, Side::Corral),
+                });
             }
             let leaving = leave_now
                 .as_mut()
@@ -531,10 +581,16 @@ struct Flow<'m> {
 type Polled = Poll<io::Result<()>>;
 
 impl<'m> Flow<'m> {
-    fn new(splice: bool, meters: Meters<'m>, replayable: bool, already_sent: bool) -> Flow<'m> {
+    fn new(
+        splice: bool,
+        meters: Meters<'m>,
+        replayable: bool,
+        already_sent: bool,
+        unsent: Unsent,
+    ) -> Flow<'m> {
         Flow {
-            up: Half::new(splice, meters.map(|m| m.0)),
-            down: Half::new(splice, meters.map(|m| m.1)),
+            up: Half::new(splice, meters.map(|m| m.0), unsent.to_backend),
+            down: Half::new(splice, meters.map(|m| m.1), unsent.to_client),
             replay: replayable.then(Vec::new),
             last_activity: Instant::now(),
             awaiting_since: already_sent.then(Instant::now),
@@ -542,21 +598,23 @@ impl<'m> Flow<'m> {
         }
     }
 
-    /// Nothing read and not yet written in either direction (buffers and
-    /// splice pipes empty), no EOF, nothing kept for a replay, and for a
-    /// stateless connection nothing unanswered: the sockets alone hold the
-    /// connection's state, and it can be handed over.
+    /// The connection can be handed over now: between two polls its
+    /// sockets and its unsent bytes hold all its state (an EOF already read
+    /// is read again from the socket; the half-close passed on stays), so
+    /// any connection can, except a stateless one with a request
+    /// unanswered, whose HTTP/1.x view would be lost. Bytes kept for a
+    /// replay are given up: the connection stays with its backend.
     #[inline]
-    fn quiet(&self, exchange: Option<&Exchange>) -> bool {
-        let empty = |half: &Half<'_>| {
-            half.start == half.end
-                && !half.read_done
-                && half.pipe.as_ref().is_none_or(|pipe| pipe.pending == 0)
-        };
-        empty(&self.up)
-            && empty(&self.down)
-            && self.replay.as_ref().is_none_or(|r| r.is_empty())
-            && exchange.is_none_or(|e| self.between_exchanges(e))
+    fn parkable(&self, exchange: Option<&Exchange>) -> bool {
+        exchange.is_none_or(|e| self.between_exchanges(e))
+    }
+
+    /// What both directions read and did not write yet.
+    fn take_unsent(&mut self) -> io::Result<Unsent> {
+        Ok(Unsent {
+            to_backend: self.up.take_unsent()?,
+            to_client: self.down.take_unsent()?,
+        })
     }
 
     /// A stateless connection with nothing unanswered, and the client's
@@ -832,7 +890,71 @@ mod tests {
             cut,
             // Checked after `cut`, and never cancelled alone here.
             park: cut,
+            unsent: Unsent::default(),
             stateless: None,
+        }
+    }
+
+    /// The byte at `offset` of a counting pattern (a byte lost, repeated
+    /// or reordered shows).
+    fn pattern(offset: usize) -> u8 {
+        ((offset / 4) as u32).to_le_bytes()[offset % 4]
+    }
+
+    #[tokio::test]
+    async fn a_parked_pump_hands_back_its_unsent_bytes_and_the_next_writes_them_first() {
+        const SIZE: usize = 8 << 20;
+        for splice in [false, true] {
+            // The client does not read at first: corral's buffer (or pipe)
+            // toward it fills, and the upgrade parks the pump then.
+            let (mut far_client, mut client) = pair().await;
+            let (mut backend, mut far_backend) = pair().await;
+            let writer = tokio::spawn(async move {
+                let data: Vec<u8> = (0..SIZE).map(pattern).collect();
+                far_backend.write_all(&data).await.unwrap();
+                far_backend
+            });
+            let (cut, park) = (CancellationToken::new(), CancellationToken::new());
+            let parker = tokio::spawn({
+                let park = park.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    park.cancel();
+                }
+            });
+            let mut first = options(Duration::from_secs(30), false, splice, &cut);
+            first.park = &park;
+            let pumped = pump(&mut client, &mut backend, first).await;
+            parker.await.unwrap();
+            let Stop::Parked(unsent) = pumped.stop else {
+                panic!("splice {splice}: {:?}", pumped.stop);
+            };
+            assert!(
+                !unsent.to_client.is_empty(),
+                "splice {splice}: nothing was held back"
+            );
+            assert!(unsent.to_backend.is_empty());
+            assert_eq!(pumped.spliced, splice);
+            // The next pump (the next image's) writes them first.
+            let never = CancellationToken::new();
+            let mut next = options(Duration::from_secs(30), false, splice, &never);
+            next.unsent = unsent;
+            let reading = async {
+                let mut got = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                while got.len() < SIZE {
+                    let n = far_client.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "splice {splice}: EOF after {} bytes", got.len());
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                let wrong = got.iter().enumerate().position(|(i, b)| *b != pattern(i));
+                assert_eq!(wrong, None, "splice {splice}: a byte out of place");
+                drop(writer.await.unwrap());
+                far_client.shutdown().await.unwrap();
+            };
+            let (pumped, ()) = tokio::join!(pump(&mut client, &mut backend, next), reading);
+            let stop = pumped.stop;
+            assert_eq!(stop, Stop::Eof, "splice {splice}");
         }
     }
 

@@ -73,6 +73,25 @@ impl Pipe {
         Ok(n)
     }
 
+    /// Reads what the pipe holds onto the end of `into` (for `corral
+    /// upgrade`), leaving it empty.
+    pub fn empty_into(&mut self, into: &mut Vec<u8>) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        while self.pending > 0 {
+            let want = self.pending.min(chunk.len());
+            let n = nix::unistd::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.read),
+                &mut chunk[..want],
+            )?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            into.extend_from_slice(&chunk[..n]);
+            self.pending -= n;
+        }
+        Ok(())
+    }
+
     /// Moves what the pipe holds into `to`. `WouldBlock` means `to` cannot
     /// take more now (its readiness is cleared).
     pub fn drain(&mut self, to: &TcpStream) -> io::Result<usize> {

@@ -132,7 +132,7 @@ pub fn release(handover: &Handover) {
     fds.push(handover.old_program);
     for connection in &handover.connections {
         fds.push(connection.client);
-        fds.push(connection.backend);
+        fds.extend(connection.backend);
     }
     fds.extend(
         std::env::var(ENV)

@@ -44,7 +44,7 @@ pub struct Handover {
     pub sticky: Vec<(String, u64, u64)>,
     /// Every counter and histogram so far.
     pub counters: crate::metrics::carried::Carried,
-    /// The open connections, parked at a quiet moment.
+    /// The open connections, parked with their unsent bytes.
     #[serde(default)]
     pub connections: Vec<crate::datapath::parked::ParkedConnection>,
 }
