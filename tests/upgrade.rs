@@ -52,10 +52,18 @@ fn exe_of(pid: u32) -> PathBuf {
 /// a directory of its own: (that directory, the copy's path, corral, its
 /// pid, its workers' pids).
 fn started_from_copy(workers: usize) -> (tempfile::TempDir, PathBuf, Corral, u32, Vec<u32>) {
+    let config = Config::new().strategy("round-robin").demo_workers(workers);
+    started_with(&config, workers)
+}
+
+/// [`started_from_copy`] with `config` (of `workers` workers).
+fn started_with(
+    config: &Config,
+    workers: usize,
+) -> (tempfile::TempDir, PathBuf, Corral, u32, Vec<u32>) {
     let bin = tempfile::tempdir().unwrap();
     let program = installed_copy(bin.path());
-    let config = Config::new().strategy("round-robin").demo_workers(workers);
-    let corral = Corral::start_binary(&program, &config);
+    let corral = Corral::start_binary(&program, config);
     corral.wait_up(workers);
     let (pid, pids) = (corral.pid(), corral.worker_pids());
     (bin, program, corral, pid, pids)
@@ -66,9 +74,10 @@ fn upgrades_in_a_row_keep_the_pid_the_workers_and_the_counters_and_serve_on() {
     let (_bin, program, corral, pid, workers) = started_from_copy(3);
     let load = Load::start(corral.front, 4);
     let kept: Vec<KeptAlive> = (0..16).map(|_| KeptAlive::start(corral.front)).collect();
+    let admin = AdminPoller::start(corral.admin);
     assert!(load.serves_more(50), "the load never got going");
     let mut accepted = corral.metric("corral_connections_accepted_total");
-    for round in 1..=3 {
+    for round in 1..=5 {
         install(&program, &std::fs::read(CORRAL).unwrap(), true);
         let (code, said) = upgrade(&corral);
         assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
@@ -103,6 +112,151 @@ fn upgrades_in_a_row_keep_the_pid_the_workers_and_the_counters_and_serve_on() {
     let (served, failed, errors) = load.finish();
     assert!(served > 0);
     assert_eq!(failed, 0, "failed requests across the upgrades: {errors:?}");
+    let (answered, refused) = admin.finish();
+    assert!(answered > 0, "the admin poller never got an answer");
+    assert_eq!(refused, Vec::<String>::new(), "admin requests refused");
+}
+
+/// A client of the admin port asking `/status` every 10 ms, on a new
+/// connection each time.
+struct AdminPoller {
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl AdminPoller {
+    fn start(admin: std::net::SocketAddr) -> AdminPoller {
+        use std::sync::atomic::Ordering;
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (answered, stop) = (answered.clone(), stop.clone());
+            move || {
+                let mut refused = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match try_http(admin, "GET", "/status") {
+                        Ok((200, _)) => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok((code, body)) => refused.push(format!("{code}: {body}")),
+                        Err(error) => refused.push(error.to_string()),
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                refused
+            }
+        });
+        AdminPoller {
+            answered,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops polling: (answers, refusals and failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = self.thread.join().unwrap();
+        (
+            self.answered.load(std::sync::atomic::Ordering::SeqCst),
+            refused,
+        )
+    }
+}
+
+#[test]
+fn sticky_entries_and_placements_survive_an_upgrade() {
+    let config = Config::new().strategy("sticky").demo_workers(3);
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 3);
+    let clients: Vec<std::net::IpAddr> = (1..=40)
+        .map(|n| std::net::IpAddr::from([127, 0, 7, n]))
+        .collect();
+    let placed: Vec<String> = clients
+        .iter()
+        .map(|ip| worker_of(&get_from(corral.front, Some(*ip)).unwrap()))
+        .collect();
+    assert_eq!(corral.metric("corral_sticky_entries"), 40.0);
+    install(&program, &std::fs::read(CORRAL).unwrap(), true);
+    let (code, said) = upgrade(&corral);
+    assert_eq!(
+        code,
+        0,
+        "{said}
+log:
+{}",
+        corral.log()
+    );
+    assert_eq!(corral.metric("corral_sticky_entries"), 40.0);
+    for (ip, worker) in clients.iter().zip(&placed) {
+        let (status, body) = http(corral.admin, "GET", &format!("/sticky?ip={ip}"));
+        assert_eq!(status, 200, "{body}");
+        let lookup: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(lookup["by"], "entry", "{ip}: the entry was lost: {body}");
+        let again = worker_of(&get_from(corral.front, Some(*ip)).unwrap());
+        assert_eq!(&again, worker, "{ip} moved across the upgrade");
+    }
+    assert_eq!(
+        corral.metric("corral_sticky_lookups_total{result=\"hit\"}"),
+        40.0
+    );
+}
+
+#[test]
+fn stateless_connections_are_handed_over_between_requests() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(2)
+        .set("workers.stateless", true);
+    let (_bin, program, corral, pid, workers) = started_with(&config, 2);
+    // Busy clients (a request every 20 ms) and quiet ones that sleep through
+    // each upgrade on their kept-alive connection.
+    let kept: Vec<KeptAlive> = (0..8).map(|_| KeptAlive::start(corral.front)).collect();
+    let mut quiet: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(corral.front).unwrap())
+        .collect();
+    for stream in &mut quiet {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        ask_on(stream, corral.front).unwrap();
+    }
+    for round in 1..=2 {
+        let before: Vec<usize> = kept.iter().map(KeptAlive::served).collect();
+        install(&program, &std::fs::read(CORRAL).unwrap(), true);
+        let (code, said) = upgrade(&corral);
+        assert_eq!(
+            code,
+            0,
+            "upgrade {round}: {said}
+log:
+{}",
+            corral.log()
+        );
+        assert!(
+            said.contains("12 open connections handed over"),
+            "upgrade {round}: {said}"
+        );
+        assert_eq!(corral.pid(), pid);
+        assert_eq!(corral.worker_pids(), workers);
+        for (n, stream) in quiet.iter_mut().enumerate() {
+            let asked = ask_on(stream, corral.front);
+            assert!(
+                asked.is_ok(),
+                "upgrade {round}: quiet client {n}: {asked:?}"
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || kept
+                .iter()
+                .zip(&before)
+                .all(|(k, b)| k.served() > *b)),
+            "upgrade {round}: a kept-alive client stopped progressing"
+        );
+    }
+    for client in kept {
+        assert_eq!(client.finish(), None, "a kept-alive client failed");
+    }
 }
 
 #[test]

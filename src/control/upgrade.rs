@@ -187,12 +187,15 @@ async fn hand_over(
 /// connection parks or ends; one that cannot within [`CONNECTIONS_GRACE`]
 /// is cut.
 async fn stop_taking_work(shared: &Shared) {
+    // Parking first: what stops with the accepting (a stateless
+    // connection between requests) parks instead of closing as in a
+    // graceful stop. A client accepted meanwhile parks too.
+    shared.parking.begin();
     shared.stop_accepting();
     // No loop may accept after the count below: each one ends at its next
     // turn (a client it took meanwhile is a tracked connection).
     shared.accept_loops().close();
     let _ = tokio::time::timeout(CONNECTIONS_GRACE, shared.accept_loops().wait()).await;
-    shared.parking.begin();
     shared.connections().close();
     let open = shared.connections().len();
     if open > 0

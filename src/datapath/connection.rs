@@ -471,6 +471,8 @@ async fn next_request(client: &Client, shared: &Shared) -> Result<(), Close> {
     let stream = &client.stream;
     let mut first = [0u8; 1];
     tokio::select! {
+        // An upgrade stops the accepting too: parking comes first.
+        biased;
         _ = shared.parking.signal().cancelled() => {
             let state = ConnectionState::new(client.id(), 0, (0, 0), pump::Unsent::default());
             park(shared, stream, None, state);
