@@ -61,14 +61,14 @@ pub(crate) mod logging;
 pub mod metrics;
 pub mod pool;
 pub(crate) mod privileges;
-pub mod reach;
-pub mod sampler;
+pub(crate) mod reach;
+pub(crate) mod sampler;
 pub(crate) mod shared;
-pub mod steering;
-pub mod strategy;
+pub(crate) mod steering;
+pub(crate) mod strategy;
 pub mod supervisor;
-pub mod terminal;
-pub mod units;
+pub(crate) mod terminal;
+pub(crate) mod units;
 pub mod upgrade;
 
 // The public API: what `main.rs`, the benches and the tests use. The data
