@@ -247,7 +247,7 @@ pub fn clients(target: &Target, top: usize) -> Result<String, ClientError> {
 }
 
 /// The `/clients` document as an aligned table.
-pub fn clients_table(value: &serde_json::Value) -> String {
+pub(crate) fn clients_table(value: &serde_json::Value) -> String {
     let empty = Vec::new();
     let rows: Vec<[String; 4]> = value["clients"]
         .as_array()
@@ -291,7 +291,7 @@ fn aligned<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String 
 }
 
 /// The `/status` document as an aligned table with a totals line.
-pub fn table(status: &serde_json::Value) -> String {
+pub(crate) fn table(status: &serde_json::Value) -> String {
     let headers = [
         "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CONNS", "CPU", "MEM",
     ];
@@ -456,7 +456,7 @@ fn admin_keys(text: &str) -> (Option<String>, Option<String>) {
 }
 
 /// An admin address bound to every interface is reached over loopback.
-pub fn reachable(bind: SocketAddr) -> SocketAddr {
+pub(crate) fn reachable(bind: SocketAddr) -> SocketAddr {
     if bind.ip().is_unspecified() {
         let loopback: std::net::IpAddr = if bind.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -470,7 +470,7 @@ pub fn reachable(bind: SocketAddr) -> SocketAddr {
 }
 
 /// 3m12s, 2h05m, 4d03h.
-pub fn human_duration(seconds: f64) -> String {
+pub(crate) fn human_duration(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
     match s {
         0..=59 => format!("{s}s"),
