@@ -59,7 +59,7 @@ fn load_both(file: &Path, overrides: &Overrides) -> Result<(Config, Config), Rel
 
 /// Reloads the config file. An invalid file, or one that changes what cannot
 /// change without a restart, is refused and the old config stays.
-pub async fn from_file(
+pub(crate) async fn from_file(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
     source: &Source,
@@ -116,7 +116,7 @@ fn give_back_memory() {
 }
 
 /// Sets the worker count to `count` until the next reload from the file.
-pub fn scale(
+pub(crate) fn scale(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
     count: usize,
@@ -344,21 +344,21 @@ fn file_command(file: &Path) -> Option<String> {
 
 /// What a reload did: said in corral's log and in `POST /reload`'s answer.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Changed keys applied at once.
-    pub applied: Vec<String>,
+    pub(crate) applied: Vec<String>,
     /// Changed keys rolled out by replacing the workers one at a time.
-    pub rolled_out: Vec<String>,
+    pub(crate) rolled_out: Vec<String>,
     /// Changed keys kept, which take effect only after corral restarts.
-    pub needs_restart: Vec<String>,
+    pub(crate) needs_restart: Vec<String>,
     /// Keys whose value in the file a command-line flag overrides.
-    pub overridden: Vec<String>,
+    pub(crate) overridden: Vec<String>,
 }
 
 impl ReloadReport {
     /// One line per kind of change (none when nothing changed), then one
     /// per override.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (list, what) in [
             (&self.applied, "applied"),

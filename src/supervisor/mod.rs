@@ -13,9 +13,9 @@
 //! [`strays`].
 
 pub(crate) mod lifeline;
-pub mod notify;
+pub(crate) mod notify;
 pub(crate) mod output;
-pub mod ports;
+pub(crate) mod ports;
 pub(crate) mod process;
 pub mod shim;
 mod slot;
@@ -33,17 +33,17 @@ use crate::config::WorkersConfig;
 use crate::pool::Backend;
 use crate::shared::Shared;
 use ports::PortBook;
-pub use slot::SlotError;
+pub(crate) use slot::SlotError;
 use slot::{Command, Slot};
 use spawn::Spawner;
 
 /// A rolling restart that stopped part-way.
 #[derive(Debug, thiserror::Error)]
 #[error("rolling restart stopped at worker {slot}: {source}")]
-pub struct RolloutError {
-    pub slot: usize,
+pub(crate) struct RolloutError {
+    pub(crate) slot: usize,
     #[source]
-    pub source: SlotError,
+    pub(crate) source: SlotError,
 }
 
 /// A slot task that runs, and how the supervisor commands it.
@@ -62,7 +62,7 @@ struct RunningSlot {
 }
 
 /// Owns every worker slot.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     /// The snapshot, metrics and stop signals the slots read and report to.
     shared: Arc<Shared>,
     /// Starts worker processes (through the shim), the one place that forks.
@@ -92,7 +92,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
+    pub(crate) fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             spawner,
             ports: Arc::new(PortBook::default()),
@@ -109,7 +109,7 @@ impl Supervisor {
     /// upgrade`): `processes` by slot, `ports` the port each holds. Each
     /// slot started next serves with its adopted process (not restarted)
     /// rather than starting one.
-    pub fn adopt(&self, processes: Vec<(usize, process::WorkerProcess)>, ports: &[(usize, u16)]) {
+    pub(crate) fn adopt(&self, processes: Vec<(usize, process::WorkerProcess)>, ports: &[(usize, u16)]) {
         let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
         for (id, process) in processes {
             let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
@@ -124,7 +124,7 @@ impl Supervisor {
     /// (in slot order) beyond the slots already running. Each returned
     /// receiver hears when that slot's first process is ready or has
     /// failed.
-    pub async fn start_slots(&self, workers: &Arc<WorkersConfig>) -> Vec<oneshot::Receiver<()>> {
+    pub(crate) async fn start_slots(&self, workers: &Arc<WorkersConfig>) -> Vec<oneshot::Receiver<()>> {
         let mut slots = self.running.lock().await;
         let snapshot = self.shared.snapshot();
         let backends: Vec<&Arc<Backend>> = snapshot.pool.worker_backends().collect();
@@ -164,7 +164,7 @@ impl Supervisor {
     /// A rolling restart asked for by SIGUSR2 or `POST /workers/restart`,
     /// run in the background. While one is pending or running, further
     /// requests are merged into it. False when merged.
-    pub fn request_rolling_restart(self: &Arc<Self>, workers: Arc<WorkersConfig>) -> bool {
+    pub(crate) fn request_rolling_restart(self: &Arc<Self>, workers: Arc<WorkersConfig>) -> bool {
         if self.restart_requested.swap(true, Ordering::AcqRel) {
             tracing::info!("a rolling restart is already pending or running; request merged");
             return false;
@@ -183,7 +183,7 @@ impl Supervisor {
     /// Replaces the worker of slot `id` the rolling way (its replacement
     /// ready before it is drained), in the background, after any rollout
     /// under way. False when there is no such slot now.
-    pub async fn request_restart_of(
+    pub(crate) async fn request_restart_of(
         self: &Arc<Self>,
         id: usize,
         workers: Arc<WorkersConfig>,
@@ -227,7 +227,7 @@ impl Supervisor {
     }
 
     /// How many slot tasks run (retired ones not counted).
-    pub async fn running_count(&self) -> usize {
+    pub(crate) async fn running_count(&self) -> usize {
         self.running.lock().await.len()
     }
 
@@ -235,7 +235,7 @@ impl Supervisor {
     /// before the old one is drained. Stops at the first slot whose
     /// replacement fails; that slot's old process keeps serving. Only the
     /// first `limit` slots are replaced.
-    pub async fn rolling_restart(
+    pub(crate) async fn rolling_restart(
         &self,
         workers: Arc<WorkersConfig>,
         limit: usize,
@@ -304,7 +304,7 @@ impl Supervisor {
 
     /// Stops slots `count..`: they leave rotation, drain for up to
     /// `timeouts.drain`, and their processes are stopped.
-    pub async fn retire_from(&self, count: usize) -> Vec<Arc<Backend>> {
+    pub(crate) async fn retire_from(&self, count: usize) -> Vec<Arc<Backend>> {
         let retired: Vec<RunningSlot> = {
             let mut slots = self.running.lock().await;
             if slots.len() <= count {
@@ -352,13 +352,13 @@ impl Supervisor {
     /// For `corral upgrade`: the spawner stops and hands over the workers
     /// (not stopped: the next image adopts them), their output pipes and
     /// the lifeline. No slot starts or reaps a process after this.
-    pub async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
+    pub(crate) async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
         self.spawner.hand_over().await
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after `stop_timeout`) and
     /// waits until all are reaped.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let slots: Vec<RunningSlot> = self.running.lock().await.drain(..).collect();
         for slot in &slots {
             slot.stop.cancel();

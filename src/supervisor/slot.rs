@@ -44,7 +44,7 @@ const MEMORY_SAMPLES_OVER: u32 = 2;
 
 /// Why a worker could not be started or replaced.
 #[derive(Debug, thiserror::Error)]
-pub enum SlotError {
+pub(crate) enum SlotError {
     #[error(
         "ports {primary} and {alternate} (workers.port_base + {slot} and its rolling-restart twin) are both taken, by another worker of this corral or by another program (`ss -ltnp 'sport = :{primary}'` names it). Free them, or set workers.port_base (or --port-base) to a free range, or leave it unset and corral picks free ports itself"
     )]
@@ -81,7 +81,7 @@ pub enum SlotError {
 }
 
 /// Asks a running slot to do something.
-pub enum Command {
+pub(crate) enum Command {
     /// Replace the process with one started from `workers` (rolling restart).
     Replace {
         workers: Arc<WorkersConfig>,
@@ -90,32 +90,32 @@ pub enum Command {
 }
 
 /// What a slot task needs; moved into the task.
-pub struct Slot {
+pub(crate) struct Slot {
     /// The slot's number: `CORRAL_WORKER_ID`, `worker-<id>`.
-    pub id: usize,
+    pub(crate) id: usize,
     /// The slot's backend in the pool: its state machine (the slot task is
     /// its only writer) and its metrics.
-    pub backend: Arc<Backend>,
+    pub(crate) backend: Arc<Backend>,
     /// Starts this slot's processes.
-    pub spawner: Spawner,
+    pub(crate) spawner: Spawner,
     /// The snapshot (each start reads the `workers` config in force from
     /// it), the front end (which says where a process takes its clients
     /// from) and the stop signals.
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// The worker ports held, shared with the other slots.
-    pub ports: Arc<PortBook>,
+    pub(crate) ports: Arc<PortBook>,
     /// The workers' notify socket (`workers.notify`).
-    pub notifier: Arc<Notifier>,
+    pub(crate) notifier: Arc<Notifier>,
     /// A process an earlier image of corral started for this slot (`corral
     /// upgrade`): the slot serves with it instead of starting one.
-    pub adopted: Option<Adopted>,
+    pub(crate) adopted: Option<Adopted>,
 }
 
 /// A worker process handed over by an earlier image of corral, with the
 /// port it listens on (proxied mode).
-pub struct Adopted {
-    pub process: WorkerProcess,
-    pub port: Option<u16>,
+pub(crate) struct Adopted {
+    pub(crate) process: WorkerProcess,
+    pub(crate) port: Option<u16>,
 }
 
 /// A process that is running and in rotation: where it takes its clients
@@ -185,7 +185,7 @@ impl Slot {
     /// ready or has failed. `workers` is the config the slot was created
     /// with: a start takes the one in force from the snapshot, unless the
     /// slot is beyond its count (being retired).
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         workers: Arc<WorkersConfig>,
         mut commands: mpsc::Receiver<Command>,
@@ -656,7 +656,7 @@ fn watchdog_deadline(workers: &WorkersConfig) -> tokio::time::Instant {
 
 /// Waits until no connection is open to `instance`, for at most `limit`
 /// (or until its process is gone).
-pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
+pub(crate) async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
     tokio::select! {
         _ = tokio::time::timeout(limit, instance.drained()) => {}
         _ = process.wait() => {}
