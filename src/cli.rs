@@ -28,22 +28,42 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the running corral's admin port is, and the token it wants.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The admin port to connect to (`--admin`, or `admin.bind` of `-c
+    /// FILE`, or the default).
     pub admin: SocketAddr,
+    /// The bearer token its POST endpoints want (read from
+    /// `admin.token_file` of `-c FILE`); `None` when none is set.
     pub token: Option<String>,
 }
 
 /// Why a client command failed; printed as one line, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing accepted the connection: most often no corral runs there.
     #[error("cannot reach corral's admin port at {addr}: {source}. corral may not be running there: start it (corral run), or point at the one that runs with --admin ADDR (its admin.bind) or -c FILE (its config file)")]
     Unreachable {
+        /// The admin address tried.
         addr: SocketAddr,
+        /// What the connect said.
         source: std::io::Error,
     },
+    /// Connected, but no whole answer came in time.
     #[error("corral's admin port at {addr} did not answer within {TIMEOUT:?}")]
-    TimedOut { addr: SocketAddr },
+    TimedOut {
+        /// The admin address asked.
+        addr: SocketAddr,
+    },
+    /// An answer came that is not corral's (not HTTP, not the JSON
+    /// expected): something else listens there.
     #[error("corral's admin port at {addr} answered badly: {why}")]
-    BadAnswer { addr: SocketAddr, why: String },
+    BadAnswer {
+        /// The admin address asked.
+        addr: SocketAddr,
+        /// What was wrong with the answer.
+        why: String,
+    },
+    /// corral understood and said no (unknown worker, bad token, a reload
+    /// it refused...): its own words, printed as they are.
     #[error("{0}")]
     Refused(String),
 }

@@ -242,6 +242,8 @@ impl Default for ClientTable {
 }
 
 impl ClientTable {
+    /// An empty table; its limits come with each call, from the config in
+    /// force, so one table outlives reloads.
     pub fn new() -> ClientTable {
         ClientTable {
             v4: DashMap::with_capacity_and_shard_amount(0, SHARDS),
@@ -320,6 +322,7 @@ impl ClientTable {
         self.v4.len() + self.v6.len() + self.wide.len()
     }
 
+    /// No client in the table (the companion of [`ClientTable::len`]).
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty() && self.wide.is_empty()
     }

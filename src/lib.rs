@@ -45,6 +45,8 @@
 //! safe to print), [`logging`], [`privileges`], [`clock`] and
 //! [`demo_worker`].
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod clients;
 pub mod clock;

@@ -19,9 +19,13 @@ use serde::Deserialize;
 #[serde(rename_all = "kebab-case")]
 #[value(rename_all = "kebab-case")]
 pub enum StrategyKind {
+    /// Each backend in turn.
     #[default]
     RoundRobin,
+    /// The backend with the fewest open connections; ties in turn.
     LeastConnections,
+    /// A client (its address, masked by `[sticky]`'s prefixes) stays on one
+    /// backend.
     Sticky,
 }
 

@@ -10,6 +10,8 @@ pub(crate) const LISTENER_BIND: SocketAddr =
 pub(crate) const LISTENER_BACKLOG: i64 = 1024;
 pub(crate) const LISTENER_MAX_CONNECTIONS: i64 = 10_000;
 
+/// `admin.bind`'s default; also where the client commands look for a
+/// corral when given neither `--admin` nor `-c`.
 pub const ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 
 pub(crate) const STICKY_TTL: Duration = Duration::from_secs(30 * 60);

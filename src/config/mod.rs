@@ -45,8 +45,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub(crate) use files::read_file;
-pub use raw::{ListenMode, StrategyKind};
 pub(crate) use raw::{HealthKind, LogFormat, ProxyProtocolMode, SendProxy};
+pub use raw::{ListenMode, StrategyKind};
 pub use types::*;
 pub use values::parse_addr;
 pub(crate) use warnings::ephemeral_ports;

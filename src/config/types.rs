@@ -55,7 +55,10 @@ impl ListenerConfig {
 /// address masked by the prefixes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientsConfig {
+    /// IPv4 clients in one network of this prefix length count as one
+    /// client (32: each address alone).
     pub ipv4_prefix: u8,
+    /// The same for IPv6 (64: a typical site's one network).
     pub ipv6_prefix: u8,
     /// Open connections one client may hold; 0: no limit.
     pub max_connections: u32,
@@ -81,7 +84,9 @@ impl ClientsConfig {
 /// A rate such as `"20/s"`: `count` new connections per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
+    /// Connections allowed in one period.
     pub count: u32,
+    /// The period (one second, minute or hour).
     pub per: Duration,
 }
 
@@ -92,11 +97,20 @@ pub(crate) struct AdminConfig {
     pub(crate) token: Option<String>,
 }
 
+/// `[sticky]`: how long the sticky table remembers a client, how many it
+/// remembers, and what counts as one client.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StickyConfig {
+    /// An entry unused this long is forgotten (the client is then placed
+    /// afresh, usually on the same backend: placement is by hash).
     pub ttl: Duration,
+    /// Past this many entries the sweep drops the least recently used, so
+    /// the table's memory is bounded whatever the clients do.
     pub max_entries: usize,
+    /// IPv4 clients in one network of this prefix length share an entry
+    /// (and so a backend).
     pub ipv4_prefix: u8,
+    /// The same for IPv6.
     pub ipv6_prefix: u8,
 }
 
@@ -223,12 +237,19 @@ pub(crate) struct Privileges {
 /// --bind ADDR -- PROGRAM ARGS...`).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `-i N`: `workers.count`.
     pub count: Option<usize>,
+    /// `--bind ADDR`: `listener.bind`.
     pub bind: Option<SocketAddr>,
+    /// `--admin ADDR`: `admin.bind`.
     pub admin: Option<SocketAddr>,
+    /// `--strategy NAME`: `balance.strategy`.
     pub strategy: Option<StrategyKind>,
+    /// `--listen port|fd`: `workers.listen`.
     pub listen: Option<ListenMode>,
-    /// `--port-base N`.
+    /// `--port-base N`: `workers.port_base`.
     pub port_base: Option<u16>,
+    /// `-- PROGRAM ARGS`: `workers.command` (and a `[workers]` section
+    /// when the file has none).
     pub command: Option<Vec<String>>,
 }

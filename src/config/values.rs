@@ -120,7 +120,11 @@ pub fn parse_addr(text: &str) -> Option<SocketAddr> {
 
 /// A list of networks: `"10.0.0.0/8"`, `"2001:db8::/32"`, or a bare
 /// address (`"192.0.2.7"`: that address alone).
-pub(crate) fn cidrs(value: Option<Spanned<Vec<String>>>, key: &str, p: &mut Problems) -> Vec<IpNet> {
+pub(crate) fn cidrs(
+    value: Option<Spanned<Vec<String>>>,
+    key: &str,
+    p: &mut Problems,
+) -> Vec<IpNet> {
     let Some(value) = value else {
         return Vec::new();
     };
@@ -143,7 +147,11 @@ pub(crate) fn cidrs(value: Option<Spanned<Vec<String>>>, key: &str, p: &mut Prob
     nets
 }
 
-pub(crate) fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+pub(crate) fn socket_addr(
+    value: &Spanned<String>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
     let parsed = parse_addr(value.get_ref());
     if parsed.is_none() {
         p.at(

@@ -20,23 +20,34 @@ use crate::supervisor::{ports, Supervisor};
 /// the same command-line overrides.
 #[derive(Debug, Clone)]
 pub struct Source {
+    /// `-c FILE`; `None` when corral runs the embedded default (nothing to
+    /// reload).
     pub file: Option<PathBuf>,
+    /// The command line's values, applied again over each reload.
     pub overrides: Overrides,
 }
 
 /// Why a reload or a scale was refused; the old config stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// Started without `-c`: there is no file to read again.
     #[error("corral was started without -c, so there is no file to reload")]
     NoFile,
+    /// The file does not validate: every problem, with file, line and key.
     #[error("{0}")]
     Invalid(#[from] ConfigError),
+    /// The command line's values (or a scale's count) do not fit the
+    /// file, or no worker ports can be placed for them.
     #[error("{0}")]
     Overrides(String),
+    /// The file changes a key only a restart can change (such as
+    /// `listener.bind`): which, from what to what.
     #[error("{0}")]
     NeedsRestart(String),
+    /// A scale asked of a corral that supervises no workers.
     #[error("there are no workers to scale (no [workers] section and no command)")]
     NoWorkers,
+    /// The blocking task that reads the file panicked or was cancelled.
     #[error("the reload task failed: {0}")]
     Task(String),
 }

@@ -47,10 +47,15 @@ pub(crate) enum PlacedBy {
 #[derive(Default)]
 pub struct Dispatcher {
     next: AtomicUsize,
+    /// Which backend each sticky client is on. Kept across reloads (a
+    /// client stays put when the config changes) and handed over on an
+    /// upgrade; public for the benches, which fill and read it directly.
     pub sticky: StickyTable,
 }
 
 impl Dispatcher {
+    /// A dispatcher with its counter at the first backend and an empty
+    /// sticky table.
     pub fn new() -> Dispatcher {
         Dispatcher::default()
     }

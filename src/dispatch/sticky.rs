@@ -68,6 +68,7 @@ impl Default for StickyTable {
 }
 
 impl StickyTable {
+    /// An empty table on the process's monotonic clock.
     pub fn new() -> StickyTable {
         StickyTable::with_clock(clock::now_ms)
     }
@@ -161,10 +162,13 @@ impl StickyTable {
         removed
     }
 
+    /// Entries now, counted exactly (every shard locked in turn: for the
+    /// admin API and the benches, not for the per-connection path).
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// No entry in the table.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

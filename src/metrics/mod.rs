@@ -331,6 +331,8 @@ impl PerBackend<'_> {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered in a fresh registry (one per
+    /// corral; the tests and benches make their own).
     pub fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]

@@ -289,7 +289,12 @@ impl Backend {
     }
 
     /// A backend reached by `reach` until its first process is ready.
-    pub(crate) fn reached_by(label: String, kind: Kind, reach: Reach, metrics: &Metrics) -> Arc<Backend> {
+    pub(crate) fn reached_by(
+        label: String,
+        kind: Kind,
+        reach: Reach,
+        metrics: &Metrics,
+    ) -> Arc<Backend> {
         let phase = match kind {
             Kind::Worker(_) => ProcessPhase::Starting,
             Kind::Static => ProcessPhase::Running,
@@ -537,7 +542,11 @@ impl Backend {
     /// True when this timeout took it out.
     /// `may_take_out` is asked only once the streak is long enough (the
     /// cap on passive ejections).
-    pub(crate) fn first_byte_timed_out(&self, fall: u32, may_take_out: impl FnOnce() -> bool) -> bool {
+    pub(crate) fn first_byte_timed_out(
+        &self,
+        fall: u32,
+        may_take_out: impl FnOnce() -> bool,
+    ) -> bool {
         let silent = self.silent_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         silent >= fall && may_take_out() && self.take_out(DownReason::Timeouts)
     }

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) use crate::reach::{Reach, ViaFront};
-pub use backend::{Backend, Kind};
 pub(crate) use backend::{ActiveGuard, BackendState, DownReason, HealthChange, Instance};
+pub use backend::{Backend, Kind};
 
 use crate::config::{Config, SendProxy, WorkersConfig};
 use crate::metrics::Metrics;
@@ -27,6 +27,8 @@ use ring::Ring;
 /// config that built it says about each (read from here, never copied
 /// into the backends, which the previous pool may share).
 pub struct Pool {
+    /// The backends, workers first; a backend's index here is what
+    /// dispatch returns and what the ring and `send_proxy` are indexed by.
     pub backends: Vec<Arc<Backend>>,
     pub(crate) ring: Ring,
     /// `send_proxy[i]`: the PROXY header backend `i` is sent.
@@ -141,7 +143,12 @@ impl Snapshot {
 
     /// The snapshot a reload to `config` publishes: backends still
     /// configured carry over from this one.
-    pub(crate) fn next(&self, config: Arc<Config>, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
+    pub(crate) fn next(
+        &self,
+        config: Arc<Config>,
+        metrics: &Metrics,
+        reach_of: &ReachOf<'_>,
+    ) -> Snapshot {
         let pool = Pool::assemble(&config, metrics, Some(&self.pool), reach_of);
         Snapshot { config, pool }
     }

@@ -109,7 +109,11 @@ impl Supervisor {
     /// upgrade`): `processes` by slot, `ports` the port each holds. Each
     /// slot started next serves with its adopted process (not restarted)
     /// rather than starting one.
-    pub(crate) fn adopt(&self, processes: Vec<(usize, process::WorkerProcess)>, ports: &[(usize, u16)]) {
+    pub(crate) fn adopt(
+        &self,
+        processes: Vec<(usize, process::WorkerProcess)>,
+        ports: &[(usize, u16)],
+    ) {
         let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
         for (id, process) in processes {
             let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
@@ -124,7 +128,10 @@ impl Supervisor {
     /// (in slot order) beyond the slots already running. Each returned
     /// receiver hears when that slot's first process is ready or has
     /// failed.
-    pub(crate) async fn start_slots(&self, workers: &Arc<WorkersConfig>) -> Vec<oneshot::Receiver<()>> {
+    pub(crate) async fn start_slots(
+        &self,
+        workers: &Arc<WorkersConfig>,
+    ) -> Vec<oneshot::Receiver<()>> {
         let mut slots = self.running.lock().await;
         let snapshot = self.shared.snapshot();
         let backends: Vec<&Arc<Backend>> = snapshot.pool.worker_backends().collect();

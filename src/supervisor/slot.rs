@@ -656,7 +656,11 @@ fn watchdog_deadline(workers: &WorkersConfig) -> tokio::time::Instant {
 
 /// Waits until no connection is open to `instance`, for at most `limit`
 /// (or until its process is gone).
-pub(crate) async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
+pub(crate) async fn drain_instance(
+    instance: &Instance,
+    limit: Duration,
+    process: &mut WorkerProcess,
+) {
     tokio::select! {
         _ = tokio::time::timeout(limit, instance.drained()) => {}
         _ = process.wait() => {}
