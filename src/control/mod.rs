@@ -2,7 +2,8 @@
 //! to the data path that runs it.
 //!
 //! - [`lifecycle`]: start-up, the graceful stop and the drain.
-//! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2, read in one place.
+//! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2: one set of handles,
+//!   handed from start-up to the control loop to the drain.
 //! - [`reload`]: reading the file again and applying what changed; scaling.
 //! - [`admin`]: the admin HTTP server (and its [`dashboard`] page, and
 //!   [`logs`]: `GET /logs`, the workers' output, streamed when followed).

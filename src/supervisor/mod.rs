@@ -49,7 +49,7 @@ pub(crate) struct RolloutError {
 /// A slot task that runs, and how the supervisor commands it.
 struct RunningSlot {
     /// The backend the task serves: the pool's own (the same `Arc` as in
-    /// `pool.workers()` while the slot is configured), kept here because a
+    /// `pool.worker_backends()` while the slot is configured), kept here because a
     /// slot retired by a scale-down drains it after the new pool has
     /// dropped it.
     backend: Arc<Backend>,
@@ -61,11 +61,16 @@ struct RunningSlot {
     task: JoinHandle<()>,
 }
 
-/// Owns every worker slot.
+/// Owns every worker slot: the one place slot tasks are added, commanded
+/// and retired, so a reload, a scale, a rolling restart and the stop never
+/// race over the same slot.
 pub(crate) struct Supervisor {
-    /// The snapshot, metrics and stop signals the slots read and report to.
+    /// The snapshot (whose pool says which worker backends exist), the
+    /// front end (which needs a socket per slot in handed mode), metrics
+    /// and stop signals: what the slots read and report to.
     shared: Arc<Shared>,
-    /// Starts worker processes (through the shim), the one place that forks.
+    /// Starts worker processes (through the shim): a handle to the one
+    /// thread that forks, cloned into each slot.
     spawner: Spawner,
     /// Which worker ports live processes hold, so a replacement takes the
     /// other port of its slot's pair.
@@ -79,12 +84,16 @@ pub(crate) struct Supervisor {
     /// pool while a reload's scale is applied (and slots retired by a
     /// scale-down, still draining, have left it already).
     running: Mutex<Vec<RunningSlot>>,
-    /// Held for the length of a rolling restart: one at a time.
+    /// Held for the length of a rolling restart (of all slots or of one):
+    /// one at a time, so two never have slots out of rotation at once; a
+    /// later one waits its turn rather than being dropped.
     rollout: Mutex<()>,
     /// A restart asked for by a signal or the admin API is pending or
     /// running: further requests merge into it.
     restart_requested: AtomicBool,
-    /// The workers' notify socket (`workers.notify`), shared by every slot.
+    /// The workers' notify socket (`workers.notify`), shared by every slot;
+    /// its socket is opened on first need, so a config without `notify`
+    /// opens none.
     notifier: Arc<notify::Notifier>,
     /// Processes an earlier image of corral started (`corral upgrade`), by
     /// slot, until their slot starts and takes its own.
@@ -92,6 +101,8 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor with no slot running yet; [`Supervisor::start_slots`]
+    /// starts them.
     pub(crate) fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             spawner,

@@ -96,15 +96,21 @@ pub(crate) struct Slot {
     /// The slot's backend in the pool: its state machine (the slot task is
     /// its only writer) and its metrics.
     pub(crate) backend: Arc<Backend>,
-    /// Starts this slot's processes.
+    /// Starts this slot's processes: a handle to the one thread that forks
+    /// (forking from a thread of the async runtime is not safe), which also
+    /// reaps them and carries their output.
     pub(crate) spawner: Spawner,
     /// The snapshot (each start reads the `workers` config in force from
     /// it), the front end (which says where a process takes its clients
     /// from) and the stop signals.
     pub(crate) shared: Arc<Shared>,
-    /// The worker ports held, shared with the other slots.
+    /// The worker ports held, shared with the other slots: a replacement
+    /// claims the port of its pair the old process does not hold, and a
+    /// stopped process's port is released here for the next one.
     pub(crate) ports: Arc<PortBook>,
-    /// The workers' notify socket (`workers.notify`).
+    /// The workers' notify socket (`workers.notify`), one for every slot:
+    /// the slot registers each process it starts to hear its `READY=1`
+    /// and what it says after, and gives its path as `NOTIFY_SOCKET`.
     pub(crate) notifier: Arc<Notifier>,
     /// A process an earlier image of corral started for this slot (`corral
     /// upgrade`): the slot serves with it instead of starting one.
@@ -114,7 +120,11 @@ pub(crate) struct Slot {
 /// A worker process handed over by an earlier image of corral, with the
 /// port it listens on (proxied mode).
 pub(crate) struct Adopted {
+    /// The running process (its shim), as the old image's spawner handed
+    /// it over.
     pub(crate) process: WorkerProcess,
+    /// The port it listens on, so the slot's seat holds that port rather
+    /// than claiming a new one; `None` in handed mode.
     pub(crate) port: Option<u16>,
 }
 
@@ -122,9 +132,14 @@ pub(crate) struct Adopted {
 /// from, what its tree says on the notify socket (`workers.notify`), and
 /// the `workers` config it was started from.
 struct Live {
+    /// The process (its shim): stopped, signalled and watched through it.
     process: WorkerProcess,
+    /// Where it takes its clients from; released when it stops.
     seat: Seat,
+    /// What its tree says on the notify socket; `None` without one.
     notices: Option<Registration>,
+    /// The config it was started from: its timeouts, watchdog and limits
+    /// hold until it is replaced, whatever a reload says meanwhile.
     workers: Arc<WorkersConfig>,
 }
 
