@@ -28,22 +28,42 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the running corral's admin port is, and the token it wants.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The admin port to connect to (`--admin`, or `admin.bind` of `-c
+    /// FILE`, or the default).
     pub admin: SocketAddr,
+    /// The bearer token its POST endpoints want (read from
+    /// `admin.token_file` of `-c FILE`); `None` when none is set.
     pub token: Option<String>,
 }
 
 /// Why a client command failed; printed as one line, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing accepted the connection: most often no corral runs there.
     #[error("cannot reach corral's admin port at {addr}: {source}. corral may not be running there: start it (corral run), or point at the one that runs with --admin ADDR (its admin.bind) or -c FILE (its config file)")]
     Unreachable {
+        /// The admin address tried.
         addr: SocketAddr,
+        /// What the connect said.
         source: std::io::Error,
     },
+    /// Connected, but no whole answer came in time.
     #[error("corral's admin port at {addr} did not answer within {TIMEOUT:?}")]
-    TimedOut { addr: SocketAddr },
+    TimedOut {
+        /// The admin address asked.
+        addr: SocketAddr,
+    },
+    /// An answer came that is not corral's (not HTTP, not the JSON
+    /// expected): something else listens there.
     #[error("corral's admin port at {addr} answered badly: {why}")]
-    BadAnswer { addr: SocketAddr, why: String },
+    BadAnswer {
+        /// The admin address asked.
+        addr: SocketAddr,
+        /// What was wrong with the answer.
+        why: String,
+    },
+    /// corral understood and said no (unknown worker, bad token, a reload
+    /// it refused...): its own words, printed as they are.
     #[error("{0}")]
     Refused(String),
 }
@@ -247,7 +267,7 @@ pub fn clients(target: &Target, top: usize) -> Result<String, ClientError> {
 }
 
 /// The `/clients` document as an aligned table.
-pub fn clients_table(value: &serde_json::Value) -> String {
+pub(crate) fn clients_table(value: &serde_json::Value) -> String {
     let empty = Vec::new();
     let rows: Vec<[String; 4]> = value["clients"]
         .as_array()
@@ -291,7 +311,7 @@ fn aligned<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String 
 }
 
 /// The `/status` document as an aligned table with a totals line.
-pub fn table(status: &serde_json::Value) -> String {
+pub(crate) fn table(status: &serde_json::Value) -> String {
     let headers = [
         "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CONNS", "CPU", "MEM",
     ];
@@ -456,7 +476,7 @@ fn admin_keys(text: &str) -> (Option<String>, Option<String>) {
 }
 
 /// An admin address bound to every interface is reached over loopback.
-pub fn reachable(bind: SocketAddr) -> SocketAddr {
+pub(crate) fn reachable(bind: SocketAddr) -> SocketAddr {
     if bind.ip().is_unspecified() {
         let loopback: std::net::IpAddr = if bind.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -470,7 +490,7 @@ pub fn reachable(bind: SocketAddr) -> SocketAddr {
 }
 
 /// 3m12s, 2h05m, 4d03h.
-pub fn human_duration(seconds: f64) -> String {
+pub(crate) fn human_duration(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
     match s {
         0..=59 => format!("{s}s"),

@@ -148,14 +148,14 @@ pub enum Refused {
 
 /// One row of `GET /clients`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// The masked address, with its prefix when it is not a whole address.
-    pub client: String,
-    pub connections: u32,
+    pub(crate) client: String,
+    pub(crate) connections: u32,
     /// New connections per second, over the last `max_rate` period (one
     /// second when there is no rate limit).
-    pub rate: f64,
-    pub rejected: u16,
+    pub(crate) rate: f64,
+    pub(crate) rejected: u16,
 }
 
 /// The table; one per process, shared by every proxy thread.
@@ -169,7 +169,7 @@ pub struct ClientTable {
     /// `max_tracked`, is the snapshot's, passed to each call.
     approximate_len: AtomicUsize,
     /// Woken when an insert takes the table past `max_tracked`.
-    pub over_limit: Notify,
+    pub(crate) over_limit: Notify,
     started: Instant,
     /// Refusals since the last summary, by reason (denied, connections,
     /// rate), for the periodic log line.
@@ -242,6 +242,8 @@ impl Default for ClientTable {
 }
 
 impl ClientTable {
+    /// An empty table; its limits come with each call, from the config in
+    /// force, so one table outlives reloads.
     pub fn new() -> ClientTable {
         ClientTable {
             v4: DashMap::with_capacity_and_shard_amount(0, SHARDS),
@@ -258,7 +260,7 @@ impl ClientTable {
     /// below what the table holds, the sweeper is woken now rather than at
     /// the next new client. Nothing is stored (the limits are read from
     /// the snapshot each call is given).
-    pub fn bound_changed(&self, config: &ClientsConfig) {
+    pub(crate) fn bound_changed(&self, config: &ClientsConfig) {
         if self.approximate_len.load(Ordering::Relaxed) > config.max_tracked {
             self.over_limit.notify_one();
         }
@@ -309,7 +311,7 @@ impl ClientTable {
 
     /// Refusals since the last call (denied, connections, rate): for one
     /// summary line instead of a line per refused connection.
-    pub fn take_summary(&self) -> [u64; 3] {
+    pub(crate) fn take_summary(&self) -> [u64; 3] {
         self.since_summary
             .each_ref()
             .map(|n| n.swap(0, Ordering::Relaxed))
@@ -320,6 +322,7 @@ impl ClientTable {
         self.v4.len() + self.v6.len() + self.wide.len()
     }
 
+    /// No client in the table (the companion of [`ClientTable::len`]).
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty() && self.wide.is_empty()
     }
@@ -348,7 +351,7 @@ impl ClientTable {
     /// that hold no connection, down to 95% of it. Two passes, no copy of
     /// the table: one finds the age that cuts enough, one removes what is
     /// older.
-    pub fn sweep(&self, config: &ClientsConfig) {
+    pub(crate) fn sweep(&self, config: &ClientsConfig) {
         let limit = config.max_tracked;
         let len = self.len();
         self.approximate_len.store(len, Ordering::Relaxed);
@@ -383,7 +386,7 @@ impl ClientTable {
 
     /// The `top` clients holding the most connections now (then the
     /// fastest), as `GET /clients` shows them.
-    pub fn top(&self, top: usize, config: &ClientsConfig) -> Vec<Row> {
+    pub(crate) fn top(&self, top: usize, config: &ClientsConfig) -> Vec<Row> {
         let now = self.now();
         let period = rate_period(config);
         let mut best: BinaryHeap<std::cmp::Reverse<(u32, u64, u16, Key)>> = BinaryHeap::new();
@@ -421,7 +424,7 @@ impl ClientTable {
 /// `table` finds the table inside `owner` (which the blocking sweep keeps
 /// alive), and `config` the config in force, whose `[clients]` each sweep
 /// reads.
-pub async fn sweep<T: Send + Sync + 'static>(
+pub(crate) async fn sweep<T: Send + Sync + 'static>(
     owner: std::sync::Arc<T>,
     table: fn(&T) -> &ClientTable,
     config: fn(&T) -> std::sync::Arc<crate::config::Config>,

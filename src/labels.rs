@@ -5,7 +5,7 @@
 use std::hash::BuildHasher;
 
 /// Worker slot `id`'s label: its backend name and metric label.
-pub fn worker_label(id: usize) -> String {
+pub(crate) fn worker_label(id: usize) -> String {
     format!("worker-{id}")
 }
 

@@ -6,15 +6,19 @@
 //!   its limits are the snapshot's `[sticky]`, passed with each call;
 //! - the per-client table: [`crate::clients`]' own; its limits are the
 //!   snapshot's `[clients]`, passed with each call;
-//! - the metrics registry: written through the handles it hands out;
+//! - the metrics registry: written through the handles it hands out; the
+//!   workers' own metrics are fetched through one shared single flight;
 //! - what `/proc` says of the workers' processes: the [`Sampler`]'s own
 //!   (its thread makes every pass; everyone else reads them);
 //! - the front end of the mode in force ([`Front`]: proxied, or handed
 //!   with its slot sockets and steering program): its own;
 //! - the process's lifecycle (bound, draining, the stop and cut tokens,
-//!   the open connections): changed only by the lifecycle in
-//!   [`crate::control::lifecycle`], through the named operations here
-//!   (the tokens are private: others wait on them, never cancel them).
+//!   the open connections and the accept loops): changed only by the
+//!   lifecycle in [`crate::control::lifecycle`], through the named
+//!   operations here (the tokens are private: others wait on them, never
+//!   cancel them);
+//! - the parking of open connections for `corral upgrade`: the data
+//!   path's (`datapath::parked`), begun and emptied by the upgrade.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +35,9 @@ use crate::metrics::Metrics;
 use crate::pool::Snapshot;
 use crate::sampler::Sampler;
 
+/// The one value behind an `Arc` that the accept loops, the connections,
+/// the supervisor, the health checks and the admin server all hold: what
+/// more than one of them reads. Each field says who owns it.
 pub struct Shared {
     /// The config and the pool built from it, swapped whole by a reload
     /// ([`Shared::publish`]) so a connection reads one consistent pair.
@@ -38,13 +45,15 @@ pub struct Shared {
     /// Picks a backend per connection (port mode): the strategy's state,
     /// the sticky table among it, outlives any one snapshot.
     pub dispatcher: Dispatcher,
-    /// The per-client table (`[clients]`).
+    /// The per-client table (`[clients]`): each client's open connections
+    /// and recent rate, for the limits at the front door. Here, not in a
+    /// snapshot, so a reload keeps what it counted.
     pub clients: ClientTable,
     /// Every Prometheus family corral exports; counters never go back, so
     /// they live here rather than in a snapshot.
     pub metrics: Metrics,
     /// The fetch of the workers' own metrics that concurrent `/metrics`
-    /// requests share.
+    /// requests share, so N scrapes at once cost the workers one fetch.
     pub worker_metrics: crate::metrics::scrape::SingleFlight,
     /// The last pass over `/proc` (CPU, memory, exiting processes, the
     /// sockets a worker's tree holds), made on the sampler's own thread.
@@ -52,13 +61,14 @@ pub struct Shared {
     /// The front end, of the mode `workers.listen` asks for: whatever
     /// differs between the modes is asked of it.
     pub front: Front,
-    /// Every proxied connection, so shutdown can wait for them to finish.
+    /// Every proxied connection (rescued clients' relays included), so the
+    /// graceful stop can wait for them to finish.
     connections: TaskTracker,
     /// Every accept loop of the proxy threads, so an upgrade can wait until
     /// none accepts any more before it counts the open connections.
     accept_loops: TaskTracker,
     /// Connections parked for `corral upgrade`, and the signal that asks
-    /// for it.
+    /// for it: every pump hears it, so it lives where they all can reach.
     pub parking: crate::datapath::parked::Parking,
     /// Cancelled when the front end must stop accepting (graceful stop),
     /// by [`Shared::stop_accepting`] only.
@@ -66,7 +76,8 @@ pub struct Shared {
     /// Cancelled when open connections must be cut (drain over, or a second
     /// stop signal), by [`Shared::cut_connections`] only.
     cut_connections: CancellationToken,
-    /// The front end is bound (`/readyz`), set once by the lifecycle.
+    /// The front end is bound, set once by the lifecycle: `/readyz` says
+    /// not ready before it, whatever the backends.
     bound: AtomicBool,
     /// A graceful stop has begun (`/readyz` answers 503), set once.
     draining: AtomicBool,
@@ -157,25 +168,29 @@ impl Shared {
         &self.cut_connections
     }
 
+    /// The front end is bound: `/readyz` may say ready from now on.
     pub(crate) fn set_bound(&self) {
         self.bound.store(true, Ordering::Release);
     }
 
+    /// The graceful stop has begun: `/readyz` answers 503 from now on.
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Has the graceful stop begun?
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// The open connections (the listeners and rescues add to it; the
-    /// graceful stop closes it and waits).
-    /// The proxy threads' accept loops (see the field).
+    /// The proxy threads' accept loops (the listeners add to it; an
+    /// upgrade closes it and waits until none accepts).
     pub fn accept_loops(&self) -> &TaskTracker {
         &self.accept_loops
     }
 
+    /// The open connections (the listeners and rescues add to it; the
+    /// graceful stop closes it and waits).
     pub fn connections(&self) -> &TaskTracker {
         &self.connections
     }

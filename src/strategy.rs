@@ -12,6 +12,8 @@
 
 use serde::Deserialize;
 
+// The variants' doc comments are also `corral run --help`'s text for each
+// value (clap reads them): plain words, no Markdown.
 /// How a backend is chosen for a new client.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
@@ -19,9 +21,13 @@ use serde::Deserialize;
 #[serde(rename_all = "kebab-case")]
 #[value(rename_all = "kebab-case")]
 pub enum StrategyKind {
+    /// Each backend in turn.
     #[default]
     RoundRobin,
+    /// The backend with the fewest open connections; ties in turn.
     LeastConnections,
+    /// Each client (its address, masked by the sticky section's prefixes)
+    /// stays on one backend.
     Sticky,
 }
 

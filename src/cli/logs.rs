@@ -18,7 +18,9 @@ use crate::terminal::escape_keeping;
 pub struct Asked<'a> {
     /// A worker (`worker-1`); `None` for all.
     pub name: Option<&'a str>,
+    /// How many of the last lines kept to print first (`--lines`).
     pub lines: usize,
+    /// Keep the connection open and print new lines as they come (`-f`).
     pub follow: bool,
 }
 

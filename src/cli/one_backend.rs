@@ -28,7 +28,7 @@ fn post(
 }
 
 /// `corral restart NAME`: that worker replaced the rolling way.
-pub fn restart_one(target: &Target, name: &str) -> Result<String, ClientError> {
+pub(crate) fn restart_one(target: &Target, name: &str) -> Result<String, ClientError> {
     post(target, "/workers/restart", "restart", name)?;
     Ok(format!(
         "restarting {}: its replacement takes new connections once ready, then it drains",

@@ -6,26 +6,26 @@ use std::path::{Path, PathBuf};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// 1-based line, or 0 when the problem has no place in the file.
-    pub line: usize,
+    pub(crate) line: usize,
     /// 1-based column, or 0 when the problem has no place in the file.
-    pub column: usize,
+    pub(crate) column: usize,
     /// Dotted key path such as `timeouts.connect`, when known.
-    pub key: Option<String>,
-    pub message: String,
+    pub(crate) key: Option<String>,
+    pub(crate) message: String,
 }
 
 /// Everything wrong with one config file; never empty.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<Problem>,
+    pub(crate) file: PathBuf,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl ConfigError {
     /// An error about the file as a whole (it cannot be read, say).
-    pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn whole_file(file: &Path, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             problems: vec![Problem {
@@ -60,7 +60,7 @@ impl fmt::Display for ConfigError {
 
 /// Collects problems while a raw config is validated, turning byte spans into
 /// lines and columns of the source text.
-pub struct Problems<'a> {
+pub(crate) struct Problems<'a> {
     source: &'a str,
     found: Vec<Problem>,
     /// Keys whose value had the wrong type.
@@ -72,7 +72,7 @@ pub struct Problems<'a> {
 }
 
 impl<'a> Problems<'a> {
-    pub fn new(source: &'a str) -> Self {
+    pub(crate) fn new(source: &'a str) -> Self {
         Problems {
             source,
             found: Vec::new(),
@@ -82,12 +82,12 @@ impl<'a> Problems<'a> {
     }
 
     /// Learns where each key is written (see [`super::shape`]).
-    pub fn set_index(&mut self, index: Vec<(Range<usize>, String)>) {
+    pub(crate) fn set_index(&mut self, index: Vec<(Range<usize>, String)>) {
         self.index = index;
     }
 
     /// The full dotted key written at byte `offset`, if one is.
-    pub fn key_at(&self, offset: usize) -> Option<String> {
+    pub(crate) fn key_at(&self, offset: usize) -> Option<String> {
         self.index
             .iter()
             .filter(|(range, _)| range.contains(&offset))
@@ -96,7 +96,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Where `key` (a dotted key, or a section's name) is written.
-    pub fn place_of(&self, key: &str) -> Option<Range<usize>> {
+    pub(crate) fn place_of(&self, key: &str) -> Option<Range<usize>> {
         self.index
             .iter()
             .find(|(_, k)| k == key)
@@ -104,7 +104,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Records a problem with `key` at `span` (a byte range into the source).
-    pub fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_column(self.source, span.start);
         self.push(Problem {
             line,
@@ -116,7 +116,7 @@ impl<'a> Problems<'a> {
 
     /// Records a problem that has no single place in the file; it points
     /// at the line where the key is written, when it is.
-    pub fn general(&mut self, key: Option<&str>, message: impl Into<String>) {
+    pub(crate) fn general(&mut self, key: Option<&str>, message: impl Into<String>) {
         let indexed = |k: &str| {
             let (range, _) = self.index.iter().find(|(_, key)| key == k)?;
             Some(line_column(self.source, range.start))
@@ -144,13 +144,13 @@ impl<'a> Problems<'a> {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.found.is_empty()
     }
 
     /// Adds the problems found while reading the file's types: those keys
     /// could not be read, so nothing more is said about them.
-    pub fn extend(&mut self, problems: Vec<Problem>) {
+    pub(crate) fn extend(&mut self, problems: Vec<Problem>) {
         for problem in problems {
             self.unreadable.push(problem.key.clone());
             self.found.push(problem);
@@ -159,7 +159,7 @@ impl<'a> Problems<'a> {
 
     /// The problems in the order of the file's lines; those with no place
     /// in it come last.
-    pub fn into_error(mut self, file: &Path) -> ConfigError {
+    pub(crate) fn into_error(mut self, file: &Path) -> ConfigError {
         self.found.sort_by_key(|p| (p.line == 0, p.line, p.column));
         ConfigError {
             file: file.to_path_buf(),
@@ -171,7 +171,7 @@ impl<'a> Problems<'a> {
 /// Turns a toml parse or type error into a problem, naming the full dotted
 /// key written on the line it points at (`health.interval`), and, where
 /// `config/example.toml` shows the key, how to write it.
-pub fn from_toml(problems: &Problems, err: &toml::de::Error) -> Problem {
+pub(crate) fn from_toml(problems: &Problems, err: &toml::de::Error) -> Problem {
     let source = problems.source;
     let (line, column, key) = match err.span() {
         Some(span) => {
@@ -198,7 +198,7 @@ pub fn from_toml(problems: &Problems, err: &toml::de::Error) -> Problem {
 /// Blanks a 1-based line of `text` (spaces keep every other byte where it
 /// was, so spans stay right). False when that cannot help: no line, or a
 /// value that continues on the next lines.
-pub fn blank_line(text: &mut String, line: usize) -> bool {
+pub(crate) fn blank_line(text: &mut String, line: usize) -> bool {
     let Some(index) = line.checked_sub(1) else {
         return false;
     };
@@ -294,7 +294,7 @@ fn example_of(dotted: &str) -> Option<String> {
 }
 
 /// 1-based line and column of byte `offset` in `source`.
-pub fn line_column(source: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;

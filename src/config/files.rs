@@ -4,7 +4,7 @@
 use std::path::Path;
 
 /// The largest config (or token) file corral reads.
-pub const MAX_FILE: u64 = 1024 * 1024;
+pub(crate) const MAX_FILE: u64 = 1024 * 1024;
 
 /// Reads a config or token file: a regular file (after symlinks) of at most
 /// [`MAX_FILE`] bytes, in UTF-8. Anything else is refused with its reason,
@@ -12,7 +12,7 @@ pub const MAX_FILE: u64 = 1024 * 1024;
 /// writer never blocks the open), its kind and size come from `fstat` of
 /// the opened descriptor (not the path, which may change meanwhile), and
 /// at most `MAX_FILE + 1` bytes are read (a file that grows is caught).
-pub fn read_file(path: &Path) -> Result<String, String> {
+pub(crate) fn read_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()

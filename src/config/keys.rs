@@ -12,7 +12,7 @@ use super::Config;
 
 /// What a reload does with a changed key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadClass {
+pub(crate) enum ReloadClass {
     /// Applied by the reload: new connections, the next check, the next
     /// start of a worker.
     Hot,
@@ -25,38 +25,26 @@ pub enum ReloadClass {
     Refused,
 }
 
-impl ReloadClass {
-    /// How docs and reload reports name the class.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadClass::Hot => "hot",
-            ReloadClass::RollsWorkers => "rolls-workers",
-            ReloadClass::NeedsRestart => "needs-restart",
-            ReloadClass::Refused => "refused",
-        }
-    }
-}
-
 /// One key of the file.
-pub struct Key {
-    pub section: &'static str,
-    pub name: &'static str,
-    pub class: ReloadClass,
+pub(crate) struct Key {
+    pub(crate) section: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) class: ReloadClass,
     /// The value corral runs with, written out for comparing two configs
     /// (never shown: a token is only its fingerprint).
-    pub value: fn(&Config) -> String,
+    pub(crate) value: fn(&Config) -> String,
 }
 
 impl Key {
     /// `section.name`.
-    pub fn dotted(&self) -> String {
+    pub(crate) fn dotted(&self) -> String {
         format!("{}.{}", self.section, self.name)
     }
 }
 
 /// The sections, in the order the docs list them. `backends` is a list of
 /// tables (`[[backends]]`); every other one is one table.
-pub const SECTIONS: [&str; 11] = [
+pub(crate) const SECTIONS: [&str; 11] = [
     "listener", "admin", "balance", "sticky", "clients", "workers", "backends", "health",
     "timeouts", "log", "runtime",
 ];
@@ -92,7 +80,7 @@ macro_rules! backend_key {
 }
 
 /// Every key, by section.
-pub static KEYS: &[Key] = &[
+pub(crate) static KEYS: &[Key] = &[
     key!("listener", "bind", Refused, |c| c.listener.binds),
     key!("listener", "backlog", NeedsRestart, |c| c.listener.backlog),
     key!("listener", "max_connections", NeedsRestart, |c| c
@@ -183,17 +171,17 @@ pub static KEYS: &[Key] = &[
 ];
 
 /// The key `name` of `section`, if the file may hold it.
-pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+pub(crate) fn find(section: &str, name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.section == section && k.name == name)
 }
 
 /// The keys of `section`, in table order.
-pub fn of_section(section: &str) -> impl Iterator<Item = &'static Key> + '_ {
+pub(crate) fn of_section(section: &str) -> impl Iterator<Item = &'static Key> + '_ {
     KEYS.iter().filter(move |k| k.section == section)
 }
 
 /// The sections that have a key `name`.
-pub fn sections_with(name: &str) -> Vec<&'static str> {
+pub(crate) fn sections_with(name: &str) -> Vec<&'static str> {
     KEYS.iter()
         .filter(|k| k.name == name)
         .map(|k| k.section)
@@ -202,7 +190,7 @@ pub fn sections_with(name: &str) -> Vec<&'static str> {
 
 /// The candidate closest to `written`, when it is close enough to be a
 /// slip of the keyboard (`worker` for `workers`, `intervall`).
-pub fn closest<'a>(
+pub(crate) fn closest<'a>(
     written: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {

@@ -27,7 +27,7 @@ pub mod defaults;
 mod error;
 mod files;
 mod health;
-pub mod keys;
+pub(crate) mod keys;
 mod listener;
 mod log;
 mod overrides;
@@ -43,12 +43,13 @@ mod workers;
 
 use std::path::Path;
 
-pub use error::{ConfigError, Problem};
-pub use files::{read_file, MAX_FILE};
-pub use raw::{HealthKind, ListenMode, LogFormat, ProxyProtocolMode, SendProxy, StrategyKind};
+pub use error::ConfigError;
+pub(crate) use files::read_file;
+pub(crate) use raw::{HealthKind, LogFormat, ProxyProtocolMode, SendProxy};
+pub use raw::{ListenMode, StrategyKind};
 pub use types::*;
-pub use values::{parse_addr, parse_size};
-pub use warnings::ephemeral_ports;
+pub use values::parse_addr;
+pub(crate) use warnings::ephemeral_ports;
 
 use error::Problems;
 use raw::RawConfig;
@@ -58,14 +59,9 @@ const MAX_PROBLEMS: usize = 50;
 
 /// The configuration corral runs with when started without `-c`: the
 /// built-in demo backend, two workers, round-robin.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 impl Config {
-    /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load_with(path, None)
-    }
-
     /// Reads and validates `path` for a run whose command line gives the
     /// worker command (`-- PROGRAM ARGS`): `[workers]` may then leave
     /// `command` out.
@@ -88,7 +84,7 @@ impl Config {
     /// in the order of the file's lines: a wrong section or key, or a value
     /// of the wrong type, is recorded and blanked out, and the file is read
     /// again, so one mistake does not hide another, nor cause a second one.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Config::parse_with(text, path, None)
     }
 

@@ -12,48 +12,48 @@ use toml::Spanned;
 /// The whole file. Every section is optional; absent sections take defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
-    pub listener: RawListener,
+    pub(crate) listener: RawListener,
     #[serde(default)]
-    pub admin: RawAdmin,
+    pub(crate) admin: RawAdmin,
     #[serde(default)]
-    pub balance: RawBalance,
+    pub(crate) balance: RawBalance,
     #[serde(default)]
-    pub sticky: RawSticky,
+    pub(crate) sticky: RawSticky,
     #[serde(default)]
-    pub clients: RawClients,
+    pub(crate) clients: RawClients,
     /// Not `Spanned`: a section written with dotted keys
     /// (`workers.command = [...]`) has no span of its own; its place comes
     /// from [`super::shape`].
-    pub workers: Option<RawWorkers>,
+    pub(crate) workers: Option<RawWorkers>,
     #[serde(default)]
-    pub backends: Vec<Spanned<RawBackend>>,
+    pub(crate) backends: Vec<Spanned<RawBackend>>,
     #[serde(default)]
-    pub health: RawHealth,
+    pub(crate) health: RawHealth,
     #[serde(default)]
-    pub timeouts: RawTimeouts,
+    pub(crate) timeouts: RawTimeouts,
     #[serde(default)]
-    pub log: RawLog,
+    pub(crate) log: RawLog,
     #[serde(default)]
-    pub runtime: RawRuntime,
+    pub(crate) runtime: RawRuntime,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(crate) struct RawListener {
     /// A string or a list of strings; checked in validation.
-    pub bind: Option<Spanned<toml::Value>>,
-    pub backlog: Option<Spanned<i64>>,
-    pub max_connections: Option<Spanned<i64>>,
-    pub proxy_protocol: Option<Spanned<ProxyProtocolMode>>,
-    pub proxy_protocol_from: Option<Spanned<Vec<String>>>,
+    pub(crate) bind: Option<Spanned<toml::Value>>,
+    pub(crate) backlog: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) proxy_protocol: Option<Spanned<ProxyProtocolMode>>,
+    pub(crate) proxy_protocol_from: Option<Spanned<Vec<String>>>,
 }
 
 /// Which PROXY protocol header the front end accepts from an upstream balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum ProxyProtocolMode {
+pub(crate) enum ProxyProtocolMode {
     #[default]
     None,
     V1,
@@ -65,7 +65,7 @@ pub enum ProxyProtocolMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
-pub enum SendProxy {
+pub(crate) enum SendProxy {
     #[default]
     None = 0,
     V1 = 1,
@@ -74,64 +74,64 @@ pub enum SendProxy {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub bind: Option<Spanned<String>>,
-    pub token_file: Option<Spanned<String>>,
+pub(crate) struct RawAdmin {
+    pub(crate) bind: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 pub use crate::strategy::StrategyKind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBalance {
-    pub strategy: Option<StrategyKind>,
+pub(crate) struct RawBalance {
+    pub(crate) strategy: Option<StrategyKind>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSticky {
-    pub ttl: Option<Spanned<String>>,
-    pub max_entries: Option<Spanned<i64>>,
-    pub ipv4_prefix: Option<Spanned<i64>>,
-    pub ipv6_prefix: Option<Spanned<i64>>,
+pub(crate) struct RawSticky {
+    pub(crate) ttl: Option<Spanned<String>>,
+    pub(crate) max_entries: Option<Spanned<i64>>,
+    pub(crate) ipv4_prefix: Option<Spanned<i64>>,
+    pub(crate) ipv6_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawClients {
-    pub ipv4_prefix: Option<Spanned<i64>>,
-    pub ipv6_prefix: Option<Spanned<i64>>,
-    pub max_connections: Option<Spanned<i64>>,
-    pub max_rate: Option<Spanned<String>>,
-    pub allow: Option<Spanned<Vec<String>>>,
-    pub deny: Option<Spanned<Vec<String>>>,
-    pub max_tracked: Option<Spanned<i64>>,
+pub(crate) struct RawClients {
+    pub(crate) ipv4_prefix: Option<Spanned<i64>>,
+    pub(crate) ipv6_prefix: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_rate: Option<Spanned<String>>,
+    pub(crate) allow: Option<Spanned<Vec<String>>>,
+    pub(crate) deny: Option<Spanned<Vec<String>>>,
+    pub(crate) max_tracked: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWorkers {
-    pub command: Option<Spanned<Vec<String>>>,
+pub(crate) struct RawWorkers {
+    pub(crate) command: Option<Spanned<Vec<String>>>,
     /// A number or "auto"; checked in validation.
-    pub count: Option<Spanned<toml::Value>>,
-    pub host: Option<Spanned<String>>,
-    pub port_base: Option<Spanned<i64>>,
+    pub(crate) count: Option<Spanned<toml::Value>>,
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) port_base: Option<Spanned<i64>>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub cwd: Option<String>,
-    pub ready_timeout: Option<Spanned<String>>,
-    pub stop_timeout: Option<Spanned<String>>,
-    pub restart_delay: Option<Spanned<String>>,
-    pub restart_delay_max: Option<Spanned<String>>,
-    pub min_uptime: Option<Spanned<String>>,
-    pub unhealthy_restart: Option<Spanned<String>>,
-    pub send_proxy: Option<Spanned<SendProxy>>,
-    pub listen: Option<Spanned<ListenMode>>,
-    pub max_memory: Option<Spanned<String>>,
-    pub metrics_path: Option<Spanned<String>>,
-    pub stateless: Option<Spanned<bool>>,
-    pub notify: Option<Spanned<bool>>,
-    pub watchdog: Option<Spanned<String>>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) ready_timeout: Option<Spanned<String>>,
+    pub(crate) stop_timeout: Option<Spanned<String>>,
+    pub(crate) restart_delay: Option<Spanned<String>>,
+    pub(crate) restart_delay_max: Option<Spanned<String>>,
+    pub(crate) min_uptime: Option<Spanned<String>>,
+    pub(crate) unhealthy_restart: Option<Spanned<String>>,
+    pub(crate) send_proxy: Option<Spanned<SendProxy>>,
+    pub(crate) listen: Option<Spanned<ListenMode>>,
+    pub(crate) max_memory: Option<Spanned<String>>,
+    pub(crate) metrics_path: Option<Spanned<String>>,
+    pub(crate) stateless: Option<Spanned<bool>>,
+    pub(crate) notify: Option<Spanned<bool>>,
+    pub(crate) watchdog: Option<Spanned<String>>,
 }
 
 /// How workers get their clients (`workers.listen`): the front end's
@@ -149,7 +149,7 @@ pub enum ListenMode {
 }
 
 impl ListenMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ListenMode::Proxied => "port",
             ListenMode::Handed => "fd",
@@ -159,16 +159,16 @@ impl ListenMode {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackend {
-    pub name: Option<Spanned<String>>,
-    pub address: Option<Spanned<String>>,
-    pub send_proxy: Option<Spanned<SendProxy>>,
+pub(crate) struct RawBackend {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) send_proxy: Option<Spanned<SendProxy>>,
 }
 
 /// What an active health check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum HealthKind {
+pub(crate) enum HealthKind {
     #[default]
     Tcp,
     Http,
@@ -176,29 +176,29 @@ pub enum HealthKind {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    pub kind: Option<HealthKind>,
-    pub path: Option<Spanned<String>>,
-    pub interval: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
-    pub rise: Option<Spanned<i64>>,
-    pub fall: Option<Spanned<i64>>,
-    pub observe: Option<bool>,
+pub(crate) struct RawHealth {
+    pub(crate) kind: Option<HealthKind>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) interval: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) rise: Option<Spanned<i64>>,
+    pub(crate) fall: Option<Spanned<i64>>,
+    pub(crate) observe: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTimeouts {
-    pub connect: Option<Spanned<String>>,
-    pub first_byte: Option<Spanned<String>>,
-    pub idle: Option<Spanned<String>>,
-    pub drain: Option<Spanned<String>>,
+pub(crate) struct RawTimeouts {
+    pub(crate) connect: Option<Spanned<String>>,
+    pub(crate) first_byte: Option<Spanned<String>>,
+    pub(crate) idle: Option<Spanned<String>>,
+    pub(crate) drain: Option<Spanned<String>>,
 }
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Text,
     Json,
@@ -206,20 +206,20 @@ pub enum LogFormat {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub format: Option<LogFormat>,
-    pub level: Option<Spanned<String>>,
-    pub connections: Option<bool>,
-    pub file: Option<Spanned<String>>,
-    pub max_size: Option<Spanned<String>>,
-    pub keep: Option<Spanned<i64>>,
+pub(crate) struct RawLog {
+    pub(crate) format: Option<LogFormat>,
+    pub(crate) level: Option<Spanned<String>>,
+    pub(crate) connections: Option<bool>,
+    pub(crate) file: Option<Spanned<String>>,
+    pub(crate) max_size: Option<Spanned<String>>,
+    pub(crate) keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRuntime {
-    pub threads: Option<Spanned<i64>>,
-    pub splice: Option<bool>,
-    pub user: Option<Spanned<String>>,
-    pub group: Option<Spanned<String>>,
+pub(crate) struct RawRuntime {
+    pub(crate) threads: Option<Spanned<i64>>,
+    pub(crate) splice: Option<bool>,
+    pub(crate) user: Option<Spanned<String>>,
+    pub(crate) group: Option<Spanned<String>>,
 }

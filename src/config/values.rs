@@ -10,11 +10,11 @@ use toml::Spanned;
 use super::error::Problems;
 use super::raw::SendProxy;
 
-pub fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-pub fn int(
+pub(crate) fn int(
     value: Option<Spanned<i64>>,
     key: &str,
     min: i64,
@@ -37,7 +37,7 @@ pub fn int(
 }
 
 /// A duration written with a unit, such as "250ms", "2s" or "30m"; zero is refused.
-pub fn duration(
+pub(crate) fn duration(
     value: Option<Spanned<String>>,
     key: &str,
     default: Duration,
@@ -65,7 +65,7 @@ pub fn duration(
 }
 
 /// A duration where `"0s"` means "never": `None`.
-pub fn optional_duration(
+pub(crate) fn optional_duration(
     value: Option<Spanned<String>>,
     key: &str,
     default: Duration,
@@ -79,7 +79,7 @@ pub fn optional_duration(
 }
 
 /// A size such as "512MiB", "2GB" or "1048576" (bytes).
-pub fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -120,7 +120,11 @@ pub fn parse_addr(text: &str) -> Option<SocketAddr> {
 
 /// A list of networks: `"10.0.0.0/8"`, `"2001:db8::/32"`, or a bare
 /// address (`"192.0.2.7"`: that address alone).
-pub fn cidrs(value: Option<Spanned<Vec<String>>>, key: &str, p: &mut Problems) -> Vec<IpNet> {
+pub(crate) fn cidrs(
+    value: Option<Spanned<Vec<String>>>,
+    key: &str,
+    p: &mut Problems,
+) -> Vec<IpNet> {
     let Some(value) = value else {
         return Vec::new();
     };
@@ -143,7 +147,11 @@ pub fn cidrs(value: Option<Spanned<Vec<String>>>, key: &str, p: &mut Problems) -
     nets
 }
 
-pub fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+pub(crate) fn socket_addr(
+    value: &Spanned<String>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
     let parsed = parse_addr(value.get_ref());
     if parsed.is_none() {
         p.at(
@@ -159,7 +167,7 @@ pub fn socket_addr(value: &Spanned<String>, key: &str, p: &mut Problems) -> Opti
 }
 
 /// A backend address: an IP and port, or a host name resolved once at load.
-pub fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
+pub(crate) fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<SocketAddr> {
     let text = value.get_ref().trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(addr);
@@ -178,6 +186,6 @@ pub fn resolve(value: &Spanned<String>, key: &str, p: &mut Problems) -> Option<S
     resolved
 }
 
-pub fn send_proxy(value: Option<Spanned<SendProxy>>) -> SendProxy {
+pub(crate) fn send_proxy(value: Option<Spanned<SendProxy>>) -> SendProxy {
     value.map(Spanned::into_inner).unwrap_or_default()
 }

@@ -5,7 +5,7 @@ use super::raw::{ListenMode, ProxyProtocolMode};
 use super::types::Config;
 
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
-pub fn ephemeral_ports() -> Option<(u16, u16)> {
+pub(crate) fn ephemeral_ports() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut parts = text.split_whitespace().map(|n| n.parse::<u16>().ok());
     Some((parts.next()??, parts.next()??))

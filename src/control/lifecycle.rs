@@ -24,20 +24,30 @@ use crate::upgrade::{adopt, handover::Handover};
 /// A failure that stops corral at run time (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
+    /// A listening address could not be bound (taken, or not this host's).
     #[error("cannot bind the {what} to {addr}: {source}")]
     Bind {
+        /// Which socket: the front end or the admin port.
         what: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// What bind(2) said.
         source: std::io::Error,
     },
+    /// `workers.port_base` was left to corral and no block of free ports
+    /// (two per worker) was found for it.
     #[error("{0}")]
     Ports(String),
     /// `corral upgrade`: this image cannot take over what it was handed.
     #[error("cannot take over from the previous corral: {0}")]
     Adopt(String),
+    /// Another start-up step the system refused (the log file, the
+    /// runtime, a thread, signal handlers, dropping privileges...).
     #[error("{context}: {source}")]
     Io {
+        /// The step, as the error line names it.
         context: &'static str,
+        /// What the system said.
         source: std::io::Error,
     },
 }

@@ -2,7 +2,8 @@
 //! to the data path that runs it.
 //!
 //! - [`lifecycle`]: start-up, the graceful stop and the drain.
-//! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2, read in one place.
+//! - [`signals`]: SIGTERM/SIGINT, SIGHUP, SIGUSR2: one set of handles,
+//!   handed from start-up to the control loop to the drain.
 //! - [`reload`]: reading the file again and applying what changed; scaling.
 //! - [`admin`]: the admin HTTP server (and its [`dashboard`] page, and
 //!   [`logs`]: `GET /logs`, the workers' output, streamed when followed).
@@ -16,7 +17,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod dashboard;
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 pub(crate) mod logs;
 pub(crate) mod notify;
 pub(crate) mod operator;
@@ -30,12 +31,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
-pub use reload::{ReloadError, ReloadReport, Source};
+pub use reload::Source;
+pub(crate) use reload::{ReloadError, ReloadReport};
 use signals::{Asked, Signals};
 
 /// What the admin server asks of the control loop.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// Rolling restart of the workers (merged into one pending or running).
     RollingRestart { started: oneshot::Sender<Restart> },
     /// Replace the worker of slot `id` the rolling way; `started` hears
@@ -64,7 +66,7 @@ pub enum Request {
 
 /// Acts on signals and admin requests until SIGTERM or SIGINT; returns the
 /// signal handles then, for the drain to hear a second stop.
-pub async fn run(
+pub(crate) async fn run(
     shared: Arc<Shared>,
     supervisor: Arc<Supervisor>,
     source: Source,
@@ -134,7 +136,7 @@ pub async fn run(
 
 /// What became of a rolling restart request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restart {
+pub(crate) enum Restart {
     Started,
     /// One was pending or running; this request joined it.
     Merged,

@@ -20,23 +20,34 @@ use crate::supervisor::{ports, Supervisor};
 /// the same command-line overrides.
 #[derive(Debug, Clone)]
 pub struct Source {
+    /// `-c FILE`; `None` when corral runs the embedded default (nothing to
+    /// reload).
     pub file: Option<PathBuf>,
+    /// The command line's values, applied again over each reload.
     pub overrides: Overrides,
 }
 
 /// Why a reload or a scale was refused; the old config stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// Started without `-c`: there is no file to read again.
     #[error("corral was started without -c, so there is no file to reload")]
     NoFile,
+    /// The file does not validate: every problem, with file, line and key.
     #[error("{0}")]
     Invalid(#[from] ConfigError),
+    /// The command line's values (or a scale's count) do not fit the
+    /// file, or no worker ports can be placed for them.
     #[error("{0}")]
     Overrides(String),
+    /// The file changes a key only a restart can change (such as
+    /// `listener.bind`): which, from what to what.
     #[error("{0}")]
     NeedsRestart(String),
+    /// A scale asked of a corral that supervises no workers.
     #[error("there are no workers to scale (no [workers] section and no command)")]
     NoWorkers,
+    /// The blocking task that reads the file panicked or was cancelled.
     #[error("the reload task failed: {0}")]
     Task(String),
 }
@@ -59,7 +70,7 @@ fn load_both(file: &Path, overrides: &Overrides) -> Result<(Config, Config), Rel
 
 /// Reloads the config file. An invalid file, or one that changes what cannot
 /// change without a restart, is refused and the old config stays.
-pub async fn from_file(
+pub(crate) async fn from_file(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
     source: &Source,
@@ -116,7 +127,7 @@ fn give_back_memory() {
 }
 
 /// Sets the worker count to `count` until the next reload from the file.
-pub fn scale(
+pub(crate) fn scale(
     shared: &Arc<Shared>,
     supervisor: &Arc<Supervisor>,
     count: usize,
@@ -344,21 +355,21 @@ fn file_command(file: &Path) -> Option<String> {
 
 /// What a reload did: said in corral's log and in `POST /reload`'s answer.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Changed keys applied at once.
-    pub applied: Vec<String>,
+    pub(crate) applied: Vec<String>,
     /// Changed keys rolled out by replacing the workers one at a time.
-    pub rolled_out: Vec<String>,
+    pub(crate) rolled_out: Vec<String>,
     /// Changed keys kept, which take effect only after corral restarts.
-    pub needs_restart: Vec<String>,
+    pub(crate) needs_restart: Vec<String>,
     /// Keys whose value in the file a command-line flag overrides.
-    pub overridden: Vec<String>,
+    pub(crate) overridden: Vec<String>,
 }
 
 impl ReloadReport {
     /// One line per kind of change (none when nothing changed), then one
     /// per override.
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (list, what) in [
             (&self.applied, "applied"),

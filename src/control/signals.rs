@@ -1,7 +1,11 @@
-//! The signals corral acts on, installed once, as early as possible (until
-//! they are, SIGHUP's default action would kill the process), and read in
-//! one place: the control loop reads them while corral serves, the drain
-//! reads the same handles for a second stop signal.
+//! The signals corral acts on (SIGTERM and SIGINT, SIGHUP, SIGUSR2),
+//! installed once at start-up, right after the addresses are bound and
+//! before any worker is spawned (until they are, SIGHUP's default action
+//! would kill the process). One [`Signals`] holds the handles and is
+//! handed along the lifecycle, never shared: while the first workers
+//! start only a stop is read (the others stay pending), the control loop
+//! reads every kind while corral serves, and the drain reads the same
+//! handles for a second stop signal.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -16,6 +20,8 @@ pub enum Asked {
     RollingRestart,
 }
 
+/// The handles of the signals in [`Asked`]; a signal that comes while
+/// nobody reads stays pending until the next read.
 pub struct Signals {
     term: Signal,
     int: Signal,
@@ -24,6 +30,8 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Installs the handlers: from now on these signals are only counted,
+    /// never acted on by the kernel's default.
     pub fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,

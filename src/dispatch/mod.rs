@@ -19,22 +19,22 @@ pub struct Tried(Vec<usize>);
 
 impl Tried {
     #[inline]
-    pub fn contains(&self, index: usize) -> bool {
+    pub(crate) fn contains(&self, index: usize) -> bool {
         self.0.contains(&index)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn push(&mut self, index: usize) {
+    pub(crate) fn push(&mut self, index: usize) {
         self.0.push(index);
     }
 }
 
 /// What placed a client, when the strategy is sticky.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlacedBy {
+pub(crate) enum PlacedBy {
     /// By its live table entry.
     Entry,
     /// By the ring (a new client, or its entry's backend is down).
@@ -47,10 +47,15 @@ pub enum PlacedBy {
 #[derive(Default)]
 pub struct Dispatcher {
     next: AtomicUsize,
+    /// Which backend each sticky client is on. Kept across reloads (a
+    /// client stays put when the config changes) and handed over on an
+    /// upgrade; public for the benches, which fill and read it directly.
     pub sticky: StickyTable,
 }
 
 impl Dispatcher {
+    /// A dispatcher with its counter at the first backend and an empty
+    /// sticky table.
     pub fn new() -> Dispatcher {
         Dispatcher::default()
     }
@@ -102,7 +107,7 @@ impl Dispatcher {
 
     /// Where a client would go now, and why, without recording anything
     /// (for `GET /sticky`).
-    pub fn sticky_pick(
+    pub(crate) fn sticky_pick(
         &self,
         sticky: &StickyConfig,
         pool: &Pool,
@@ -152,7 +157,7 @@ impl Dispatcher {
 /// the blocking sweep keeps alive), and `config` the config in force,
 /// whose `[sticky]` every pass reads again (a reload's limits apply at the
 /// next pass).
-pub async fn sweep_sticky<T: Send + Sync + 'static>(
+pub(crate) async fn sweep_sticky<T: Send + Sync + 'static>(
     owner: std::sync::Arc<T>,
     table: fn(&T) -> &StickyTable,
     config: fn(&T) -> std::sync::Arc<crate::config::Config>,

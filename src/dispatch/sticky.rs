@@ -30,7 +30,7 @@ const SHARDS: usize = 256;
 /// A client's key: its address masked to the configured prefix, IPv4 (and
 /// IPv4-mapped IPv6) in the `::ffff:0:0/96` range so the two families never
 /// collide.
-pub type ClientKey = u128;
+pub(crate) type ClientKey = u128;
 
 /// What a connection's lookup found, for `corral_sticky_lookups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct StickyTable {
     /// `DashMap::len` locks all 256 shards, too slow for every new client.
     approximate_len: AtomicUsize,
     /// Woken when an insert takes the table past `max_entries`.
-    pub over_limit: Notify,
+    pub(crate) over_limit: Notify,
     /// Milliseconds on a monotonic clock: [`clock::now_ms`], or a clock a
     /// test moves by hand.
     now_ms: fn() -> u64,
@@ -68,12 +68,13 @@ impl Default for StickyTable {
 }
 
 impl StickyTable {
+    /// An empty table on the process's monotonic clock.
     pub fn new() -> StickyTable {
         StickyTable::with_clock(clock::now_ms)
     }
 
     /// A table that reads the time from `now_ms`.
-    pub fn with_clock(now_ms: fn() -> u64) -> StickyTable {
+    pub(crate) fn with_clock(now_ms: fn() -> u64) -> StickyTable {
         StickyTable {
             map: DashMap::with_capacity_and_shard_amount(0, SHARDS),
             approximate_len: AtomicUsize::new(0),
@@ -122,7 +123,7 @@ impl StickyTable {
 
     /// Every entry: (client, backend key, milliseconds since last seen),
     /// for the next image of corral (`corral upgrade`).
-    pub fn export(&self) -> Vec<(ClientKey, u64, u64)> {
+    pub(crate) fn export(&self) -> Vec<(ClientKey, u64, u64)> {
         let now = (self.now_ms)();
         self.map
             .iter()
@@ -139,7 +140,7 @@ impl StickyTable {
 
     /// Takes the entries the image before this one exported, with their
     /// ages (this image's clock starts anew).
-    pub fn import(&self, entries: &[(ClientKey, u64, u64)]) {
+    pub(crate) fn import(&self, entries: &[(ClientKey, u64, u64)]) {
         let now = (self.now_ms)();
         for &(key, backend, age) in entries {
             let entry = Entry {
@@ -153,7 +154,7 @@ impl StickyTable {
     }
 
     /// Forgets one client; true if it had an entry.
-    pub fn forget(&self, key: ClientKey) -> bool {
+    pub(crate) fn forget(&self, key: ClientKey) -> bool {
         let removed = self.map.remove(&key).is_some();
         if removed {
             self.approximate_len.fetch_sub(1, Ordering::Relaxed);
@@ -161,10 +162,13 @@ impl StickyTable {
         removed
     }
 
+    /// Entries now, counted exactly (every shard locked in turn: for the
+    /// admin API and the benches, not for the per-connection path).
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// No entry in the table.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -227,7 +231,7 @@ fn ttl_ms(limits: &StickyConfig) -> u64 {
 
 /// How often the sweeper runs under `limits`: a quarter of the ttl,
 /// between a tenth of a second and five seconds.
-pub fn sweep_period(limits: &StickyConfig) -> Duration {
+pub(crate) fn sweep_period(limits: &StickyConfig) -> Duration {
     (limits.ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 

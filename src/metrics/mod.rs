@@ -4,9 +4,9 @@
 //! them: each backend resolves its handles once into [`BackendMetrics`] and
 //! each error reason is resolved once into [`ErrorCounters`].
 
-pub mod carried;
-pub mod names;
-pub mod scrape;
+pub(crate) mod carried;
+pub(crate) mod names;
+pub(crate) mod scrape;
 
 use std::collections::HashMap;
 
@@ -36,33 +36,33 @@ pub struct Metrics {
     /// What earlier images of this process counted (`corral upgrade`):
     /// added to every scrape, set once at adoption.
     carried: std::sync::OnceLock<carried::Carried>,
-    pub accepted: IntCounter,
-    pub errors: ErrorCounters,
-    pub rejected: RejectedCounters,
-    pub accept_errors: IntCounter,
-    pub spliced: IntCounter,
+    pub(crate) accepted: IntCounter,
+    pub(crate) errors: ErrorCounters,
+    pub(crate) rejected: RejectedCounters,
+    pub(crate) accept_errors: IntCounter,
+    pub(crate) spliced: IntCounter,
     /// Written only by `/metrics`, from the table's length at scrape time.
-    pub sticky_entries: IntGauge,
-    pub sticky_hit: IntCounter,
-    pub sticky_miss: IntCounter,
-    pub sticky_redispatch: IntCounter,
-    pub reload_success: IntCounter,
-    pub reload_failure: IntCounter,
+    pub(crate) sticky_entries: IntGauge,
+    pub(crate) sticky_hit: IntCounter,
+    pub(crate) sticky_miss: IntCounter,
+    pub(crate) sticky_redispatch: IntCounter,
+    pub(crate) reload_success: IntCounter,
+    pub(crate) reload_failure: IntCounter,
     /// `corral upgrade`: the new program serves (counted by it).
-    pub upgrade_done: IntCounter,
+    pub(crate) upgrade_done: IntCounter,
     /// `corral upgrade` refused before anything changed.
-    pub upgrade_refused: IntCounter,
+    pub(crate) upgrade_refused: IntCounter,
     /// `corral upgrade` whose new program could not adopt: the old one
     /// took everything back (counted by it).
-    pub upgrade_rolled_back: IntCounter,
+    pub(crate) upgrade_rolled_back: IntCounter,
     /// Log lines not written because the log sink was not keeping up.
-    pub log_lines_dropped: IntCounter,
+    pub(crate) log_lines_dropped: IntCounter,
     /// Datagrams on the workers' notify socket that were ignored: from a
     /// process outside every worker's tree, or malformed.
-    pub notify_ignored: IntCounter,
+    pub(crate) notify_ignored: IntCounter,
     /// `workers.listen = "fd"`: clients corral took off the socket of a
     /// worker slot out of rotation and served through the front end.
-    pub rescued: IntCounter,
+    pub(crate) rescued: IntCounter,
     /// The per-backend families, by name for resolving handles.
     backend: BackendFamilies,
     /// The same families, as the one list a removed backend is forgotten
@@ -87,32 +87,32 @@ struct BackendFamilies {
 }
 
 /// `corral_connection_errors_total`, one handle per reason.
-pub struct ErrorCounters {
-    pub connect_failed: IntCounter,
-    pub no_backend: IntCounter,
-    pub timeout: IntCounter,
-    pub limit: IntCounter,
-    pub proxy_protocol: IntCounter,
+pub(crate) struct ErrorCounters {
+    pub(crate) connect_failed: IntCounter,
+    pub(crate) no_backend: IntCounter,
+    pub(crate) timeout: IntCounter,
+    pub(crate) limit: IntCounter,
+    pub(crate) proxy_protocol: IntCounter,
     /// corral ran short of file descriptors or memory (never a backend's fault).
-    pub resources: IntCounter,
+    pub(crate) resources: IntCounter,
 }
 
 /// `corral_connections_rejected_total`, one handle per reason: connections
 /// closed at the front door before any backend was chosen.
-pub struct RejectedCounters {
+pub(crate) struct RejectedCounters {
     /// Outside `clients.allow`, or inside `clients.deny`.
-    pub denied: IntCounter,
+    pub(crate) denied: IntCounter,
     /// The client held `clients.max_connections` already.
-    pub client_connections: IntCounter,
+    pub(crate) client_connections: IntCounter,
     /// The client opened `clients.max_rate` connections in the period.
-    pub client_rate: IntCounter,
+    pub(crate) client_rate: IntCounter,
     /// A peer outside `listener.proxy_protocol_from` with PROXY headers on.
-    pub untrusted_proxy: IntCounter,
+    pub(crate) untrusted_proxy: IntCounter,
 }
 
 impl RejectedCounters {
     /// The counter of a `[clients]` refusal.
-    pub fn of(&self, refused: crate::clients::Refused) -> &IntCounter {
+    pub(crate) fn of(&self, refused: crate::clients::Refused) -> &IntCounter {
         match refused {
             crate::clients::Refused::Denied => &self.denied,
             crate::clients::Refused::Connections => &self.client_connections,
@@ -122,19 +122,19 @@ impl RejectedCounters {
 }
 
 /// One backend's metric handles, resolved once when the backend is created.
-pub struct BackendMetrics {
-    pub connections: IntCounter,
-    pub active: IntGauge,
-    pub bytes_received: IntCounter,
-    pub bytes_sent: IntCounter,
-    pub up: IntGauge,
+pub(crate) struct BackendMetrics {
+    pub(crate) connections: IntCounter,
+    pub(crate) active: IntGauge,
+    pub(crate) bytes_received: IntCounter,
+    pub(crate) bytes_sent: IntCounter,
+    pub(crate) up: IntGauge,
     /// 1 while the operator keeps the backend out of rotation.
-    pub disabled: IntGauge,
-    pub connect_duration: Histogram,
-    pub connection_duration: Histogram,
-    pub health_success: IntCounter,
-    pub health_failure: IntCounter,
-    pub restarts: IntCounter,
+    pub(crate) disabled: IntGauge,
+    pub(crate) connect_duration: Histogram,
+    pub(crate) connection_duration: Histogram,
+    pub(crate) health_success: IntCounter,
+    pub(crate) health_failure: IntCounter,
+    pub(crate) restarts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -331,6 +331,8 @@ impl PerBackend<'_> {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered in a fresh registry (one per
+    /// corral; the tests and benches make their own).
     pub fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
@@ -417,7 +419,7 @@ impl Metrics {
     }
 
     /// `skipped` series of a worker's metrics were past the cap.
-    pub fn worker_series_skipped(&self, label: &str, skipped: u64) {
+    pub(crate) fn worker_series_skipped(&self, label: &str, skipped: u64) {
         self.backend
             .worker_series_skipped
             .with_label_values(&[label])
@@ -425,7 +427,7 @@ impl Metrics {
     }
 
     /// A worker's metrics could not be used for this scrape.
-    pub fn worker_scrape_failed(&self, label: &str) {
+    pub(crate) fn worker_scrape_failed(&self, label: &str) {
         self.backend
             .worker_scrape_errors
             .with_label_values(&[label])
@@ -433,7 +435,7 @@ impl Metrics {
     }
 
     /// Resolves (and so creates, at zero) every per-backend series for `label`.
-    pub fn backend(&self, label: &str) -> BackendMetrics {
+    pub(crate) fn backend(&self, label: &str) -> BackendMetrics {
         let l = &[label];
         let f = &self.backend;
         BackendMetrics {
@@ -453,7 +455,7 @@ impl Metrics {
 
     /// Drops every per-backend series of a backend removed by a reload:
     /// every series labelled with it, in every per-backend family.
-    pub fn forget_backend(&self, label: &str) {
+    pub(crate) fn forget_backend(&self, label: &str) {
         for family in &self.backend_families {
             family.forget(label);
         }
@@ -470,13 +472,13 @@ impl Metrics {
 
     /// The counters and histograms so far (earlier images' included), for
     /// the next image (`corral upgrade`).
-    pub fn export_counters(&self) -> carried::Carried {
+    pub(crate) fn export_counters(&self) -> carried::Carried {
         carried::Carried::export(&self.gather())
     }
 
     /// Takes over what the image before this one counted; once, at
     /// adoption, before the first scrape.
-    pub fn carry_over(&self, counted: carried::Carried) {
+    pub(crate) fn carry_over(&self, counted: carried::Carried) {
         let _ = self.carried.set(counted);
     }
 
@@ -486,7 +488,7 @@ impl Metrics {
     /// cannot know (`unknown`, [`crate::front::Front::unknown_metrics`])
     /// are left out rather than shown as zeros; `queues` are the worker
     /// slots' accept-queue lengths by label, where the front end has them.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         usage: &[(String, Usage)],
         unknown: &[&str],

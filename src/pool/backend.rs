@@ -23,7 +23,7 @@ use crate::reach::Reach;
 /// [`ProcessPhase`] with the health checks' verdict and the operator's
 /// disable; never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendState {
+pub(crate) enum BackendState {
     /// A worker that was spawned and does not accept connections yet.
     Starting,
     /// In rotation.
@@ -41,7 +41,7 @@ pub enum BackendState {
 
 impl BackendState {
     /// Why the backend is down, when it is.
-    pub fn reason(self) -> Option<DownReason> {
+    pub(crate) fn reason(self) -> Option<DownReason> {
         match self {
             BackendState::Down(reason) => Some(reason),
             BackendState::Starting
@@ -52,7 +52,7 @@ impl BackendState {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendState::Starting => "starting",
             BackendState::Up => "up",
@@ -66,7 +66,7 @@ impl BackendState {
 
 /// Why a backend is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DownReason {
+pub(crate) enum DownReason {
     /// Its process exited; a restart is scheduled.
     Crashed,
     /// Its process did not start, or did not accept connections within
@@ -92,7 +92,7 @@ pub enum DownReason {
 }
 
 impl DownReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DownReason::Crashed => "crashed",
             DownReason::NotReady => "not_ready",
@@ -123,13 +123,13 @@ pub enum Kind {
 pub struct Instance {
     /// How corral reaches it: its own address, or (a handed worker)
     /// through the front end.
-    pub reach: Reach,
-    pub pid: Option<u32>,
+    pub(crate) reach: Reach,
+    pub(crate) pid: Option<u32>,
     /// The root of the process tree its CPU and memory are counted over
     /// (the worker's shim), when it differs from `pid`.
-    pub tree_root: Option<u32>,
+    pub(crate) tree_root: Option<u32>,
     /// When the process was started (for `uptime_seconds`).
-    pub started: Instant,
+    pub(crate) started: Instant,
     active: AtomicUsize,
     /// Woken whenever a connection to this instance closes.
     closed: tokio::sync::Notify,
@@ -142,7 +142,7 @@ pub struct Instance {
 impl Instance {
     /// An instance reached by `reach`, whose process (if any) is `pid` and
     /// whose process tree hangs from `tree_root`.
-    pub fn new(reach: Reach, pid: Option<u32>, tree_root: Option<u32>) -> Arc<Instance> {
+    pub(crate) fn new(reach: Reach, pid: Option<u32>, tree_root: Option<u32>) -> Arc<Instance> {
         Arc::new(Instance {
             reach,
             pid,
@@ -155,28 +155,28 @@ impl Instance {
     }
 
     /// corral is about to stop this process.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
     }
 
     /// True once corral started stopping this process.
     #[inline]
-    pub fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 
     /// The pid whose tree holds everything this instance runs.
-    pub fn tree(&self) -> Option<u32> {
+    pub(crate) fn tree(&self) -> Option<u32> {
         self.tree_root.or(self.pid)
     }
 
     /// Connections open to this very process.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }
 
     /// Returns once no connection is open to this instance.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         loop {
             let closed = self.closed.notified();
             tokio::pin!(closed);
@@ -247,7 +247,7 @@ impl Machine {
 
 /// A change of health that the caller should log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthChange {
+pub(crate) enum HealthChange {
     /// Back in rotation after `rise` good checks.
     Up,
     /// Out of rotation for this reason.
@@ -257,11 +257,11 @@ pub enum HealthChange {
 /// A backend: a worker slot or a static address.
 pub struct Backend {
     /// `worker-<id>` or the static backend's name; the metric label.
-    pub label: String,
+    pub(crate) label: String,
     /// A process-independent hash of the label: the ring and the sticky table
     /// refer to backends by it, so it survives reloads.
     pub key: u64,
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     machine: Mutex<Machine>,
     /// [`Machine`] in rotation, republished by every transition: the one
     /// thing the hot path reads.
@@ -274,7 +274,7 @@ pub struct Backend {
     silent_in_a_row: AtomicU32,
     /// The last `STATUS=` text its processes sent (`workers.notify`).
     status_text: Mutex<Option<Arc<str>>>,
-    pub metrics: BackendMetrics,
+    pub(crate) metrics: BackendMetrics,
 }
 
 impl Backend {
@@ -289,7 +289,12 @@ impl Backend {
     }
 
     /// A backend reached by `reach` until its first process is ready.
-    pub fn reached_by(label: String, kind: Kind, reach: Reach, metrics: &Metrics) -> Arc<Backend> {
+    pub(crate) fn reached_by(
+        label: String,
+        kind: Kind,
+        reach: Reach,
+        metrics: &Metrics,
+    ) -> Arc<Backend> {
         let phase = match kind {
             Kind::Worker(_) => ProcessPhase::Starting,
             Kind::Static => ProcessPhase::Running,
@@ -339,28 +344,28 @@ impl Backend {
 
     /// In rotation: running, ready and passing its checks.
     #[inline]
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 
     /// The state `/status` shows, with the reason when it is down.
-    pub fn state(&self) -> BackendState {
+    pub(crate) fn state(&self) -> BackendState {
         self.machine().state()
     }
 
     /// Why the backend is down, when it is (one read of [`Backend::state`]).
-    pub fn reason(&self) -> Option<DownReason> {
+    pub(crate) fn reason(&self) -> Option<DownReason> {
         self.machine().reason()
     }
 
     /// True while a process of this worker is running and has been ready
     /// (it may be failing its checks): the health checks' business.
-    pub fn is_running(&self) -> bool {
+    pub(crate) fn is_running(&self) -> bool {
         self.machine().phase == ProcessPhase::Running
     }
 
     /// How long a running backend has been out of rotation, if it is.
-    pub fn unhealthy_for(&self) -> Option<Duration> {
+    pub(crate) fn unhealthy_for(&self) -> Option<Duration> {
         let machine = self.machine();
         match machine.phase {
             ProcessPhase::Running => machine.failing.map(|(_, since)| since.elapsed()),
@@ -371,13 +376,13 @@ impl Backend {
     // ---- transitions asked for by the supervisor ----
 
     /// A process is being started for a slot that serves nothing.
-    pub fn starting(&self) {
+    pub(crate) fn starting(&self) {
         self.transition(|m| m.phase = ProcessPhase::Starting);
     }
 
     /// Shows a starting process in `/status` while nothing else serves
     /// (it gets no traffic until [`Backend::ready`]).
-    pub fn show_starting(&self, instance: Arc<Instance>) {
+    pub(crate) fn show_starting(&self, instance: Arc<Instance>) {
         let machine = self.machine();
         if machine.phase != ProcessPhase::Running {
             self.current.store(instance);
@@ -398,12 +403,12 @@ impl Backend {
     }
 
     /// The process exited unexpectedly; it will be restarted.
-    pub fn crashed(&self) {
+    pub(crate) fn crashed(&self) {
         self.transition(|m| m.phase = ProcessPhase::Down(DownReason::Crashed));
     }
 
     /// The process did not start or never became ready.
-    pub fn failed_to_start(&self) {
+    pub(crate) fn failed_to_start(&self) {
         self.transition(|m| m.phase = ProcessPhase::Down(DownReason::NotReady));
     }
 
@@ -411,7 +416,7 @@ impl Backend {
     /// of accepting from its handed socket. Shown as the slot's reason
     /// unless an older process of the slot still serves (a rolling
     /// restart: that one stays in rotation).
-    pub fn listens_elsewhere(&self) {
+    pub(crate) fn listens_elsewhere(&self) {
         self.transition(|m| {
             if m.phase != ProcessPhase::Running {
                 m.phase = ProcessPhase::Down(DownReason::ListensElsewhere);
@@ -421,7 +426,7 @@ impl Backend {
 
     /// A running process is being restarted because it stayed unhealthy;
     /// the reason it was out of rotation stays visible.
-    pub fn restarting_unhealthy(&self) {
+    pub(crate) fn restarting_unhealthy(&self) {
         self.transition(|m| {
             let reason = m.reason().unwrap_or(DownReason::Checks);
             m.phase = ProcessPhase::Down(reason);
@@ -429,13 +434,13 @@ impl Backend {
     }
 
     /// Leaves rotation to finish open connections (scale-down).
-    pub fn draining(&self) {
+    pub(crate) fn draining(&self) {
         self.transition(|m| m.phase = ProcessPhase::Draining);
     }
 
     /// Its process said `STOPPING=1`: out of rotation at once, until a
     /// process of the slot is ready again.
-    pub fn stopping_by_itself(&self) {
+    pub(crate) fn stopping_by_itself(&self) {
         self.transition(|m| {
             if m.phase == ProcessPhase::Running {
                 m.phase = ProcessPhase::Down(DownReason::Stopping);
@@ -444,12 +449,12 @@ impl Backend {
     }
 
     /// Its watchdog expired: out of rotation while it is replaced.
-    pub fn watchdog_expired(&self) {
+    pub(crate) fn watchdog_expired(&self) {
         self.transition(|m| m.phase = ProcessPhase::Down(DownReason::Watchdog));
     }
 
     /// Stopped on purpose.
-    pub fn stopped(&self) {
+    pub(crate) fn stopped(&self) {
         self.transition(|m| m.phase = ProcessPhase::Stopped);
     }
 
@@ -458,25 +463,20 @@ impl Backend {
     /// Out of rotation until [`Backend::enable`] (`corral disable`): no new
     /// connection, sticky clients included, comes to it; open ones finish.
     /// False if it was disabled already.
-    pub fn disable(&self) -> bool {
+    pub(crate) fn disable(&self) -> bool {
         self.transition(|m| !std::mem::replace(&mut m.disabled, true))
     }
 
     /// Back in rotation (as far as its health allows) after
     /// [`Backend::disable`]. False if it was not disabled.
-    pub fn enable(&self) -> bool {
+    pub(crate) fn enable(&self) -> bool {
         self.transition(|m| std::mem::replace(&mut m.disabled, false))
-    }
-
-    /// Taken out of rotation by the operator.
-    pub fn is_disabled(&self) -> bool {
-        self.machine().disabled
     }
 
     // ---- transitions asked for by health checks and the data path ----
 
     /// One active check passed; `rise` in a row bring a failing backend back.
-    pub fn check_passed(&self, rise: u32) -> Option<HealthChange> {
+    pub(crate) fn check_passed(&self, rise: u32) -> Option<HealthChange> {
         self.transition(|m| {
             if m.phase != ProcessPhase::Running || m.failing.is_none() {
                 m.streak = 0;
@@ -494,13 +494,13 @@ impl Backend {
     }
 
     /// One active check failed; `fall` in a row take the backend out.
-    pub fn check_failed(&self, fall: u32) -> Option<HealthChange> {
+    pub(crate) fn check_failed(&self, fall: u32) -> Option<HealthChange> {
         self.fail(DownReason::Checks, fall)
     }
 
     /// Its process was seen not taking connections from its accept queue;
     /// `fall` such checks in a row take it out.
-    pub fn stalled(&self, fall: u32) -> Option<HealthChange> {
+    pub(crate) fn stalled(&self, fall: u32) -> Option<HealthChange> {
         self.fail(DownReason::Stalled, fall)
     }
 
@@ -525,13 +525,13 @@ impl Backend {
 
     /// The proxy could not connect: out of rotation at once (its checks
     /// bring it back). False if it was out already.
-    pub fn connect_failed(&self) -> bool {
+    pub(crate) fn connect_failed(&self) -> bool {
         self.take_out(DownReason::ConnectFailed)
     }
 
     /// The backend answered a client: the passive check's streak ends.
     #[inline]
-    pub fn answered(&self) {
+    pub(crate) fn answered(&self) {
         if self.silent_in_a_row.load(Ordering::Relaxed) != 0 {
             self.silent_in_a_row.store(0, Ordering::Relaxed);
         }
@@ -542,7 +542,11 @@ impl Backend {
     /// True when this timeout took it out.
     /// `may_take_out` is asked only once the streak is long enough (the
     /// cap on passive ejections).
-    pub fn first_byte_timed_out(&self, fall: u32, may_take_out: impl FnOnce() -> bool) -> bool {
+    pub(crate) fn first_byte_timed_out(
+        &self,
+        fall: u32,
+        may_take_out: impl FnOnce() -> bool,
+    ) -> bool {
         let silent = self.silent_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         silent >= fall && may_take_out() && self.take_out(DownReason::Timeouts)
     }
@@ -561,7 +565,7 @@ impl Backend {
     // ---- the rest: instances, counters ----
 
     /// The last `STATUS=` text the worker sent.
-    pub fn status_text(&self) -> Option<Arc<str>> {
+    pub(crate) fn status_text(&self) -> Option<Arc<str>> {
         self.status_text
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -570,7 +574,7 @@ impl Backend {
 
     /// Keeps the worker's latest `STATUS=` text (already bounded and
     /// escaped by the notify socket's reader).
-    pub fn set_status_text(&self, text: String) {
+    pub(crate) fn set_status_text(&self, text: String) {
         *self.status_text.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.into());
     }
 
@@ -579,22 +583,22 @@ impl Backend {
         self.current.load_full()
     }
 
-    pub fn restarts(&self) -> u64 {
+    pub(crate) fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
 
-    pub fn count_restart(&self) {
+    pub(crate) fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         self.metrics.restarts.inc();
     }
 
     /// Open client connections to this backend, all instances together.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
     /// Counts a connection to `instance` as open until the guard drops.
-    pub fn open(self: &Arc<Self>, instance: Arc<Instance>) -> ActiveGuard {
+    pub(crate) fn open(self: &Arc<Self>, instance: Arc<Instance>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         instance.active.fetch_add(1, Ordering::AcqRel);
         self.metrics.active.inc();
@@ -608,9 +612,9 @@ impl Backend {
 
 /// Keeps a backend's and an instance's open-connection counts right, however
 /// the connection ends.
-pub struct ActiveGuard {
-    pub backend: Arc<Backend>,
-    pub instance: Arc<Instance>,
+pub(crate) struct ActiveGuard {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) instance: Arc<Instance>,
 }
 
 impl Drop for ActiveGuard {

@@ -9,14 +9,15 @@
 //! new worker slot is reached before its first process is ready, the
 //! front end says ([`ReachOf`]).
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod ring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use crate::reach::{Reach, ViaFront};
-pub use backend::{ActiveGuard, Backend, BackendState, DownReason, HealthChange, Instance, Kind};
+pub(crate) use crate::reach::{Reach, ViaFront};
+pub(crate) use backend::{ActiveGuard, BackendState, DownReason, HealthChange, Instance};
+pub use backend::{Backend, Kind};
 
 use crate::config::{Config, SendProxy, WorkersConfig};
 use crate::metrics::Metrics;
@@ -26,8 +27,10 @@ use ring::Ring;
 /// config that built it says about each (read from here, never copied
 /// into the backends, which the previous pool may share).
 pub struct Pool {
+    /// The backends, workers first; a backend's index here is what
+    /// dispatch returns and what the ring and `send_proxy` are indexed by.
     pub backends: Vec<Arc<Backend>>,
-    pub ring: Ring,
+    pub(crate) ring: Ring,
     /// `send_proxy[i]`: the PROXY header backend `i` is sent.
     send_proxy: Vec<SendProxy>,
 }
@@ -50,7 +53,7 @@ impl Pool {
 
     /// The PROXY header backend `index` wants in front of each connection.
     #[inline]
-    pub fn send_proxy(&self, index: usize) -> SendProxy {
+    pub(crate) fn send_proxy(&self, index: usize) -> SendProxy {
         self.send_proxy
             .get(index)
             .copied()
@@ -62,7 +65,7 @@ impl Pool {
     /// address), so their state, counters and open connections carry over a
     /// reload. A new worker slot `id` is reached by `reach_of(id)` (the
     /// front end's mode says how) until its first process is ready.
-    pub fn assemble(
+    pub(crate) fn assemble(
         config: &Config,
         metrics: &Metrics,
         previous: Option<&Pool>,
@@ -97,21 +100,21 @@ impl Pool {
 
     /// The index of the backend whose label hashes to `key`.
     #[inline]
-    pub fn index_of(&self, key: u64) -> Option<usize> {
+    pub(crate) fn index_of(&self, key: u64) -> Option<usize> {
         self.backends.iter().position(|b| b.key == key)
     }
 
-    pub fn by_label(&self, label: &str) -> Option<&Arc<Backend>> {
+    pub(crate) fn by_label(&self, label: &str) -> Option<&Arc<Backend>> {
         self.backends.iter().find(|b| b.label == label)
     }
 
-    pub fn any_up(&self) -> bool {
+    pub(crate) fn any_up(&self) -> bool {
         self.backends.iter().any(|b| b.is_up())
     }
 
     /// The backends that are corral's worker processes (not
     /// `[[backends]]`), in slot order.
-    pub fn worker_backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+    pub(crate) fn worker_backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.backends
             .iter()
             .filter(|b| matches!(b.kind, Kind::Worker(_)))
@@ -120,17 +123,17 @@ impl Pool {
 
 /// How worker slot `id` of `workers` is reached before its first process
 /// is ready ([`crate::front::Front::worker_reach`]).
-pub type ReachOf<'a> = dyn Fn(usize, &WorkersConfig) -> Reach + 'a;
+pub(crate) type ReachOf<'a> = dyn Fn(usize, &WorkersConfig) -> Reach + 'a;
 
 /// The config in force and the pool built from it, published together.
-pub struct Snapshot {
-    pub config: Arc<Config>,
-    pub pool: Pool,
+pub(crate) struct Snapshot {
+    pub(crate) config: Arc<Config>,
+    pub(crate) pool: Pool,
 }
 
 impl Snapshot {
     /// The first snapshot, at start.
-    pub fn first(config: Config, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
+    pub(crate) fn first(config: Config, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
         let pool = Pool::assemble(&config, metrics, None, reach_of);
         Snapshot {
             config: Arc::new(config),
@@ -140,7 +143,12 @@ impl Snapshot {
 
     /// The snapshot a reload to `config` publishes: backends still
     /// configured carry over from this one.
-    pub fn next(&self, config: Arc<Config>, metrics: &Metrics, reach_of: &ReachOf<'_>) -> Snapshot {
+    pub(crate) fn next(
+        &self,
+        config: Arc<Config>,
+        metrics: &Metrics,
+        reach_of: &ReachOf<'_>,
+    ) -> Snapshot {
         let pool = Pool::assemble(&config, metrics, Some(&self.pool), reach_of);
         Snapshot { config, pool }
     }

@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 
 /// Virtual nodes per backend: enough to keep 4 backends within a few percent
 /// of an even share (a unit test checks ±10% over 10,000 clients).
-pub const VNODES: u32 = 400;
+pub(crate) const VNODES: u32 = 400;
 
 /// A ring built over every configured backend, up or not.
 pub struct Ring {
@@ -23,7 +23,7 @@ pub struct Ring {
 
 impl Ring {
     /// Builds the ring; `keys[i]` is backend `i`'s label key.
-    pub fn new(keys: &[u64]) -> Ring {
+    pub(crate) fn new(keys: &[u64]) -> Ring {
         let mut points: Vec<(u64, u32)> = keys
             .iter()
             .enumerate()
@@ -47,7 +47,7 @@ impl Ring {
 
     /// Backend indexes in ring order from `point`, once round the ring (an
     /// index may repeat; callers skip what they have seen).
-    pub fn walk(&self, point: u64) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn walk(&self, point: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|p| p.0 < point);
         let (wrapped, from_start) = self.points.split_at(start.min(self.points.len()));
         from_start

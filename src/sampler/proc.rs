@@ -180,11 +180,6 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     parse_stat(&text).map(|p| p.parent)
 }
 
-/// Does process `pid` still exist (a zombie included)?
-pub fn exists(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Parent, state, flags, CPU ticks (utime + stime + cutime + cstime) and
 /// RSS pages from the text of `/proc/<pid>/stat`.
 pub(crate) fn parse_stat(text: &str) -> Option<Process> {

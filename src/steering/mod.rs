@@ -56,7 +56,10 @@ pub trait Host: Send + Sync + 'static {
     fn snapshot(&self) -> Arc<Snapshot>;
     /// Resolves once the front end stops accepting (graceful stop).
     fn accepting_stopped(&self) -> WaitForCancellationFuture<'_>;
-    /// Cancelled when open connections must be cut.
+    /// Cancelled when open connections must be cut. Steering does not
+    /// read it: to go, with its implementation in
+    /// `datapath/connection.rs` (not this change's file).
+    #[allow(dead_code)]
     fn cut_signal(&self) -> &CancellationToken;
     /// The open connections the graceful stop waits for (rescued clients'
     /// relays join them).

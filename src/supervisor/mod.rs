@@ -13,9 +13,9 @@
 //! [`strays`].
 
 pub(crate) mod lifeline;
-pub mod notify;
+pub(crate) mod notify;
 pub(crate) mod output;
-pub mod ports;
+pub(crate) mod ports;
 pub(crate) mod process;
 pub mod shim;
 mod slot;
@@ -33,23 +33,23 @@ use crate::config::WorkersConfig;
 use crate::pool::Backend;
 use crate::shared::Shared;
 use ports::PortBook;
-pub use slot::SlotError;
+pub(crate) use slot::SlotError;
 use slot::{Command, Slot};
 use spawn::Spawner;
 
 /// A rolling restart that stopped part-way.
 #[derive(Debug, thiserror::Error)]
 #[error("rolling restart stopped at worker {slot}: {source}")]
-pub struct RolloutError {
-    pub slot: usize,
+pub(crate) struct RolloutError {
+    pub(crate) slot: usize,
     #[source]
-    pub source: SlotError,
+    pub(crate) source: SlotError,
 }
 
 /// A slot task that runs, and how the supervisor commands it.
 struct RunningSlot {
     /// The backend the task serves: the pool's own (the same `Arc` as in
-    /// `pool.workers()` while the slot is configured), kept here because a
+    /// `pool.worker_backends()` while the slot is configured), kept here because a
     /// slot retired by a scale-down drains it after the new pool has
     /// dropped it.
     backend: Arc<Backend>,
@@ -61,11 +61,16 @@ struct RunningSlot {
     task: JoinHandle<()>,
 }
 
-/// Owns every worker slot.
-pub struct Supervisor {
-    /// The snapshot, metrics and stop signals the slots read and report to.
+/// Owns every worker slot: the one place slot tasks are added, commanded
+/// and retired, so a reload, a scale, a rolling restart and the stop never
+/// race over the same slot.
+pub(crate) struct Supervisor {
+    /// The snapshot (whose pool says which worker backends exist), the
+    /// front end (which needs a socket per slot in handed mode), metrics
+    /// and stop signals: what the slots read and report to.
     shared: Arc<Shared>,
-    /// Starts worker processes (through the shim), the one place that forks.
+    /// Starts worker processes (through the shim): a handle to the one
+    /// thread that forks, cloned into each slot.
     spawner: Spawner,
     /// Which worker ports live processes hold, so a replacement takes the
     /// other port of its slot's pair.
@@ -79,12 +84,16 @@ pub struct Supervisor {
     /// pool while a reload's scale is applied (and slots retired by a
     /// scale-down, still draining, have left it already).
     running: Mutex<Vec<RunningSlot>>,
-    /// Held for the length of a rolling restart: one at a time.
+    /// Held for the length of a rolling restart (of all slots or of one):
+    /// one at a time, so two never have slots out of rotation at once; a
+    /// later one waits its turn rather than being dropped.
     rollout: Mutex<()>,
     /// A restart asked for by a signal or the admin API is pending or
     /// running: further requests merge into it.
     restart_requested: AtomicBool,
-    /// The workers' notify socket (`workers.notify`), shared by every slot.
+    /// The workers' notify socket (`workers.notify`), shared by every slot;
+    /// its socket is opened on first need, so a config without `notify`
+    /// opens none.
     notifier: Arc<notify::Notifier>,
     /// Processes an earlier image of corral started (`corral upgrade`), by
     /// slot, until their slot starts and takes its own.
@@ -92,7 +101,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
+    /// A supervisor with no slot running yet; [`Supervisor::start_slots`]
+    /// starts them.
+    pub(crate) fn new(shared: Arc<Shared>, spawner: Spawner) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             spawner,
             ports: Arc::new(PortBook::default()),
@@ -109,7 +120,11 @@ impl Supervisor {
     /// upgrade`): `processes` by slot, `ports` the port each holds. Each
     /// slot started next serves with its adopted process (not restarted)
     /// rather than starting one.
-    pub fn adopt(&self, processes: Vec<(usize, process::WorkerProcess)>, ports: &[(usize, u16)]) {
+    pub(crate) fn adopt(
+        &self,
+        processes: Vec<(usize, process::WorkerProcess)>,
+        ports: &[(usize, u16)],
+    ) {
         let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
         for (id, process) in processes {
             let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
@@ -124,7 +139,10 @@ impl Supervisor {
     /// (in slot order) beyond the slots already running. Each returned
     /// receiver hears when that slot's first process is ready or has
     /// failed.
-    pub async fn start_slots(&self, workers: &Arc<WorkersConfig>) -> Vec<oneshot::Receiver<()>> {
+    pub(crate) async fn start_slots(
+        &self,
+        workers: &Arc<WorkersConfig>,
+    ) -> Vec<oneshot::Receiver<()>> {
         let mut slots = self.running.lock().await;
         let snapshot = self.shared.snapshot();
         let backends: Vec<&Arc<Backend>> = snapshot.pool.worker_backends().collect();
@@ -164,7 +182,7 @@ impl Supervisor {
     /// A rolling restart asked for by SIGUSR2 or `POST /workers/restart`,
     /// run in the background. While one is pending or running, further
     /// requests are merged into it. False when merged.
-    pub fn request_rolling_restart(self: &Arc<Self>, workers: Arc<WorkersConfig>) -> bool {
+    pub(crate) fn request_rolling_restart(self: &Arc<Self>, workers: Arc<WorkersConfig>) -> bool {
         if self.restart_requested.swap(true, Ordering::AcqRel) {
             tracing::info!("a rolling restart is already pending or running; request merged");
             return false;
@@ -183,7 +201,7 @@ impl Supervisor {
     /// Replaces the worker of slot `id` the rolling way (its replacement
     /// ready before it is drained), in the background, after any rollout
     /// under way. False when there is no such slot now.
-    pub async fn request_restart_of(
+    pub(crate) async fn request_restart_of(
         self: &Arc<Self>,
         id: usize,
         workers: Arc<WorkersConfig>,
@@ -227,7 +245,7 @@ impl Supervisor {
     }
 
     /// How many slot tasks run (retired ones not counted).
-    pub async fn running_count(&self) -> usize {
+    pub(crate) async fn running_count(&self) -> usize {
         self.running.lock().await.len()
     }
 
@@ -235,7 +253,7 @@ impl Supervisor {
     /// before the old one is drained. Stops at the first slot whose
     /// replacement fails; that slot's old process keeps serving. Only the
     /// first `limit` slots are replaced.
-    pub async fn rolling_restart(
+    pub(crate) async fn rolling_restart(
         &self,
         workers: Arc<WorkersConfig>,
         limit: usize,
@@ -304,7 +322,7 @@ impl Supervisor {
 
     /// Stops slots `count..`: they leave rotation, drain for up to
     /// `timeouts.drain`, and their processes are stopped.
-    pub async fn retire_from(&self, count: usize) -> Vec<Arc<Backend>> {
+    pub(crate) async fn retire_from(&self, count: usize) -> Vec<Arc<Backend>> {
         let retired: Vec<RunningSlot> = {
             let mut slots = self.running.lock().await;
             if slots.len() <= count {
@@ -352,13 +370,13 @@ impl Supervisor {
     /// For `corral upgrade`: the spawner stops and hands over the workers
     /// (not stopped: the next image adopts them), their output pipes and
     /// the lifeline. No slot starts or reaps a process after this.
-    pub async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
+    pub(crate) async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
         self.spawner.hand_over().await
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after `stop_timeout`) and
     /// waits until all are reaped.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let slots: Vec<RunningSlot> = self.running.lock().await.drain(..).collect();
         for slot in &slots {
             slot.stop.cancel();

@@ -44,7 +44,7 @@ const MEMORY_SAMPLES_OVER: u32 = 2;
 
 /// Why a worker could not be started or replaced.
 #[derive(Debug, thiserror::Error)]
-pub enum SlotError {
+pub(crate) enum SlotError {
     #[error(
         "ports {primary} and {alternate} (workers.port_base + {slot} and its rolling-restart twin) are both taken, by another worker of this corral or by another program (`ss -ltnp 'sport = :{primary}'` names it). Free them, or set workers.port_base (or --port-base) to a free range, or leave it unset and corral picks free ports itself"
     )]
@@ -81,7 +81,7 @@ pub enum SlotError {
 }
 
 /// Asks a running slot to do something.
-pub enum Command {
+pub(crate) enum Command {
     /// Replace the process with one started from `workers` (rolling restart).
     Replace {
         workers: Arc<WorkersConfig>,
@@ -90,41 +90,56 @@ pub enum Command {
 }
 
 /// What a slot task needs; moved into the task.
-pub struct Slot {
+pub(crate) struct Slot {
     /// The slot's number: `CORRAL_WORKER_ID`, `worker-<id>`.
-    pub id: usize,
+    pub(crate) id: usize,
     /// The slot's backend in the pool: its state machine (the slot task is
     /// its only writer) and its metrics.
-    pub backend: Arc<Backend>,
-    /// Starts this slot's processes.
-    pub spawner: Spawner,
+    pub(crate) backend: Arc<Backend>,
+    /// Starts this slot's processes: a handle to the one thread that forks
+    /// (forking from a thread of the async runtime is not safe), which also
+    /// reaps them and carries their output.
+    pub(crate) spawner: Spawner,
     /// The snapshot (each start reads the `workers` config in force from
     /// it), the front end (which says where a process takes its clients
     /// from) and the stop signals.
-    pub shared: Arc<Shared>,
-    /// The worker ports held, shared with the other slots.
-    pub ports: Arc<PortBook>,
-    /// The workers' notify socket (`workers.notify`).
-    pub notifier: Arc<Notifier>,
+    pub(crate) shared: Arc<Shared>,
+    /// The worker ports held, shared with the other slots: a replacement
+    /// claims the port of its pair the old process does not hold, and a
+    /// stopped process's port is released here for the next one.
+    pub(crate) ports: Arc<PortBook>,
+    /// The workers' notify socket (`workers.notify`), one for every slot:
+    /// the slot registers each process it starts to hear its `READY=1`
+    /// and what it says after, and gives its path as `NOTIFY_SOCKET`.
+    pub(crate) notifier: Arc<Notifier>,
     /// A process an earlier image of corral started for this slot (`corral
     /// upgrade`): the slot serves with it instead of starting one.
-    pub adopted: Option<Adopted>,
+    pub(crate) adopted: Option<Adopted>,
 }
 
 /// A worker process handed over by an earlier image of corral, with the
 /// port it listens on (proxied mode).
-pub struct Adopted {
-    pub process: WorkerProcess,
-    pub port: Option<u16>,
+pub(crate) struct Adopted {
+    /// The running process (its shim), as the old image's spawner handed
+    /// it over.
+    pub(crate) process: WorkerProcess,
+    /// The port it listens on, so the slot's seat holds that port rather
+    /// than claiming a new one; `None` in handed mode.
+    pub(crate) port: Option<u16>,
 }
 
 /// A process that is running and in rotation: where it takes its clients
 /// from, what its tree says on the notify socket (`workers.notify`), and
 /// the `workers` config it was started from.
 struct Live {
+    /// The process (its shim): stopped, signalled and watched through it.
     process: WorkerProcess,
+    /// Where it takes its clients from; released when it stops.
     seat: Seat,
+    /// What its tree says on the notify socket; `None` without one.
     notices: Option<Registration>,
+    /// The config it was started from: its timeouts, watchdog and limits
+    /// hold until it is replaced, whatever a reload says meanwhile.
     workers: Arc<WorkersConfig>,
 }
 
@@ -185,7 +200,7 @@ impl Slot {
     /// ready or has failed. `workers` is the config the slot was created
     /// with: a start takes the one in force from the snapshot, unless the
     /// slot is beyond its count (being retired).
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         workers: Arc<WorkersConfig>,
         mut commands: mpsc::Receiver<Command>,
@@ -656,7 +671,11 @@ fn watchdog_deadline(workers: &WorkersConfig) -> tokio::time::Instant {
 
 /// Waits until no connection is open to `instance`, for at most `limit`
 /// (or until its process is gone).
-pub async fn drain_instance(instance: &Instance, limit: Duration, process: &mut WorkerProcess) {
+pub(crate) async fn drain_instance(
+    instance: &Instance,
+    limit: Duration,
+    process: &mut WorkerProcess,
+) {
     tokio::select! {
         _ = tokio::time::timeout(limit, instance.drained()) => {}
         _ = process.wait() => {}

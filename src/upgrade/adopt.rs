@@ -21,16 +21,16 @@ use crate::shared::Shared;
 /// An environment variable read only by the tests: a new image that finds
 /// it set fails to adopt (and rolls back), as an image that cannot take a
 /// handover would.
-pub const FAIL_FOR_TEST: &str = "CORRAL_TEST_FAIL_ADOPTION";
+pub(crate) const FAIL_FOR_TEST: &str = "CORRAL_TEST_FAIL_ADOPTION";
 
 /// A duplicate of `fd` (close-on-exec), owned by the caller.
-pub fn take(fd: RawFd) -> std::io::Result<OwnedFd> {
+pub(crate) fn take(fd: RawFd) -> std::io::Result<OwnedFd> {
     crate::fds::duplicate(fd, 3)
 }
 
 /// Whether this image may adopt at all: a test can tell it not to (only a
 /// new image, never the old one taking everything back).
-pub fn refuse_for_test(handover: &Handover) -> Result<(), String> {
+pub(crate) fn refuse_for_test(handover: &Handover) -> Result<(), String> {
     if handover.rolled_back.is_none() && std::env::var_os(FAIL_FOR_TEST).is_some() {
         return Err(format!("{FAIL_FOR_TEST} is set"));
     }
@@ -38,7 +38,7 @@ pub fn refuse_for_test(handover: &Handover) -> Result<(), String> {
 }
 
 /// The proxy threads' front-end sockets.
-pub fn front_end(handover: &Handover) -> std::io::Result<FrontEnd> {
+pub(crate) fn front_end(handover: &Handover) -> std::io::Result<FrontEnd> {
     let per_thread = handover
         .front
         .iter()
@@ -53,14 +53,14 @@ pub fn front_end(handover: &Handover) -> std::io::Result<FrontEnd> {
 }
 
 /// The admin port's listening socket.
-pub fn admin_listener(handover: &Handover) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn admin_listener(handover: &Handover) -> std::io::Result<tokio::net::TcpListener> {
     let listener = TcpListener::from(take(handover.admin)?);
     listener.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(listener)
 }
 
 /// The sticky table's entries and the counters, into `shared`.
-pub fn state(shared: &Shared, handover: &Handover) {
+pub(crate) fn state(shared: &Shared, handover: &Handover) {
     let entries: Vec<(u128, u64, u64)> = handover
         .sticky
         .iter()
@@ -71,15 +71,15 @@ pub fn state(shared: &Shared, handover: &Handover) {
 }
 
 /// What the upgrade did, for the answer and the log.
-pub struct Done {
-    pub milliseconds: u64,
-    pub workers: usize,
-    pub connections: usize,
+pub(crate) struct Done {
+    pub(crate) milliseconds: u64,
+    pub(crate) workers: usize,
+    pub(crate) connections: usize,
 }
 
 /// Answers the request that asked for the upgrade (200 and what was done;
 /// or, after a rollback, 409 and why), then closes that connection.
-pub fn answer(handover: &Handover, done: &Done) {
+pub(crate) fn answer(handover: &Handover, done: &Done) {
     let Some(fd) = handover.answer_to else {
         return;
     };
@@ -122,7 +122,7 @@ pub fn answer(handover: &Handover, done: &Done) {
 
 /// Once this image serves: closes the handover's original descriptors
 /// (this image works on duplicates), so none leaks into a worker.
-pub fn release(handover: &Handover) {
+pub(crate) fn release(handover: &Handover) {
     let mut fds: Vec<RawFd> = handover.front.iter().flatten().copied().collect();
     fds.push(handover.admin);
     fds.extend(handover.answer_to);
@@ -149,7 +149,7 @@ pub fn release(handover: &Handover) {
 /// This image cannot adopt: executes the old program with the handover
 /// (marked with `why`), which takes everything back. Returns only if that
 /// exec failed too (the caller then exits, and the workers go with it).
-pub fn roll_back(handover: &Handover, why: &str) -> std::io::Error {
+pub(crate) fn roll_back(handover: &Handover, why: &str) -> std::io::Error {
     tracing::error!("upgrade: cannot take over ({why}); executing the old program again");
     let mut back = handover.clone();
     back.rolled_back = Some(why.to_string());

@@ -15,24 +15,24 @@
 //! ever taken from a request.
 
 pub mod adopt;
-pub mod exec;
+pub(crate) mod exec;
 pub mod handover;
-pub mod probe;
+pub(crate) mod probe;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// The handover format this image writes and reads. A new image that reads
 /// another format is refused before anything changes.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// This image's version, as `/status` and the upgrade answer give it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why an upgrade was refused before anything changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Refusal(pub String);
+pub(crate) struct Refusal(pub String);
 
 static STARTED_FROM: OnceLock<PathBuf> = OnceLock::new();
 
@@ -46,7 +46,7 @@ pub fn remember_program() {
 }
 
 /// The path recorded at start.
-pub fn started_from() -> Result<&'static PathBuf, Refusal> {
+pub(crate) fn started_from() -> Result<&'static PathBuf, Refusal> {
     STARTED_FROM.get().ok_or_else(|| {
         Refusal("the path corral was started from is unknown (/proc/self/exe could not be read at start)".into())
     })
