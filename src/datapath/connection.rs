@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
@@ -983,10 +983,6 @@ impl crate::steering::Host for Shared {
 
     fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
         Shared::accepting_stopped(self)
-    }
-
-    fn cut_signal(&self) -> &CancellationToken {
-        Shared::cut_signal(self)
     }
 
     fn connections(&self) -> &TaskTracker {

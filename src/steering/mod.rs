@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -56,11 +56,6 @@ pub trait Host: Send + Sync + 'static {
     fn snapshot(&self) -> Arc<Snapshot>;
     /// Resolves once the front end stops accepting (graceful stop).
     fn accepting_stopped(&self) -> WaitForCancellationFuture<'_>;
-    /// Cancelled when open connections must be cut. Steering does not
-    /// read it: to go, with its implementation in
-    /// `datapath/connection.rs` (not this change's file).
-    #[allow(dead_code)]
-    fn cut_signal(&self) -> &CancellationToken;
     /// The open connections the graceful stop waits for (rescued clients'
     /// relays join them).
     fn connections(&self) -> &TaskTracker;

@@ -10,49 +10,49 @@ use crate::config::Config;
 use crate::supervisor::spawn;
 
 /// The environment variable that names the handover's descriptor.
-pub use crate::fds::HANDOVER_ENV as ENV;
+pub(crate) use crate::fds::HANDOVER_ENV as ENV;
 
 /// Everything the next image takes over. Descriptors are numbers in this
 /// process, open across the exec.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Handover {
     /// [`super::FORMAT`] of the image that wrote it.
-    pub format: u32,
+    pub(crate) format: u32,
     /// The version of the image that wrote it.
-    pub from: String,
+    pub(crate) from: String,
     /// When the upgrade was asked for (ms since the epoch).
-    pub asked_at_ms: u64,
+    pub(crate) asked_at_ms: u64,
     /// The old program's file, open: what a rollback executes.
-    pub old_program: RawFd,
+    pub(crate) old_program: RawFd,
     /// Set by a new image that could not adopt: why, for the old one.
-    pub rolled_back: Option<String>,
+    pub(crate) rolled_back: Option<String>,
     /// The config as loaded, command-line overrides and scaling included.
     pub config: Config,
     /// The front-end listening sockets, one list per proxy thread.
-    pub front: Vec<Vec<RawFd>>,
+    pub(crate) front: Vec<Vec<RawFd>>,
     /// The admin listening socket.
-    pub admin: RawFd,
+    pub(crate) admin: RawFd,
     /// The admin connection that asked for the upgrade: the image that
     /// serves after the exec answers it.
-    pub answer_to: Option<RawFd>,
+    pub(crate) answer_to: Option<RawFd>,
     /// The workers, their output pipes and the lifeline.
-    pub spawner: spawn::Handover,
+    pub(crate) spawner: spawn::Handover,
     /// Each worker slot's port (port mode).
-    pub ports: Vec<(usize, u16)>,
+    pub(crate) ports: Vec<(usize, u16)>,
     /// The sticky table: (client key, backend key, age in ms); the client
     /// key is a decimal string (a u128).
-    pub sticky: Vec<(String, u64, u64)>,
+    pub(crate) sticky: Vec<(String, u64, u64)>,
     /// Every counter and histogram so far.
-    pub counters: crate::metrics::carried::Carried,
+    pub(crate) counters: crate::metrics::carried::Carried,
     /// The open connections, parked with their unsent bytes.
     #[serde(default)]
-    pub connections: Vec<crate::datapath::parked::ParkedConnection>,
+    pub(crate) connections: Vec<crate::datapath::parked::ParkedConnection>,
 }
 
 impl Handover {
     /// Writes the handover to a new memory file left open across exec;
     /// returns its descriptor.
-    pub fn write(&self) -> std::io::Result<OwnedFd> {
+    pub(crate) fn write(&self) -> std::io::Result<OwnedFd> {
         write_json(self)
     }
 
@@ -66,7 +66,7 @@ impl Handover {
 
 /// Writes `value` as JSON to a new memory file left open across exec;
 /// returns its descriptor, rewound.
-pub fn write_json(value: &impl serde::Serialize) -> std::io::Result<OwnedFd> {
+pub(crate) fn write_json(value: &impl serde::Serialize) -> std::io::Result<OwnedFd> {
     // SAFETY: memfd_create takes a C string and flags, returns a new fd.
     let fd = unsafe { libc::memfd_create(c"corral-handover".as_ptr(), 0) };
     if fd < 0 {
@@ -83,7 +83,7 @@ pub fn write_json(value: &impl serde::Serialize) -> std::io::Result<OwnedFd> {
 /// The handover this image was started with as plain JSON, whatever its
 /// format, if [`ENV`] names one: read through a duplicate, so the original
 /// stays for a rollback (see super::adopt).
-pub fn incoming_json() -> Option<Result<serde_json::Value, String>> {
+pub(crate) fn incoming_json() -> Option<Result<serde_json::Value, String>> {
     let fd_text = std::env::var(ENV).ok()?;
     Some(read_json(&fd_text))
 }
