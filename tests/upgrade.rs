@@ -618,3 +618,45 @@ fn buffered_transfers_in_flight_complete_byte_exact_across_upgrades() {
 fn spliced_transfers_in_flight_complete_byte_exact_across_upgrades() {
     transfers_in_flight_complete_byte_exact(true);
 }
+
+#[test]
+fn fd_mode_upgrades_keep_the_slot_sockets_and_the_workers_and_fail_nothing() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .set("workers.command", &["corral", "demo-worker"][..])
+        .set("workers.count", 3)
+        .set("workers.listen", "fd");
+    let (_bin, program, corral, pid, workers) = started_with(&config, 3);
+    let load = Load::start(corral.front, 4);
+    let kept: Vec<KeptAlive> = (0..8).map(|_| KeptAlive::start(corral.front)).collect();
+    assert!(load.serves_more(50), "the load never got going");
+    for round in 1..=3 {
+        install(&program, &std::fs::read(CORRAL).unwrap(), true);
+        let (code, said) = upgrade(&corral);
+        assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
+        assert!(said.contains("3 workers handed over"), "{said}");
+        assert_eq!(corral.pid(), pid, "the pid stays");
+        assert_eq!(exe_of(pid), program, "the new file runs");
+        assert_eq!(corral.worker_pids(), workers, "no worker restarted");
+        assert_eq!(corral.status()["mode"], "fd");
+        assert!(load.serves_more(50), "upgrade {round}: the load stopped");
+    }
+    // Each worker still takes clients from its slot socket: the group and
+    // its program went across.
+    let mut reached = std::collections::BTreeSet::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            if let Ok(body) = get_from(corral.front, None) {
+                reached.insert(worker_of(&body));
+            }
+            reached.len() == 3
+        }),
+        "workers reached after the upgrades: {reached:?}"
+    );
+    for client in kept {
+        assert_eq!(client.finish(), None, "a kept-alive client failed");
+    }
+    let (served, failed, errors) = load.finish();
+    assert!(served > 0);
+    assert_eq!(failed, 0, "failed requests across the upgrades: {errors:?}");
+}

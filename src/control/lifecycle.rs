@@ -207,10 +207,15 @@ fn start_spawner(
 }
 
 /// The front end and the proxy threads' sockets an earlier image handed
-/// over (only a proxied front end is handed over).
+/// over (a handed front end: its slot sockets).
 fn adopt_front(config: &Config, handover: &Handover) -> Result<(Front, Option<FrontEnd>), Fatal> {
-    let front = Front::bind(config)
-        .map_err(|e| Fatal::Adopt(format!("cannot set the front end up: {e:?}")))?;
+    let slots = adopt::slot_sockets(handover)
+        .map_err(|e| Fatal::Adopt(format!("cannot take the slot sockets: {e}")))?;
+    let front = Front::adopt(config, slots)
+        .map_err(|e| Fatal::Adopt(format!("cannot set the front end up: {e}")))?;
+    if !front.proxies() {
+        return Ok((front, None));
+    }
     let sockets = adopt::front_end(handover)
         .map_err(|e| Fatal::Adopt(format!("cannot take the front-end sockets: {e}")))?;
     Ok((front, Some(sockets)))

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reload::Source;
-use crate::config::ListenMode;
 use crate::fds::{duplicate, set_cloexec};
 use crate::pool::Kind;
 use crate::shared::Shared;
@@ -73,14 +72,11 @@ pub async fn upgrade(
     }
 }
 
-/// The refusals: a mode not handed over yet, or a file that is not a corral
-/// that can take over.
+/// The refusals: a feature not handed over yet (`workers.notify`), or a
+/// file that is not a corral that can take over.
 async fn check(shared: &Shared, source: &Source) -> Result<std::path::PathBuf, Refusal> {
     let config = shared.config();
     if let Some(workers) = &config.workers {
-        if workers.listen == ListenMode::Handed {
-            return Err(Refusal("workers.listen = \"fd\": this corral cannot hand its slot sockets over yet; restart it instead".into()));
-        }
         if workers.notify {
             return Err(Refusal("workers.notify = true: this corral cannot hand its workers' notify socket over yet; restart it instead".into()));
         }
@@ -122,7 +118,7 @@ async fn hand_over(
     // The listening sockets outlive their owners from here: duplicates
     // keep them listening (clients wait in their backlogs) when the accept
     // loops end below.
-    let kept = match Kept::take(listeners, answer_to) {
+    let kept = match Kept::take(listeners, &shared.front.slot_fds(), answer_to) {
         Ok(kept) => kept,
         Err(error) => return Refusal(format!("cannot keep the listening sockets open: {error}")),
     };
@@ -145,6 +141,7 @@ async fn hand_over(
         rolled_back: None,
         config: (*shared.config()).clone(),
         front: kept.raw_front(),
+        slots: kept.slots.iter().map(|fd| fd.as_raw_fd()).collect(),
         admin: kept.admin.as_raw_fd(),
         answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
         spawner,
@@ -229,14 +226,24 @@ fn worker_ports(shared: &Shared) -> Vec<(usize, u16)> {
 /// owned until the exec (close-on-exec until just before it).
 struct Kept {
     front: Vec<Vec<OwnedFd>>,
+    /// A handed front end's slot sockets, in slot order.
+    slots: Vec<OwnedFd>,
     admin: OwnedFd,
     answer_to: Option<OwnedFd>,
 }
 
 impl Kept {
-    fn take(listeners: &Listeners, answer_to: Option<RawFd>) -> std::io::Result<Kept> {
+    fn take(
+        listeners: &Listeners,
+        slots: &[RawFd],
+        answer_to: Option<RawFd>,
+    ) -> std::io::Result<Kept> {
         let keep = |fd: RawFd| duplicate(fd, 3);
         Ok(Kept {
+            slots: slots
+                .iter()
+                .map(|&fd| keep(fd))
+                .collect::<std::io::Result<_>>()?,
             front: listeners
                 .front
                 .iter()
@@ -259,6 +266,7 @@ impl Kept {
         self.front
             .iter()
             .flatten()
+            .chain(&self.slots)
             .chain([&self.admin])
             .chain(self.answer_to.as_ref())
             .map(|fd| fd.as_raw_fd())

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::sync::WaitForCancellationFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
@@ -906,6 +906,9 @@ pub async fn serve_relayed(
     let config = shared.config();
     let _ = stream.set_nodelay(true);
     let connecting = tokio::time::timeout(config.timeouts.connect, connect_from(&relay));
+    // A relay does not park for an upgrade (it is not a backend of the
+    // pool to resume with): it ends, or is cut after the upgrade's grace.
+    let never = CancellationToken::new();
     let (closed, bytes) = match connecting.await {
         Ok(Ok(mut upstream)) => {
             let outcome = pump::pump(
@@ -916,7 +919,7 @@ pub async fn serve_relayed(
                     config.runtime.splice,
                     None,
                     shared.cut_signal(),
-                    shared.parking.signal(),
+                    &never,
                 ),
             )
             .await;

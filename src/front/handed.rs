@@ -64,6 +64,27 @@ impl Handed {
         })
     }
 
+    /// The slot sockets an earlier image bound (`corral upgrade`), in slot
+    /// order, with their group and program as they are.
+    pub fn adopt(config: &Config, sockets: Vec<Socket>) -> Result<Handed, FrontError> {
+        let addr = config
+            .listener
+            .binds
+            .first()
+            .copied()
+            .unwrap_or(defaults::LISTENER_BIND);
+        let steering = Steering::adopt(sockets, config.listener.backlog, &config.clients)
+            .map_err(|source| FrontError::Bind { addr, source })?;
+        Ok(Handed {
+            steering: Arc::new(steering),
+        })
+    }
+
+    /// The slot sockets' descriptors, in slot order.
+    pub fn slot_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.steering.slot_fds()
+    }
+
     /// The bound front-end address (its port resolved).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.steering.addr()

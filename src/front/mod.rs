@@ -75,6 +75,26 @@ impl Front {
         }
     }
 
+    /// The front end for `config` from what an earlier image handed over
+    /// (`corral upgrade`): a handed one takes `slots`, its slot sockets in
+    /// slot order; a proxied one's listeners are the data path's.
+    pub fn adopt(config: &Config, slots: Vec<socket2::Socket>) -> Result<Front, FrontError> {
+        match config.workers.as_ref().map(|w| w.listen) {
+            Some(ListenMode::Handed) => Ok(Front::Handed(Handed::adopt(config, slots)?)),
+            Some(ListenMode::Proxied) | None => Ok(Front::Proxied(Proxied::new(config))),
+        }
+    }
+
+    /// The slot sockets a handed front end holds, in slot order (what
+    /// `corral upgrade` hands over besides the proxies' listeners); none
+    /// for a proxied one.
+    pub fn slot_fds(&self) -> Vec<std::os::fd::RawFd> {
+        match self {
+            Front::Proxied(_) => Vec::new(),
+            Front::Handed(handed) => handed.slot_fds(),
+        }
+    }
+
     /// The mode, as the config spells it.
     pub fn mode(&self) -> ListenMode {
         match self {

@@ -134,6 +134,40 @@ impl Steering {
         Ok(steering)
     }
 
+    /// The slot sockets an earlier image of corral bound (`corral
+    /// upgrade`), in slot order: the kernel's group and its program are
+    /// theirs and stay as they are; [`run`] attaches this image's program
+    /// at its first tick (the same one while the rotation is the same).
+    pub fn adopt(
+        sockets: Vec<Socket>,
+        backlog: u32,
+        clients: &crate::config::ClientsConfig,
+    ) -> io::Result<Steering> {
+        let addr = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no slot socket was handed over"))?
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("the front end is not an IP address"))?;
+        Ok(Steering {
+            addr,
+            backlog,
+            group: Mutex::new(Group {
+                sockets: sockets.into_iter().map(Arc::new).collect(),
+                attached: None,
+                access: program::access_filter(&clients.allow, &clients.deny),
+            }),
+            intruders: Mutex::new(Vec::new()),
+            nudged: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The slot sockets' descriptors, in slot order (what `corral
+    /// upgrade` hands over).
+    pub fn slot_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.group().sockets.iter().map(|s| s.as_raw_fd()).collect()
+    }
+
     /// A worker just became ready: [`run`] puts it in rotation now rather
     /// than at its next tick, so a worker `/status` shows up is in the
     /// program too.

@@ -52,6 +52,15 @@ pub(crate) fn front_end(handover: &Handover) -> std::io::Result<FrontEnd> {
     Ok(FrontEnd { per_thread })
 }
 
+/// A handed front end's slot sockets, in slot order.
+pub(crate) fn slot_sockets(handover: &Handover) -> std::io::Result<Vec<Socket>> {
+    handover
+        .slots
+        .iter()
+        .map(|&fd| take(fd).map(Socket::from))
+        .collect()
+}
+
 /// The admin port's listening socket.
 pub(crate) fn admin_listener(handover: &Handover) -> std::io::Result<tokio::net::TcpListener> {
     let listener = TcpListener::from(take(handover.admin)?);
@@ -124,6 +133,7 @@ pub(crate) fn answer(handover: &Handover, done: &Done) {
 /// (this image works on duplicates), so none leaks into a worker.
 pub(crate) fn release(handover: &Handover) {
     let mut fds: Vec<RawFd> = handover.front.iter().flatten().copied().collect();
+    fds.extend(&handover.slots);
     fds.push(handover.admin);
     fds.extend(handover.answer_to);
     fds.push(handover.spawner.lifeline.0);

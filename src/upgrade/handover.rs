@@ -30,6 +30,10 @@ pub struct Handover {
     pub config: Config,
     /// The front-end listening sockets, one list per proxy thread.
     pub(crate) front: Vec<Vec<RawFd>>,
+    /// A handed front end's slot sockets (`workers.listen = "fd"`), in
+    /// slot order: the kernel's group with its program.
+    #[serde(default)]
+    pub(crate) slots: Vec<RawFd>,
     /// The admin listening socket.
     pub(crate) admin: RawFd,
     /// The admin connection that asked for the upgrade: the image that
