@@ -660,3 +660,44 @@ fn fd_mode_upgrades_keep_the_slot_sockets_and_the_workers_and_fail_nothing() {
     assert!(served > 0);
     assert_eq!(failed, 0, "failed requests across the upgrades: {errors:?}");
 }
+
+#[test]
+fn notify_workers_keep_being_heard_across_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop_file = dir.path().join("stop-watchdog");
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&[python(), &support("notify_worker.py")], 2)
+        .set("workers.notify", true)
+        .set("workers.watchdog", "1s")
+        .set(
+            "workers.env",
+            Raw(&format!(
+                "{{ WATCHDOG_STOP_FILE = {:?} }}",
+                stop_file.display().to_string()
+            )),
+        );
+    let (_bin, program, corral, pid, workers) = started_with(&config, 2);
+    install(&program, &std::fs::read(CORRAL).unwrap(), true);
+    let (code, said) = upgrade(&corral);
+    assert_eq!(code, 0, "{said}\nlog:\n{}", corral.log());
+    assert!(said.contains("2 workers handed over"), "{said}");
+    assert_eq!(corral.pid(), pid);
+    // The new image hears the workers' WATCHDOG=1 on the same socket:
+    // three watchdog intervals pass and nobody is taken for hung.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        corral.worker_pids(),
+        workers,
+        "a worker was replaced after the upgrade:\n{}",
+        corral.log()
+    );
+    // And it still enforces the watchdog: worker-0 stops its pings.
+    std::fs::write(&stop_file, workers[0].to_string()).unwrap();
+    let replaced = eventually(Duration::from_secs(15), || {
+        let w = corral.worker(0);
+        w["state"] == "up" && w["pid"].as_u64() != Some(u64::from(workers[0]))
+    });
+    assert!(replaced, "worker-0 was not replaced: {}", corral.status());
+    assert_eq!(corral.pid_of(1), workers[1], "the other worker was touched");
+}

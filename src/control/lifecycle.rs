@@ -116,7 +116,7 @@ async fn serve(
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let adopted_workers = adopted.len();
     if let Some(handover) = &incoming {
-        supervisor.adopt(adopted, &handover.ports);
+        supervisor.adopt(adopted, &handover.ports, handover.notify.as_ref());
     }
     let stopped_while_starting = match &config.workers {
         Some(workers) => first_start(&supervisor, workers, &mut signals).await,

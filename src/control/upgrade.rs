@@ -7,8 +7,8 @@
 //! had not written yet, and are handed over open (see
 //! [`crate::datapath::parked`]). What cannot park within
 //! [`CONNECTIONS_GRACE`] is closed: a stateless connection whose request
-//! is still unanswered, or a client that has not sent its next request
-//! (or PROXY header) yet.
+//! is still unanswered, a client whose PROXY header has not come yet, and
+//! in fd mode a client corral relays off a slot out of rotation.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::reload::Source;
 use crate::fds::{duplicate, set_cloexec};
 use crate::pool::Kind;
 use crate::shared::Shared;
+use crate::supervisor::notify::HandedHub;
 use crate::supervisor::Supervisor;
 use crate::upgrade::{exec, handover::Handover, probe, started_from, Refusal, FORMAT, VERSION};
 
@@ -66,21 +67,14 @@ pub async fn upgrade(
     listeners: &Listeners,
     answer_to: Option<RawFd>,
 ) -> Refusal {
-    match check(shared, source).await {
+    match check(source).await {
         Ok(program) => hand_over(shared, supervisor, listeners, answer_to, program).await,
         Err(refusal) => refusal,
     }
 }
 
-/// The refusals: a feature not handed over yet (`workers.notify`), or a
-/// file that is not a corral that can take over.
-async fn check(shared: &Shared, source: &Source) -> Result<std::path::PathBuf, Refusal> {
-    let config = shared.config();
-    if let Some(workers) = &config.workers {
-        if workers.notify {
-            return Err(Refusal("workers.notify = true: this corral cannot hand its workers' notify socket over yet; restart it instead".into()));
-        }
-    }
+/// The refusal: a file that is not a corral that can take over.
+async fn check(source: &Source) -> Result<std::path::PathBuf, Refusal> {
     let program = started_from()?.clone();
     let file = source.file.clone();
     let command = source.overrides.command.clone();
@@ -118,7 +112,13 @@ async fn hand_over(
     // The listening sockets outlive their owners from here: duplicates
     // keep them listening (clients wait in their backlogs) when the accept
     // loops end below.
-    let kept = match Kept::take(listeners, &shared.front.slot_fds(), answer_to) {
+    let notify = supervisor.notify_hub();
+    let kept = match Kept::take(
+        listeners,
+        &shared.front.slot_fds(),
+        notify.as_ref().map(|hub| hub.fd),
+        answer_to,
+    ) {
         Ok(kept) => kept,
         Err(error) => return Refusal(format!("cannot keep the listening sockets open: {error}")),
     };
@@ -142,6 +142,10 @@ async fn hand_over(
         config: (*shared.config()).clone(),
         front: kept.raw_front(),
         slots: kept.slots.iter().map(|fd| fd.as_raw_fd()).collect(),
+        notify: notify.zip(kept.notify.as_ref()).map(|(hub, fd)| HandedHub {
+            fd: fd.as_raw_fd(),
+            ..hub
+        }),
         admin: kept.admin.as_raw_fd(),
         answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
         spawner,
@@ -202,7 +206,7 @@ async fn stop_taking_work(shared: &Shared) {
     {
         tracing::warn!(
             open = shared.connections().len(),
-            "upgrade: closing connections that could not park within the grace (a stateless request unanswered, or a client between requests)"
+            "upgrade: closing connections that could not park within the grace (a stateless request unanswered, a PROXY header not come, a relayed client)"
         );
         shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;
@@ -228,6 +232,8 @@ struct Kept {
     front: Vec<Vec<OwnedFd>>,
     /// A handed front end's slot sockets, in slot order.
     slots: Vec<OwnedFd>,
+    /// The workers' notify socket.
+    notify: Option<OwnedFd>,
     admin: OwnedFd,
     answer_to: Option<OwnedFd>,
 }
@@ -236,10 +242,12 @@ impl Kept {
     fn take(
         listeners: &Listeners,
         slots: &[RawFd],
+        notify: Option<RawFd>,
         answer_to: Option<RawFd>,
     ) -> std::io::Result<Kept> {
         let keep = |fd: RawFd| duplicate(fd, 3);
         Ok(Kept {
+            notify: notify.map(keep).transpose()?,
             slots: slots
                 .iter()
                 .map(|&fd| keep(fd))
@@ -267,6 +275,7 @@ impl Kept {
             .iter()
             .flatten()
             .chain(&self.slots)
+            .chain(&self.notify)
             .chain([&self.admin])
             .chain(self.answer_to.as_ref())
             .map(|fd| fd.as_raw_fd())

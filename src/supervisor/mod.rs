@@ -117,14 +117,29 @@ impl Supervisor {
     }
 
     /// Takes over processes an earlier image of corral started (`corral
-    /// upgrade`): `processes` by slot, `ports` the port each holds. Each
-    /// slot started next serves with its adopted process (not restarted)
-    /// rather than starting one.
+    /// upgrade`): `processes` by slot, `ports` the port each holds, and
+    /// the workers' notify socket (`workers.notify`) if there was one.
+    /// Each slot started next serves with its adopted process (not
+    /// restarted) rather than starting one.
     pub(crate) fn adopt(
         &self,
         processes: Vec<(usize, process::WorkerProcess)>,
         ports: &[(usize, u16)],
+        notify: Option<&notify::HandedHub>,
     ) {
+        if let Some(handed) = notify {
+            let hub = crate::fds::duplicate(handed.fd, 3).and_then(|fd| {
+                notify::NotifyHub::adopt(fd, handed, self.shared.metrics.notify_ignored.clone())
+            });
+            match hub {
+                Ok(hub) => {
+                    self.notifier.adopt(hub);
+                }
+                Err(error) => {
+                    tracing::error!(%error, socket = %handed.path.display(), "upgrade: cannot take the workers' notify socket over; what the workers say is not heard")
+                }
+            }
+        }
         let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
         for (id, process) in processes {
             let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
@@ -370,6 +385,11 @@ impl Supervisor {
     /// For `corral upgrade`: the spawner stops and hands over the workers
     /// (not stopped: the next image adopts them), their output pipes and
     /// the lifeline. No slot starts or reaps a process after this.
+    /// The workers' notify socket, for `corral upgrade` (if it was made).
+    pub(crate) fn notify_hub(&self) -> Option<notify::HandedHub> {
+        self.notifier.handed()
+    }
+
     pub(crate) async fn hand_over(&self) -> std::io::Result<spawn::Handover> {
         self.spawner.hand_over().await
     }

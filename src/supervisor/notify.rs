@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -95,7 +95,19 @@ impl HubState {
 pub struct NotifyHub {
     dir: PathBuf,
     path: PathBuf,
+    /// The socket's descriptor (the thread owns the socket for the life
+    /// of the process): what `corral upgrade` hands over.
+    fd: RawFd,
     state: Arc<HubState>,
+}
+
+/// The notify socket as `corral upgrade` hands it over: the workers keep
+/// its path in `NOTIFY_SOCKET`, so the next image reads the same socket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HandedHub {
+    pub fd: RawFd,
+    pub dir: PathBuf,
+    pub path: PathBuf,
 }
 
 /// A worker tree's notices, for as long as the registration lives.
@@ -132,6 +144,34 @@ impl NotifyHub {
         let path = dir.join("notify");
         let socket = UnixDatagram::bind(&path)?;
         setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        NotifyHub::serve(socket, dir, path, ignored)
+    }
+
+    /// Reads the socket an earlier image of corral bound (`corral
+    /// upgrade`; `fd` is this image's own duplicate of it).
+    pub fn adopt(fd: OwnedFd, handed: &HandedHub, ignored: IntCounter) -> io::Result<NotifyHub> {
+        let socket = UnixDatagram::from(fd);
+        socket.set_nonblocking(false)?;
+        NotifyHub::serve(socket, handed.dir.clone(), handed.path.clone(), ignored)
+    }
+
+    /// What `corral upgrade` hands over.
+    pub fn handed(&self) -> HandedHub {
+        HandedHub {
+            fd: self.fd,
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Starts the thread that reads `socket`.
+    fn serve(
+        socket: UnixDatagram,
+        dir: PathBuf,
+        path: PathBuf,
+        ignored: IntCounter,
+    ) -> io::Result<NotifyHub> {
+        let fd = socket.as_raw_fd();
         let state = Arc::new(HubState {
             trees: Mutex::new(Trees {
                 queues: HashMap::new(),
@@ -144,7 +184,12 @@ impl NotifyHub {
         std::thread::Builder::new()
             .name("corral-notify".into())
             .spawn(move || read_forever(&socket, &reader))?;
-        Ok(NotifyHub { dir, path, state })
+        Ok(NotifyHub {
+            dir,
+            path,
+            fd,
+            state,
+        })
     }
 
     /// The socket's path: each worker's `NOTIFY_SOCKET`.
@@ -191,6 +236,17 @@ impl Notifier {
             hub: std::sync::OnceLock::new(),
             ignored,
         }
+    }
+
+    /// The hub an earlier image handed over (`corral upgrade`), before any
+    /// slot asks for one. False if a hub was already there.
+    pub fn adopt(&self, hub: NotifyHub) -> bool {
+        self.hub.set(Some(hub)).is_ok()
+    }
+
+    /// What `corral upgrade` hands over: the hub, if it was started.
+    pub fn handed(&self) -> Option<HandedHub> {
+        self.hub.get()?.as_ref().map(NotifyHub::handed)
     }
 
     /// The hub, started now if it was not; `None` (logged once) if its

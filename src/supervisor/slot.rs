@@ -495,10 +495,11 @@ impl Slot {
             pid = adopted.process.pid,
             "worker adopted from the previous corral"
         );
+        let notices = self.listen_to(&workers, &adopted.process);
         Ok(Live {
             process: adopted.process,
             seat,
-            notices: None,
+            notices,
             workers,
         })
     }

@@ -134,6 +134,7 @@ pub(crate) fn answer(handover: &Handover, done: &Done) {
 pub(crate) fn release(handover: &Handover) {
     let mut fds: Vec<RawFd> = handover.front.iter().flatten().copied().collect();
     fds.extend(&handover.slots);
+    fds.extend(handover.notify.as_ref().map(|hub| hub.fd));
     fds.push(handover.admin);
     fds.extend(handover.answer_to);
     fds.push(handover.spawner.lifeline.0);

@@ -34,6 +34,9 @@ pub struct Handover {
     /// slot order: the kernel's group with its program.
     #[serde(default)]
     pub(crate) slots: Vec<RawFd>,
+    /// The workers' notify socket (`workers.notify`), if it was made.
+    #[serde(default)]
+    pub(crate) notify: Option<crate::supervisor::notify::HandedHub>,
     /// The admin listening socket.
     pub(crate) admin: RawFd,
     /// The admin connection that asked for the upgrade: the image that
