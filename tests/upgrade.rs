@@ -322,6 +322,10 @@ fn a_new_program_that_cannot_adopt_is_rolled_back_in_the_same_process() {
     );
     install(&program, wrapper.as_bytes(), true);
     let load = Load::start(corral.front, 2);
+    let kept: Vec<KeptAlive> = (0..4).map(|_| KeptAlive::start(corral.front)).collect();
+    assert!(eventually(Duration::from_secs(10), || kept
+        .iter()
+        .all(|k| k.served() > 0)));
     let (code, said) = upgrade(&corral);
     assert_eq!(code, 1, "{said}\nlog:\n{}", corral.log());
     assert!(said.contains("taken back"), "{said}");
@@ -336,6 +340,18 @@ fn a_new_program_that_cannot_adopt_is_rolled_back_in_the_same_process() {
         1.0
     );
     assert!(load.serves_more(30), "serving stopped after the rollback");
+    // The kept-alive connections went to the new program and back.
+    let before: Vec<usize> = kept.iter().map(KeptAlive::served).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || kept
+            .iter()
+            .zip(&before)
+            .all(|(k, b)| k.served() > *b)),
+        "a kept-alive client stopped progressing after the rollback"
+    );
+    for client in kept {
+        assert_eq!(client.finish(), None, "a kept-alive client failed");
+    }
     let (_, failed, errors) = load.finish();
     assert_eq!(failed, 0, "{errors:?}");
 }

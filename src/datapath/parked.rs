@@ -10,7 +10,7 @@
 //! lost, nothing is sent twice, and no connection is reset.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::net::TcpStream;
@@ -155,9 +155,7 @@ impl Parking {
     }
 }
 
-/// A parked connection taken over by this image: its sockets as
-/// duplicates owned here (the handover's originals are closed once this
-/// image serves).
+/// A parked connection taken over by this image: its sockets, owned here.
 pub struct Resumed {
     pub state: ConnectionState,
     pub client: OwnedFd,
@@ -166,14 +164,24 @@ pub struct Resumed {
 }
 
 impl Resumed {
-    /// Takes over `parked`'s sockets.
+    /// Takes over `parked`'s sockets: the descriptors themselves, not
+    /// duplicates as for the listeners. A connection is two descriptors,
+    /// and an image holding duplicates of thousands of them beside the
+    /// originals would need twice the descriptor limit. So they are taken
+    /// last, once nothing but the start of the proxy threads can fail and
+    /// roll the upgrade back, and the release of the originals
+    /// ([`crate::upgrade::adopt::release`]) leaves them alone.
     pub fn take(parked: &ParkedConnection) -> std::io::Result<Resumed> {
+        let own = |fd: RawFd| -> std::io::Result<OwnedFd> {
+            // Also checks that the descriptor is open.
+            crate::fds::set_cloexec(fd, true)?;
+            // SAFETY: the handover gave this descriptor to this image, once,
+            // and nothing else here owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
         Ok(Resumed {
-            client: crate::fds::duplicate(parked.client, 3)?,
-            backend: parked
-                .backend
-                .map(|fd| crate::fds::duplicate(fd, 3))
-                .transpose()?,
+            client: own(parked.client)?,
+            backend: parked.backend.map(own).transpose()?,
             state: parked.state.clone(),
         })
     }

@@ -130,7 +130,7 @@ pub(crate) fn answer(handover: &Handover, done: &Done) {
 }
 
 /// Once this image serves: closes the handover's original descriptors
-/// (this image works on duplicates), so none leaks into a worker.
+/// (this image works on duplicates of them), so none leaks into a worker.
 pub(crate) fn release(handover: &Handover) {
     let mut fds: Vec<RawFd> = handover.front.iter().flatten().copied().collect();
     fds.extend(&handover.slots);
@@ -141,10 +141,8 @@ pub(crate) fn release(handover: &Handover) {
     fds.push(handover.spawner.lifeline.1);
     fds.extend(handover.spawner.pipes.iter().map(|p| p.fd));
     fds.push(handover.old_program);
-    for connection in &handover.connections {
-        fds.push(connection.client);
-        fds.extend(connection.backend);
-    }
+    // The parked connections' descriptors are not here: this image took
+    // them themselves ([`crate::datapath::parked::Resumed::take`]).
     fds.extend(
         std::env::var(ENV)
             .ok()

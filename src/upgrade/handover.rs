@@ -81,8 +81,10 @@ pub(crate) fn write_json(value: &impl serde::Serialize) -> std::io::Result<Owned
     }
     // SAFETY: the descriptor was just created and is owned here.
     let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    serde_json::to_writer(&mut file, value).map_err(std::io::Error::other)?;
-    file.flush()?;
+    // One write: serde_json writes in small pieces, a system call each
+    // straight to the file (tens of thousands with many connections).
+    let text = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    file.write_all(&text)?;
     file.rewind()?;
     Ok(OwnedFd::from(file))
 }
