@@ -743,13 +743,9 @@ fn fd_mode_drops_denied_clients_in_the_kernel_and_follows_a_reload() {
     assert_eq!(corral.backends_in("up"), 2);
 }
 
-#[test]
-fn a_process_joining_the_front_end_with_so_reuseport_gets_no_client() {
-    let config = Config::new().demo_workers(2).set("runtime.threads", 2);
-    let corral = Corral::start(&config);
-    corral.wait_up(2);
-    let front = corral.front;
-    // Another process of the same user joins the address's group.
+/// A listening socket of this process joined to `front`'s SO_REUSEPORT
+/// group, as an intruder would (non-blocking, to count what it gets).
+fn join_the_group(front: std::net::SocketAddr) -> socket2::Socket {
     let intruder =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     intruder.set_reuse_address(true).unwrap();
@@ -757,6 +753,17 @@ fn a_process_joining_the_front_end_with_so_reuseport_gets_no_client() {
     intruder.bind(&front.into()).unwrap();
     intruder.listen(1024).unwrap();
     intruder.set_nonblocking(true).unwrap();
+    intruder
+}
+
+#[test]
+fn a_process_joining_the_front_end_with_so_reuseport_gets_no_client() {
+    let config = Config::new().demo_workers(2).set("runtime.threads", 2);
+    let corral = Corral::start(&config);
+    corral.wait_up(2);
+    let front = corral.front;
+    // Another process of the same user joins the address's group.
+    let intruder = join_the_group(front);
     let served = (0..100).filter(|_| get_from(front, None).is_ok()).count();
     let mut stolen = 0;
     while intruder.accept().is_ok() {
@@ -776,13 +783,7 @@ fn fd_mode_names_a_process_joining_the_front_end_and_gives_it_no_slot() {
     let corral = Corral::start(&config);
     corral.wait_up(2);
     let front = corral.front;
-    let intruder =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    intruder.set_reuse_address(true).unwrap();
-    intruder.set_reuse_port(true).unwrap();
-    intruder.bind(&front.into()).unwrap();
-    intruder.listen(1024).unwrap();
-    intruder.set_nonblocking(true).unwrap();
+    let intruder = join_the_group(front);
 
     // Named with its pid in the log and in /status.
     let me = std::process::id();

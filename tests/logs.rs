@@ -103,6 +103,22 @@ fn an_unknown_name_is_an_error_naming_it() {
 }
 
 /// The lines a child writes to stdout, as they come.
+/// `corral logs -f --lines 0 ARGS... --admin ADDR`: its lines as they
+/// come, and the process (killed when dropped).
+fn follow(corral: &Corral, args: &[&str]) -> (mpsc::Receiver<String>, Killed) {
+    let admin = corral.admin.to_string();
+    let mut child = Command::new(CORRAL)
+        .args(["logs", "-f", "--lines", "0"])
+        .args(args)
+        .args(["--admin", &admin])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    (lines, Killed(child))
+}
+
 fn lines_of(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -120,15 +136,7 @@ fn lines_of(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 fn follow_shows_new_lines_of_that_worker_only() {
     let corral = Corral::start(&chatty(2, 0, 0));
     corral.wait_up(2);
-    let admin = corral.admin.to_string();
-    let mut child = Command::new(CORRAL)
-        .args(["logs", "-f", "--lines", "0", "worker-1", "--admin", &admin])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let _follower = Killed(child);
+    let (lines, _follower) = follow(&corral, &["worker-1"]);
 
     // Requests flow while it follows; it shows worker-1's as they come.
     let mut to_worker_1 = BTreeSet::new();
@@ -197,15 +205,7 @@ fn a_follower_that_does_not_read_holds_up_no_one() {
     );
 
     // Another follower, which reads.
-    let admin = corral.admin.to_string();
-    let mut child = Command::new(CORRAL)
-        .args(["logs", "-f", "--lines", "0", "--admin", &admin])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let _follower = Killed(child);
+    let (lines, _follower) = follow(&corral, &[]);
 
     // A flood of output: the new workers of a rolling restart print
     // 10,000 start lines each.

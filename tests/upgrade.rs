@@ -44,6 +44,24 @@ fn upgrade(corral: &Corral) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Installs this build at `program` (renamed over it) and upgrades
+/// `corral` to it; what `corral upgrade` said. `what` names the step when
+/// it fails.
+fn upgrade_to_this_build(corral: &Corral, program: &Path, what: &str) -> String {
+    install(program, &std::fs::read(CORRAL).unwrap(), true);
+    let (code, said) = upgrade(corral);
+    assert_eq!(code, 0, "{what}: {said}\nlog:\n{}", corral.log());
+    said
+}
+
+/// Whether every kept-alive client gets past what it had served
+/// (`before`) within 10 s.
+fn all_served_more(kept: &[KeptAlive], before: &[usize]) -> bool {
+    eventually(Duration::from_secs(10), || {
+        kept.iter().zip(before).all(|(k, b)| k.served() > *b)
+    })
+}
+
 fn exe_of(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
@@ -78,9 +96,7 @@ fn upgrades_in_a_row_keep_the_pid_the_workers_and_the_counters_and_serve_on() {
     assert!(load.serves_more(50), "the load never got going");
     let mut accepted = corral.metric("corral_connections_accepted_total");
     for round in 1..=5 {
-        install(&program, &std::fs::read(CORRAL).unwrap(), true);
-        let (code, said) = upgrade(&corral);
-        assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
+        let said = upgrade_to_this_build(&corral, &program, &format!("upgrade {round}"));
         assert!(said.contains("upgraded corral"), "{said}");
         assert!(said.contains("3 workers handed over"), "{said}");
         assert_eq!(corral.pid(), pid, "the pid stays");
@@ -89,10 +105,7 @@ fn upgrades_in_a_row_keep_the_pid_the_workers_and_the_counters_and_serve_on() {
         assert!(load.serves_more(50), "upgrade {round}: the load stopped");
         let before: Vec<usize> = kept.iter().map(KeptAlive::served).collect();
         assert!(
-            eventually(Duration::from_secs(10), || kept
-                .iter()
-                .zip(&before)
-                .all(|(k, b)| k.served() > *b)),
+            all_served_more(&kept, &before),
             "upgrade {round}: a kept-alive client stopped progressing"
         );
         let now = corral.metric("corral_connections_accepted_total");
@@ -177,16 +190,7 @@ fn sticky_entries_and_placements_survive_an_upgrade() {
         .map(|ip| worker_of(&get_from(corral.front, Some(*ip)).unwrap()))
         .collect();
     assert_eq!(corral.metric("corral_sticky_entries"), 40.0);
-    install(&program, &std::fs::read(CORRAL).unwrap(), true);
-    let (code, said) = upgrade(&corral);
-    assert_eq!(
-        code,
-        0,
-        "{said}
-log:
-{}",
-        corral.log()
-    );
+    upgrade_to_this_build(&corral, &program, "upgrade");
     assert_eq!(corral.metric("corral_sticky_entries"), 40.0);
     for (ip, worker) in clients.iter().zip(&placed) {
         let (status, body) = http(corral.admin, "GET", &format!("/sticky?ip={ip}"));
@@ -223,16 +227,7 @@ fn stateless_connections_are_handed_over_between_requests() {
     }
     for round in 1..=2 {
         let before: Vec<usize> = kept.iter().map(KeptAlive::served).collect();
-        install(&program, &std::fs::read(CORRAL).unwrap(), true);
-        let (code, said) = upgrade(&corral);
-        assert_eq!(
-            code,
-            0,
-            "upgrade {round}: {said}
-log:
-{}",
-            corral.log()
-        );
+        let said = upgrade_to_this_build(&corral, &program, &format!("upgrade {round}"));
         assert!(
             said.contains("12 open connections handed over"),
             "upgrade {round}: {said}"
@@ -247,10 +242,7 @@ log:
             );
         }
         assert!(
-            eventually(Duration::from_secs(10), || kept
-                .iter()
-                .zip(&before)
-                .all(|(k, b)| k.served() > *b)),
+            all_served_more(&kept, &before),
             "upgrade {round}: a kept-alive client stopped progressing"
         );
     }
@@ -343,10 +335,7 @@ fn a_new_program_that_cannot_adopt_is_rolled_back_in_the_same_process() {
     // The kept-alive connections went to the new program and back.
     let before: Vec<usize> = kept.iter().map(KeptAlive::served).collect();
     assert!(
-        eventually(Duration::from_secs(10), || kept
-            .iter()
-            .zip(&before)
-            .all(|(k, b)| k.served() > *b)),
+        all_served_more(&kept, &before),
         "a kept-alive client stopped progressing after the rollback"
     );
     for client in kept {
@@ -593,9 +582,7 @@ fn transfers_in_flight_complete_byte_exact(splice: bool) {
             .iter()
             .map(|(rounds, _)| rounds.load(Ordering::SeqCst))
             .collect();
-        install(&program, &std::fs::read(CORRAL).unwrap(), true);
-        let (code, said) = upgrade(&corral);
-        assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
+        let said = upgrade_to_this_build(&corral, &program, &format!("upgrade {round}"));
         assert!(
             said.contains("12 open connections handed over"),
             "upgrade {round}: {said}"
@@ -647,9 +634,7 @@ fn fd_mode_upgrades_keep_the_slot_sockets_and_the_workers_and_fail_nothing() {
     let kept: Vec<KeptAlive> = (0..8).map(|_| KeptAlive::start(corral.front)).collect();
     assert!(load.serves_more(50), "the load never got going");
     for round in 1..=3 {
-        install(&program, &std::fs::read(CORRAL).unwrap(), true);
-        let (code, said) = upgrade(&corral);
-        assert_eq!(code, 0, "upgrade {round}: {said}\nlog:\n{}", corral.log());
+        let said = upgrade_to_this_build(&corral, &program, &format!("upgrade {round}"));
         assert!(said.contains("3 workers handed over"), "{said}");
         assert_eq!(corral.pid(), pid, "the pid stays");
         assert_eq!(exe_of(pid), program, "the new file runs");
@@ -694,9 +679,7 @@ fn notify_workers_keep_being_heard_across_an_upgrade() {
             )),
         );
     let (_bin, program, corral, pid, workers) = started_with(&config, 2);
-    install(&program, &std::fs::read(CORRAL).unwrap(), true);
-    let (code, said) = upgrade(&corral);
-    assert_eq!(code, 0, "{said}\nlog:\n{}", corral.log());
+    let said = upgrade_to_this_build(&corral, &program, "upgrade");
     assert!(said.contains("2 workers handed over"), "{said}");
     assert_eq!(corral.pid(), pid);
     // The new image hears the workers' WATCHDOG=1 on the same socket:
@@ -716,4 +699,125 @@ fn notify_workers_keep_being_heard_across_an_upgrade() {
     });
     assert!(replaced, "worker-0 was not replaced: {}", corral.status());
     assert_eq!(corral.pid_of(1), workers[1], "the other worker was touched");
+}
+
+/// `systemctl show -p PROPERTY --value UNIT`.
+fn unit_property(unit: &str, property: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["show", "-p", property, "--value", unit])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn under_systemd_the_main_pid_stays_and_the_unit_stays_active() {
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir()
+        && Command::new("systemd-run")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !systemd {
+        eprintln!(
+            "skipped: systemd is not the init of this machine (no /run/systemd/system), \
+             so no unit can be run to upgrade under it"
+        );
+        return;
+    }
+    let bin = tempfile::tempdir().unwrap();
+    let program = installed_copy(bin.path());
+    let config = Config::new().strategy("round-robin").demo_workers(2);
+    let file = bin.path().join("corral.toml");
+    config.write(&file);
+    let unit = format!("corral-upgrade-test-{}", std::process::id());
+    let started = Command::new("systemd-run")
+        .arg(format!("--unit={unit}"))
+        .args([
+            "-p",
+            "Type=notify",
+            "-p",
+            "NotifyAccess=main",
+            "--collect",
+            "--",
+        ])
+        .arg(&program)
+        .args(["run", "-c"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(started.success(), "systemd-run failed");
+    /// Stops the unit however the test ends.
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("systemctl").args(["stop", &self.0]).status();
+        }
+    }
+    let _stop = Stop(unit.clone());
+    assert!(
+        eventually(Duration::from_secs(30), || unit_property(
+            &unit,
+            "ActiveState"
+        ) == "active"),
+        "the unit never became active"
+    );
+    let admin = config.admin;
+    let main_pid = unit_property(&unit, "MainPID");
+    // The unit's state, read all along the upgrade.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let (unit, stop) = (unit.clone(), stop.clone());
+        move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.insert(unit_property(&unit, "ActiveState"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        }
+    });
+    install(&program, &std::fs::read(CORRAL).unwrap(), true);
+    let out = Command::new(CORRAL)
+        .args(["upgrade", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        eventually(Duration::from_secs(10), || unit_property(
+            &unit,
+            "ActiveState"
+        ) == "active"),
+        "the unit is not active after the upgrade"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.join().unwrap();
+    assert_eq!(
+        unit_property(&unit, "MainPID"),
+        main_pid,
+        "systemd's main pid changed"
+    );
+    assert!(
+        seen.iter()
+            .all(|state| state == "active" || state == "reloading"),
+        "the unit left active during the upgrade: {seen:?}"
+    );
+}
+
+#[test]
+fn restart_counts_survive_an_upgrade() {
+    let (_bin, program, corral, _pid, workers) = started_from_copy(2);
+    send_signal(workers[0], Signal::SIGKILL);
+    let restarted = eventually(Duration::from_secs(20), || {
+        let w = corral.worker(0);
+        w["restarts"] == 1 && w["state"] == "up"
+    });
+    assert!(restarted, "worker-0 was not restarted: {}", corral.status());
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    assert_eq!(corral.worker(0)["restarts"], 1, "{}", corral.status());
+    assert_eq!(corral.worker(1)["restarts"], 0, "{}", corral.status());
+    assert_eq!(
+        corral.metric("corral_worker_restarts_total{backend=\"worker-0\"}"),
+        1.0
+    );
 }

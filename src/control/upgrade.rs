@@ -150,6 +150,7 @@ async fn hand_over(
         answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
         spawner,
         ports: worker_ports(shared),
+        restarts: worker_restarts(shared),
         sticky: shared
             .dispatcher
             .sticky
@@ -221,6 +222,19 @@ fn worker_ports(shared: &Shared) -> Vec<(usize, u16)> {
         .worker_backends()
         .filter_map(|b| match b.kind {
             Kind::Worker(slot) => Some((slot, b.instance().reach.own()?.port())),
+            Kind::Static => None,
+        })
+        .collect()
+}
+
+/// Each worker slot's restarts so far.
+fn worker_restarts(shared: &Shared) -> Vec<(usize, u64)> {
+    shared
+        .snapshot()
+        .pool
+        .worker_backends()
+        .filter_map(|b| match b.kind {
+            Kind::Worker(slot) => Some((slot, b.restarts())),
             Kind::Static => None,
         })
         .collect()

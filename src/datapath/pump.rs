@@ -116,8 +116,9 @@ pub enum Stop {
     Cut,
     /// `corral upgrade`: the connection stopped between two polls, and
     /// its sockets go to the next image, open, with the bytes read and not
-    /// yet written (see [`super::parked`]).
-    Parked(Unsent),
+    /// yet written (see [`super::parked`]). Boxed: every connection's
+    /// future holds a `Stop`, and only an upgrade makes this one.
+    Parked(Box<Unsent>),
     /// The backend closed or reset before sending a single byte; here is
     /// everything the client had sent, and whether it had half-closed.
     BackendGaveUp { replay: Vec<u8>, client_done: bool },
@@ -489,6 +490,9 @@ pub fn pump<'a>(
         unsent,
         mut stateless,
     } = options;
+    // Made here, so the future holds the flow and not also what it is made
+    // of (every open connection carries this future).
+    let mut flow = Flow::new(splice, meters, replayable, already_sent, unsent);
     async move {
         let (client_in, client_out) = client.split();
         let (backend_in, backend_out) = backend.split();
@@ -498,7 +502,6 @@ pub fn pump<'a>(
             backend_in,
             backend_out,
         };
-        let mut flow = Flow::new(splice, meters, replayable, already_sent, unsent);
         let mut deadline = Deadline::new(idle, first_byte, &flow);
         let mut cut_now = std::pin::pin!(cut.cancelled());
         let mut park_now = std::pin::pin!(park.cancelled());
@@ -513,7 +516,7 @@ pub fn pump<'a>(
             parking = parking || park_now.as_mut().poll(cx).is_ready();
             if parking && flow.parkable(stateless.as_ref().map(|s| &*s.exchange)) {
                 return Poll::Ready(match flow.take_unsent() {
-                    Ok(unsent) => (Stop::Parked(unsent), Side::Corral),
+                    Ok(unsent) => (Stop::Parked(Box::new(unsent)), Side::Corral),
                     Err(_) => (Stop::Cut, Side::Corral),
                 });
             }
@@ -938,7 +941,7 @@ mod tests {
             // The next pump (the next image's) writes them first.
             let never = CancellationToken::new();
             let mut next = options(Duration::from_secs(30), false, splice, &never);
-            next.unsent = unsent;
+            next.unsent = *unsent;
             let reading = async {
                 let mut got = Vec::new();
                 let mut chunk = vec![0u8; 64 * 1024];

@@ -44,17 +44,21 @@ pub struct Handed {
     steering: Arc<Steering>,
 }
 
+/// The front-end address: validation allows exactly one in fd mode.
+fn front_addr(config: &Config) -> std::net::SocketAddr {
+    config
+        .listener
+        .binds
+        .first()
+        .copied()
+        .unwrap_or(defaults::LISTENER_BIND)
+}
+
 impl Handed {
     /// Binds one slot socket per worker on the (only) front-end address,
     /// with the program the strategy asks for.
     pub fn bind(config: &Config) -> Result<Handed, FrontError> {
-        // Validation allows exactly one front-end address in fd mode.
-        let addr = config
-            .listener
-            .binds
-            .first()
-            .copied()
-            .unwrap_or(defaults::LISTENER_BIND);
+        let addr = front_addr(config);
         let count = config.workers.as_ref().map_or(0, |w| w.count);
         let rule = steering::rule_of(config).map_err(FrontError::Rule)?;
         let steering = Steering::bind(addr, config.listener.backlog, count, rule, &config.clients)
@@ -67,12 +71,7 @@ impl Handed {
     /// The slot sockets an earlier image bound (`corral upgrade`), in slot
     /// order, with their group and program as they are.
     pub fn adopt(config: &Config, sockets: Vec<Socket>) -> Result<Handed, FrontError> {
-        let addr = config
-            .listener
-            .binds
-            .first()
-            .copied()
-            .unwrap_or(defaults::LISTENER_BIND);
+        let addr = front_addr(config);
         let steering = Steering::adopt(sockets, config.listener.backlog, &config.clients)
             .map_err(|source| FrontError::Bind { addr, source })?;
         Ok(Handed {

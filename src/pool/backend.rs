@@ -587,6 +587,12 @@ impl Backend {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// The restarts an earlier image of corral counted for this slot
+    /// (`corral upgrade`); the metric's series is carried on its own.
+    pub(crate) fn carry_restarts(&self, restarts: u64) {
+        self.restarts.store(restarts, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         self.metrics.restarts.inc();

@@ -16,6 +16,7 @@ use socket2::Socket;
 use super::handover::{Handover, ENV};
 use super::{exec, VERSION};
 use crate::datapath::listener::FrontEnd;
+use crate::pool::Kind;
 use crate::shared::Shared;
 
 /// An environment variable read only by the tests: a new image that finds
@@ -77,6 +78,13 @@ pub(crate) fn state(shared: &Shared, handover: &Handover) {
         .collect();
     shared.dispatcher.sticky.import(&entries);
     shared.metrics.carry_over(handover.counters.clone());
+    for backend in shared.snapshot().pool.worker_backends() {
+        if let Kind::Worker(slot) = backend.kind {
+            if let Some((_, restarts)) = handover.restarts.iter().find(|(s, _)| *s == slot) {
+                backend.carry_restarts(*restarts);
+            }
+        }
+    }
 }
 
 /// What the upgrade did, for the answer and the log.

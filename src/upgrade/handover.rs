@@ -34,6 +34,9 @@ pub struct Handover {
     /// slot order: the kernel's group with its program.
     #[serde(default)]
     pub(crate) slots: Vec<RawFd>,
+    /// Each worker slot's restarts so far, by slot.
+    #[serde(default)]
+    pub(crate) restarts: Vec<(usize, u64)>,
     /// The workers' notify socket (`workers.notify`), if it was made.
     #[serde(default)]
     pub(crate) notify: Option<crate::supervisor::notify::HandedHub>,

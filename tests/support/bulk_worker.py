@@ -16,6 +16,8 @@ import socket
 import sys
 import threading
 
+from echo import serve as echo_until_half_close  # beside this file
+
 WORDS_PER_CHUNK = 16 * 1024
 assert array.array("I").itemsize == 4 and sys.byteorder == "little"
 
@@ -31,14 +33,10 @@ def download(conn, size):
 
 
 def echo(conn, first):
+    """What came after the `echo` line, then tests/support/echo.py's loop."""
     if first:
         conn.sendall(first)
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        conn.sendall(data)
-    conn.shutdown(socket.SHUT_WR)
+    echo_until_half_close(conn)
 
 
 def serve(conn):
