@@ -48,7 +48,9 @@ const TICKS_PER_SECOND: u64 = 10;
 /// A client: its masked address, in the map that fits it. IPv6 keys
 /// past a /64 are two words (8-byte alignment keeps their map slot at 32
 /// bytes, where a `u128` would pad it to 48).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 enum Key {
     V4(u32),
     /// The top 64 bits of an address masked to `ipv6_prefix` <= 64.
@@ -95,10 +97,35 @@ struct Entry {
     rejected: u16,
 }
 
+/// One client's entry as `corral upgrade` carries it to the next image:
+/// its times as ages at the export, since each image's table has a clock
+/// of its own. Its open connections are not here: each one taken over
+/// counts itself again ([`ClientTable::readmit`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CarriedClient {
+    key: Key,
+    /// Ticks since it last tried to connect.
+    seen_ago: Tick,
+    /// Ticks since its rate period began (modulo 2^16, as the window).
+    window_ago: u16,
+    current: u16,
+    previous: u16,
+    rejected: u16,
+}
+
 /// The longest rate period in ticks (an hour).
 const MAX_PERIOD: Tick = 3600 * TICKS_PER_SECOND as Tick;
 
 impl Entry {
+    /// A client first seen at `now`.
+    fn new(now: Tick) -> Entry {
+        Entry {
+            last_seen: now,
+            window: now as u16,
+            ..Entry::default()
+        }
+    }
+
     /// Moves the rate window up to `now` for periods of `period` ticks;
     /// call before `last_seen` is set to `now`.
     fn roll(&mut self, now: Tick, period: Tick) {
@@ -210,11 +237,7 @@ fn attempt<K: Hash + Eq>(
     let mut inserted = false;
     let mut entry = map.entry(key).or_insert_with(|| {
         inserted = true;
-        Entry {
-            last_seen: now,
-            window: now as u16,
-            ..Entry::default()
-        }
+        Entry::new(now)
     });
     entry.roll(now, period);
     entry.last_seen = now;
@@ -254,6 +277,74 @@ impl ClientTable {
             started: Instant::now(),
             since_summary: Default::default(),
         }
+    }
+
+    /// Every client's entry, for `corral upgrade`.
+    pub(crate) fn export(&self) -> Vec<CarriedClient> {
+        let now = self.now();
+        let mut carried = Vec::with_capacity(self.len());
+        self.each(|key, entry| {
+            carried.push(CarriedClient {
+                key,
+                seen_ago: now.wrapping_sub(entry.last_seen),
+                window_ago: (now as u16).wrapping_sub(entry.window),
+                current: entry.current,
+                previous: entry.previous,
+                rejected: entry.rejected,
+            })
+        });
+        carried
+    }
+
+    /// The entries an earlier image exported (`corral upgrade`), with no
+    /// connection counted yet. Their rate windows go on where they were;
+    /// an age older than this table is taken as this table's age.
+    pub(crate) fn import(&self, carried: &[CarriedClient]) {
+        let now = self.now();
+        for client in carried {
+            let entry = Entry {
+                connections: 0,
+                last_seen: now.saturating_sub(client.seen_ago),
+                window: (now as u16).wrapping_sub(client.window_ago),
+                current: client.current,
+                previous: client.previous,
+                rejected: client.rejected,
+            };
+            let inserted = match client.key {
+                Key::V4(k) => self.v4.insert(k, entry).is_none(),
+                Key::V6(k) => self.v6.insert(k, entry).is_none(),
+                Key::Wide(k) => self.wide.insert(k, entry).is_none(),
+            };
+            if inserted {
+                self.approximate_len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts a connection an earlier image admitted and handed over
+    /// (`corral upgrade`): no limit applies and no rate is counted, it
+    /// was admitted once already.
+    pub(crate) fn readmit(&self, ip: IpAddr, config: &ClientsConfig) -> Admitted<'_> {
+        fn count<K: Hash + Eq>(map: &DashMap<K, Entry>, key: K, now: Tick) -> bool {
+            let mut inserted = false;
+            let mut entry = map.entry(key).or_insert_with(|| {
+                inserted = true;
+                Entry::new(now)
+            });
+            entry.connections += 1;
+            inserted
+        }
+        let key = Key::of(ip, config);
+        let now = self.now();
+        let inserted = match key {
+            Key::V4(k) => count(&self.v4, k, now),
+            Key::V6(k) => count(&self.v6, k, now),
+            Key::Wide(k) => count(&self.wide, k, now),
+        };
+        if inserted {
+            self.approximate_len.fetch_add(1, Ordering::Relaxed);
+        }
+        Admitted { table: self, key }
     }
 
     /// A new snapshot's `[clients]` is in force: when its `max_tracked` is
@@ -526,6 +617,43 @@ mod tests {
         let rows = table.top(10, &limited);
         assert_eq!(rows[0].client, "10.0.0.1");
         assert_eq!((rows[0].connections, rows[0].rejected), (2, 1));
+    }
+
+    #[test]
+    fn an_exported_table_goes_on_where_it_was_and_readmits_its_connections() {
+        let limited = ClientsConfig {
+            max_rate: Some(Rate {
+                count: 4,
+                per: Duration::from_secs(60),
+            }),
+            max_connections: 2,
+            ..config()
+        };
+        let old = ClientTable::new();
+        for _ in 0..3 {
+            drop(old.admit(ip("10.0.0.1"), &limited).unwrap());
+        }
+        let held = old.admit(ip("10.0.0.1"), &limited).unwrap();
+        assert_eq!(
+            old.admit(ip("10.0.0.1"), &limited).err(),
+            Some(Refused::Rate)
+        );
+        let carried = old.export();
+        drop(held);
+        let new = ClientTable::new();
+        new.import(&carried);
+        // The connection handed over counts again, and no rate with it.
+        let _held = new.readmit(ip("10.0.0.1"), &limited);
+        let rows = new.top(10, &limited);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].connections, rows[0].rejected), (1, 1));
+        // The rate period goes on: a fifth connection is still too many.
+        assert_eq!(
+            new.admit(ip("10.0.0.1"), &limited).err(),
+            Some(Refused::Rate)
+        );
+        // A client the old table never saw is new here.
+        assert!(new.admit(ip("10.0.0.2"), &limited).is_ok());
     }
 
     #[test]

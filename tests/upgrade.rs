@@ -821,3 +821,44 @@ fn restart_counts_survive_an_upgrade() {
         1.0
     );
 }
+
+#[test]
+fn the_per_client_table_goes_across_an_upgrade() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(2)
+        .set("clients.max_rate", "4/m");
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
+    let client: std::net::IpAddr = [127, 0, 9, 9].into();
+    // Three connections that close, and one kept open: the rate period
+    // is full.
+    for _ in 0..3 {
+        get_from(corral.front, Some(client)).unwrap();
+    }
+    let mut held = connect_from(corral.front, Some(client)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    ask_on(&mut held, corral.front).unwrap();
+    assert!(
+        get_from(corral.front, Some(client)).is_err(),
+        "the rate was not full"
+    );
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    // The new program goes on with the same period: still too many, and
+    // the connection handed over is counted and served.
+    assert!(
+        get_from(corral.front, Some(client)).is_err(),
+        "the rate period started over across the upgrade"
+    );
+    ask_on(&mut held, corral.front).unwrap();
+    let (status, body) = http(corral.admin, "GET", "/clients");
+    assert_eq!(status, 200, "{body}");
+    let table: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = table["clients"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["client"] == "127.0.9.9"))
+        .cloned()
+        .unwrap_or_else(|| panic!("127.0.9.9 is not in {body}"));
+    assert_eq!(row["connections"], 1, "{row}");
+    assert_eq!(row["rejected"], 2, "{row}");
+}

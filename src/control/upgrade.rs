@@ -151,6 +151,7 @@ async fn hand_over(
         spawner,
         ports: worker_ports(shared),
         restarts: worker_restarts(shared),
+        clients: shared.clients.export(),
         sticky: shared
             .dispatcher
             .sticky

@@ -171,11 +171,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let mut exchange = stateless_view(&snapshot, &client);
     let mut trail = Trail {
         bytes: (client.pending.len() as u64, 0),
         last: None,
     };
+    // Inline, not through relay_to_the_end: a nested future here would
+    // grow every open connection's future by about 110 bytes.
+    let mut exchange = stateless_view(&snapshot, &client);
     let close = relay(
         &shared,
         &mut snapshot,
@@ -185,6 +187,21 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     )
     .await;
     finish(&snapshot.config, client.addr, &trail, started, close);
+}
+
+/// Steps 2 to 5 for a client taken over from an earlier image (what
+/// [`serve`] does inline): relay it, with the stateless view when
+/// `workers.stateless`, until the connection is over, then log its close.
+async fn relay_to_the_end(
+    shared: &Shared,
+    snapshot: &mut Arc<Snapshot>,
+    client: &mut Client,
+    trail: &mut Trail,
+    started: Instant,
+) {
+    let mut exchange = stateless_view(snapshot, client);
+    let close = relay(shared, snapshot, client, exchange.as_deref_mut(), trail).await;
+    finish(&snapshot.config, client.addr, trail, started, close);
 }
 
 /// `workers.stateless`: the HTTP/1.x view that lets the connection move
@@ -770,12 +787,12 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
     };
     let mut client = Client::new(stream, state.client_addr);
     client.local = state.client_local;
-    // Counted at the front door again (this image's per-client table
-    // starts empty); it was admitted once, so a refusal does not close it.
+    // Counted in the per-client table again (its entries came with the
+    // handover, without their connections); admitted once already, so no
+    // limit applies.
     let _admitted = shared
         .clients
-        .admit(client.addr.ip(), &snapshot.config.clients)
-        .ok();
+        .readmit(client.addr.ip(), &snapshot.config.clients);
     match upstream {
         Some(upstream) => resume_pumped(&shared, snapshot, client, upstream, state, started).await,
         None => resume_between_requests(&shared, snapshot, client, state, started).await,
@@ -877,16 +894,7 @@ async fn resume_between_requests(
         }
     }
     let (mut snapshot, mut trail) = (snapshot, trail);
-    let mut exchange = stateless_view(&snapshot, &client);
-    let close = relay(
-        shared,
-        &mut snapshot,
-        &mut client,
-        exchange.as_deref_mut(),
-        &mut trail,
-    )
-    .await;
-    finish(&snapshot.config, client.addr, &trail, started, close);
+    relay_to_the_end(shared, &mut snapshot, &mut client, &mut trail, started).await;
 }
 
 /// Leaves a parked connection's sockets for the next image; one that

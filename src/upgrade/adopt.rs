@@ -78,6 +78,7 @@ pub(crate) fn state(shared: &Shared, handover: &Handover) {
         .collect();
     shared.dispatcher.sticky.import(&entries);
     shared.metrics.carry_over(handover.counters.clone());
+    shared.clients.import(&handover.clients);
     for backend in shared.snapshot().pool.worker_backends() {
         if let Kind::Worker(slot) = backend.kind {
             if let Some((_, restarts)) = handover.restarts.iter().find(|(s, _)| *s == slot) {

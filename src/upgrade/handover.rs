@@ -34,6 +34,9 @@ pub struct Handover {
     /// slot order: the kernel's group with its program.
     #[serde(default)]
     pub(crate) slots: Vec<RawFd>,
+    /// The per-client table's entries (`[clients]`).
+    #[serde(default)]
+    pub(crate) clients: Vec<crate::clients::CarriedClient>,
     /// Each worker slot's restarts so far, by slot.
     #[serde(default)]
     pub(crate) restarts: Vec<(usize, u64)>,
