@@ -862,3 +862,54 @@ fn the_per_client_table_goes_across_an_upgrade() {
     assert_eq!(row["connections"], 1, "{row}");
     assert_eq!(row["rejected"], 2, "{row}");
 }
+
+#[test]
+fn a_request_unanswered_across_an_upgrade_is_still_replayed_when_its_worker_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("hung");
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&[python(), &support("hang_worker.py")], 2)
+        .set(
+            "workers.env",
+            Raw(&format!(
+                "{{ HANG_WORKER = \"0\", HANG_MARKER = {:?} }}",
+                marker.display().to_string()
+            )),
+        );
+    let (_bin, program, corral, _pid, workers) = started_with(&config, 2);
+    // Requests to /hang, each on a thread of its own, until one reaches
+    // worker-0, which holds it.
+    let front = corral.front;
+    let ask = move || {
+        let mut stream = std::net::TcpStream::connect(front).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        exchange(&mut stream, front, "GET", "/hang", &[])
+    };
+    let mut asked = Vec::new();
+    while !marker.exists() {
+        asked.push(std::thread::spawn(ask));
+        assert!(asked.len() < 50, "worker-0 never got a /hang");
+        eventually(Duration::from_secs(5), || {
+            marker.exists() || asked.last().is_some_and(|t| t.is_finished())
+        });
+    }
+    let hung = asked.pop().unwrap();
+    for answered in asked {
+        assert!(answered.join().unwrap().is_ok());
+    }
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    // Worker-0 dies without a byte of answer: the client's request, kept
+    // by the old image and handed over, goes to worker-1.
+    send_signal(workers[0], Signal::SIGKILL);
+    let answer = hung.join().unwrap();
+    let (status, body) =
+        answer.unwrap_or_else(|e| panic!("the hung request failed: {e}\n{}", corral.log()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(worker_of(&body), "worker=1", "{body}");
+    assert!(corral
+        .log()
+        .contains("replaying the request on another backend"));
+}

@@ -836,6 +836,29 @@ async fn resume_pumped(
         state.bytes.0 + pumped.from_client,
         state.bytes.1 + pumped.from_backend,
     );
+    if let Stop::BackendGaveUp {
+        replay,
+        client_done,
+    } = &pumped.stop
+    {
+        // The replay the earlier image kept: as in `after_pump`, the
+        // request goes to another backend if that is safe.
+        if replay_allowed(shared, &client, replay, &guard.instance).await {
+            tracing::warn!(backend = %backend.label, client = %client.addr, bytes = replay.len(), "backend closed before answering; replaying the request on another backend");
+            client.pending.extend_from_slice(replay);
+            client.done_sending = *client_done;
+            drop((guard, upstream));
+            let (mut snapshot, mut trail) = (
+                snapshot,
+                Trail {
+                    bytes,
+                    last: Some(backend),
+                },
+            );
+            relay_to_the_end(shared, &mut snapshot, &mut client, &mut trail, started).await;
+            return;
+        }
+    }
     if let Stop::Parked(unsent) = &mut pumped.stop {
         let again = ConnectionState::new(
             client.id(),

@@ -37,6 +37,13 @@ pub struct ConnectionState {
     /// Read from the backend and not yet written to the client.
     #[serde(with = "hex_bytes", default)]
     pub to_client: Vec<u8>,
+    /// The backend had answered nothing: the client's bytes are kept for
+    /// a replay on another backend (in `replay`).
+    #[serde(default)]
+    pub replaying: bool,
+    /// Everything the client sent, while `replaying`.
+    #[serde(with = "hex_bytes", default)]
+    pub replay: Vec<u8>,
 }
 
 impl ConnectionState {
@@ -54,6 +61,8 @@ impl ConnectionState {
             bytes,
             to_backend: unsent.to_backend,
             to_client: unsent.to_client,
+            replaying: unsent.replay.is_some(),
+            replay: unsent.replay.unwrap_or_default(),
         }
     }
 
@@ -62,6 +71,7 @@ impl ConnectionState {
         Unsent {
             to_backend: std::mem::take(&mut self.to_backend),
             to_client: std::mem::take(&mut self.to_client),
+            replay: std::mem::take(&mut self.replaying).then(|| std::mem::take(&mut self.replay)),
         }
     }
 
@@ -233,6 +243,7 @@ mod tests {
             Unsent {
                 to_backend: vec![0, 1, 0xab, 0xff],
                 to_client: Vec::new(),
+                replay: Some(b"GET /".to_vec()),
             },
         );
         let parked = ParkedConnection {
@@ -244,6 +255,8 @@ mod tests {
         assert!(json.contains("\"to_backend\":\"0001abff\""), "{json}");
         let back: ParkedConnection = serde_json::from_str(&json).unwrap();
         assert_eq!(back.state.to_backend, vec![0, 1, 0xab, 0xff]);
+        let unsent = back.state.clone().take_unsent();
+        assert_eq!(unsent.replay.as_deref(), Some(&b"GET /"[..]));
         assert!(back.state.to_client.is_empty());
         assert!(back.state.awaiting_answer());
         assert_eq!((back.client, back.backend), (9, Some(10)));

@@ -138,6 +138,9 @@ pub struct Unsent {
     pub to_backend: Vec<u8>,
     /// Read from the backend, for the client.
     pub to_client: Vec<u8>,
+    /// While the backend has answered nothing: everything the client sent
+    /// (`to_backend` included), kept for a replay on another backend.
+    pub replay: Option<Vec<u8>>,
 }
 
 /// What a pump moved and why it stopped.
@@ -594,7 +597,7 @@ impl<'m> Flow<'m> {
         Flow {
             up: Half::new(splice, meters.map(|m| m.0), unsent.to_backend),
             down: Half::new(splice, meters.map(|m| m.1), unsent.to_client),
-            replay: replayable.then(Vec::new),
+            replay: unsent.replay.or_else(|| replayable.then(Vec::new)),
             last_activity: Instant::now(),
             awaiting_since: already_sent.then(Instant::now),
             first_eof: None,
@@ -603,10 +606,10 @@ impl<'m> Flow<'m> {
 
     /// The connection can be handed over now: between two polls its
     /// sockets and its unsent bytes hold all its state (an EOF already read
-    /// is read again from the socket; the half-close passed on stays), so
-    /// any connection can, except a stateless one with a request
-    /// unanswered, whose HTTP/1.x view would be lost. Bytes kept for a
-    /// replay are given up: the connection stays with its backend.
+    /// is read again from the socket; the half-close passed on stays; the
+    /// bytes kept for a replay go along), so any connection can, except a
+    /// stateless one with a request unanswered, whose HTTP/1.x view would
+    /// be lost.
     #[inline]
     fn parkable(&self, exchange: Option<&Exchange>) -> bool {
         exchange.is_none_or(|e| self.between_exchanges(e))
@@ -617,6 +620,7 @@ impl<'m> Flow<'m> {
         Ok(Unsent {
             to_backend: self.up.take_unsent()?,
             to_client: self.down.take_unsent()?,
+            replay: self.replay.take(),
         })
     }
 

@@ -1,0 +1,49 @@
+"""A worker that leaves one request unanswered (tests/upgrade.rs: the
+replay state goes across an upgrade).
+
+It listens on $HOST:$PORT and answers every request with
+`worker=<id> pid=<pid>` (worker_answer.py), except the first `GET /hang`
+that worker HANG_WORKER gets while the file HANG_MARKER does not exist:
+that one it creates the marker for and never answers, holding the
+connection. So a replacement of that worker (after a kill) answers
+everything.
+"""
+
+import os
+import socket
+import threading
+import time
+
+from worker_answer import ANSWER, read_head  # beside this file
+
+HANGS = os.environ.get("CORRAL_WORKER_ID") == os.environ.get("HANG_WORKER", "0")
+MARKER = os.environ.get("HANG_MARKER", "")
+
+
+def serve(conn):
+    with conn:
+        try:
+            head = read_head(conn)
+            if b"\r\n\r\n" not in head:
+                return
+            if head.startswith(b"GET /hang ") and HANGS and MARKER and not os.path.exists(MARKER):
+                open(MARKER, "w").close()
+                while True:
+                    time.sleep(3600)
+            conn.sendall(ANSWER)
+        except OSError:
+            pass
+
+
+def main():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
+    listener.listen(128)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
