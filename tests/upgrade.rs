@@ -805,21 +805,49 @@ fn under_systemd_the_main_pid_stays_and_the_unit_stays_active() {
 }
 
 #[test]
-fn restart_counts_survive_an_upgrade() {
-    let (_bin, program, corral, _pid, workers) = started_from_copy(2);
-    send_signal(workers[0], Signal::SIGKILL);
-    let restarted = eventually(Duration::from_secs(20), || {
-        let w = corral.worker(0);
-        w["restarts"] == 1 && w["state"] == "up"
-    });
-    assert!(restarted, "worker-0 was not restarted: {}", corral.status());
+fn restart_counts_and_the_backoff_survive_an_upgrade() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(2)
+        .set("workers.restart_delay", "100ms")
+        .set("workers.restart_delay_max", "10s")
+        .set("workers.min_uptime", "60s");
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
+    // Two crashes within min_uptime: the backoff doubles twice, to 400ms.
+    for restarts in 1..=2 {
+        send_signal(corral.pid_of(0), Signal::SIGKILL);
+        let restarted = eventually(Duration::from_secs(20), || {
+            let w = corral.worker(0);
+            w["restarts"] == restarts && w["state"] == "up"
+        });
+        assert!(restarted, "worker-0 was not restarted: {}", corral.status());
+    }
     upgrade_to_this_build(&corral, &program, "upgrade");
-    assert_eq!(corral.worker(0)["restarts"], 1, "{}", corral.status());
+    assert_eq!(corral.worker(0)["restarts"], 2, "{}", corral.status());
     assert_eq!(corral.worker(1)["restarts"], 0, "{}", corral.status());
     assert_eq!(
         corral.metric("corral_worker_restarts_total{backend=\"worker-0\"}"),
-        1.0
+        2.0
     );
+    // A third crash, still within min_uptime of the process's start: the
+    // new program goes on from the backoff the old one had reached.
+    send_signal(corral.pid_of(0), Signal::SIGKILL);
+    let delays = || -> Vec<String> {
+        corral
+            .log()
+            .lines()
+            .filter(|l| l.contains("restarting worker after backoff") && l.contains("worker=0"))
+            .filter_map(|l| l.split("delay=").nth(1))
+            .map(|d| d.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || delays().len() == 3),
+        "{:?}\n{}",
+        delays(),
+        corral.log()
+    );
+    assert_eq!(delays(), ["100ms", "200ms", "400ms"]);
 }
 
 #[test]

@@ -150,7 +150,9 @@ async fn hand_over(
         answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
         spawner,
         ports: worker_ports(shared),
-        restarts: worker_restarts(shared),
+        restarts: worker_restarts(shared, |b| b.restarts()),
+        backoffs: worker_restarts(shared, |b| b.backoff().as_millis() as u64),
+        up_since: worker_restarts(shared, |b| b.up_since_ms()),
         clients: shared.clients.export(),
         sticky: shared
             .dispatcher
@@ -228,14 +230,18 @@ fn worker_ports(shared: &Shared) -> Vec<(usize, u16)> {
         .collect()
 }
 
-/// Each worker slot's restarts so far.
-fn worker_restarts(shared: &Shared) -> Vec<(usize, u64)> {
+/// A figure of each worker slot's restarts (their count, their backoff),
+/// by slot.
+fn worker_restarts(
+    shared: &Shared,
+    figure: impl Fn(&crate::pool::Backend) -> u64,
+) -> Vec<(usize, u64)> {
     shared
         .snapshot()
         .pool
         .worker_backends()
         .filter_map(|b| match b.kind {
-            Kind::Worker(slot) => Some((slot, b.restarts())),
+            Kind::Worker(slot) => Some((slot, figure(b))),
             Kind::Static => None,
         })
         .collect()

@@ -268,6 +268,13 @@ pub struct Backend {
     up: AtomicBool,
     current: ArcSwap<Instance>,
     restarts: AtomicU64,
+    /// A worker slot's restart backoff in milliseconds, as the slot task
+    /// (its one writer) last set it: what `corral upgrade` carries.
+    backoff_ms: AtomicU64,
+    /// When a worker slot's process came up, on [`crate::clock::now_ms`]'s
+    /// clock (one clock for every image), as its slot task set it: what
+    /// `corral upgrade` carries, so `workers.min_uptime` counts from then.
+    up_since_ms: AtomicU64,
     active: AtomicUsize,
     /// First-byte timeouts in a row (the passive check), reset by any
     /// answer. Kept outside the machine so the hot path takes no lock.
@@ -313,6 +320,8 @@ impl Backend {
             up: AtomicBool::new(false),
             current: ArcSwap::from(Instance::new(reach, None, None)),
             restarts: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             silent_in_a_row: AtomicU32::new(0),
             status_text: Mutex::new(None),
@@ -591,6 +600,29 @@ impl Backend {
     /// (`corral upgrade`); the metric's series is carried on its own.
     pub(crate) fn carry_restarts(&self, restarts: u64) {
         self.restarts.store(restarts, Ordering::Relaxed);
+    }
+
+    /// The slot's restart backoff now (zero before its slot set one).
+    pub(crate) fn backoff(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.backoff_ms.load(Ordering::Relaxed))
+    }
+
+    /// The slot task's backoff changed (or an earlier image's is carried
+    /// over).
+    pub(crate) fn set_backoff(&self, delay: std::time::Duration) {
+        self.backoff_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When the slot's process came up (zero before one did).
+    pub(crate) fn up_since_ms(&self) -> u64 {
+        self.up_since_ms.load(Ordering::Relaxed)
+    }
+
+    /// The slot's process came up at `ms` (or an earlier image's time is
+    /// carried over).
+    pub(crate) fn set_up_since_ms(&self, ms: u64) {
+        self.up_since_ms.store(ms, Ordering::Relaxed);
     }
 
     pub(crate) fn count_restart(&self) {

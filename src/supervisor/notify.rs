@@ -511,16 +511,21 @@ mod tests {
         // This test process stands for a worker's shim; a child it starts
         // (a grandchild would do too) sends the message.
         let mut registration = hub.register(std::process::id());
-        let sent = std::process::Command::new("python3")
+        // The sender stays alive until its message is heard: the hub
+        // traces a sender through /proc, and one already gone and reaped
+        // (on a loaded machine the hub's thread may come late) is no one's.
+        let mut sender = std::process::Command::new("python3")
             .args([
                 "-c",
-                "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1\\nSTATUS=up', sys.argv[1])",
+                "import socket,sys,time; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1\\nSTATUS=up', sys.argv[1]); time.sleep(30)",
             ])
             .arg(hub.path())
-            .status()
+            .spawn()
             .unwrap();
-        assert!(sent.success());
-        let first = tokio::time::timeout(Duration::from_secs(5), registration.notices.recv()).await;
+        let first =
+            tokio::time::timeout(Duration::from_secs(20), registration.notices.recv()).await;
+        let _ = sender.kill();
+        let _ = sender.wait();
         assert_eq!(first.unwrap(), Some(Notice::Ready));
         assert_eq!(
             registration.notices.recv().await,
@@ -528,18 +533,19 @@ mod tests {
         );
         drop(registration);
         // A tree registered after it spoke still hears what it said.
-        let sent = std::process::Command::new("python3")
+        let mut sender = std::process::Command::new("python3")
             .args([
                 "-c",
-                "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STOPPING=1', sys.argv[1])",
+                "import socket,sys,time; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STOPPING=1', sys.argv[1]); time.sleep(30)",
             ])
             .arg(hub.path())
-            .status()
+            .spawn()
             .unwrap();
-        assert!(sent.success());
         std::thread::sleep(Duration::from_millis(200));
         let mut late = hub.register(std::process::id());
-        let heard = tokio::time::timeout(Duration::from_secs(5), late.notices.recv()).await;
+        let heard = tokio::time::timeout(Duration::from_secs(20), late.notices.recv()).await;
+        let _ = sender.kill();
+        let _ = sender.wait();
         assert_eq!(heard.unwrap(), Some(Notice::Stopping));
         drop(late);
         // Something that is no message at all: ignored and counted.

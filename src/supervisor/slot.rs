@@ -211,24 +211,36 @@ impl Slot {
         // The config the last process was started from (or a rolling
         // restart passed since): a start falls back on it.
         let mut last = workers;
-        let mut backoff = Backoff::new(&last);
+        // A worker handed over by an earlier image keeps the backoff its
+        // slot had reached there.
+        let carried = self.backend.backoff();
+        let mut backoff = match self.adopted.is_some() && !carried.is_zero() {
+            true => Backoff::carried(carried),
+            false => Backoff::new(&last),
+        };
+        self.backend.set_backoff(backoff.delay());
         while !stop.is_cancelled() {
             let workers = self.workers_in_force(&last);
-            let started = match self.adopted.take() {
-                Some(adopted) => self.resume(adopted, Arc::clone(&workers)),
+            let (started, up_since) = match self.adopted.take() {
+                Some(adopted) => (
+                    self.resume(adopted, Arc::clone(&workers)),
+                    self.carried_up_since(),
+                ),
                 None => {
                     self.backend.starting();
-                    self.start(Arc::clone(&workers), None, &stop).await
+                    (self.start(Arc::clone(&workers), None, &stop).await, None)
                 }
             };
             match started {
                 Ok(live) => {
                     self.go_live(&live);
                     tell(&mut first_start);
-                    match self.serve(live, &mut commands, &stop).await {
+                    let up_since = up_since.unwrap_or_else(Instant::now);
+                    match self.serve(live, up_since, &mut commands, &stop).await {
                         Ended::Stopped => return,
                         Ended::Gone { workers, uptime } => {
                             backoff.process_exited(uptime, &workers);
+                            self.backend.set_backoff(backoff.delay());
                             last = workers;
                         }
                     }
@@ -245,6 +257,7 @@ impl Slot {
             self.backend.count_restart();
             tracing::info!(worker = self.id, delay = ?backoff.delay(), "restarting worker after backoff");
             backoff.wait(&mut last, &mut commands, &stop).await;
+            self.backend.set_backoff(backoff.delay());
         }
         self.backend.stopped();
     }
@@ -270,14 +283,27 @@ impl Slot {
         tracing::error!(worker = self.id, %error, "worker failed to start");
     }
 
-    /// Serves with a ready process until it is gone or the slot stops.
+    /// When a process an earlier image handed over came up, as that image
+    /// said (`None`: it did not say).
+    fn carried_up_since(&self) -> Option<Instant> {
+        let since = self.backend.up_since_ms();
+        let age = crate::clock::now_ms().checked_sub(since)?;
+        (since > 0)
+            .then(|| Instant::now().checked_sub(Duration::from_millis(age)))
+            .flatten()
+    }
+
+    /// Serves with a ready process (up since `up_since`) until it is gone
+    /// or the slot stops.
     async fn serve(
         &self,
         mut live: Live,
+        up_since: Instant,
         commands: &mut mpsc::Receiver<Command>,
         stop: &CancellationToken,
     ) -> Ended {
-        let up_since = Instant::now();
+        let up_ms = crate::clock::now_ms().saturating_sub(up_since.elapsed().as_millis() as u64);
+        self.backend.set_up_since_ms(up_ms);
         let mut hang_check = tokio::time::interval(Duration::from_secs(1));
         let mut memory = MemoryWatch::default();
         let watchdog = tokio::time::sleep_until(watchdog_deadline(&live.workers));

@@ -84,6 +84,12 @@ pub(crate) fn state(shared: &Shared, handover: &Handover) {
             if let Some((_, restarts)) = handover.restarts.iter().find(|(s, _)| *s == slot) {
                 backend.carry_restarts(*restarts);
             }
+            if let Some((_, ms)) = handover.backoffs.iter().find(|(s, _)| *s == slot) {
+                backend.set_backoff(std::time::Duration::from_millis(*ms));
+            }
+            if let Some((_, ms)) = handover.up_since.iter().find(|(s, _)| *s == slot) {
+                backend.set_up_since_ms(*ms);
+            }
         }
     }
 }

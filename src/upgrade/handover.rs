@@ -40,6 +40,12 @@ pub struct Handover {
     /// Each worker slot's restarts so far, by slot.
     #[serde(default)]
     pub(crate) restarts: Vec<(usize, u64)>,
+    /// Each worker slot's restart backoff in milliseconds, by slot.
+    #[serde(default)]
+    pub(crate) backoffs: Vec<(usize, u64)>,
+    /// When each worker slot's process came up (`clock::now_ms`), by slot.
+    #[serde(default)]
+    pub(crate) up_since: Vec<(usize, u64)>,
     /// The workers' notify socket (`workers.notify`), if it was made.
     #[serde(default)]
     pub(crate) notify: Option<crate::supervisor::notify::HandedHub>,

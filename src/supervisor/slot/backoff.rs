@@ -27,6 +27,12 @@ impl Backoff {
         }
     }
 
+    /// The backoff an earlier image of corral had reached for this slot
+    /// (`corral upgrade`): the next restart waits `delay`.
+    pub(super) fn carried(delay: Duration) -> Backoff {
+        Backoff { delay }
+    }
+
     /// The delay the next restart waits.
     pub(super) fn delay(&self) -> Duration {
         self.delay
