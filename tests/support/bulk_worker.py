@@ -12,11 +12,10 @@ Anything else (a health check that sends nothing) is closed.
 
 import array
 import os
-import socket
 import sys
-import threading
 
 from echo import serve as echo_until_half_close  # beside this file
+from worker_answer import listen_and_serve  # beside this file
 
 WORDS_PER_CHUNK = 16 * 1024
 assert array.array("I").itemsize == 4 and sys.byteorder == "little"
@@ -59,13 +58,7 @@ def serve(conn):
 
 
 def main():
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
-    listener.listen(128)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    listen_and_serve(serve)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ everything.
 """
 
 import os
-import socket
-import threading
 import time
 
-from worker_answer import ANSWER, read_head  # beside this file
+from worker_answer import ANSWER, listen_and_serve, read_head  # beside this file
 
 HANGS = os.environ.get("CORRAL_WORKER_ID") == os.environ.get("HANG_WORKER", "0")
 MARKER = os.environ.get("HANG_MARKER", "")
@@ -36,13 +34,7 @@ def serve(conn):
 
 
 def main():
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
-    listener.listen(128)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    listen_and_serve(serve)
 
 
 if __name__ == "__main__":

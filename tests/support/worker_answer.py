@@ -40,3 +40,18 @@ def serve(conn):
         pass
     finally:
         conn.close()
+
+
+def listen_and_serve(handle):
+    """Listens on $HOST:$PORT and calls `handle(conn)` for each connection
+    on a thread of its own, for ever."""
+    import socket
+    import threading
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
+    listener.listen(128)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
