@@ -149,10 +149,11 @@ async fn hand_over(
         admin: kept.admin.as_raw_fd(),
         answer_to: kept.answer_to.as_ref().map(|fd| fd.as_raw_fd()),
         spawner,
-        ports: worker_ports(shared),
-        restarts: worker_restarts(shared, |b| b.restarts()),
-        backoffs: worker_restarts(shared, |b| b.backoff().as_millis() as u64),
-        up_since: worker_restarts(shared, |b| b.up_since_ms()),
+        // Proxied workers listen on a port of their own.
+        ports: per_slot(shared, |b| Some(b.instance().reach.own()?.port())),
+        restarts: per_slot(shared, |b| Some(b.restarts())),
+        backoffs: per_slot(shared, |b| Some(b.backoff().as_millis() as u64)),
+        up_since: per_slot(shared, |b| Some(b.up_since_ms())),
         clients: shared.clients.export(),
         sticky: shared
             .dispatcher
@@ -217,31 +218,18 @@ async fn stop_taking_work(shared: &Shared) {
     }
 }
 
-/// Each worker slot's port (proxied workers listen on one of their own).
-fn worker_ports(shared: &Shared) -> Vec<(usize, u16)> {
-    shared
-        .snapshot()
-        .pool
-        .worker_backends()
-        .filter_map(|b| match b.kind {
-            Kind::Worker(slot) => Some((slot, b.instance().reach.own()?.port())),
-            Kind::Static => None,
-        })
-        .collect()
-}
-
-/// A figure of each worker slot's restarts (their count, their backoff),
-/// by slot.
-fn worker_restarts(
+/// A figure of each worker slot's backend (its port, its restarts, ...),
+/// by slot; slots without one are left out.
+fn per_slot<T>(
     shared: &Shared,
-    figure: impl Fn(&crate::pool::Backend) -> u64,
-) -> Vec<(usize, u64)> {
+    figure: impl Fn(&crate::pool::Backend) -> Option<T>,
+) -> Vec<(usize, T)> {
     shared
         .snapshot()
         .pool
         .worker_backends()
         .filter_map(|b| match b.kind {
-            Kind::Worker(slot) => Some((slot, figure(b))),
+            Kind::Worker(slot) => Some((slot, figure(b)?)),
             Kind::Static => None,
         })
         .collect()
