@@ -402,8 +402,15 @@ impl KeptAlive {
 
 /// One kept-alive request on `stream`: a 200 with its whole body.
 fn ask_on(stream: &mut std::net::TcpStream, front: std::net::SocketAddr) -> std::io::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     write!(stream, "GET / HTTP/1.1\r\nHost: {front}\r\n\r\n")?;
+    read_answer(stream).map(drop)
+}
+
+/// Reads one whole `200` answer (with a Content-Length) off a kept-alive
+/// connection: its body.
+fn read_answer(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::Read;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -425,7 +432,7 @@ fn ask_on(stream: &mut std::net::TcpStream, front: std::net::SocketAddr) -> std:
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
                 .ok_or_else(|| std::io::Error::other("no content-length"))?;
             if got.len() >= head + length {
-                return Ok(());
+                return Ok(String::from_utf8_lossy(&got[head..head + length]).into_owned());
             }
         }
     }
@@ -940,4 +947,147 @@ fn a_request_unanswered_across_an_upgrade_is_still_replayed_when_its_worker_dies
     assert!(corral
         .log()
         .contains("replaying the request on another backend"));
+}
+
+#[test]
+fn a_stateless_request_in_flight_is_handed_over_with_its_backend_and_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (marker, release) = (dir.path().join("held"), dir.path().join("release"));
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&[python(), &support("hang_worker.py")], 2)
+        .set("workers.stateless", true)
+        .set(
+            "workers.env",
+            Raw(&format!(
+                "{{ HOLD_MARKER = {:?}, HOLD_RELEASE = {:?} }}",
+                marker.display().to_string(),
+                release.display().to_string()
+            )),
+        );
+    let (_bin, program, corral, pid, workers) = started_with(&config, 2);
+    let mut stream = std::net::TcpStream::connect(corral.front).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    use std::io::Write;
+    write!(
+        stream,
+        "GET /held HTTP/1.1\r\nHost: {}\r\n\r\n",
+        corral.front
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || marker.exists()),
+        "the held request never reached a worker\n{}",
+        corral.log()
+    );
+    // The request is unanswered while the upgrade runs: the connection is
+    // handed over with its backend (it used to be cut after the grace).
+    let said = upgrade_to_this_build(&corral, &program, "upgrade");
+    assert!(said.contains("1 open connections handed over"), "{said}");
+    std::fs::write(&release, b"").unwrap();
+    let body = read_answer(&mut stream)
+        .unwrap_or_else(|e| panic!("the held request failed: {e}\n{}", corral.log()));
+    assert_eq!(body, "held and answered\n");
+    // The connection carries on: its next request is answered too.
+    let next = ask_on(&mut stream, corral.front);
+    assert!(next.is_ok(), "the next request: {next:?}\n{}", corral.log());
+    assert!(!corral.log().contains("could not park"), "{}", corral.log());
+    assert_eq!((corral.pid(), corral.worker_pids()), (pid, workers));
+}
+
+#[test]
+fn a_client_whose_proxy_header_is_half_read_is_handed_over_and_served() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(2)
+        .set("listener.proxy_protocol", "v1")
+        .connection_logs(true);
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(corral.front).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"PROXY TCP4 192.0.2.7 ").unwrap();
+    // Whether or not corral has read those bytes yet, the client must be
+    // handed over and its header read on from where it was.
+    std::thread::sleep(Duration::from_millis(200));
+    let said = upgrade_to_this_build(&corral, &program, "upgrade");
+    assert!(said.contains("1 open connections handed over"), "{said}");
+    write!(
+        stream,
+        "127.0.0.1 40000 {}\r\nGET / HTTP/1.1\r\nHost: {}\r\n\r\n",
+        corral.front.port(),
+        corral.front
+    )
+    .unwrap();
+    let body = read_answer(&mut stream)
+        .unwrap_or_else(|e| panic!("the client failed: {e}\n{}", corral.log()));
+    assert!(body.starts_with("worker="), "{body}");
+    // The address the header gave is the client's: its connection's log
+    // line says so once it closes.
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(5), || corral.log().lines().any(|l| l
+            .contains("connection closed")
+            && l.contains("192.0.2.7:40000"))),
+        "no log line for 192.0.2.7\n{}",
+        corral.log()
+    );
+    assert!(
+        !corral.log().contains("without a valid PROXY header"),
+        "{}",
+        corral.log()
+    );
+}
+
+#[test]
+fn a_client_fd_mode_relays_off_a_stopped_worker_is_handed_over_and_served_on() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let config = Config::new()
+        .set("workers.command", &["corral", "demo-worker"][..])
+        .set("workers.count", 3)
+        .set("workers.listen", "fd")
+        .strategy("sticky")
+        .set("sticky.ipv4_prefix", 32)
+        .set("health.interval", "200ms")
+        .set("health.timeout", "100ms")
+        .set("health.fall", 2)
+        .set("health.rise", 1);
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 3);
+    // A source address whose clients land on worker 0.
+    let source = (1..=60u8)
+        .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n)))
+        .find(|&s| get_from(corral.front, Some(s)).is_ok_and(|body| worker_of(&body) == "worker=0"))
+        .expect("no source address lands on worker 0");
+    let stopped = corral.pid_of(0);
+    send_signal(stopped, Signal::SIGSTOP);
+    let _resume = Resume(stopped);
+    // Queued on the stopped worker's socket, rescued, and relayed to
+    // another worker on a kept-alive connection.
+    let mut stream = connect_from(corral.front, Some(source)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let first = ask_on(&mut stream, corral.front);
+    assert!(
+        first.is_ok(),
+        "the rescued client: {first:?}\n{}",
+        corral.log()
+    );
+    corral.wait_log(
+        "clients queued on a worker out of rotation are served by another",
+        Duration::from_secs(5),
+    );
+    let said = upgrade_to_this_build(&corral, &program, "upgrade");
+    assert!(said.contains("1 open connections handed over"), "{said}");
+    // The relay went across: the same connection is answered again.
+    let next = ask_on(&mut stream, corral.front);
+    assert!(
+        next.is_ok(),
+        "after the upgrade: {next:?}\n{}",
+        corral.log()
+    );
 }

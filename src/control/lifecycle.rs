@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::signals::Signals;
 use super::{admin, notify, Source};
 use crate::config::Config;
+use crate::datapath::connection;
 use crate::datapath::listener::{self, FrontEnd};
 use crate::datapath::parked::Resumed;
 use crate::front::{Front, FrontError};
@@ -134,7 +135,17 @@ async fn serve(
             listener::start_threads(&shared, listeners, proxies_stop.clone(), resumed)
                 .map_err(Fatal::io("cannot start the proxy threads"))?
         }
-        None => Vec::new(),
+        None => {
+            // A handed front end has no proxy threads: the clients it
+            // relays (fd mode's rescues) resume on this runtime.
+            for connection in resumed {
+                let shared_here = Arc::clone(&shared);
+                shared
+                    .connections()
+                    .spawn(connection::resume(shared_here, connection));
+            }
+            Vec::new()
+        }
     };
     if let Some(handover) = &incoming {
         took_over(&shared, handover, adopted_workers, resumed_connections);

@@ -3,12 +3,14 @@
 //! hands over, and exec the new program. The new image's side is
 //! [`crate::upgrade::adopt`].
 //!
-//! Open proxied connections park at once, with the bytes corral read and
-//! had not written yet, and are handed over open (see
-//! [`crate::datapath::parked`]). What cannot park within
-//! [`CONNECTIONS_GRACE`] is closed: a stateless connection whose request
-//! is still unanswered, a client whose PROXY header has not come yet, and
-//! in fd mode a client corral relays off a slot out of rotation.
+//! Open proxied connections park at their next poll, with the bytes corral
+//! read and had not written yet, and are handed over open (see
+//! [`crate::datapath::parked`]): those being pumped (stateless ones with
+//! their HTTP/1.x view), those waiting for their next stateless request or
+//! for the rest of their PROXY header, and in fd mode the clients corral
+//! relays off a slot out of rotation. One still connecting to its backend
+//! parks once connected; what has not parked within [`CONNECTIONS_GRACE`]
+//! (a backend slow to accept) is closed.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -211,7 +213,7 @@ async fn stop_taking_work(shared: &Shared) {
     {
         tracing::warn!(
             open = shared.connections().len(),
-            "upgrade: closing connections that could not park within the grace (a stateless request unanswered, a PROXY header not come, a relayed client)"
+            "upgrade: closing connections that could not park within the grace (still connecting to their backend)"
         );
         shared.cut_connections();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.connections().wait()).await;

@@ -21,13 +21,14 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use super::http1::Exchange;
 use super::parked::{ConnectionState, Resumed};
-use super::proxy_protocol;
+use super::proxy_protocol::{self, HeaderRead};
 use super::pump::{self, Side, Stop};
+use crate::clients::Admitted;
 use crate::config::{Config, ProxyProtocolMode, SendProxy};
 use crate::dispatch::{sticky, Tried};
 use crate::health;
@@ -143,33 +144,21 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         return;
     }
     // One statement, so the future holds the client once (not also the
-    // `Option` it came in).
-    let Some(mut client) = (match snapshot.config.listener.proxy_protocol {
-        ProxyProtocolMode::None => Some(Client::new(stream, peer)),
+    // `Result` it came in).
+    let mut client = match match snapshot.config.listener.proxy_protocol {
+        ProxyProtocolMode::None => Ok(Client::new(stream, peer)),
         // Boxed: reading a header takes a large future, and inline it would
         // grow every connection's future, PROXY protocol or not.
-        mode => Box::pin(read_proxy_header(&shared, mode, stream, peer)).await,
-    }) else {
-        let close = Close {
-            reason: CloseReason::ProxyProtocol,
-            by: Side::Client,
-        };
-        let trail = Trail::default();
-        finish(&snapshot.config, peer, &trail, started, close);
-        return;
-    };
-    // The front door: allow/deny and the per-client limits, before any
-    // backend is chosen (so a refused client makes no sticky entry).
-    // Refusals are counted, never logged one by one.
-    let _admitted = match shared
-        .clients
-        .admit(client.addr.ip(), &snapshot.config.clients)
-    {
-        Ok(admitted) => admitted,
-        Err(refused) => {
-            shared.metrics.rejected.of(refused).inc();
+        mode => Box::pin(read_proxy_header(&shared, mode, stream, peer, Vec::new())).await,
+    } {
+        Ok(client) => client,
+        Err(close) => {
+            finish(&snapshot.config, peer, &Trail::default(), started, close);
             return;
         }
+    };
+    let Some(_admitted) = admit(&shared, &snapshot, &client) else {
+        return;
     };
     let mut trail = Trail {
         bytes: (client.pending.len() as u64, 0),
@@ -189,17 +178,35 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     finish(&snapshot.config, client.addr, &trail, started, close);
 }
 
+/// The front door: allow/deny and the per-client limits, before any
+/// backend is chosen (so a refused client makes no sticky entry).
+/// Refusals are counted, never logged one by one.
+fn admit<'s>(shared: &'s Shared, snapshot: &Snapshot, client: &Client) -> Option<Admitted<'s>> {
+    match shared
+        .clients
+        .admit(client.addr.ip(), &snapshot.config.clients)
+    {
+        Ok(admitted) => Some(admitted),
+        Err(refused) => {
+            shared.metrics.rejected.of(refused).inc();
+            None
+        }
+    }
+}
+
 /// Steps 2 to 5 for a client taken over from an earlier image (what
 /// [`serve`] does inline): relay it, with the stateless view when
-/// `workers.stateless`, until the connection is over, then log its close.
+/// `workers.stateless` (`carried`: the one the connection had), until the
+/// connection is over, then log its close.
 async fn relay_to_the_end(
     shared: &Shared,
     snapshot: &mut Arc<Snapshot>,
     client: &mut Client,
     trail: &mut Trail,
     started: Instant,
+    carried: Option<Box<Exchange>>,
 ) {
-    let mut exchange = stateless_view(snapshot, client);
+    let mut exchange = carried.or_else(|| stateless_view(snapshot, client));
     let close = relay(shared, snapshot, client, exchange.as_deref_mut(), trail).await;
     finish(&snapshot.config, client.addr, trail, started, close);
 }
@@ -289,7 +296,7 @@ async fn pump_once(
     shared: &Shared,
     snapshot: &Snapshot,
     client: &mut Client,
-    exchange: Option<&mut Exchange>,
+    mut exchange: Option<&mut Exchange>,
     attempt: Attempt,
 ) -> Option<pump::Pumped> {
     let Attempt {
@@ -303,7 +310,6 @@ async fn pump_once(
         return None;
     }
     let (backend, instance) = (&guard.backend, &guard.instance);
-    let stateless = exchange.is_some();
     // A stateless connection stays while its backend is in rotation.
     let stay = || backend.is_up() && !instance.is_retired();
     let mut pumped = pump::pump(
@@ -319,7 +325,7 @@ async fn pump_once(
             cut: shared.cut_signal(),
             park: shared.parking.signal(),
             unsent: pump::Unsent::default(),
-            stateless: exchange.map(|exchange| pump::Stateless {
+            stateless: exchange.as_deref_mut().map(|exchange| pump::Stateless {
                 exchange,
                 stay: &stay,
                 leave: shared.stop_signal(),
@@ -335,10 +341,7 @@ async fn pump_once(
             bytes,
             std::mem::take(&mut **unsent),
         );
-        // A stateless connection parks between two requests, without its
-        // backend: the next request goes to whichever backend is picked.
-        let upstream = (!stateless).then_some(&upstream);
-        park(shared, &client.stream, upstream, state);
+        park_pumped(shared, &client.stream, &upstream, state, exchange);
     }
     drop((guard, upstream));
     Some(pumped)
@@ -507,28 +510,44 @@ async fn next_request(client: &Client, shared: &Shared) -> Result<(), Close> {
 }
 
 /// Step 1: behind another balancer, the client is whoever its PROXY header
-/// says. `None` (counted and logged) when the header is missing or bad.
+/// says, read after `so_far` (bytes of it an earlier image read). The
+/// close when the header is missing or bad (counted and logged), or when
+/// an upgrade parked the client before it was complete.
 async fn read_proxy_header(
     shared: &Shared,
     mode: ProxyProtocolMode,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Option<Client> {
+    so_far: Vec<u8>,
+) -> Result<Client, Close> {
     let mut client = Client::new(stream, peer);
-    match proxy_protocol::read_header(&mut client.stream, mode).await {
-        Ok((addresses, early)) => {
+    let park_signal = shared.parking.signal();
+    match proxy_protocol::read_header(&mut client.stream, mode, so_far, park_signal).await {
+        Ok(HeaderRead::Complete(addresses, early)) => {
             // Application bytes that came with the header go to the backend first.
             client.pending = early;
             if let Some((source, destination)) = addresses {
                 client.addr = source;
                 client.local = Some(destination);
             }
-            Some(client)
+            Ok(client)
+        }
+        Ok(HeaderRead::Parked(so_far)) => {
+            park(
+                shared,
+                &client.stream,
+                None,
+                ConnectionState::before_header(peer, so_far),
+            );
+            Err(Close::by_corral(CloseReason::HandedOver))
         }
         Err(why) => {
             shared.metrics.errors.proxy_protocol.inc();
             tracing::warn!(%peer, error = %why, "closing a client without a valid PROXY header");
-            None
+            Err(Close {
+                reason: CloseReason::ProxyProtocol,
+                by: Side::Client,
+            })
         }
     }
 }
@@ -772,12 +791,14 @@ fn log_closed(
 
 /// Serves a connection an earlier image of corral parked (`corral
 /// upgrade`): its two sockets are pumped on from where they were, to the
-/// same backend, and it ends like any other (or parks again).
+/// same backend (a client parked before its PROXY header or between two
+/// stateless requests has no backend yet), and it ends like any other (or
+/// parks again).
 pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
     let started = Instant::now();
     let snapshot = shared.snapshot();
     let Resumed {
-        state,
+        mut state,
         client,
         backend,
     } = resumed;
@@ -785,6 +806,29 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
         tracing::warn!(client = %state.client_addr, "upgrade: cannot take over a parked connection's sockets; it is closed");
         return;
     };
+    if let Some(relay) = state.relay.take() {
+        match upstream {
+            Some(upstream) => {
+                resume_relayed(&shared, stream, upstream, state, relay, started).await
+            }
+            None => {
+                tracing::warn!(client = %state.client_addr, "upgrade: a parked relayed client came without its backend's socket; it is closed")
+            }
+        }
+        return;
+    }
+    if let Some(so_far) = state.proxy_header.take() {
+        resume_before_header(
+            &shared,
+            snapshot,
+            stream,
+            state.client_addr,
+            so_far,
+            started,
+        )
+        .await;
+        return;
+    }
     let mut client = Client::new(stream, state.client_addr);
     client.local = state.client_local;
     // Counted in the per-client table again (its entries came with the
@@ -800,7 +844,8 @@ pub async fn resume(shared: Arc<Shared>, resumed: Resumed) {
 }
 
 /// A connection parked with its backend: pumped on to the same backend,
-/// the bytes read and not written first.
+/// the bytes read and not written first (a stateless one with its HTTP/1.x
+/// view), then replayed, carried on or closed as in [`relay`].
 async fn resume_pumped(
     shared: &Shared,
     snapshot: Arc<Snapshot>,
@@ -820,7 +865,10 @@ async fn resume_pumped(
         return;
     };
     let guard = backend.open(backend.instance());
+    let instance = Arc::clone(&guard.instance);
+    let mut exchange = state.exchange.take();
     let config = &snapshot.config;
+    let stay = || backend.is_up() && !instance.is_retired();
     let mut options = pump::Options::whole(
         &config.timeouts,
         config.runtime.splice,
@@ -830,58 +878,101 @@ async fn resume_pumped(
     );
     options.already_sent = state.awaiting_answer();
     options.unsent = state.take_unsent();
+    options.stateless = exchange.as_deref_mut().map(|exchange| pump::Stateless {
+        exchange,
+        stay: &stay,
+        leave: shared.stop_signal(),
+    });
     let mut pumped = pump::pump(&mut client.stream, &mut upstream, options).await;
     account(shared, &client, &backend, &pumped);
-    let bytes = (
-        state.bytes.0 + pumped.from_client,
-        state.bytes.1 + pumped.from_backend,
-    );
-    if let Stop::BackendGaveUp {
-        replay,
-        client_done,
-    } = &pumped.stop
-    {
-        // The replay the earlier image kept: as in `after_pump`, the
-        // request goes to another backend if that is safe.
-        if replay_allowed(shared, &client, replay, &guard.instance).await {
-            tracing::warn!(backend = %backend.label, client = %client.addr, bytes = replay.len(), "backend closed before answering; replaying the request on another backend");
-            client.pending.extend_from_slice(replay);
-            client.done_sending = *client_done;
-            drop((guard, upstream));
-            let (mut snapshot, mut trail) = (
-                snapshot,
-                Trail {
-                    bytes,
-                    last: Some(backend),
-                },
-            );
-            relay_to_the_end(shared, &mut snapshot, &mut client, &mut trail, started).await;
-            return;
-        }
-    }
+    let mut trail = Trail {
+        bytes: (
+            state.bytes.0 + pumped.from_client,
+            state.bytes.1 + pumped.from_backend,
+        ),
+        last: Some(Arc::clone(&backend)),
+    };
     if let Stop::Parked(unsent) = &mut pumped.stop {
         let again = ConnectionState::new(
             client.id(),
             backend.key,
-            bytes,
+            trail.bytes,
             std::mem::take(&mut **unsent),
         );
-        park(shared, &client.stream, Some(&upstream), again);
+        park_pumped(
+            shared,
+            &client.stream,
+            &upstream,
+            again,
+            exchange.as_deref_mut(),
+        );
     }
-    let close = close_of(
+    let then = after_pump(
         shared,
         &snapshot,
+        &mut client,
+        exchange.as_deref(),
         &backend,
-        &guard.instance,
-        pumped.stop,
-        pumped.by,
-    );
+        &instance,
+        pumped,
+    )
+    .await;
     drop((guard, upstream));
-    let trail = Trail {
-        bytes,
-        last: Some(backend),
+    let mut snapshot = snapshot;
+    match then {
+        Then::Close(close) => finish(&snapshot.config, client.addr, &trail, started, close),
+        Then::Replay | Then::CarryOn(_) => {
+            if matches!(then, Then::CarryOn(_)) {
+                snapshot = shared.snapshot();
+            }
+            relay_to_the_end(
+                shared,
+                &mut snapshot,
+                &mut client,
+                &mut trail,
+                started,
+                exchange,
+            )
+            .await;
+        }
+    }
+}
+
+/// A client parked before its PROXY header was complete (it has no
+/// backend yet): the rest of the header is read, then it is served as in
+/// [`serve`].
+async fn resume_before_header(
+    shared: &Shared,
+    mut snapshot: Arc<Snapshot>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    so_far: Vec<u8>,
+    started: Instant,
+) {
+    let mode = snapshot.config.listener.proxy_protocol;
+    let mut client = match read_proxy_header(shared, mode, stream, peer, so_far).await {
+        Ok(client) => client,
+        Err(close) => {
+            finish(&snapshot.config, peer, &Trail::default(), started, close);
+            return;
+        }
     };
-    finish(config, client.addr, &trail, started, close);
+    let Some(_admitted) = admit(shared, &snapshot, &client) else {
+        return;
+    };
+    let mut trail = Trail {
+        bytes: (client.pending.len() as u64, 0),
+        last: None,
+    };
+    relay_to_the_end(
+        shared,
+        &mut snapshot,
+        &mut client,
+        &mut trail,
+        started,
+        None,
+    )
+    .await;
 }
 
 /// A stateless connection parked between two requests: the end of the
@@ -917,7 +1008,15 @@ async fn resume_between_requests(
         }
     }
     let (mut snapshot, mut trail) = (snapshot, trail);
-    relay_to_the_end(shared, &mut snapshot, &mut client, &mut trail, started).await;
+    relay_to_the_end(
+        shared,
+        &mut snapshot,
+        &mut client,
+        &mut trail,
+        started,
+        None,
+    )
+    .await;
 }
 
 /// Leaves a parked connection's sockets for the next image; one that
@@ -926,6 +1025,33 @@ fn park(shared: &Shared, client: &TcpStream, backend: Option<&TcpStream>, state:
     let client_addr = state.client_addr;
     if let Err(error) = shared.parking.park(client, backend, state) {
         tracing::warn!(client = %client_addr, %error, "upgrade: cannot park the connection; it is closed");
+    }
+}
+
+/// Leaves a pumped connection's sockets for the next image. A stateless
+/// one (`exchange`) between two requests parks without its backend: the
+/// next request goes to whichever backend is picked. With a request in
+/// flight, it parks with its backend and its HTTP/1.x view, to move on
+/// once that request is answered.
+fn park_pumped(
+    shared: &Shared,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    state: ConnectionState,
+    exchange: Option<&mut Exchange>,
+) {
+    match exchange {
+        Some(exchange) if exchange.is_idle() => park(shared, client, None, state),
+        Some(exchange) => {
+            let view = Box::new(std::mem::take(exchange));
+            park(
+                shared,
+                client,
+                Some(upstream),
+                state.with_exchange(Some(view)),
+            );
+        }
+        None => park(shared, client, Some(upstream), state),
     }
 }
 
@@ -938,41 +1064,14 @@ fn stream_of(fd: std::os::fd::OwnedFd) -> std::io::Result<TcpStream> {
 
 /// Serves a client through `relay.target` until either side closes, a
 /// timeout, or corral cuts it; counted, and logged as any connection.
-pub async fn serve_relayed(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    relay: Relay,
-) {
+pub async fn serve_relayed(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, relay: Relay) {
     let started = Instant::now();
     let config = shared.config();
     let _ = stream.set_nodelay(true);
     let connecting = tokio::time::timeout(config.timeouts.connect, connect_from(&relay));
-    // A relay does not park for an upgrade (it is not a backend of the
-    // pool to resume with): it ends, or is cut after the upgrade's grace.
-    let never = CancellationToken::new();
     let (closed, bytes) = match connecting.await {
-        Ok(Ok(mut upstream)) => {
-            let outcome = pump::pump(
-                &mut stream,
-                &mut upstream,
-                pump::Options::whole(
-                    &config.timeouts,
-                    config.runtime.splice,
-                    None,
-                    shared.cut_signal(),
-                    &never,
-                ),
-            )
-            .await;
-            if outcome.spliced {
-                shared.metrics.spliced.inc();
-            }
-            let closed = Close {
-                reason: close_reason(&shared, outcome.stop),
-                by: outcome.by,
-            };
-            (closed, (outcome.from_client, outcome.from_backend))
+        Ok(Ok(upstream)) => {
+            pump_relayed(&shared, &config, stream, upstream, peer, &relay, None).await
         }
         Ok(Err(error)) => {
             let reason = if health::is_local_shortage(&error) {
@@ -1001,6 +1100,79 @@ pub async fn serve_relayed(
         closed,
         Some(&relay.why),
     );
+}
+
+/// A relayed client an earlier image parked (`corral upgrade`): pumped on
+/// to the same address, the bytes read and not written first.
+async fn resume_relayed(
+    shared: &Shared,
+    stream: TcpStream,
+    upstream: TcpStream,
+    state: ConnectionState,
+    relay: Relay,
+    started: Instant,
+) {
+    let config = shared.config();
+    let peer = state.client_addr;
+    let (closed, bytes) =
+        pump_relayed(shared, &config, stream, upstream, peer, &relay, Some(state)).await;
+    let backend = relay.backend.as_deref().unwrap_or("");
+    log_closed(
+        &config,
+        peer,
+        backend,
+        bytes,
+        started,
+        closed,
+        Some(&relay.why),
+    );
+}
+
+/// The pump of a relayed client (`carried`: where an earlier image's pump
+/// had got); an upgrade meanwhile parks it with its relay.
+async fn pump_relayed(
+    shared: &Shared,
+    config: &Config,
+    mut stream: TcpStream,
+    mut upstream: TcpStream,
+    peer: SocketAddr,
+    relay: &Relay,
+    carried: Option<ConnectionState>,
+) -> (Close, (u64, u64)) {
+    let mut options = pump::Options::whole(
+        &config.timeouts,
+        config.runtime.splice,
+        None,
+        shared.cut_signal(),
+        shared.parking.signal(),
+    );
+    let mut before = (0, 0);
+    if let Some(mut state) = carried {
+        options.unsent = state.take_unsent();
+        before = state.bytes;
+    }
+    let mut outcome = pump::pump(&mut stream, &mut upstream, options).await;
+    if outcome.spliced {
+        shared.metrics.spliced.inc();
+    }
+    let bytes = (
+        before.0 + outcome.from_client,
+        before.1 + outcome.from_backend,
+    );
+    if let Stop::Parked(unsent) = &mut outcome.stop {
+        let state = ConnectionState::new((peer, None), 0, bytes, std::mem::take(&mut **unsent));
+        park(
+            shared,
+            &stream,
+            Some(&upstream),
+            state.with_relay(relay.clone()),
+        );
+    }
+    let closed = Close {
+        reason: close_reason(shared, outcome.stop),
+        by: outcome.by,
+    };
+    (closed, bytes)
 }
 
 /// A connection to `relay.target` from `relay.from`.

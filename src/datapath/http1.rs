@@ -25,7 +25,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 96;
 
 /// Where a chunked body is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Chunked {
     /// Reading the hex size of the next chunk.
     Size {
@@ -54,7 +54,7 @@ enum Chunked {
 }
 
 /// Where one direction's current message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Stage {
     /// Between messages, or in a head (its bytes are in `Reader::head`).
     Head,
@@ -66,10 +66,11 @@ enum Stage {
 }
 
 /// One direction's framing.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Reader {
     stage: Stage,
     /// The head seen so far, when it came in more than one chunk.
+    #[serde(with = "super::hex_bytes")]
     head: Vec<u8>,
 }
 
@@ -139,7 +140,7 @@ fn framing(version: Option<u8>, headers: &[httparse::Header<'_>]) -> Result<Head
 struct Opaque;
 
 /// A request sent (or being sent) and not fully answered yet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Request {
     /// Its bytes at the front of `Exchange::unanswered` (head and body).
     len: usize,
@@ -151,8 +152,9 @@ struct Request {
 }
 
 /// The HTTP/1.x view of one client connection, across every backend
-/// connection it is carried on.
-#[derive(Debug)]
+/// connection it is carried on. `corral upgrade` carries it across (in a
+/// parked connection) when a request is in flight.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Exchange {
     opaque: bool,
     requests: Reader,
@@ -163,6 +165,7 @@ pub struct Exchange {
     /// Whether the last of `pending` is still arriving.
     receiving: bool,
     /// The client bytes of `pending`, in order.
+    #[serde(with = "super::hex_bytes")]
     unanswered: Vec<u8>,
     /// Blank lines read while nothing was pending: the start of the next
     /// request's bytes.

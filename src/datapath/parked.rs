@@ -1,22 +1,28 @@
 //! Connections parked for `corral upgrade`: when the upgrade asks
 //! ([`Parking::begin`]), each open connection's pump stops at its next
 //! poll and its two sockets are left here, open, with the bytes it had
-//! read and not yet written, instead of being closed. A `workers.stateless`
-//! connection parks between two requests, and only its client's socket:
-//! its backend connection ends there, as when it moves to another backend.
-//! The upgrade hands them to the next image, which writes those bytes
-//! first and pumps on ([`super::connection::resume`]): bytes the kernel
+//! read and not yet written and how far its timers had run, instead of
+//! being closed. A `workers.stateless` connection between two requests
+//! parks only its client's socket: its backend connection ends there, as
+//! when it moves to another backend; one with a request in flight parks
+//! with its backend and its HTTP/1.x view. The upgrade hands them to the
+//! next image, which writes those bytes first and pumps on
+//! ([`super::connection::resume`]): bytes the kernel
 //! holds in the sockets' buffers meanwhile are read there, so nothing is
 //! lost, nothing is sent twice, and no connection is reset.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::hex_bytes;
+use super::http1::Exchange;
 use super::pump::Unsent;
+use crate::steering::Relay;
 
 /// What a parked connection is, besides its sockets.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -44,6 +50,31 @@ pub struct ConnectionState {
     /// Everything the client sent, while `replaying`.
     #[serde(with = "hex_bytes", default)]
     pub replay: Vec<u8>,
+    /// Milliseconds no byte had moved: the idle timeout counts on.
+    #[serde(default)]
+    pub quiet_ms: u64,
+    /// Milliseconds the backend had been sent bytes and answered nothing:
+    /// the first-byte timeout counts on.
+    #[serde(default)]
+    pub awaiting_ms: Option<u64>,
+    /// A `workers.stateless` connection parked with a request in flight
+    /// (with its backend): its HTTP/1.x view, so that it can still move to
+    /// another backend once that request is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Box<Exchange>>,
+    /// The client's PROXY header had not all come when it parked: the
+    /// bytes of it read so far (the client has no backend yet, and was
+    /// not yet admitted by the per-client limits).
+    #[serde(
+        with = "hex_bytes::optional",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_header: Option<Vec<u8>>,
+    /// fd mode: a client corral relays off a slot out of rotation, to this
+    /// address rather than to a backend of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<Relay>,
 }
 
 impl ConnectionState {
@@ -63,7 +94,35 @@ impl ConnectionState {
             to_client: unsent.to_client,
             replaying: unsent.replay.is_some(),
             replay: unsent.replay.unwrap_or_default(),
+            quiet_ms: unsent.quiet.as_millis() as u64,
+            awaiting_ms: unsent.awaiting.map(|d| d.as_millis() as u64),
+            exchange: None,
+            proxy_header: None,
+            relay: None,
         }
+    }
+
+    /// The state of a relayed client (fd mode's rescues).
+    pub fn with_relay(self, relay: Relay) -> Self {
+        ConnectionState {
+            relay: Some(relay),
+            ..self
+        }
+    }
+
+    /// The state of a client parked before its PROXY header was complete
+    /// (`so_far`: the bytes of it read).
+    pub fn before_header(peer: SocketAddr, so_far: Vec<u8>) -> Self {
+        ConnectionState {
+            proxy_header: Some(so_far),
+            ..ConnectionState::new((peer, None), 0, (0, 0), Unsent::default())
+        }
+    }
+
+    /// The state of a stateless connection parked with a request in
+    /// flight, whose HTTP/1.x view is `exchange`.
+    pub fn with_exchange(self, exchange: Option<Box<Exchange>>) -> Self {
+        ConnectionState { exchange, ..self }
     }
 
     /// The bytes the next pump writes first.
@@ -72,6 +131,8 @@ impl ConnectionState {
             to_backend: std::mem::take(&mut self.to_backend),
             to_client: std::mem::take(&mut self.to_client),
             replay: std::mem::take(&mut self.replaying).then(|| std::mem::take(&mut self.replay)),
+            quiet: Duration::from_millis(self.quiet_ms),
+            awaiting: self.awaiting_ms.map(Duration::from_millis),
         }
     }
 
@@ -197,39 +258,6 @@ impl Resumed {
     }
 }
 
-/// Bytes in the handover's JSON as one hex string, not an array of
-/// numbers (a third of the size, and readable).
-mod hex_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let text: String = bytes
-            .iter()
-            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
-            .map(char::from)
-            .collect();
-        serializer.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let digit = |c: u8| {
-            char::from(c)
-                .to_digit(16)
-                .map(|d| d as u8)
-                .ok_or_else(|| D::Error::custom(format!("{:?} is not a hex digit", char::from(c))))
-        };
-        let pairs = text.as_bytes().chunks(2);
-        pairs
-            .map(|pair| match pair {
-                [high, low] => Ok(digit(*high)? << 4 | digit(*low)?),
-                _ => Err(D::Error::custom("an odd number of hex digits")),
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +272,7 @@ mod tests {
                 to_backend: vec![0, 1, 0xab, 0xff],
                 to_client: Vec::new(),
                 replay: Some(b"GET /".to_vec()),
+                ..Unsent::default()
             },
         );
         let parked = ParkedConnection {
@@ -260,6 +289,61 @@ mod tests {
         assert!(back.state.to_client.is_empty());
         assert!(back.state.awaiting_answer());
         assert_eq!((back.client, back.backend), (9, Some(10)));
+    }
+
+    /// A stateless request in flight: its HTTP/1.x view goes across and
+    /// goes on where it was (the answer completes the exchange); a half
+    /// PROXY header and the timers go across too.
+    #[test]
+    fn an_exchange_in_flight_and_a_half_header_survive_the_handover_json() {
+        let mut exchange = Box::new(Exchange::new());
+        exchange.client_sent(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+        exchange.backend_sent(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab");
+        let unsent = Unsent {
+            quiet: Duration::from_millis(1500),
+            awaiting: Some(Duration::from_millis(20)),
+            ..Unsent::default()
+        };
+        let state = ConnectionState::new(
+            ("127.0.0.1:5000".parse().unwrap(), None),
+            3,
+            (40, 42),
+            unsent,
+        )
+        .with_exchange(Some(exchange));
+        let json = serde_json::to_string(&state).unwrap();
+        let mut back: ConnectionState = serde_json::from_str(&json).unwrap();
+        let mut exchange = back.exchange.take().expect("the exchange went across");
+        assert!(!exchange.is_idle());
+        exchange.backend_sent(b"cde");
+        assert!(
+            exchange.is_idle(),
+            "the answer did not complete the exchange"
+        );
+        let unsent = back.take_unsent();
+        assert_eq!(unsent.quiet, Duration::from_millis(1500));
+        assert_eq!(unsent.awaiting, Some(Duration::from_millis(20)));
+
+        let half =
+            ConnectionState::before_header("10.0.0.1:7".parse().unwrap(), b"PROXY TCP4 ".to_vec());
+        let json = serde_json::to_string(&half).unwrap();
+        let back: ConnectionState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.proxy_header.as_deref(), Some(&b"PROXY TCP4 "[..]));
+        // A connection without one says nothing of it.
+        let json = serde_json::to_string(&state_without_extras()).unwrap();
+        assert!(
+            !json.contains("proxy_header") && !json.contains("exchange"),
+            "{json}"
+        );
+    }
+
+    fn state_without_extras() -> ConnectionState {
+        ConnectionState::new(
+            ("127.0.0.1:1".parse().unwrap(), None),
+            1,
+            (0, 0),
+            Unsent::default(),
+        )
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProxyProtocolMode, SendProxy};
 
@@ -190,27 +191,45 @@ fn parse_v2(buf: &[u8]) -> Parse {
     Parse::Complete(Header { length, addresses })
 }
 
-/// Reads a header from `client` within [`HEADER_TIMEOUT`]. Returns the
-/// addresses it carries and the application bytes that came after it.
+/// How reading a header ended, when the client was not at fault.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// The addresses the header carries, and the application bytes that
+    /// came after it.
+    Complete(Option<(SocketAddr, SocketAddr)>, Vec<u8>),
+    /// `corral upgrade` asked the connection to park first: the bytes of
+    /// the header read so far, for the next image to go on from.
+    Parked(Vec<u8>),
+}
+
+/// Reads a header from `client` within [`HEADER_TIMEOUT`], after the bytes
+/// `so_far` (those an earlier image had read), until it is complete or
+/// `park` is cancelled.
 pub async fn read_header(
     client: &mut TcpStream,
     mode: ProxyProtocolMode,
-) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), Invalid> {
+    so_far: Vec<u8>,
+    park: &CancellationToken,
+) -> Result<HeaderRead, Invalid> {
+    let mut buf = so_far;
+    buf.reserve(256);
     let reading = async {
-        let mut buf = Vec::with_capacity(256);
         loop {
             match parse(&buf, mode) {
                 Parse::Complete(header) => {
                     let rest = buf.split_off(header.length);
-                    return Ok((header.addresses, rest));
+                    return Ok(HeaderRead::Complete(header.addresses, rest));
                 }
                 Parse::Invalid(why) => return Err(why),
                 Parse::Incomplete => {}
             }
             let mut chunk = [0u8; 512];
-            match client.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Err(Invalid::Closed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            tokio::select! {
+                read = client.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => return Err(Invalid::Closed),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                _ = park.cancelled() => return Ok(HeaderRead::Parked(std::mem::take(&mut buf))),
             }
         }
     };

@@ -131,7 +131,8 @@ pub enum Stop {
 }
 
 /// Bytes a pump read and had not written yet when it parked, per
-/// direction; the next image's pump writes them before anything else.
+/// direction, and how far its timers had run; the next image's pump
+/// writes those bytes before anything else and goes on timing from there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unsent {
     /// Read from the client, for the backend.
@@ -141,6 +142,11 @@ pub struct Unsent {
     /// While the backend has answered nothing: everything the client sent
     /// (`to_backend` included), kept for a replay on another backend.
     pub replay: Option<Vec<u8>>,
+    /// How long no byte had moved (the idle timeout's count).
+    pub quiet: Duration,
+    /// How long the backend had been sent bytes and answered nothing (the
+    /// first-byte timeout's count), if it was waiting.
+    pub awaiting: Option<Duration>,
 }
 
 /// What a pump moved and why it stopped.
@@ -422,8 +428,7 @@ pub struct Options<'m> {
     /// Cancelled when corral cuts every open connection (the drain ended).
     pub cut: &'m CancellationToken,
     /// Cancelled when an upgrade asks every connection to park: the pump
-    /// ends with [`Stop::Parked`] at its next poll (for a stateless
-    /// connection, once nothing is unanswered).
+    /// ends with [`Stop::Parked`] at its next poll.
     pub park: &'m CancellationToken,
     /// Bytes an earlier image read and did not write: written first.
     pub unsent: Unsent,
@@ -517,7 +522,7 @@ pub fn pump<'a>(
                 return Poll::Ready((Stop::Cut, Side::Corral));
             }
             parking = parking || park_now.as_mut().poll(cx).is_ready();
-            if parking && flow.parkable(stateless.as_ref().map(|s| &*s.exchange)) {
+            if parking {
                 return Poll::Ready(match flow.take_unsent() {
                     Ok(unsent) => (Stop::Parked(Box::new(unsent)), Side::Corral),
                     Err(_) => (Stop::Cut, Side::Corral),
@@ -594,33 +599,34 @@ impl<'m> Flow<'m> {
         already_sent: bool,
         unsent: Unsent,
     ) -> Flow<'m> {
+        let now = Instant::now();
+        // Timed on from where an earlier image's pump had got.
+        let ago = |elapsed: Duration| now.checked_sub(elapsed).unwrap_or(now);
         Flow {
             up: Half::new(splice, meters.map(|m| m.0), unsent.to_backend),
             down: Half::new(splice, meters.map(|m| m.1), unsent.to_client),
             replay: unsent.replay.or_else(|| replayable.then(Vec::new)),
-            last_activity: Instant::now(),
-            awaiting_since: already_sent.then(Instant::now),
+            last_activity: ago(unsent.quiet),
+            awaiting_since: unsent.awaiting.map(ago).or(already_sent.then_some(now)),
             first_eof: None,
         }
     }
 
-    /// The connection can be handed over now: between two polls its
-    /// sockets and its unsent bytes hold all its state (an EOF already read
-    /// is read again from the socket; the half-close passed on stays; the
-    /// bytes kept for a replay go along), so any connection can, except a
-    /// stateless one with a request unanswered, whose HTTP/1.x view would
-    /// be lost.
-    #[inline]
-    fn parkable(&self, exchange: Option<&Exchange>) -> bool {
-        exchange.is_none_or(|e| self.between_exchanges(e))
-    }
-
-    /// What both directions read and did not write yet.
+    /// What both directions read and did not write yet, and how far the
+    /// timers ran: between two polls, that and the sockets are all the
+    /// connection's state (an EOF already read is read again from the
+    /// socket; the half-close passed on stays; the bytes kept for a replay
+    /// go along; a stateless connection's HTTP/1.x view is its caller's).
     fn take_unsent(&mut self) -> io::Result<Unsent> {
+        let now = Instant::now();
         Ok(Unsent {
             to_backend: self.up.take_unsent()?,
             to_client: self.down.take_unsent()?,
             replay: self.replay.take(),
+            quiet: now.saturating_duration_since(self.last_activity),
+            awaiting: self
+                .awaiting_since
+                .map(|since| now.saturating_duration_since(since)),
         })
     }
 
@@ -963,6 +969,50 @@ mod tests {
             let stop = pumped.stop;
             assert_eq!(stop, Stop::Eof, "splice {splice}");
         }
+    }
+
+    /// The timers count on across a park: a pump that carries an hour
+    /// of quiet (of an hour's idle timeout) times out at once, and one
+    /// parked after a quiet spell hands that spell over.
+    #[tokio::test]
+    async fn a_parked_pumps_timers_count_on_in_the_next() {
+        let (_far_client, mut client) = pair().await;
+        let (mut backend, _far_backend) = pair().await;
+        let hour = Duration::from_secs(3600);
+        let (cut, park) = (CancellationToken::new(), CancellationToken::new());
+        let mut first = options(hour, false, false, &cut);
+        first.park = &park;
+        let parker = tokio::spawn({
+            let park = park.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                park.cancel();
+            }
+        });
+        let pumped = pump(&mut client, &mut backend, first).await;
+        parker.await.unwrap();
+        let Stop::Parked(unsent) = pumped.stop else {
+            panic!("{:?}", pumped.stop);
+        };
+        assert!(
+            unsent.quiet >= Duration::from_millis(50),
+            "{:?}",
+            unsent.quiet
+        );
+        assert_eq!(unsent.awaiting, None);
+        let mut next = options(hour, false, false, &cut);
+        next.unsent = Unsent {
+            quiet: hour,
+            ..*unsent
+        };
+        let within = tokio::time::timeout(
+            Duration::from_secs(10),
+            pump(&mut client, &mut backend, next),
+        );
+        let pumped = within
+            .await
+            .expect("the carried quiet spell was not counted");
+        assert_eq!(pumped.stop, Stop::IdleTimeout);
     }
 
     /// A client and a backend with a pump between them (replay on).

@@ -35,7 +35,8 @@ use super::Host;
 use super::Steering;
 
 /// A client to serve through a fixed address rather than a backend the
-/// dispatcher picks.
+/// dispatcher picks. `corral upgrade` carries it with the parked client.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Relay {
     /// Where to connect.
     pub target: SocketAddr,
