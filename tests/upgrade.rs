@@ -1091,3 +1091,170 @@ fn a_client_fd_mode_relays_off_a_stopped_worker_is_handed_over_and_served_on() {
         corral.log()
     );
 }
+
+#[test]
+fn health_goes_across_an_upgrade_a_disabled_or_failing_worker_stays_out() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(3)
+        .set("health.interval", "500ms")
+        .set("health.timeout", "200ms")
+        .set("health.fall", 2)
+        .set("health.rise", 2);
+    let (_bin, program, corral, pid, workers) = started_with(&config, 3);
+    let admin = corral.admin.to_string();
+    let (code, said) = corral_cmd(&["disable", "worker-1", "--admin", &admin]);
+    assert_eq!(code, Some(0), "{said}");
+    // Worker 2 stops answering: its checks take it out.
+    let stopped = corral.pid_of(2);
+    send_signal(stopped, Signal::SIGSTOP);
+    let _resume = Resume(stopped);
+    assert!(
+        eventually(Duration::from_secs(10), || corral.worker(2)["state"]
+            == "down"),
+        "worker-2 never went down: {}",
+        corral.status()
+    );
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    // Read at once: an image that forgot the health would show both up
+    // until their next checks.
+    let (one, two) = (corral.worker(1), corral.worker(2));
+    assert_eq!(one["state"], "disabled", "{}", corral.status());
+    assert_eq!(two["state"], "down", "{}", corral.status());
+    assert_eq!(corral.worker(0)["state"], "up", "{}", corral.status());
+    assert_eq!((corral.pid(), corral.worker_pids()), (pid, workers));
+    // New clients all go to the one worker in rotation.
+    for _ in 0..6 {
+        let body = get_from(corral.front, None).expect("a request");
+        assert_eq!(worker_of(&body), "worker=0", "{body}");
+    }
+}
+
+#[test]
+fn a_worker_still_starting_is_handed_over_and_waited_for_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow");
+    let script = format!(
+        "if [ -e '{}' ]; then sleep 2; fi; exec '{}' demo-worker",
+        slow.display(),
+        CORRAL
+    );
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&["sh", "-c", &script], 2);
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
+    // Worker 0's next process takes two seconds to listen.
+    std::fs::write(&slow, b"").unwrap();
+    let killed = corral.pid_of(0);
+    send_signal(killed, Signal::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(10), || corral.worker(0)["state"]
+            == "starting"
+            && corral.try_pid_of(0).is_some_and(|p| p != killed)),
+        "worker-0 never was starting again: {}",
+        corral.status()
+    );
+    let starting = corral.pid_of(0);
+    let restarts = corral.worker(0)["restarts"].clone();
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    // Not put in rotation before it listens, and not started again.
+    let now = corral.worker(0);
+    assert_ne!(now["state"], "up", "{}\n{}", corral.status(), corral.log());
+    assert!(
+        eventually(Duration::from_secs(15), || corral.worker(0)["state"]
+            == "up"),
+        "the handed-over starting worker never came up: {}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    assert_eq!(corral.pid_of(0), starting, "{}", corral.log());
+    assert_eq!(corral.worker(0)["restarts"], restarts);
+}
+
+#[test]
+fn an_upgrade_during_a_rolling_restart_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow");
+    let script = format!(
+        "if [ -e '{}' ]; then sleep 3; fi; exec '{}' demo-worker",
+        slow.display(),
+        CORRAL
+    );
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&["sh", "-c", &script], 2);
+    let (_bin, program, corral, pid, workers) = started_with(&config, 2);
+    std::fs::write(&slow, b"").unwrap();
+    corral.signal(Signal::SIGUSR2);
+    corral.wait_log("rolling restart", Duration::from_secs(5));
+    // The first replacement sleeps in its shell before it listens (its
+    // command line still names the marker): two processes of worker 0
+    // are alive meanwhile.
+    let marker = slow.display().to_string();
+    assert!(
+        eventually(Duration::from_secs(5), || process_running_with(&marker)),
+        "no replacement started: {}",
+        corral.log()
+    );
+    install(&program, &std::fs::read(CORRAL).unwrap(), true);
+    let (code, said) = upgrade(&corral);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("rolling restart is under way"), "{said}");
+    assert_eq!(corral.pid(), pid);
+    assert_eq!(
+        corral.metric("corral_upgrades_total{result=\"refused\"}"),
+        1.0
+    );
+    // The rolling restart goes on to its end.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let now = corral.worker_pids();
+            corral.all_up(2) && now.iter().all(|p| !workers.contains(p))
+        }),
+        "the rolling restart did not finish: {}",
+        corral.status()
+    );
+}
+
+/// Whether a process whose command line contains `text` is running.
+fn process_running_with(text: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+    })
+}
+
+#[test]
+fn a_worker_waiting_out_its_backoff_is_handed_over_and_restarted_after_it() {
+    let config = Config::new()
+        .strategy("round-robin")
+        .demo_workers(2)
+        .set("workers.restart_delay", "3s");
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
+    let killed = corral.pid_of(0);
+    send_signal(killed, Signal::SIGKILL);
+    corral.wait_log("restarting worker after backoff", Duration::from_secs(5));
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    // Still down for its crash, not started at once by the new program.
+    let worker = corral.worker(0);
+    assert_eq!(
+        worker["state"],
+        "down",
+        "{}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    assert_eq!(worker["reason"], "crashed", "{}", corral.status());
+    assert!(
+        eventually(Duration::from_secs(15), || corral.worker(0)["state"]
+            == "up"),
+        "worker-0 was never restarted: {}\n{}",
+        corral.status(),
+        corral.log()
+    );
+    assert_ne!(corral.pid_of(0), killed);
+    assert_eq!(corral.worker(0)["restarts"], 1, "{}", corral.status());
+}

@@ -117,7 +117,12 @@ async fn serve(
     let supervisor = Supervisor::new(Arc::clone(&shared), spawner);
     let adopted_workers = adopted.len();
     if let Some(handover) = &incoming {
-        supervisor.adopt(adopted, &handover.ports, handover.notify.as_ref());
+        supervisor.adopt(
+            adopted,
+            &handover.ports,
+            &handover.health,
+            handover.notify.as_ref(),
+        );
     }
     let stopped_while_starting = match &config.workers {
         Some(workers) => first_start(&supervisor, workers, &mut signals).await,

@@ -69,6 +69,17 @@ pub async fn upgrade(
     listeners: &Listeners,
     answer_to: Option<RawFd>,
 ) -> Refusal {
+    let replacing = supervisor.slots_being_replaced();
+    if !replacing.is_empty() {
+        let slots: Vec<String> = replacing
+            .iter()
+            .map(|s| crate::labels::worker_label(*s))
+            .collect();
+        return Refusal(format!(
+            "a rolling restart is under way ({} has two processes); upgrade once it is done",
+            slots.join(", ")
+        ));
+    }
     match check(source).await {
         Ok(program) => hand_over(shared, supervisor, listeners, answer_to, program).await,
         Err(refusal) => refusal,
@@ -156,6 +167,13 @@ async fn hand_over(
         restarts: per_slot(shared, |b| Some(b.restarts())),
         backoffs: per_slot(shared, |b| Some(b.backoff().as_millis() as u64)),
         up_since: per_slot(shared, |b| Some(b.up_since_ms())),
+        health: shared
+            .snapshot()
+            .pool
+            .backends
+            .iter()
+            .map(|b| (b.key, b.carried_health()))
+            .collect(),
         clients: shared.clients.export(),
         sticky: shared
             .dispatcher

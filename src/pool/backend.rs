@@ -65,7 +65,8 @@ impl BackendState {
 }
 
 /// Why a backend is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum DownReason {
     /// Its process exited; a restart is scheduled.
     Crashed,
@@ -245,6 +246,26 @@ impl Machine {
     }
 }
 
+/// A backend's health as `corral upgrade` hands it to the next image, so
+/// that an up backend stays up, a failing one stays out until its checks
+/// bring it back, and a disabled one stays disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CarriedHealth {
+    /// A worker slot's process had been ready (`false`: it was still
+    /// starting, and the next image waits for it as for a new one).
+    pub(crate) ready: bool,
+    /// The pid of the process new connections went to (a worker slot's).
+    pub(crate) pid: Option<u32>,
+    /// Out of rotation by its checks or the data path: why, and for how
+    /// many milliseconds.
+    pub(crate) failing: Option<(DownReason, u64)>,
+    /// A worker slot without a process in service: why (it crashed, or
+    /// never became ready, and waits out its restart backoff).
+    #[serde(default)]
+    pub(crate) down: Option<DownReason>,
+    pub(crate) disabled: bool,
+}
+
 /// A change of health that the caller should log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HealthChange {
@@ -409,6 +430,54 @@ impl Backend {
             m.streak = 0;
         });
         previous
+    }
+
+    /// A process an earlier image had in rotation (`corral upgrade`)
+    /// takes the new connections again, with the health record
+    /// [`Backend::carry_health`] put back: a failing one stays out until
+    /// its checks bring it back. Returns the instance it replaces.
+    pub(crate) fn resumed(&self, instance: Arc<Instance>) -> Arc<Instance> {
+        let previous = self.current.swap(instance);
+        self.transition(|m| m.phase = ProcessPhase::Running);
+        previous
+    }
+
+    /// Its health, for the next image.
+    pub(crate) fn carried_health(&self) -> CarriedHealth {
+        let machine = self.machine();
+        CarriedHealth {
+            ready: machine.phase == ProcessPhase::Running,
+            pid: self.current.load().pid,
+            failing: machine
+                .failing
+                .map(|(reason, since)| (reason, since.elapsed().as_millis() as u64)),
+            down: match machine.phase {
+                ProcessPhase::Down(reason) => Some(reason),
+                _ => None,
+            },
+            disabled: machine.disabled,
+        }
+    }
+
+    /// Puts back the health an earlier image had (`corral upgrade`): the
+    /// failing record, the operator's disable, and why a worker slot
+    /// without a process is down. A worker's process goes back in rotation
+    /// through [`Backend::resumed`].
+    pub(crate) fn carry_health(&self, carried: &CarriedHealth) {
+        self.transition(|m| {
+            m.failing = carried.failing.map(|(reason, ms)| {
+                let now = Instant::now();
+                (
+                    reason,
+                    now.checked_sub(Duration::from_millis(ms)).unwrap_or(now),
+                )
+            });
+            m.streak = 0;
+            m.disabled = carried.disabled;
+            if let Some(reason) = carried.down {
+                m.phase = ProcessPhase::Down(reason);
+            }
+        });
     }
 
     /// The process exited unexpectedly; it will be restarted.

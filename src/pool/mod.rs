@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) use crate::reach::{Reach, ViaFront};
-pub(crate) use backend::{ActiveGuard, BackendState, DownReason, HealthChange, Instance};
+pub(crate) use backend::{
+    ActiveGuard, BackendState, CarriedHealth, DownReason, HealthChange, Instance,
+};
 pub use backend::{Backend, Kind};
 
 use crate::config::{Config, SendProxy, WorkersConfig};

@@ -24,6 +24,7 @@ mod strays;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
@@ -97,7 +98,7 @@ pub(crate) struct Supervisor {
     notifier: Arc<notify::Notifier>,
     /// Processes an earlier image of corral started (`corral upgrade`), by
     /// slot, until their slot starts and takes its own.
-    adopted: std::sync::Mutex<std::collections::HashMap<usize, slot::Adopted>>,
+    adopted: std::sync::Mutex<std::collections::HashMap<usize, slot::Handed>>,
 }
 
 impl Supervisor {
@@ -117,14 +118,18 @@ impl Supervisor {
     }
 
     /// Takes over processes an earlier image of corral started (`corral
-    /// upgrade`): `processes` by slot, `ports` the port each holds, and
-    /// the workers' notify socket (`workers.notify`) if there was one.
-    /// Each slot started next serves with its adopted process (not
-    /// restarted) rather than starting one.
+    /// upgrade`): `processes` by slot, `ports` the port each holds,
+    /// `health` every backend's health by key, and the workers' notify
+    /// socket (`workers.notify`) if there was one. Each slot started next
+    /// serves with its adopted process (not restarted) rather than
+    /// starting one. A process that was not its slot's current one (a
+    /// second process of the slot, which an upgrade is refused for, but
+    /// one may have started meanwhile) is stopped.
     pub(crate) fn adopt(
         &self,
         processes: Vec<(usize, process::WorkerProcess)>,
         ports: &[(usize, u16)],
+        health: &[(u64, crate::pool::CarriedHealth)],
         notify: Option<&notify::HandedHub>,
     ) {
         if let Some(handed) = notify {
@@ -140,13 +145,73 @@ impl Supervisor {
                 }
             }
         }
-        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = self.shared.snapshot();
+        let health_of = |id: usize| {
+            let backend = snapshot
+                .pool
+                .worker_backends()
+                .find(|b| b.kind == crate::pool::Kind::Worker(id))?;
+            health
+                .iter()
+                .find(|(key, _)| *key == backend.key)
+                .map(|(_, health)| *health)
+        };
+        let mut by_slot: std::collections::BTreeMap<usize, Vec<process::WorkerProcess>> =
+            Default::default();
         for (id, process) in processes {
+            by_slot.entry(id).or_default().push(process);
+        }
+        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut extra = Vec::new();
+        for (id, mut processes) in by_slot {
+            // The slot's current process: the one new connections went to.
+            let carried = health_of(id);
+            let current = carried.and_then(|h| h.pid);
+            let pick = processes
+                .iter()
+                .position(|p| Some(p.pid) == current)
+                .unwrap_or(0);
+            let process = processes.swap_remove(pick);
+            extra.extend(processes);
             let port = ports.iter().find(|(slot, _)| *slot == id).map(|(_, p)| *p);
             if let Some(port) = port {
                 self.ports.hold(port);
             }
-            adopted.insert(id, slot::Adopted { process, port });
+            let ready = carried.is_some_and(|h| h.ready && h.pid == Some(process.pid));
+            let process = slot::Adopted {
+                process,
+                port,
+                ready,
+            };
+            adopted.insert(id, slot::Handed::Process(process));
+        }
+        // A slot handed over without a process was waiting out its
+        // restart backoff.
+        for backend in snapshot.pool.worker_backends() {
+            if let crate::pool::Kind::Worker(id) = backend.kind {
+                if health_of(id).is_some() && !adopted.contains_key(&id) {
+                    adopted.insert(id, slot::Handed::InBackoff);
+                }
+            }
+        }
+        drop(adopted);
+        self.stop_extra(extra);
+    }
+
+    /// Stops processes handed over that no slot serves with.
+    fn stop_extra(&self, extra: Vec<process::WorkerProcess>) {
+        let grace = self
+            .shared
+            .config()
+            .workers
+            .as_ref()
+            .map_or(Duration::from_secs(10), |w| w.stop_timeout);
+        for mut process in extra {
+            tracing::warn!(
+                pid = process.pid,
+                "upgrade: a second process of a worker slot was handed over; it is stopped"
+            );
+            tokio::spawn(async move { process.stop(grace).await });
         }
     }
 
@@ -388,6 +453,12 @@ impl Supervisor {
     /// The workers' notify socket, for `corral upgrade` (if it was made).
     pub(crate) fn notify_hub(&self) -> Option<notify::HandedHub> {
         self.notifier.handed()
+    }
+
+    /// The worker slots with more than one process (a rolling restart
+    /// under way): an upgrade is refused meanwhile.
+    pub(crate) fn slots_being_replaced(&self) -> Vec<usize> {
+        self.spawner.slots_with_two()
     }
 
     pub(crate) async fn hand_over(&self) -> std::io::Result<spawn::Handover> {

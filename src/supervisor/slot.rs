@@ -112,9 +112,18 @@ pub(crate) struct Slot {
     /// the slot registers each process it starts to hear its `READY=1`
     /// and what it says after, and gives its path as `NOTIFY_SOCKET`.
     pub(crate) notifier: Arc<Notifier>,
-    /// A process an earlier image of corral started for this slot (`corral
-    /// upgrade`): the slot serves with it instead of starting one.
-    pub(crate) adopted: Option<Adopted>,
+    /// What an earlier image of corral handed over for this slot (`corral
+    /// upgrade`): a process it serves with instead of starting one, or a
+    /// restart backoff to wait out first.
+    pub(crate) adopted: Option<Handed>,
+}
+
+/// A slot as an earlier image of corral handed it over.
+pub(crate) enum Handed {
+    /// With its process.
+    Process(Adopted),
+    /// Without one: it was waiting out its restart backoff.
+    InBackoff,
 }
 
 /// A worker process handed over by an earlier image of corral, with the
@@ -126,6 +135,10 @@ pub(crate) struct Adopted {
     /// The port it listens on, so the slot's seat holds that port rather
     /// than claiming a new one; `None` in handed mode.
     pub(crate) port: Option<u16>,
+    /// It had been ready (in rotation, or out by its checks): it goes on
+    /// with the health record it had. `false`: it was still starting, and
+    /// is waited for as a new process is.
+    pub(crate) ready: bool,
 }
 
 /// A process that is running and in rotation: where it takes its clients
@@ -219,21 +232,44 @@ impl Slot {
             false => Backoff::new(&last),
         };
         self.backend.set_backoff(backoff.delay());
+        let mut adopted = match self.adopted.take() {
+            Some(Handed::Process(adopted)) => Some(adopted),
+            Some(Handed::InBackoff) => {
+                // Waited out again from the start (one backoff more at
+                // most), while the next image serves.
+                tell(&mut first_start);
+                tracing::info!(worker = self.id, delay = ?backoff.delay(), "worker was waiting out its restart backoff in the previous corral; restarting it after the backoff");
+                backoff.wait(&mut last, &mut commands, &stop).await;
+                self.backend.set_backoff(backoff.delay());
+                None
+            }
+            None => None,
+        };
         while !stop.is_cancelled() {
             let workers = self.workers_in_force(&last);
-            let (started, up_since) = match self.adopted.take() {
-                Some(adopted) => (
-                    self.resume(adopted, Arc::clone(&workers)),
-                    self.carried_up_since(),
-                ),
+            // A process handed over ready keeps its health and its start
+            // time; any other starts with a clean record.
+            let (started, up_since, carried) = match adopted.take() {
+                Some(adopted) => {
+                    let ready = adopted.ready;
+                    if !ready {
+                        // The next image serves meanwhile, as this slot's
+                        // earlier image did.
+                        tell(&mut first_start);
+                    }
+                    let started = self.resume(adopted, Arc::clone(&workers), &stop).await;
+                    let up_since = self.carried_up_since().filter(|_| ready);
+                    (started, up_since, ready)
+                }
                 None => {
                     self.backend.starting();
-                    (self.start(Arc::clone(&workers), None, &stop).await, None)
+                    let started = self.start(Arc::clone(&workers), None, &stop).await;
+                    (started, None, false)
                 }
             };
             match started {
                 Ok(live) => {
-                    self.go_live(&live);
+                    self.go_live(&live, carried);
                     tell(&mut first_start);
                     let up_since = up_since.unwrap_or_else(Instant::now);
                     match self.serve(live, up_since, &mut commands, &stop).await {
@@ -489,11 +525,15 @@ impl Slot {
         }
     }
 
-    /// Puts a ready process in rotation.
-    fn go_live(&self, live: &Live) {
+    /// Puts a ready process in rotation: with a clean health record, or
+    /// (`carried`: one an earlier image had in rotation) the one it had.
+    fn go_live(&self, live: &Live, carried: bool) {
         let instance = self.instance(live);
         let reach = instance.reach;
-        self.backend.ready(instance);
+        match carried {
+            true => self.backend.resumed(instance),
+            false => self.backend.ready(instance),
+        };
         self.shared.front.worker_ready();
         tracing::info!(worker = self.id, pid = live.process.pid, addr = %reach, "worker is up");
     }
@@ -508,10 +548,15 @@ impl Slot {
         )
     }
 
-    /// Serves with a process an earlier image of corral started: it was up
-    /// (only up processes are handed over), so it goes back in rotation at
-    /// once, in the seat it holds.
-    fn resume(&self, adopted: Adopted, workers: Arc<WorkersConfig>) -> Result<Live, SlotError> {
+    /// Serves with a process an earlier image of corral started, in the
+    /// seat it holds: at once if it had been ready, else once it is (as a
+    /// new process is waited for).
+    async fn resume(
+        &self,
+        adopted: Adopted,
+        workers: Arc<WorkersConfig>,
+        stop: &CancellationToken,
+    ) -> Result<Live, SlotError> {
         let seat = match adopted.port {
             Some(port) => Seat::Port(std::net::SocketAddr::new(workers.host, port)),
             None => self.take_seat(&workers, None)?,
@@ -519,11 +564,25 @@ impl Slot {
         tracing::info!(
             worker = self.id,
             pid = adopted.process.pid,
+            ready = adopted.ready,
             "worker adopted from the previous corral"
         );
         let notices = self.listen_to(&workers, &adopted.process);
+        let (process, notices) = match adopted.ready {
+            true => (adopted.process, notices),
+            false => match self
+                .wait_started(adopted.process, notices, &seat, &workers, stop)
+                .await
+            {
+                Ok(started) => started,
+                Err(error) => {
+                    seat.release(&self.ports);
+                    return Err(error);
+                }
+            },
+        };
         Ok(Live {
-            process: adopted.process,
+            process,
             seat,
             notices,
             workers,
@@ -568,6 +627,20 @@ impl Slot {
         let process = self.spawner.spawn(spec).await.map_err(SlotError::Spawn)?;
         let notices = self.listen_to(workers, &process);
         seat.announce(self.id, process.pid);
+        self.wait_started(process, notices, seat, workers, stop)
+            .await
+    }
+
+    /// Waits until a started `process` in `seat` is ready (see
+    /// [`Slot::wait_ready`]), shown as starting meanwhile.
+    async fn wait_started(
+        &self,
+        process: WorkerProcess,
+        notices: Option<Registration>,
+        seat: &Seat,
+        workers: &WorkersConfig,
+        stop: &CancellationToken,
+    ) -> Result<(WorkerProcess, Option<Registration>), SlotError> {
         let reach = seat.reach();
         // Nothing may be serving from this slot: then /status shows the
         // starting process (it gets no traffic until it is ready).

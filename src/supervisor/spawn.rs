@@ -80,6 +80,8 @@ enum Request {
 #[derive(Clone)]
 pub struct Spawner {
     requests: mpsc::UnboundedSender<Request>,
+    /// The thread's children, read here for [`Spawner::slots_with_two`].
+    children: Arc<Mutex<HashMap<u32, Child>>>,
 }
 
 /// The spawner thread's own state.
@@ -114,6 +116,8 @@ impl Spawner {
             .enable_all()
             .build()?;
         let (adopted_tx, adopted_rx) = std::sync::mpsc::channel();
+        let children: Arc<Mutex<HashMap<u32, Child>>> = Arc::default();
+        let thread_children = Arc::clone(&children);
         std::thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
@@ -121,7 +125,7 @@ impl Spawner {
                     let thread = Thread {
                         lifeline,
                         outputs: Outputs::default(),
-                        children: Arc::default(),
+                        children: thread_children,
                     };
                     let adopted = handover.map(|h| thread.adopt(h)).unwrap_or_default();
                     let _ = adopted_tx.send(adopted);
@@ -148,7 +152,22 @@ impl Spawner {
         let adopted = adopted_rx
             .recv()
             .map_err(|_| io::Error::other("the spawner thread ended while adopting"))?;
-        Ok((Spawner { requests }, adopted))
+        Ok((Spawner { requests, children }, adopted))
+    }
+
+    /// The worker slots with more than one process alive (a replacement
+    /// starting, or an old process draining, in a rolling restart).
+    pub fn slots_with_two(&self) -> Vec<usize> {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slots: Vec<usize> = children.values().map(|c| c.worker).collect();
+        slots.sort_unstable();
+        let mut twice: Vec<usize> = slots
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        twice.dedup();
+        twice
     }
 
     /// Starts a worker process.

@@ -79,6 +79,11 @@ pub(crate) fn state(shared: &Shared, handover: &Handover) {
     shared.dispatcher.sticky.import(&entries);
     shared.metrics.carry_over(handover.counters.clone());
     shared.clients.import(&handover.clients);
+    for backend in &shared.snapshot().pool.backends {
+        if let Some((_, health)) = handover.health.iter().find(|(key, _)| *key == backend.key) {
+            backend.carry_health(health);
+        }
+    }
     for backend in shared.snapshot().pool.worker_backends() {
         if let Kind::Worker(slot) = backend.kind {
             if let Some((_, restarts)) = handover.restarts.iter().find(|(s, _)| *s == slot) {

@@ -46,6 +46,10 @@ pub struct Handover {
     /// When each worker slot's process came up (`clock::now_ms`), by slot.
     #[serde(default)]
     pub(crate) up_since: Vec<(usize, u64)>,
+    /// Every backend's health (worker slots and `[[backends]]`), by
+    /// backend key.
+    #[serde(default)]
+    pub(crate) health: Vec<(u64, crate::pool::CarriedHealth)>,
     /// The workers' notify socket (`workers.notify`), if it was made.
     #[serde(default)]
     pub(crate) notify: Option<crate::supervisor::notify::HandedHub>,
