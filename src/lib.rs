@@ -62,6 +62,7 @@ pub mod dispatch;
 pub(crate) mod fds;
 pub(crate) mod front;
 pub(crate) mod health;
+pub(crate) mod hex_bytes;
 pub mod labels;
 pub(crate) mod logging;
 pub mod metrics;

@@ -1258,3 +1258,32 @@ fn a_worker_waiting_out_its_backoff_is_handed_over_and_restarted_after_it() {
     assert_ne!(corral.pid_of(0), killed);
     assert_eq!(corral.worker(0)["restarts"], 1, "{}", corral.status());
 }
+
+#[test]
+fn a_workers_half_written_output_line_is_logged_whole_after_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    // The demo worker serves in the background while the shell (the
+    // worker's pid) writes half a line, and the rest once released.
+    let script = format!(
+        "'{}' demo-worker >/dev/null & printf 'before-upgrade '; while [ ! -e '{}' ]; do sleep 0.05; done; echo after-upgrade; wait",
+        CORRAL,
+        release.display()
+    );
+    let config = Config::new()
+        .strategy("round-robin")
+        .workers(&["sh", "-c", &script], 1);
+    let (_bin, program, corral, _pid, _workers) = started_with(&config, 1);
+    // Time for the old program to read the half line off the pipe (if it
+    // has not, the new one reads it there, and the line is whole anyway).
+    std::thread::sleep(Duration::from_millis(300));
+    upgrade_to_this_build(&corral, &program, "upgrade");
+    std::fs::write(&release, b"").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || corral
+            .log()
+            .contains("worker-0 | before-upgrade after-upgrade")),
+        "the line was not logged whole:\n{}",
+        corral.log()
+    );
+}

@@ -70,7 +70,7 @@ enum Stage {
 struct Reader {
     stage: Stage,
     /// The head seen so far, when it came in more than one chunk.
-    #[serde(with = "super::hex_bytes")]
+    #[serde(with = "crate::hex_bytes")]
     head: Vec<u8>,
 }
 
@@ -165,7 +165,7 @@ pub struct Exchange {
     /// Whether the last of `pending` is still arriving.
     receiving: bool,
     /// The client bytes of `pending`, in order.
-    #[serde(with = "super::hex_bytes")]
+    #[serde(with = "crate::hex_bytes")]
     unanswered: Vec<u8>,
     /// Blank lines read while nothing was pending: the start of the next
     /// request's bytes.

@@ -10,7 +10,6 @@
 //! [`Snapshot`]: crate::pool::Snapshot
 
 pub mod connection;
-pub(crate) mod hex_bytes;
 pub mod http1;
 pub mod listener;
 pub mod parked;

@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::hex_bytes;
 use super::http1::Exchange;
 use super::pump::Unsent;
+use crate::hex_bytes;
 use crate::steering::Relay;
 
 /// What a parked connection is, besides its sockets.

@@ -4,7 +4,8 @@
 //! The pipes are read on the spawner thread. Each open pipe is listed in
 //! [`Outputs`] until its reader ends, so that an upgrade of corral can hand
 //! the pipes still open to the next image, which goes on reading them
-//! where this one stopped (bytes not yet read stay in the pipe).
+//! where this one stopped (bytes not yet read stay in the pipe, and the
+//! start of a line read and not yet logged goes with the pipe).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,8 +25,9 @@ pub enum Stream {
     Stderr,
 }
 
-/// One open output pipe: whose it is, and its read end in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One open output pipe: whose it is, its read end in this process, and
+/// the start of a line read from it and not logged yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenPipe {
     /// The worker slot the lines are tagged with.
     pub worker: usize,
@@ -34,6 +36,29 @@ pub struct OpenPipe {
     pub stream: Stream,
     /// The read end's descriptor in this process.
     pub fd: RawFd,
+    /// Bytes of a line without its newline yet (at most [`MAX_LINE`]).
+    #[serde(with = "crate::hex_bytes", default)]
+    pub partial: Vec<u8>,
+}
+
+impl OpenPipe {
+    /// A new process's pipe (its descriptor is set by [`Outputs::forward`]).
+    pub fn new(worker: usize, shim: u32, stream: Stream) -> OpenPipe {
+        OpenPipe {
+            worker,
+            shim,
+            stream,
+            fd: -1,
+            partial: Vec::new(),
+        }
+    }
+}
+
+/// A pipe being read: what it is, and the line its reader is assembling
+/// (shared with the reader, which runs on the same thread).
+struct Reading {
+    pipe: OpenPipe,
+    line: Arc<Mutex<Vec<u8>>>,
 }
 
 /// The output pipes being read, keyed by descriptor. Every change happens
@@ -41,31 +66,33 @@ pub struct OpenPipe {
 /// there is exact.
 #[derive(Clone, Default)]
 pub struct Outputs {
-    open: Arc<Mutex<HashMap<RawFd, OpenPipe>>>,
+    open: Arc<Mutex<HashMap<RawFd, Reading>>>,
 }
 
 impl Outputs {
-    /// Starts copying `fd`'s lines to the log; must run on the spawner
-    /// thread's runtime.
-    pub fn forward(&self, fd: OwnedFd, worker: usize, shim: u32, stream: Stream) {
-        let raw = fd.as_raw_fd();
+    /// Starts copying `pipe.fd`'s lines to the log, after `pipe.partial`
+    /// (the start of a line an earlier image read); must run on the
+    /// spawner thread's runtime. `fd` is the descriptor to read (its
+    /// number replaces `pipe.fd`).
+    pub fn forward(&self, fd: OwnedFd, mut pipe: OpenPipe) {
+        pipe.fd = fd.as_raw_fd();
         let reader = match pipe::Receiver::from_owned_fd(fd) {
             Ok(reader) => reader,
             Err(error) => {
-                tracing::warn!(worker, %error, "cannot read the worker's {stream:?}");
+                tracing::warn!(worker = pipe.worker, %error, "cannot read the worker's {:?}", pipe.stream);
                 return;
             }
         };
-        let entry = OpenPipe {
-            worker,
-            shim,
-            stream,
-            fd: raw,
+        let (raw, worker, stream) = (pipe.fd, pipe.worker, pipe.stream);
+        let line = Arc::new(Mutex::new(std::mem::take(&mut pipe.partial)));
+        let reading = Reading {
+            pipe,
+            line: Arc::clone(&line),
         };
-        self.lock().insert(raw, entry);
+        self.lock().insert(raw, reading);
         let outputs = self.clone();
         tokio::spawn(async move {
-            forward_lines(reader, worker, stream).await;
+            forward_lines(reader, worker, stream, &line).await;
             // The reader closed as forward_lines returned; the entry goes in
             // the same step, with no await between, so the spawner thread
             // never sees one without the other.
@@ -73,26 +100,42 @@ impl Outputs {
         });
     }
 
-    /// The pipes open now.
+    /// The pipes open now, each with the line its reader had begun.
     pub fn open_pipes(&self) -> Vec<OpenPipe> {
-        self.lock().values().copied().collect()
+        self.lock()
+            .values()
+            .map(|reading| OpenPipe {
+                partial: reading
+                    .line
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                ..reading.pipe.clone()
+            })
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RawFd, OpenPipe>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RawFd, Reading>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Copies a worker's output to the log, one event per line.
-async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: Stream) {
+/// Copies a worker's output to the log, one event per line; `line` holds
+/// the line being assembled between two reads.
+async fn forward_lines(
+    mut stream: impl AsyncRead + Unpin,
+    worker: usize,
+    name: Stream,
+    line: &Mutex<Vec<u8>>,
+) {
     let mut chunk = vec![0u8; 8192];
-    let mut line: Vec<u8> = Vec::new();
     let mut dropped = 0usize;
     loop {
         let n = match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let mut line = line.lock().unwrap_or_else(PoisonError::into_inner);
         for &byte in &chunk[..n] {
             if byte == b'\n' {
                 emit(worker, name, &line, dropped);
@@ -105,6 +148,7 @@ async fn forward_lines(mut stream: impl AsyncRead + Unpin, worker: usize, name: 
             }
         }
     }
+    let line = line.lock().unwrap_or_else(PoisonError::into_inner);
     if !line.is_empty() || dropped > 0 {
         emit(worker, name, &line, dropped);
     }

@@ -226,12 +226,16 @@ impl Thread {
             ))
         })?;
         if let Some(out) = child.stdout.take() {
-            self.outputs
-                .forward(OwnedFd::from(out), spec.id, shim, Stream::Stdout);
+            self.outputs.forward(
+                OwnedFd::from(out),
+                OpenPipe::new(spec.id, shim, Stream::Stdout),
+            );
         }
         if let Some(err) = child.stderr.take() {
-            self.outputs
-                .forward(OwnedFd::from(err), spec.id, shim, Stream::Stderr);
+            self.outputs.forward(
+                OwnedFd::from(err),
+                OpenPipe::new(spec.id, shim, Stream::Stderr),
+            );
         }
         // The std handle is dropped unreaped: the pidfd watch reaps it.
         drop(child);
@@ -292,9 +296,7 @@ impl Thread {
             // A duplicate: the original stays for a rollback, and is closed
             // once this image serves (see crate::upgrade::adopt).
             match crate::fds::duplicate(pipe.fd, 3) {
-                Ok(fd) => self
-                    .outputs
-                    .forward(fd, pipe.worker, pipe.shim, pipe.stream),
+                Ok(fd) => self.outputs.forward(fd, pipe),
                 Err(error) => {
                     tracing::warn!(worker = pipe.worker, %error, "cannot take over the worker's output")
                 }
