@@ -304,12 +304,23 @@ fn files_that_cannot_take_over_are_refused_and_nothing_changes() {
 
 #[test]
 fn a_new_program_that_cannot_adopt_is_rolled_back_in_the_same_process() {
+    rolled_back_in_the_same_process("1");
+}
+
+#[test]
+fn a_new_program_that_cannot_read_the_handover_is_rolled_back_in_the_same_process() {
+    rolled_back_in_the_same_process("read");
+}
+
+/// A corral told (`CORRAL_TEST_FAIL_ADOPTION=fail`) to fail its adoption
+/// (`1`) or to fail reading the handover at all (`read`), through a
+/// wrapper at the path: the old program takes everything back.
+fn rolled_back_in_the_same_process(fail: &str) {
     let (bin, program, corral, pid, workers) = started_from_copy(2);
     let real = bin.path().join("corral-real");
     std::fs::copy(CORRAL, &real).unwrap();
-    // A corral told to fail its adoption, through a wrapper at the path.
     let wrapper = format!(
-        "#!/bin/sh\nCORRAL_TEST_FAIL_ADOPTION=1 exec {} \"$@\"\n",
+        "#!/bin/sh\nCORRAL_TEST_FAIL_ADOPTION={fail} exec {} \"$@\"\n",
         real.display()
     );
     install(&program, wrapper.as_bytes(), true);
@@ -321,6 +332,11 @@ fn a_new_program_that_cannot_adopt_is_rolled_back_in_the_same_process() {
     let (code, said) = upgrade(&corral);
     assert_eq!(code, 1, "{said}\nlog:\n{}", corral.log());
     assert!(said.contains("taken back"), "{said}");
+    let why = format!(
+        "CORRAL_TEST_FAIL_ADOPTION{}",
+        if fail == "read" { "=read" } else { "" }
+    );
+    assert!(said.contains(&format!("{why} is set")), "{said}");
     assert_eq!(corral.pid(), pid);
     assert_eq!(
         corral.worker_pids(),
