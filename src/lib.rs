@@ -71,6 +71,7 @@ pub(crate) mod privileges;
 pub(crate) mod reach;
 pub(crate) mod sampler;
 pub(crate) mod shared;
+pub(crate) mod signal;
 pub(crate) mod steering;
 pub(crate) mod strategy;
 pub mod supervisor;

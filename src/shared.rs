@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientTable;
@@ -34,6 +34,7 @@ use crate::front::Front;
 use crate::metrics::Metrics;
 use crate::pool::Snapshot;
 use crate::sampler::Sampler;
+use crate::signal::Signal;
 
 /// The one value behind an `Arc` that the accept loops, the connections,
 /// the supervisor, the health checks and the admin server all hold: what
@@ -70,12 +71,12 @@ pub struct Shared {
     /// Connections parked for `corral upgrade`, and the signal that asks
     /// for it: every pump hears it, so it lives where they all can reach.
     pub parking: crate::datapath::parked::Parking,
-    /// Cancelled when the front end must stop accepting (graceful stop),
-    /// by [`Shared::stop_accepting`] only.
-    stop_accepting: CancellationToken,
-    /// Cancelled when open connections must be cut (drain over, or a second
+    /// Fired when the front end must stop accepting (graceful stop), by
+    /// [`Shared::stop_accepting`] only.
+    stop_accepting: Signal,
+    /// Fired when open connections must be cut (drain over, or a second
     /// stop signal), by [`Shared::cut_connections`] only.
-    cut_connections: CancellationToken,
+    cut_connections: Signal,
     /// The front end is bound, set once by the lifecycle: `/readyz` says
     /// not ready before it, whatever the backends.
     bound: AtomicBool,
@@ -100,8 +101,8 @@ impl Shared {
             connections: TaskTracker::new(),
             accept_loops: TaskTracker::new(),
             parking: Default::default(),
-            stop_accepting: CancellationToken::new(),
-            cut_connections: CancellationToken::new(),
+            stop_accepting: Signal::default(),
+            cut_connections: Signal::default(),
             bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -137,34 +138,34 @@ impl Shared {
 
     /// The graceful stop begins: the front end stops accepting.
     pub(crate) fn stop_accepting(&self) {
-        self.stop_accepting.cancel();
+        self.stop_accepting.fire();
     }
 
     /// The drain is over (or a second stop signal came): open connections
     /// are cut.
     pub(crate) fn cut_connections(&self) {
-        self.cut_connections.cancel();
+        self.cut_connections.fire();
     }
 
     /// Resolves once the front end stops accepting.
     pub fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
-        self.stop_accepting.cancelled()
+        self.stop_accepting.fired()
     }
 
     /// Resolves once open connections must be cut.
     pub fn connections_cut(&self) -> WaitForCancellationFuture<'_> {
-        self.cut_connections.cancelled()
+        self.cut_connections.fired()
     }
 
-    /// The stop-accepting signal, for code that waits on a token (the
-    /// pump). Only [`Shared::stop_accepting`] cancels it.
-    pub(crate) fn stop_signal(&self) -> &CancellationToken {
+    /// The stop-accepting signal, for code that watches it on every poll
+    /// (a stateless pump). Only [`Shared::stop_accepting`] fires it.
+    pub(crate) fn stop_signal(&self) -> &Signal {
         &self.stop_accepting
     }
 
-    /// The cut signal, for code that waits on a token (the pump, rescued
-    /// clients' relays). Only [`Shared::cut_connections`] cancels it.
-    pub(crate) fn cut_signal(&self) -> &CancellationToken {
+    /// The cut signal, for code that watches it on every poll (the pump).
+    /// Only [`Shared::cut_connections`] fires it.
+    pub(crate) fn cut_signal(&self) -> &Signal {
         &self.cut_connections
     }
 

@@ -17,11 +17,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::http1::Exchange;
 use super::pump::Unsent;
 use crate::hex_bytes;
+use crate::signal::Signal;
 use crate::steering::Relay;
 
 /// What a parked connection is, besides its sockets.
@@ -166,19 +166,19 @@ struct Held {
 /// The parking: the signal the pumps hear, and the sockets parked so far.
 #[derive(Default)]
 pub struct Parking {
-    signal: CancellationToken,
+    signal: Signal,
     held: Mutex<Vec<Held>>,
 }
 
 impl Parking {
     /// The signal every pump hears: park at the next poll.
-    pub fn signal(&self) -> &CancellationToken {
+    pub fn signal(&self) -> &Signal {
         &self.signal
     }
 
     /// The upgrade begins: every open connection parks.
     pub fn begin(&self) {
-        self.signal.cancel();
+        self.signal.fire();
     }
 
     /// Leaves a parked connection's sockets here (duplicates: the streams

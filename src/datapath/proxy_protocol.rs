@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProxyProtocolMode, SendProxy};
+use crate::signal::Signal;
 
 /// How long a client has to deliver a complete header.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,7 +209,7 @@ pub async fn read_header(
     client: &mut TcpStream,
     mode: ProxyProtocolMode,
     so_far: Vec<u8>,
-    park: &CancellationToken,
+    park: &Signal,
 ) -> Result<HeaderRead, Invalid> {
     let mut buf = so_far;
     buf.reserve(256);
@@ -229,7 +229,7 @@ pub async fn read_header(
                     Ok(0) | Err(_) => return Err(Invalid::Closed),
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 },
-                _ = park.cancelled() => return Ok(HeaderRead::Parked(std::mem::take(&mut buf))),
+                _ = park.fired() => return Ok(HeaderRead::Parked(std::mem::take(&mut buf))),
             }
         }
     };

@@ -29,12 +29,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use prometheus::IntCounter;
 
 use super::http1::Exchange;
 use super::splice::Pipe;
+use crate::signal::{Signal, Watch};
 
 /// Per-direction buffer size.
 pub const BUFFER: usize = 32 * 1024;
@@ -425,11 +425,11 @@ pub struct Options<'m> {
     /// replay, or bytes that came with a PROXY header).
     pub already_sent: bool,
     pub meters: Meters<'m>,
-    /// Cancelled when corral cuts every open connection (the drain ended).
-    pub cut: &'m CancellationToken,
-    /// Cancelled when an upgrade asks every connection to park: the pump
-    /// ends with [`Stop::Parked`] at its next poll.
-    pub park: &'m CancellationToken,
+    /// Fired when corral cuts every open connection (the drain ended).
+    pub cut: &'m Signal,
+    /// Fired when an upgrade asks every connection to park: the pump ends
+    /// with [`Stop::Parked`] at its next poll.
+    pub park: &'m Signal,
     /// Bytes an earlier image read and did not write: written first.
     pub unsent: Unsent,
     /// `workers.stateless`: the HTTP/1.x view of the client's connection,
@@ -445,8 +445,8 @@ impl<'m> Options<'m> {
         timeouts: &crate::config::Timeouts,
         splice: bool,
         meters: Meters<'m>,
-        cut: &'m CancellationToken,
-        park: &'m CancellationToken,
+        cut: &'m Signal,
+        park: &'m Signal,
     ) -> Options<'m> {
         Options {
             idle: timeouts.idle,
@@ -471,9 +471,9 @@ pub struct Stateless<'m> {
     /// rotation): if not, the pump ends with [`Stop::Detached`] before the
     /// client's next request is read.
     pub stay: &'m (dyn Fn() -> bool + Sync),
-    /// Cancelled when corral stops: the pump ends with
-    /// [`Stop::Detached`] as soon as nothing is unanswered.
-    pub leave: &'m CancellationToken,
+    /// Fired when corral stops: the pump ends with [`Stop::Detached`] as
+    /// soon as nothing is unanswered.
+    pub leave: &'m Signal,
 }
 
 /// Pumps until both directions finish, an error, a timeout, or a cut.
@@ -511,17 +511,19 @@ pub fn pump<'a>(
             backend_out,
         };
         let mut deadline = Deadline::new(idle, first_byte, &flow);
-        let mut cut_now = std::pin::pin!(cut.cancelled());
-        let mut park_now = std::pin::pin!(park.cancelled());
+        // Watched, not polled as tokens: a token's poll takes locks shared
+        // by every connection (see crate::signal).
+        let mut cut_now = std::pin::pin!(Watch::new(cut));
+        let mut park_now = std::pin::pin!(Watch::new(park));
         let mut parking = false;
         // Boxed, and only for stateless connections: the others' futures stay
         // as small as they were.
-        let mut leave_now = stateless.as_ref().map(|s| Box::pin(s.leave.cancelled()));
+        let mut leave_now = stateless.as_ref().map(|s| Box::pin(Watch::new(s.leave)));
         let (stop, by) = poll_fn(|cx| {
-            if cut_now.as_mut().poll(cx).is_ready() {
+            if cut_now.as_mut().poll_fired(cx) {
                 return Poll::Ready((Stop::Cut, Side::Corral));
             }
-            parking = parking || park_now.as_mut().poll(cx).is_ready();
+            parking = parking || park_now.as_mut().poll_fired(cx);
             if parking {
                 return Poll::Ready(match flow.take_unsent() {
                     Ok(unsent) => (Stop::Parked(Box::new(unsent)), Side::Corral),
@@ -530,7 +532,7 @@ pub fn pump<'a>(
             }
             let leaving = leave_now
                 .as_mut()
-                .is_some_and(|leave| leave.as_mut().poll(cx).is_ready());
+                .is_some_and(|leave| leave.as_mut().poll_fired(cx));
             if let Some(s) = &stateless {
                 // Between exchanges, before the client's next request is read:
                 // a backend leaving rotation, or corral stopping, lets the
@@ -887,12 +889,7 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    fn options(
-        idle: Duration,
-        replayable: bool,
-        splice: bool,
-        cut: &CancellationToken,
-    ) -> Options<'_> {
+    fn options(idle: Duration, replayable: bool, splice: bool, cut: &Signal) -> Options<'_> {
         Options {
             idle,
             first_byte: None,
@@ -927,12 +924,12 @@ mod tests {
                 far_backend.write_all(&data).await.unwrap();
                 far_backend
             });
-            let (cut, park) = (CancellationToken::new(), CancellationToken::new());
+            let (cut, park) = (Signal::default(), std::sync::Arc::new(Signal::default()));
             let parker = tokio::spawn({
-                let park = park.clone();
+                let park = std::sync::Arc::clone(&park);
                 async move {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    park.cancel();
+                    park.fire();
                 }
             });
             let mut first = options(Duration::from_secs(30), false, splice, &cut);
@@ -949,7 +946,7 @@ mod tests {
             assert!(unsent.to_backend.is_empty());
             assert_eq!(pumped.spliced, splice);
             // The next pump (the next image's) writes them first.
-            let never = CancellationToken::new();
+            let never = Signal::default();
             let mut next = options(Duration::from_secs(30), false, splice, &never);
             next.unsent = *unsent;
             let reading = async {
@@ -979,14 +976,14 @@ mod tests {
         let (_far_client, mut client) = pair().await;
         let (mut backend, _far_backend) = pair().await;
         let hour = Duration::from_secs(3600);
-        let (cut, park) = (CancellationToken::new(), CancellationToken::new());
+        let (cut, park) = (Signal::default(), std::sync::Arc::new(Signal::default()));
         let mut first = options(hour, false, false, &cut);
         first.park = &park;
         let parker = tokio::spawn({
-            let park = park.clone();
+            let park = std::sync::Arc::clone(&park);
             async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                park.cancel();
+                park.fire();
             }
         });
         let pumped = pump(&mut client, &mut backend, first).await;
@@ -1023,7 +1020,7 @@ mod tests {
         let (client, mut client_side) = pair().await;
         let (mut backend_side, backend) = pair().await;
         let task = tokio::spawn(async move {
-            let cut = CancellationToken::new();
+            let cut = Signal::default();
             pump(
                 &mut client_side,
                 &mut backend_side,
@@ -1075,7 +1072,7 @@ mod tests {
             let (mut client, mut client_side) = pair().await;
             let (mut backend_side, mut backend) = pair().await;
             let pumping = tokio::spawn(async move {
-                let cut = CancellationToken::new();
+                let cut = Signal::default();
                 pump(
                     &mut client_side,
                     &mut backend_side,
@@ -1109,7 +1106,7 @@ mod tests {
     async fn silence_ends_in_idle_timeout() {
         let (_client, mut client_side) = pair().await;
         let (mut backend_side, _backend) = pair().await;
-        let cut = CancellationToken::new();
+        let cut = Signal::default();
         let outcome = pump(
             &mut client_side,
             &mut backend_side,
@@ -1127,7 +1124,7 @@ mod tests {
         let (mut client, mut client_side) = pair().await;
         let (mut backend_side, _backend) = pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let cut = CancellationToken::new();
+        let cut = Signal::default();
         let mut opts = options(Duration::from_secs(30), true, false, &cut);
         opts.first_byte = Some(Duration::from_millis(100));
         let outcome = pump(&mut client_side, &mut backend_side, opts).await;
@@ -1142,8 +1139,8 @@ mod tests {
     async fn a_cut_reports_the_bytes_that_moved() {
         let (mut client, mut client_side) = pair().await;
         let (mut backend_side, mut backend) = pair().await;
-        let cut = CancellationToken::new();
-        let cutter = cut.clone();
+        let cut = std::sync::Arc::new(Signal::default());
+        let cutter = std::sync::Arc::clone(&cut);
         let pumping = tokio::spawn(async move {
             let opts = options(Duration::from_secs(30), false, false, &cut);
             pump(&mut client_side, &mut backend_side, opts).await
@@ -1154,7 +1151,7 @@ mod tests {
         backend.write_all(b"hi").await.unwrap();
         let mut answer = [0u8; 2];
         client.read_exact(&mut answer).await.unwrap();
-        cutter.cancel();
+        cutter.fire();
         let outcome = pumping.await.unwrap();
         assert_eq!((outcome.stop, outcome.by), (Stop::Cut, Side::Corral));
         assert_eq!((outcome.from_client, outcome.from_backend), (5, 2));
