@@ -235,12 +235,10 @@ impl Slot {
         let mut adopted = match self.adopted.take() {
             Some(Handed::Process(adopted)) => Some(adopted),
             Some(Handed::InBackoff) => {
-                // Waited out again from the start (one backoff more at
-                // most), while the next image serves.
+                // The next image serves meanwhile.
                 tell(&mut first_start);
-                tracing::info!(worker = self.id, delay = ?backoff.delay(), "worker was waiting out its restart backoff in the previous corral; restarting it after the backoff");
-                backoff.wait(&mut last, &mut commands, &stop).await;
-                self.backend.set_backoff(backoff.delay());
+                self.wait_out_handed_backoff(&mut backoff, &mut last, &mut commands, &stop)
+                    .await;
                 None
             }
             None => None,
@@ -296,6 +294,21 @@ impl Slot {
             self.backend.set_backoff(backoff.delay());
         }
         self.backend.stopped();
+    }
+
+    /// A slot handed over while it waited out its restart backoff waits
+    /// it out again, from the start (one backoff more at most), before its
+    /// first start here.
+    async fn wait_out_handed_backoff(
+        &self,
+        backoff: &mut Backoff,
+        last: &mut Arc<WorkersConfig>,
+        commands: &mut mpsc::Receiver<Command>,
+        stop: &CancellationToken,
+    ) {
+        tracing::info!(worker = self.id, delay = ?backoff.delay(), "worker was waiting out its restart backoff in the previous corral; restarting it after the backoff");
+        backoff.wait(last, commands, stop).await;
+        self.backend.set_backoff(backoff.delay());
     }
 
     /// The `workers` config a start uses: the one in force (a reload may
