@@ -14,16 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use socket2::Socket;
 
 use super::handover::{Handover, ENV};
-use super::{exec, VERSION};
+use super::{exec, FAIL_FOR_TEST, VERSION};
 use crate::datapath::listener::FrontEnd;
 use crate::pool::Kind;
 use crate::shared::Shared;
-
-/// An environment variable read only by the tests: a new image that finds
-/// it set fails to adopt (and rolls back), as an image that cannot take a
-/// handover would; set to `read`, it fails before that, as an image that
-/// cannot even read the handover would.
-pub(crate) const FAIL_FOR_TEST: &str = "CORRAL_TEST_FAIL_ADOPTION";
 
 /// A duplicate of `fd` (close-on-exec), owned by the caller.
 pub(crate) fn take(fd: RawFd) -> std::io::Result<OwnedFd> {

@@ -130,9 +130,9 @@ fn read(fd_text: &str) -> Result<Handover, String> {
     let value = read_json(fd_text)?;
     // A test's stand-in for a handover this image cannot read (only a new
     // image: the old one reading it back after the rollback is not told).
-    let told = std::env::var(super::adopt::FAIL_FOR_TEST).is_ok_and(|v| v == "read");
+    let told = std::env::var(super::FAIL_FOR_TEST).is_ok_and(|v| v == "read");
     if told && value["rolled_back"].is_null() {
-        return Err(format!("{}=read is set", super::adopt::FAIL_FOR_TEST));
+        return Err(format!("{}=read is set", super::FAIL_FOR_TEST));
     }
     let format = value["format"].as_u64().unwrap_or(0);
     if format != u64::from(super::FORMAT) {

@@ -26,6 +26,12 @@ use std::sync::OnceLock;
 /// another format is refused before anything changes.
 pub(crate) const FORMAT: u32 = 1;
 
+/// An environment variable read only by the tests: a new image that finds
+/// it set fails to adopt (and rolls back), as an image that cannot take a
+/// handover would ([`adopt`]); set to `read`, it fails before that, as an
+/// image that cannot even read the handover would ([`handover`]).
+pub(crate) const FAIL_FOR_TEST: &str = "CORRAL_TEST_FAIL_ADOPTION";
+
 /// This image's version, as `/status` and the upgrade answer give it.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
