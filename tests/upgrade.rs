@@ -1146,18 +1146,26 @@ fn health_goes_across_an_upgrade_a_disabled_or_failing_worker_stays_out() {
     }
 }
 
-#[test]
-fn a_worker_still_starting_is_handed_over_and_waited_for_not_restarted() {
+/// Two demo workers, round-robin, whose processes started once the file
+/// `slow` exists sleep `seconds` in their shell before they listen: (the
+/// directory holding `slow`, its path, the config).
+fn slow_once_marked(seconds: u32) -> (tempfile::TempDir, PathBuf, Config) {
     let dir = tempfile::tempdir().unwrap();
     let slow = dir.path().join("slow");
     let script = format!(
-        "if [ -e '{}' ]; then sleep 2; fi; exec '{}' demo-worker",
+        "if [ -e '{}' ]; then sleep {seconds}; fi; exec '{}' demo-worker",
         slow.display(),
         CORRAL
     );
     let config = Config::new()
         .strategy("round-robin")
         .workers(&["sh", "-c", &script], 2);
+    (dir, slow, config)
+}
+
+#[test]
+fn a_worker_still_starting_is_handed_over_and_waited_for_not_restarted() {
+    let (_dir, slow, config) = slow_once_marked(2);
     let (_bin, program, corral, _pid, _workers) = started_with(&config, 2);
     // Worker 0's next process takes two seconds to listen.
     std::fs::write(&slow, b"").unwrap();
@@ -1189,16 +1197,7 @@ fn a_worker_still_starting_is_handed_over_and_waited_for_not_restarted() {
 
 #[test]
 fn an_upgrade_during_a_rolling_restart_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let slow = dir.path().join("slow");
-    let script = format!(
-        "if [ -e '{}' ]; then sleep 3; fi; exec '{}' demo-worker",
-        slow.display(),
-        CORRAL
-    );
-    let config = Config::new()
-        .strategy("round-robin")
-        .workers(&["sh", "-c", &script], 2);
+    let (_dir, slow, config) = slow_once_marked(3);
     let (_bin, program, corral, pid, workers) = started_with(&config, 2);
     std::fs::write(&slow, b"").unwrap();
     corral.signal(Signal::SIGUSR2);
