@@ -78,7 +78,7 @@ Usage:
   benches/compare.py --corral target/release/corral [--threads 1] [--seconds 5]
       [--corral-before OLD_BINARY] [--only direct,haproxy,nginx,corral]
       [--idle 2000 | --idle 1000,5000,max] [--connections 64] [--warmup 1] [--json FILE] [--keep]
-  benches/compare.py --corral target/release/corral --sweep 64,1000,4000,10000 [--threads 2]
+  benches/compare.py --corral target/release/corral --sweep 64,1000,4000,10000 [--threads 2] [--rounds 3]
   benches/compare.py --corral target/release/corral --scenario control --workers 64,256
   benches/compare.py --corral target/release/corral --scenario node [...]
 
@@ -939,6 +939,10 @@ def main():
                     help="proxy scenario: keep-alive and close figures at each of these concurrencies "
                          "(e.g. 64,1000,4000,10000), one table of ratios, a JSON and a PNG plot "
                          "(rows default to haproxy,nginx,corral; no bulk or idle figures)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--sweep: measure every point this many times, the rows in a rotated "
+                         "order each round, and report each figure's median (one shared 2-core "
+                         "machine moves single runs by 10-20%%)")
     ap.add_argument("--workers", default="64,256",
                     help="--scenario control: worker counts, separated by commas (default 64,256)")
     ap.add_argument("--requests", type=int, default=100,
@@ -984,6 +988,8 @@ def main():
                  "(--idle also takes `max`), e.g. --sweep 64,1000,4000")
     if a.sweep and a.scenario != "proxy":
         ap.error("--sweep is for the proxy scenario")
+    if a.rounds < 1:
+        ap.error("--rounds takes 1 or more")
     if a.sweep and not a.only:
         names = [n for n in names if n in ("haproxy", "nginx", "corral", "corral-before")]
     if a.sweep:
@@ -1019,7 +1025,7 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(no_nan({"scenario": a.scenario, "threads": a.threads, "seconds": a.seconds,
-                                  "sweep": a.sweep, "descriptor_limit": limits.nofile,
+                                  "sweep": a.sweep, "rounds": a.rounds, "descriptor_limit": limits.nofile,
                                   "rows": {str(k): v for k, v in rows.items()}}), f, indent=1)
             print(f"figures: {a.json}")
             if a.sweep:

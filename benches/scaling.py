@@ -3,7 +3,9 @@
 --sweep C1,C2,...   every row measured at each concurrency (wrk -c C, keep-alive and
                     Connection: close), the rows interleaved point by point in one run;
                     one table of corral / best peer ratios, the figures in the JSON,
-                    and a plot (PNG, matplotlib) next to the JSON.
+                    and a plot (PNG, matplotlib) next to the JSON. With --rounds N each
+                    point is measured N times, the rows in a rotated order each round
+                    (so that no row always runs first), and each figure is the median.
 --scenario control  corral with --workers W1,W2,... demo workers (`corral demo-worker`),
                     health checks every second, no traffic: the master's own CPU at
                     idle, its resident memory, and the latency of /status and /metrics.
@@ -14,6 +16,7 @@ Imported by compare.py (its helpers: processes, wrk, configs, printing).
 import json
 import os
 import socket
+import statistics
 import time
 
 import compare
@@ -35,21 +38,27 @@ def sweep(a, names, d, procs, limits):
     points = compare.cap_counts("--sweep", a.sweep, limits.through_proxy(), limits)
     pids = compare.start_proxies(a, names, d, procs, max(points))
     print(f"sweep: --threads {a.threads}, {a.seconds} s per figure after {a.warmup} s of warm-up, "
-          f"wrk -t1 -c<point>; times in ms, cpu in us/request")
+          f"wrk -t1 -c<point>" + (f", each figure the median of {a.rounds} rounds" if a.rounds > 1 else "")
+          + "; times in ms, cpu in us/request")
     table = Table([("clients", 9, lambda r: r["clients"], "d")] + [
         (h, 13 if "req/s" in h else 11, get, ".0f" if "req/s" in h else (".2f" if "p99" in h else ".1f"))
         for h, get, _ in SWEEP_FIGURES])
     table.header()
     curve = {}
     for point in points:
+        runs = {n: [] for n in names}
+        for round_ in range(a.rounds):
+            for n in names[round_ % len(names):] + names[:round_ % len(names)]:
+                port = compare.PROXY_PORTS[n][0]
+                p = pids.get(n, [])
+                compare.warm_up(port, a.warmup, point)
+                runs[n].append({"keepalive": compare.wrk(port, a.seconds, point, False, p),
+                                "close": compare.wrk(port, a.seconds, point, True, p)})
         curve[point] = {}
         for n in names:
-            port = compare.PROXY_PORTS[n][0]
-            p = pids.get(n, [])
-            compare.warm_up(port, a.warmup, point)
-            r = {"clients": point,
-                 "keepalive": compare.wrk(port, a.seconds, point, False, p),
-                 "close": compare.wrk(port, a.seconds, point, True, p)}
+            r = {"clients": point, "rounds": len(runs[n]),
+                 "keepalive": median_run([x["keepalive"] for x in runs[n]]),
+                 "close": median_run([x["close"] for x in runs[n]])}
             curve[point][n] = r
             table.row(n, r)
     for point, rows in curve.items():
@@ -59,6 +68,17 @@ def sweep(a, names, d, procs, limits):
                     print(f"note: {point} clients, {n} {run}: {r[run]['errors']}")
     print_curve(curve, names)
     return curve
+
+
+def median_run(runs):
+    """One wrk figure set out of several runs of it: each number the median
+    (NaN left out), the errors of every run."""
+    out = {}
+    for key in ("rps", "p99_ms", "requests", "cpu_us_per_req"):
+        values = [r[key] for r in runs if r[key] == r[key]]
+        out[key] = statistics.median(values) if values else NAN
+    out["errors"] = "; ".join(r["errors"] for r in runs if r["errors"])
+    return out
 
 
 def print_curve(curve, names):
