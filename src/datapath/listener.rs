@@ -13,12 +13,9 @@
 //! faster than one acceptor feeding a work-stealing runtime; see the
 //! README's Performance section).
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,29 +33,14 @@ use crate::shared::Shared;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Most clients accepted in a row before the loop lets the thread's other
-/// tasks run (HAProxy's `tune.maxaccept` has the same job).
-///
-/// - Accepting the whole backlog at once (up to tokio's budget of 128) put
-///   a hundred new connections through each step together: each one's
-///   sockets were cold again by its next step, and at 1,000 clients opening
-///   a connection per request corral spent 23% more CPU per connection than
-///   HAProxy. With 8 it spends as much or less; 1, 2, 4, 16 and 32 measured
-///   worse than 8 (the README's Performance section has the runs).
-/// - A burst, though (10,000 clients connecting at once), taken in 8 at a
-///   time, overflowed the kernel's accept queue, and the handshakes it
-///   dropped cost those clients a second or more. So while the queue is at
-///   least half full the loop goes on, 8 at a time, up to
-///   [`MOST_IN_A_ROW`].
-/// - The accept loops run in each proxy thread's own future, not as tasks:
-///   a task that lets the others run waits behind every task ready, and
-///   thousands are when thousands of clients are open. tokio's
-///   current-thread scheduler polls the thread's future, when woken, after
-///   every `event_interval` (61) tasks, however many are ready.
+/// tasks and its event loop run (HAProxy's `tune.maxaccept` has the same
+/// job). Accepting the whole backlog at once (up to tokio's budget of 128)
+/// put a hundred new connections through each step together: each one's
+/// sockets were cold again by its next step, and at 1,000 clients opening
+/// a connection per request corral spent 23% more CPU per connection than
+/// HAProxy. With 8 it spends as much or less (the README's Performance
+/// section has the runs); 1, 2, 4, 16 and 32 measured worse than 8.
 const ACCEPTS_PER_TURN: usize = 8;
-
-/// Most clients accepted in a row while the kernel's accept queue stays at
-/// least half full (tokio's budget per poll is 128 too).
-const MOST_IN_A_ROW: usize = 128;
 
 /// How soon a timer is always due on a proxy thread (see
 /// [`keep_a_timer_due`]); below `timeouts.connect`'s usual values.
@@ -186,7 +168,6 @@ pub fn start_threads(
                             connection::resume(shared_here, connection).await;
                         });
                     }
-                    let mut accepting = Vec::new();
                     for socket in sockets {
                         // SAFETY: the AsyncFd owns the socket, so its fd stays
                         // open and the same for the AsyncFd's whole life.
@@ -195,21 +176,16 @@ pub fn start_threads(
                         };
                         match registered.map_err(|e| e.into_parts().1) {
                             Ok(listener) => {
-                                accepting.push(Box::pin(shared.accept_loops().track_future(
-                                    accept_loop(Arc::clone(&shared), listener, Arc::clone(&limit)),
-                                )));
+                                shared.accept_loops().spawn(accept_loop(
+                                    Arc::clone(&shared),
+                                    listener,
+                                    Arc::clone(&limit),
+                                ));
                             }
                             Err(error) => tracing::error!(%error, "cannot use a front-end socket"),
                         }
                     }
-                    // The accept loops run in the thread's own future, not as
-                    // tasks: see [`ACCEPTS_PER_TURN`]. They end when accepting
-                    // stops; the thread, after the drain.
-                    tokio::select! {
-                        biased;
-                        () = all_of(accepting) => stop.cancelled().await,
-                        () = stop.cancelled() => {}
-                    }
+                    stop.cancelled().await;
                 });
             })?;
         handles.push(handle);
@@ -229,12 +205,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
     let mut stop = std::pin::pin!(shared.accepting_stopped());
     let mut accepted_in_a_row = 0;
     loop {
-        if accepted_in_a_row > 0
-            && accepted_in_a_row % ACCEPTS_PER_TURN == 0
-            && (accepted_in_a_row >= MOST_IN_A_ROW || !queue_half_full(listener.get_ref()))
-        {
+        if accepted_in_a_row == ACCEPTS_PER_TURN {
             accepted_in_a_row = 0;
-            let_the_thread_run().await;
+            // Woken again once the thread's other ready tasks have run and
+            // its event loop was polled: the clients just accepted take
+            // their first steps first.
+            tokio::task::yield_now().await;
         }
         let mut ready = tokio::select! {
             ready = listener.readable() => match ready {
@@ -300,65 +276,6 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: AsyncFd<Socket>, limit: 
             }
         }
     }
-}
-
-/// Polls every future to its end, dropping each as it ends (a tracked
-/// accept loop counts as running until it is dropped).
-async fn all_of<F: Future<Output = ()> + Unpin>(futures: Vec<F>) {
-    let mut running: Vec<Option<F>> = futures.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        for slot in running.iter_mut() {
-            if let Some(future) = slot {
-                if Pin::new(future).poll(cx).is_ready() {
-                    *slot = None;
-                }
-            }
-        }
-        if running.iter().all(Option::is_none) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-/// Lets the thread's other work run once: the caller's waker is woken at
-/// once and the call returns on the next poll. From the thread's own
-/// future (the accept loops), that poll comes after the next
-/// `event_interval` tasks (61) at most, however many are ready.
-async fn let_the_thread_run() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
-}
-
-/// Whether the kernel's accept queue of a listening socket is at least
-/// half full: for one, `TCP_INFO`'s `tcpi_unacked` is the queue's length
-/// and `tcpi_sacked` its limit. Unknown (the call failed) counts as not.
-fn queue_half_full(listener: &Socket) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data, zero is a valid value of every field,
-    // and the kernel writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let done = unsafe {
-        libc::getsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    done == 0 && info.tcpi_sacked > 0 && info.tcpi_unacked.saturating_mul(2) >= info.tcpi_sacked
 }
 
 /// An accepted socket as a tokio stream and the peer's address.
