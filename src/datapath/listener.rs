@@ -38,8 +38,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// put a hundred new connections through each step together: each one's
 /// sockets were cold again by its next step, and at 1,000 clients opening
 /// a connection per request corral spent 23% more CPU per connection than
-/// HAProxy. With 8 it spends as much or less (the README's Performance
-/// section has the runs); 1, 2, 4, 16 and 32 measured worse than 8.
+/// HAProxy; with 8, 0.82-0.90 of what it spent before. 1, 2, 4, 16, 32 and
+/// 64 measured worse than 8. The cost: a burst of thousands of clients at
+/// once is taken in more slowly, and overflows a short `listener.backlog`
+/// more often. Going on while the kernel's queue was half full fixed that
+/// but brought the old cost back under a steady load of thousands of
+/// clients, where the queue is always half full (the README's Performance
+/// section has the runs).
 const ACCEPTS_PER_TURN: usize = 8;
 
 /// How soon a timer is always due on a proxy thread (see
