@@ -62,7 +62,13 @@ fn a_worker_gets_no_client_before_it_says_ready_though_it_accepts() {
         "worker-1 does not accept on its own port before it is ready: {direct:?}"
     );
     assert_eq!(worker_of(&direct.unwrap_or_default()), "worker=1");
+    // The worker sent STATUS= before it accepted; corral reads the datagram
+    // on its own time, so /status may show it a moment after the answer.
+    let status_shown = eventually(Duration::from_secs(2), || {
+        corral.worker(1)["status"] == "warming caches"
+    });
     let starting = corral.worker(1);
+    assert!(status_shown, "{starting}");
     assert_eq!(starting["state"], "starting", "{starting}");
     assert_eq!(starting["status"], "warming caches", "{starting}");
     let (code, table) = corral_cmd(&["status", "--admin", &corral.admin.to_string()]);
