@@ -112,7 +112,7 @@ IPERF = 15201
 # capped by net.core.somaxconn) rather than corral's 1024 or nginx's 511.
 # A burst of thousands of clients overflows a shorter queue, and a client
 # whose handshake the kernel dropped waits out TCP retransmissions before its
-# first request is served: that showed as a p99 of 0.4 to 0.9 s at 4,000
+# first request is served: that showed as a p99 of up to 1.3 s at 4,000
 # clients for the rows with the shorter queue, a measure of the queue and
 # not of the proxy.
 FRONT_BACKLOG = 4096
@@ -990,6 +990,8 @@ def main():
         ap.error("--sweep is for the proxy scenario")
     if a.rounds < 1:
         ap.error("--rounds takes 1 or more")
+    if a.rounds > 1 and not a.sweep:
+        ap.error("--rounds is for --sweep")
     if a.sweep and not a.only:
         names = [n for n in names if n in ("haproxy", "nginx", "corral", "corral-before")]
     if a.sweep:
