@@ -941,8 +941,9 @@ def main():
                          "(rows default to haproxy,nginx,corral; no bulk or idle figures)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="--sweep: measure every point this many times, the rows in a rotated "
-                         "order each round, and report each figure's median (one shared 2-core "
-                         "machine moves single runs by 10-20%%)")
+                         "order each round; each figure is the median, each ratio the median of "
+                         "the rounds' ratios, with their spread (one shared 2-core machine moves "
+                         "single runs by 10-20%%)")
     ap.add_argument("--workers", default="64,256",
                     help="--scenario control: worker counts, separated by commas (default 64,256)")
     ap.add_argument("--requests", type=int, default=100,

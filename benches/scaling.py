@@ -5,7 +5,9 @@
                     one table of corral / best peer ratios, the figures in the JSON,
                     and a plot (PNG, matplotlib) next to the JSON. With --rounds N each
                     point is measured N times, the rows in a rotated order each round
-                    (so that no row always runs first), and each figure is the median.
+                    (so that no row always runs first); each figure is the median, and
+                    each ratio is paired: the median over the rounds of corral's figure
+                    over the best peer's of the same round, with the lowest and highest.
 --scenario control  corral with --workers W1,W2,... demo workers (`corral demo-worker`),
                     health checks every second, no traffic: the master's own CPU at
                     idle, its resident memory, and the latency of /status and /metrics.
@@ -58,7 +60,8 @@ def sweep(a, names, d, procs, limits):
         for n in names:
             r = {"clients": point, "rounds": len(runs[n]),
                  "keepalive": median_run([x["keepalive"] for x in runs[n]]),
-                 "close": median_run([x["close"] for x in runs[n]])}
+                 "close": median_run([x["close"] for x in runs[n]]),
+                 "runs": runs[n]}
             curve[point][n] = r
             table.row(n, r)
     for point, rows in curve.items():
@@ -81,30 +84,62 @@ def median_run(runs):
     return out
 
 
+def rounds_of(row):
+    """A row's figures round by round, each shaped like the row itself (a row
+    read back from a JSON written before rounds were kept is one round)."""
+    runs = row.get("runs")
+    return runs if runs else [row]
+
+
+def paired_ratios(rows, n, peers, get, higher):
+    """Round by round, row n's figure over the best peer's of the same round
+    (NaN figures left out); empty when no round had both."""
+    ratios = []
+    rounds = {p: rounds_of(rows[p]) for p in peers + [n] if p in rows}
+    for i, mine in enumerate(rounds.get(n, [])):
+        best = [get(rounds[p][i]) for p in peers if p in rounds and i < len(rounds[p])]
+        best = [v for v in best if v == v]  # not NaN
+        value = ratio(get(mine), (max if higher else min)(best)) if best else NAN
+        if value == value:
+            ratios.append(value)
+    return ratios
+
+
 def print_curve(curve, names):
-    """One table: a line per (corral row, point), each figure over the best peer's."""
+    """One table: a line per (corral row, point), each figure over the best
+    peer's, paired round by round (with --rounds, the median of the rounds'
+    ratios, then a second table of their lowest and highest)."""
     peers = [p for p in compare.PEERS if p in names]
     corrals = [n for n in compare.CORRALS if n in names]
     if not peers or not corrals:
         return
-    print(f"\ncorral / best peer by concurrency (best of {', '.join(peers)} at the same point; "
+    rounds = max(len(rounds_of(r)) for rows in curve.values() for r in rows.values())
+    paired = f", the median of {rounds} rounds' ratios" if rounds > 1 else ""
+    print(f"\ncorral / best peer by concurrency (best of {', '.join(peers)} at the same point{paired}; "
           f"rates: higher is better, the rest: lower is better)")
-    widths = [max(len(h) + 2, 9) for h, _, _ in SWEEP_FIGURES]
-    print(f"{'':14}{'clients':>9}" + "".join(f"{h:>{w}}" for (h, _, _), w in zip(SWEEP_FIGURES, widths)))
+    widths = [max(len(h) + 2, 11) for h, _, _ in SWEEP_FIGURES]
+    heading = f"{'':14}{'clients':>9}" + "".join(f"{h:>{w}}" for (h, _, _), w in zip(SWEEP_FIGURES, widths))
+    print(heading)
+    spreads = []
     for n in corrals:
         for point, rows in curve.items():
-            values = []
-            for _, get, higher in SWEEP_FIGURES:
-                best = [get(rows[p]) for p in peers if p in rows]
-                best = [v for v in best if v == v]  # not NaN
-                values.append(ratio(get(rows[n]), (max if higher else min)(best)) if best else NAN)
+            per_round = [paired_ratios(rows, n, peers, get, higher) for _, get, higher in SWEEP_FIGURES]
+            values = [statistics.median(r) if r else NAN for r in per_round]
+            spreads.append((n, point, per_round))
             print(f"{n:14}{point:>9}" + "".join(f"{fmt(v, '.2f'):>{w}}" for v, w in zip(values, widths)))
+    if rounds > 1:
+        print("\nlowest-highest of those rounds' ratios:")
+        print(heading)
+        for n, point, per_round in spreads:
+            cells = [f"{min(r):.2f}-{max(r):.2f}" if r else "-" for r in per_round]
+            print(f"{n:14}{point:>9}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     if "corral" in names and "corral-before" in names:
-        print("\ncorral / corral-before by concurrency:")
+        print(f"\ncorral / corral-before by concurrency{paired}:")
         for point, rows in curve.items():
-            c, b = rows["corral"], rows["corral-before"]
+            values = [paired_ratios(rows, "corral", ["corral-before"], get, higher)
+                      for _, get, higher in SWEEP_FIGURES]
             print(f"{'':14}{point:>9}" + "".join(
-                f"{fmt(ratio(get(c), get(b)), '.2f'):>{w}}" for (_, get, _), w in zip(SWEEP_FIGURES, widths)))
+                f"{fmt(statistics.median(v) if v else NAN, '.2f'):>{w}}" for v, w in zip(values, widths)))
 
 
 def plot(curve, names, png, title):
