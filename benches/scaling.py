@@ -92,23 +92,33 @@ def rounds_of(row):
 
 
 def paired_ratios(rows, n, peers, get, higher):
-    """Round by round, row n's figure over the best peer's of the same round
-    (NaN figures left out); empty when no round had both."""
-    ratios = []
-    rounds = {p: rounds_of(rows[p]) for p in peers + [n] if p in rows}
-    for i, mine in enumerate(rounds.get(n, [])):
-        best = [get(rounds[p][i]) for p in peers if p in rounds and i < len(rounds[p])]
-        best = [v for v in best if v == v]  # not NaN
-        value = ratio(get(mine), (max if higher else min)(best)) if best else NAN
-        if value == value:
-            ratios.append(value)
-    return ratios
+    """Row n against the best peer, paired round by round: for each peer, the
+    rounds' ratios of n's figure over that peer's of the same round (NaN
+    figures left out); then the peer n compares worst against, by the median
+    of those ratios. Returns that peer's ratios (empty when no round had
+    both). Taking each round's best peer first would compare n with the
+    larger of two noisy figures every round, and so with more than any peer
+    does."""
+    mine = rounds_of(rows[n]) if n in rows else []
+    worst = []
+    for p in peers:
+        if p not in rows:
+            continue
+        theirs = rounds_of(rows[p])
+        ratios = [ratio(get(m), get(t)) for m, t in zip(mine, theirs)]
+        ratios = [v for v in ratios if v == v]  # not NaN
+        if not ratios:
+            continue
+        if not worst or (statistics.median(ratios) < statistics.median(worst)) == higher:
+            worst = ratios
+    return worst
 
 
 def print_curve(curve, names):
     """One table: a line per (corral row, point), each figure over the best
-    peer's, paired round by round (with --rounds, the median of the rounds'
-    ratios, then a second table of their lowest and highest)."""
+    peer's; with --rounds, paired round by round (the median of the rounds'
+    ratios against the peer corral compares worst with), then a second table
+    of those ratios' lowest and highest."""
     peers = [p for p in compare.PEERS if p in names]
     corrals = [n for n in compare.CORRALS if n in names]
     if not peers or not corrals:
