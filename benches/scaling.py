@@ -6,8 +6,9 @@
                     and a plot (PNG, matplotlib) next to the JSON. With --rounds N each
                     point is measured N times, the rows in a rotated order each round
                     (so that no row always runs first); each figure is the median, and
-                    each ratio is paired: the median over the rounds of corral's figure
-                    over the best peer's of the same round, with the lowest and highest.
+                    each ratio is paired: for each peer, corral's figure over that peer's
+                    of the same round, round by round; the median of those ratios against
+                    the peer corral compares worst with, and their lowest and highest.
 --scenario control  corral with --workers W1,W2,... demo workers (`corral demo-worker`),
                     health checks every second, no traffic: the master's own CPU at
                     idle, its resident memory, and the latency of /status and /metrics.
@@ -123,7 +124,7 @@ def print_curve(curve, names):
     corrals = [n for n in compare.CORRALS if n in names]
     if not peers or not corrals:
         return
-    rounds = max(len(rounds_of(r)) for rows in curve.values() for r in rows.values())
+    rounds = max((len(rounds_of(r)) for rows in curve.values() for r in rows.values()), default=1)
     paired = f", the median of {rounds} rounds' ratios" if rounds > 1 else ""
     print(f"\ncorral / best peer by concurrency (best of {', '.join(peers)} at the same point{paired}; "
           f"rates: higher is better, the rest: lower is better)")
